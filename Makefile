@@ -1,0 +1,51 @@
+# Trigger plane: `make run` starts everything locally, `make test` runs the suite.
+# Only python3 and make are assumed; everything else is installed into .venv from PyPI.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration test-e2e lint format typecheck bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its pinned dependencies
+
+run: $(STAMP) ## Start NATS and all four services locally (Ctrl-C stops everything)
+	$(BIN)/python -m services
+
+test: $(STAMP) ## Run the whole test suite against a real nats-server
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP) ## Run the unit tests only (no NATS)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: $(STAMP) ## Run the integration tests (a real nats-server per session)
+	$(BIN)/python -m pytest tests/integration
+
+test-e2e: $(STAMP) ## Run the end-to-end tests (the whole stack as processes)
+	$(BIN)/python -m pytest tests/e2e
+
+lint: $(STAMP) ## Check style with ruff
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP) ## Format and fix with ruff
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy --strict on contracts/ and shared/
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Load POST /trigger/{flow_id} next to a bare Litestar+JetStream baseline
+	$(BIN)/python -m bench.trigger_api
+
+clean: ## Remove the virtualenv and local NATS data
+	rm -rf $(VENV) .data

@@ -1,0 +1,278 @@
+"""Registry state and its request/reply API.
+
+Published by: the registry alone writes these records (JetStream KV buckets named in
+`contracts.subjects`). Consumed by: the ingress (HTTP API and API-trigger hot path), the
+scheduler (schedule triggers) and the runner (flows). Requests are NATS request/reply on
+`registry.v1.*` subjects, answered by any registry replica in the `registry` queue group; every
+reply is a `Reply` holding either the result or a `Problem`.
+"""
+
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+from msgspec import UNSET, Struct, UnsetType
+
+T = TypeVar("T")
+
+KeyScope = Literal["admin", "trigger"]
+"""`admin` keys manage the workspace and may also trigger; `trigger` keys only call triggers."""
+TriggerType = Literal["api", "schedule", "manual"]
+
+
+class Problem(Struct, frozen=True, kw_only=True):
+    """An error as a value: an HTTP-like status, a stable machine code and a human message."""
+
+    status: int
+    code: str
+    message: str
+
+
+class Reply(Struct, Generic[T], frozen=True, kw_only=True):
+    """Every registry reply: exactly one of `ok` and `error` is set."""
+
+    ok: T | None = None
+    error: Problem | None = None
+
+
+# --- Records -------------------------------------------------------------------------------
+
+
+class Workspace(Struct, frozen=True, kw_only=True):
+    """A tenant: it owns keys, flows, triggers and runs."""
+
+    id: str
+    name: str
+    created_at: datetime
+
+
+class ApiKey(Struct, frozen=True, kw_only=True):
+    """A workspace API key as stored: only the SHA-256 digest of the secret, never the secret."""
+
+    id: str
+    workspace_id: str
+    name: str
+    scope: KeyScope
+    prefix: str
+    """The first characters of the secret, enough to recognise it in a list."""
+    digest: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+
+class ApiKeyView(Struct, frozen=True, kw_only=True):
+    """A key as listed over the API: no secret, no digest."""
+
+    id: str
+    name: str
+    scope: KeyScope
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+
+class IssuedKey(Struct, frozen=True, kw_only=True):
+    """A freshly created key: the only time its secret is ever shown."""
+
+    key: ApiKeyView
+    secret: str
+
+
+class PythonFlowSettings(Struct, frozen=True, kw_only=True, tag_field="kind", tag="python"):
+    """A flow that runs a Python function registered in the runner under `function`."""
+
+    function: str
+
+
+FlowSettings = PythonFlowSettings
+"""Tagged by `kind`; later kinds (HTTP flows) join this as a union."""
+
+
+class Flow(Struct, frozen=True, kw_only=True):
+    """User work the runner can run, owned by one workspace."""
+
+    id: str
+    workspace_id: str
+    name: str
+    settings: FlowSettings
+    created_at: datetime
+
+
+class CronSchedule(Struct, frozen=True, kw_only=True, tag_field="kind", tag="cron"):
+    """Fire at every match of a cron expression in an IANA time zone.
+
+    Five fields (minute hour day-of-month month day-of-week), or six with a leading seconds
+    field for sub-minute schedules.
+    """
+
+    cron: str
+    timezone: str = "UTC"
+
+
+Schedule = CronSchedule
+"""Tagged by `kind`; presets, intervals and one-off schedules join this union later."""
+
+
+class Trigger(Struct, frozen=True, kw_only=True):
+    """A reason for a flow to start: an API call, a schedule, or an operator's Run now."""
+
+    id: str
+    workspace_id: str
+    flow_id: str
+    type: TriggerType
+    name: str = ""
+    enabled: bool = True
+    schedule: Schedule | None = None
+    version: int = 1
+    """Bumped on every change, so work computed from an older version can be recognised."""
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- Bodies shared by the HTTP API and the registry requests --------------------------------
+
+
+class NewWorkspace(Struct, frozen=True, kw_only=True):
+    """Body of `POST /v1/workspaces`."""
+
+    name: str
+
+
+class NewKey(Struct, frozen=True, kw_only=True):
+    """Body of `POST /v1/keys`."""
+
+    name: str
+    scope: KeyScope = "trigger"
+
+
+class NewFlow(Struct, frozen=True, kw_only=True):
+    """Body of `POST /v1/flows`."""
+
+    name: str
+    settings: FlowSettings
+
+
+class NewTrigger(Struct, frozen=True, kw_only=True):
+    """Body of `POST /v1/triggers`."""
+
+    flow_id: str
+    type: TriggerType
+    name: str = ""
+    enabled: bool = True
+    schedule: Schedule | None = None
+
+
+class TriggerChanges(Struct, frozen=True, kw_only=True):
+    """Body of `PATCH /v1/triggers/{id}`: only the fields given change."""
+
+    flow_id: str | UnsetType = UNSET
+    type: TriggerType | UnsetType = UNSET
+    name: str | UnsetType = UNSET
+    schedule: Schedule | None | UnsetType = UNSET
+
+
+# --- Registry requests ---------------------------------------------------------------------
+
+
+class CreateWorkspace(Struct, frozen=True, kw_only=True):
+    """Create a workspace and its first admin key. Reply: `WorkspaceCreated`."""
+
+    workspace: NewWorkspace
+
+
+class WorkspaceCreated(Struct, frozen=True, kw_only=True):
+    """A new workspace and its first admin key (the secret is shown only here)."""
+
+    workspace: Workspace
+    admin_key: IssuedKey
+
+
+class CreateKey(Struct, frozen=True, kw_only=True):
+    """Reply: `IssuedKey`."""
+
+    workspace_id: str
+    key: NewKey
+
+
+class ListKeys(Struct, frozen=True, kw_only=True):
+    """Reply: `list[ApiKeyView]`, oldest first."""
+
+    workspace_id: str
+
+
+class RevokeKey(Struct, frozen=True, kw_only=True):
+    """Reply: the revoked `ApiKeyView`."""
+
+    workspace_id: str
+    key_id: str
+
+
+class KeyUsed(Struct, frozen=True, kw_only=True):
+    """Published (no reply) by the ingress when a key authenticates, at most once a minute."""
+
+    workspace_id: str
+    key_id: str
+    used_at: datetime
+
+
+class CreateFlow(Struct, frozen=True, kw_only=True):
+    """Reply: `Flow`."""
+
+    workspace_id: str
+    flow: NewFlow
+
+
+class ListFlows(Struct, frozen=True, kw_only=True):
+    """Reply: `list[Flow]`, oldest first."""
+
+    workspace_id: str
+
+
+class GetFlow(Struct, frozen=True, kw_only=True):
+    """Reply: `Flow`."""
+
+    workspace_id: str
+    flow_id: str
+
+
+class CreateTrigger(Struct, frozen=True, kw_only=True):
+    """Reply: `Trigger`."""
+
+    workspace_id: str
+    trigger: NewTrigger
+
+
+class ListTriggers(Struct, frozen=True, kw_only=True):
+    """Reply: `list[Trigger]`, oldest first, optionally only those of one flow."""
+
+    workspace_id: str
+    flow_id: str | None = None
+
+
+class GetTrigger(Struct, frozen=True, kw_only=True):
+    """Reply: `Trigger`."""
+
+    workspace_id: str
+    trigger_id: str
+
+
+class UpdateTrigger(Struct, frozen=True, kw_only=True):
+    """Reply: the updated `Trigger`."""
+
+    workspace_id: str
+    trigger_id: str
+    changes: TriggerChanges
+
+
+class SetTriggerEnabled(Struct, frozen=True, kw_only=True):
+    """Pause (`enabled=False`) or resume a trigger. Reply: the updated `Trigger`."""
+
+    workspace_id: str
+    trigger_id: str
+    enabled: bool
+
+
+class DeleteTrigger(Struct, frozen=True, kw_only=True):
+    """Reply: the deleted `Trigger`."""
+
+    workspace_id: str
+    trigger_id: str

@@ -1,0 +1,83 @@
+"""Flow starts, run records, run events and dead letters."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from msgspec import Struct
+
+StartSource = Literal["api", "schedule", "manual", "external"]
+RunStatus = Literal["queued", "running", "succeeded", "failed"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
+
+
+class FlowStart(Struct, frozen=True, kw_only=True):
+    """A request to run a flow once: the public way to start a flow.
+
+    Subject: `flow.start` (JetStream stream `FLOW_STARTS`, work-queue retention).
+    Published by: the ingress (API triggers, Run now), the scheduler (schedule ticks) and any
+    other service that wants a flow run (`source="external"`). Publish it with JetStream and
+    the header `Nats-Msg-Id: <run_id>` so a retried publish is stored once.
+    Consumed by: the runner, through the durable consumer `runner` shared by all replicas.
+    Delivery: at least once; the runner keeps exactly one run record per `run_id`. A message
+    that does not decode, or names a flow that does not exist in `workspace_id`, is
+    terminated and recorded with its reason under `deadletter.flow.start`.
+    """
+
+    run_id: str
+    workspace_id: str
+    flow_id: str
+    input: Any = None
+    """The flow's input: any JSON value."""
+    source: StartSource = "external"
+    trigger_id: str | None = None
+    scheduled_at: datetime | None = None
+    """For schedule ticks: the fire time this start belongs to."""
+    requested_at: datetime | None = None
+
+
+class Run(Struct, frozen=True, kw_only=True):
+    """One run of a flow as the runner records it (KV bucket `runs`, key `<workspace>.<run>`)."""
+
+    id: str
+    workspace_id: str
+    flow_id: str
+    status: RunStatus
+    source: StartSource
+    trigger_id: str | None = None
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    attempt: int = 1
+    """How many times a runner has started this run (more than 1 after a redelivery)."""
+    scheduled_at: datetime | None = None
+    requested_at: datetime | None = None
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunEvent(Struct, frozen=True, kw_only=True):
+    """A run changed status.
+
+    Subject: `run.event.<workspace_id>.<run_id>` (stream `RUN_EVENTS`, kept one day).
+    Published by: the runner, after the run record is written. Consumed by: anyone following
+    runs (the ingress for synchronous answers, dashboards). Delivery: at least once.
+    """
+
+    run: Run
+
+
+class DeadLetter(Struct, frozen=True, kw_only=True):
+    """A message a service refused, kept with the reason so nothing disappears silently.
+
+    Subject: `deadletter.<original subject>` (stream `DEAD_LETTERS`, kept 30 days).
+    Published by: whichever service rejected the message. Consumed by: operators.
+    """
+
+    subject: str
+    reason: str
+    payload: str
+    """The original body, decoded as UTF-8 with replacement characters where it was not."""
+    headers: dict[str, str] = {}
+    service: str
+    rejected_at: datetime

@@ -1,0 +1,91 @@
+"""Every NATS subject, stream, consumer and KV bucket name the trigger plane uses."""
+
+# --- Flow starts: the public way into the runner -------------------------------------------
+FLOW_START = "flow.start"
+"""JetStream subject for `FlowStart` messages (stream `FLOW_STARTS`)."""
+FLOW_STARTS_STREAM = "FLOW_STARTS"
+RUNNER_CONSUMER = "runner"
+"""Durable pull consumer on `FLOW_STARTS` shared by every runner replica."""
+
+# --- Dead letters -------------------------------------------------------------------------
+DEAD_LETTER_PREFIX = "deadletter"
+DEAD_LETTERS_STREAM = "DEAD_LETTERS"
+
+
+def dead_letter(source_subject: str) -> str:
+    """Subject where a rejected message from `source_subject` is recorded with its reason."""
+    return f"{DEAD_LETTER_PREFIX}.{source_subject}"
+
+
+# --- Runs ---------------------------------------------------------------------------------
+RUN_EVENT_PREFIX = "run.event"
+RUN_EVENTS_STREAM = "RUN_EVENTS"
+
+
+def run_event(workspace_id: str, run_id: str) -> str:
+    """Subject of the `RunEvent`s of one run."""
+    return f"{RUN_EVENT_PREFIX}.{workspace_id}.{run_id}"
+
+
+# --- Registry request/reply API (`registry.v1.<noun>.<verb>`) ------------------------------
+REGISTRY_QUEUE = "registry"
+"""Queue group every registry replica answers requests in."""
+REGISTRY_PREFIX = "registry.v1"
+WORKSPACE_CREATE = f"{REGISTRY_PREFIX}.workspace.create"
+KEY_CREATE = f"{REGISTRY_PREFIX}.key.create"
+KEY_LIST = f"{REGISTRY_PREFIX}.key.list"
+KEY_REVOKE = f"{REGISTRY_PREFIX}.key.revoke"
+KEY_TOUCH = f"{REGISTRY_PREFIX}.key.touch"
+"""Fire-and-forget: the ingress reports that a key was used (throttled per key)."""
+FLOW_CREATE = f"{REGISTRY_PREFIX}.flow.create"
+FLOW_LIST = f"{REGISTRY_PREFIX}.flow.list"
+FLOW_GET = f"{REGISTRY_PREFIX}.flow.get"
+TRIGGER_CREATE = f"{REGISTRY_PREFIX}.trigger.create"
+TRIGGER_LIST = f"{REGISTRY_PREFIX}.trigger.list"
+TRIGGER_GET = f"{REGISTRY_PREFIX}.trigger.get"
+TRIGGER_UPDATE = f"{REGISTRY_PREFIX}.trigger.update"
+TRIGGER_SET_ENABLED = f"{REGISTRY_PREFIX}.trigger.set_enabled"
+TRIGGER_DELETE = f"{REGISTRY_PREFIX}.trigger.delete"
+
+# --- Registry state (JetStream KV; the registry is the only writer) ------------------------
+# Watching a bucket (`$KV.<bucket>.>`) is how other services follow registry changes: the
+# watch replays the current state, then streams every put and delete.
+WORKSPACES_BUCKET = "workspaces"
+"""Key: the workspace id."""
+API_KEYS_BUCKET = "api_keys"
+"""Key: `record_key(workspace_id, key_id)`."""
+FLOWS_BUCKET = "flows"
+"""Key: `record_key(workspace_id, flow_id)`."""
+TRIGGERS_BUCKET = "triggers"
+"""Key: `record_key(workspace_id, trigger_id)`."""
+
+
+def record_key(workspace_id: str, record_id: str) -> str:
+    """KV key of a workspace's record: grouped by workspace, so `<workspace>.>` lists them."""
+    return f"{workspace_id}.{record_id}"
+
+
+# --- Run records (JetStream KV; the runner is the only writer) -----------------------------
+RUNS_BUCKET = "runs"
+
+
+run_key = record_key
+"""KV key of a run record: `<workspace>.<run>`, so a workspace's runs list by prefix."""
+
+
+# --- Scheduler timers (stream with NATS message schedules) ---------------------------------
+SCHEDULES_STREAM = "SCHEDULES"
+SCHEDULE_TIMER_PREFIX = "schedule.timer"
+SCHEDULE_TICK_PREFIX = "schedule.tick"
+SCHEDULER_CONSUMER = "scheduler"
+"""Durable pull consumer on the ticks, shared by every scheduler replica."""
+
+
+def schedule_timer(trigger_id: str) -> str:
+    """Subject holding a trigger's one parked `@at` timer; a new timer replaces the old."""
+    return f"{SCHEDULE_TIMER_PREFIX}.{trigger_id}"
+
+
+def schedule_tick(trigger_id: str) -> str:
+    """Subject the server republishes a trigger's timer to when it is due."""
+    return f"{SCHEDULE_TICK_PREFIX}.{trigger_id}"

@@ -1,0 +1,108 @@
+"""`python -m services` (what `make run` runs): a local NATS server and all four services.
+
+Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `DATA_DIR`
+(`.data`), `OPERATOR_TOKEN` (generated and printed when unset), and anything the services read
+(`RUNNER_FLOWS`, `LOG_LEVEL`, ...). Ctrl-C (or SIGTERM) stops the services, then NATS.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from shared import nats_server
+
+SERVICES = ("registry", "runner", "scheduler", "ingress")
+STOP_GRACE = 15.0
+
+
+def _wait_until_healthy(url: str, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode} while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the ingress was not healthy at {url} after 60s")
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_GRACE
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> int:
+    nats_port = int(os.environ.get("NATS_PORT", "4222"))
+    ingress_port = int(os.environ.get("INGRESS_PORT", "8000"))
+    data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
+    token = os.environ.get("OPERATOR_TOKEN") or f"op_{secrets.token_urlsafe(24)}"
+    nats_url = f"nats://127.0.0.1:{nats_port}"
+
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    nats = nats_server.start(
+        nats_port, data_dir / "nats", data_dir / "nats-server.log", new_session=True
+    )
+    env = {**os.environ, "NATS_URL": nats_url, "OPERATOR_TOKEN": token}
+    env["INGRESS_PORT"] = str(ingress_port)
+    services: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        for name in SERVICES:
+            # Own sessions: Ctrl-C reaches only this launcher, which stops everyone in order.
+            services[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True
+            )
+        api = f"http://127.0.0.1:{ingress_port}"
+        _wait_until_healthy(f"{api}/health", services)
+        print(
+            f"\n  Trigger plane is up.\n"
+            f"  HTTP API        {api}   (OpenAPI: {api}/schema/swagger)\n"
+            f"  NATS            {nats_url}   (data in {data_dir})\n"
+            f"  Operator token  {token}\n"
+            f"  export OPERATOR_TOKEN={token}\n"
+            f"  Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while not stopping:
+            for name, process in services.items():
+                if process.poll() is not None:
+                    print(f"{name} exited with code {process.returncode}; stopping", flush=True)
+                    stopping, code = True, 1
+            time.sleep(0.2)
+    except RuntimeError as error:
+        print(f"could not start: {error}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        _stop(list(services.values()))
+        _stop([nats])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ingress: the HTTP API (Litestar), including the API trigger's hot path."""

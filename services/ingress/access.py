@@ -1,0 +1,68 @@
+"""Who may do what: pure decisions over the directory, raising `ApiError`s that say why."""
+
+from collections.abc import Callable
+
+from contracts.registry import ApiKey, Flow, Trigger
+from services.ingress.problems import ApiError
+from shared import api_keys
+
+MAYBE_STALE = frozenset({"invalid_key", "flow_not_found", "no_api_trigger", "trigger_paused"})
+"""Refusals that can come from a directory a few milliseconds behind the registry."""
+
+
+def bearer_secret(authorization: str | None) -> str:
+    """The secret of an `Authorization: Bearer <secret>` header."""
+    if not authorization:
+        raise ApiError(401, "missing_key", "send your API key as `Authorization: Bearer <key>`")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "missing_key", "the Authorization header must be `Bearer <key>`")
+    return secret.strip()
+
+
+def authenticate(authorization: str | None, lookup: Callable[[str], ApiKey | None]) -> ApiKey:
+    """The key behind the header, or a 401 that tells a typo from an unknown key."""
+    secret = bearer_secret(authorization)
+    if not api_keys.is_well_formed(secret):
+        raise ApiError(
+            401,
+            "malformed_key",
+            f"that is not a workspace API key: keys start with `{api_keys.PREFIX}`, are "
+            f"{api_keys.LENGTH} characters long and end in a checksum (check for a copy error)",
+        )
+    key = lookup(api_keys.digest(secret))
+    if key is None:
+        raise ApiError(401, "invalid_key", "this API key is not valid: revoked or never issued")
+    return key
+
+
+def require_admin(key: ApiKey) -> ApiKey:
+    if key.scope != "admin":
+        raise ApiError(
+            403, "admin_key_required", f"key {key.prefix}… may only call triggers; use an admin key"
+        )
+    return key
+
+
+def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> Trigger:
+    """The enabled API trigger through which `key` may start `flow`."""
+    if flow is None or flow.workspace_id != key.workspace_id:
+        # A foreign workspace's flow looks exactly like a missing one.
+        raise ApiError(404, "flow_not_found", "no such flow in this key's workspace")
+    api_triggers = sorted((t for t in triggers if t.type == "api"), key=lambda t: t.id)
+    if not api_triggers:
+        raise ApiError(
+            403,
+            "no_api_trigger",
+            f"flow {flow.id} has no API trigger; create one with POST /v1/triggers "
+            f'{{"flow_id": "{flow.id}", "type": "api"}}',
+        )
+    for trigger in api_triggers:
+        if trigger.enabled:
+            return trigger
+    raise ApiError(
+        409,
+        "trigger_paused",
+        f"the API trigger {api_triggers[0].id} of flow {flow.id} is paused; resume it with "
+        f"POST /v1/triggers/{api_triggers[0].id}/resume",
+    )

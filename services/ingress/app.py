@@ -1,0 +1,77 @@
+"""Wiring of the ingress: the Litestar app, its NATS connection and directory."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+
+from contracts import subjects
+from services.ingress import handlers, problems
+from services.ingress.directory import Directory
+from services.ingress.settings import IngressSettings
+from services.ingress.state import Ingress
+from shared import broker
+from shared.settings import from_environment
+from shared.supervise import supervised
+
+READY_TIMEOUT = 30.0
+
+
+def create_app(settings: IngressSettings) -> Litestar:
+    @asynccontextmanager
+    async def connected(app: Litestar) -> AsyncIterator[None]:
+        nc = await broker.connect(settings.nats_url, "ingress")
+        js = nc.jetstream()
+        await broker.ensure_topology(js, settings.nats_replicas)
+        directory = Directory()
+        await directory.open(js)
+        loops = [
+            asyncio.create_task(supervised(f"ingress mirror {i}", mirror.follow))
+            for i, mirror in enumerate(directory.mirrors)
+        ]
+        await asyncio.wait_for(
+            asyncio.gather(*(m.ready.wait() for m in directory.mirrors)), READY_TIMEOUT
+        )
+        app.state.ingress = Ingress(
+            settings, nc, directory, await js.key_value(subjects.RUNS_BUCKET)
+        )
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await nc.drain()
+
+    return Litestar(
+        route_handlers=handlers.ROUTES,
+        lifespan=[connected],
+        dependencies={
+            "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
+            "admin": Provide(handlers.provide_admin),
+        },
+        exception_handlers={
+            problems.ApiError: problems.on_api_error,
+            ValidationException: problems.on_validation_error,
+            HTTPException: problems.on_http_error,
+            Exception: problems.on_unexpected_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Trigger plane",
+            version="1.0.0",
+            path="/schema",
+            description="Workspaces, API keys, flows, triggers and runs; `POST /trigger/{flow_id}`"
+            " starts a flow through its API trigger.",
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+
+
+def create_app_from_environment() -> Litestar:
+    """Factory for the HTTP server (each worker process builds its own app)."""
+    return create_app(from_environment(IngressSettings))

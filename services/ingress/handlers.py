@@ -1,0 +1,304 @@
+"""HTTP endpoints: translate requests into registry calls or flow starts, and back."""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, delete, get, patch, post
+from litestar.params import Parameter
+
+from contracts import registry as api
+from contracts import subjects
+from contracts.http import RunPage, StartAccepted
+from contracts.registry import ApiKey
+from contracts.runs import FlowStart, Run, RunStatus, StartSource
+from services.ingress import access
+from services.ingress.problems import ApiError
+from services.ingress.state import Ingress
+from shared.codec import encode
+from shared.ids import new_id
+
+Authorization = Annotated[str | None, Parameter(header="Authorization", required=False)]
+
+
+# --- dependencies ---------------------------------------------------------------------------
+
+
+async def provide_admin(request: Request[Any, Any, Any], ingress: Ingress) -> ApiKey:
+    key = await ingress.key_from(request.headers.get("authorization"))
+    return access.require_admin(key)
+
+
+def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
+    ingress: Ingress = request.app.state.ingress
+    return ingress
+
+
+# --- operator -------------------------------------------------------------------------------
+
+
+@post("/v1/workspaces", tags=["operator"], summary="Create a workspace and its first admin key")
+async def create_workspace(
+    data: api.NewWorkspace, ingress: Ingress, authorization: Authorization
+) -> api.WorkspaceCreated:
+    ingress.check_operator(authorization)
+    return await ingress.registry.call(
+        subjects.WORKSPACE_CREATE, api.CreateWorkspace(workspace=data), api.WorkspaceCreated
+    )
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+@get("/v1/keys", tags=["keys"], summary="List the workspace's API keys (no secrets)")
+async def list_keys(ingress: Ingress, admin: ApiKey) -> list[api.ApiKeyView]:
+    request = api.ListKeys(workspace_id=admin.workspace_id)
+    return await ingress.registry.call(subjects.KEY_LIST, request, list[api.ApiKeyView])
+
+
+@post("/v1/keys", tags=["keys"], summary="Create an API key (its secret is shown only here)")
+async def create_key(data: api.NewKey, ingress: Ingress, admin: ApiKey) -> api.IssuedKey:
+    request = api.CreateKey(workspace_id=admin.workspace_id, key=data)
+    return await ingress.registry.call(subjects.KEY_CREATE, request, api.IssuedKey)
+
+
+@delete("/v1/keys/{key_id:str}", status_code=200, tags=["keys"], summary="Revoke an API key")
+async def revoke_key(key_id: str, ingress: Ingress, admin: ApiKey) -> api.ApiKeyView:
+    request = api.RevokeKey(workspace_id=admin.workspace_id, key_id=key_id)
+    return await ingress.registry.call(subjects.KEY_REVOKE, request, api.ApiKeyView)
+
+
+# --- flows ----------------------------------------------------------------------------------
+
+
+@get("/v1/flows", tags=["flows"], summary="List the workspace's flows")
+async def list_flows(ingress: Ingress, admin: ApiKey) -> list[api.Flow]:
+    request = api.ListFlows(workspace_id=admin.workspace_id)
+    return await ingress.registry.call(subjects.FLOW_LIST, request, list[api.Flow])
+
+
+@post("/v1/flows", tags=["flows"], summary="Register a flow")
+async def create_flow(data: api.NewFlow, ingress: Ingress, admin: ApiKey) -> api.Flow:
+    request = api.CreateFlow(workspace_id=admin.workspace_id, flow=data)
+    return await ingress.registry.call(subjects.FLOW_CREATE, request, api.Flow)
+
+
+@get("/v1/flows/{flow_id:str}", tags=["flows"], summary="Get a flow")
+async def get_flow(flow_id: str, ingress: Ingress, admin: ApiKey) -> api.Flow:
+    request = api.GetFlow(workspace_id=admin.workspace_id, flow_id=flow_id)
+    return await ingress.registry.call(subjects.FLOW_GET, request, api.Flow)
+
+
+# --- triggers -------------------------------------------------------------------------------
+
+
+@get("/v1/triggers", tags=["triggers"], summary="List triggers, optionally of one flow")
+async def list_triggers(
+    ingress: Ingress, admin: ApiKey, flow_id: str | None = None
+) -> list[api.Trigger]:
+    request = api.ListTriggers(workspace_id=admin.workspace_id, flow_id=flow_id)
+    return await ingress.registry.call(subjects.TRIGGER_LIST, request, list[api.Trigger])
+
+
+@post("/v1/triggers", tags=["triggers"], summary="Create a trigger")
+async def create_trigger(data: api.NewTrigger, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+    request = api.CreateTrigger(workspace_id=admin.workspace_id, trigger=data)
+    return await ingress.registry.call(subjects.TRIGGER_CREATE, request, api.Trigger)
+
+
+@get("/v1/triggers/{trigger_id:str}", tags=["triggers"], summary="Get a trigger")
+async def get_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+    request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+    return await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
+
+
+@patch("/v1/triggers/{trigger_id:str}", tags=["triggers"], summary="Edit a trigger")
+async def update_trigger(
+    trigger_id: str, data: api.TriggerChanges, ingress: Ingress, admin: ApiKey
+) -> api.Trigger:
+    request = api.UpdateTrigger(
+        workspace_id=admin.workspace_id, trigger_id=trigger_id, changes=data
+    )
+    return await ingress.registry.call(subjects.TRIGGER_UPDATE, request, api.Trigger)
+
+
+@delete("/v1/triggers/{trigger_id:str}", status_code=200, tags=["triggers"], summary="Delete")
+async def delete_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+    request = api.DeleteTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+    return await ingress.registry.call(subjects.TRIGGER_DELETE, request, api.Trigger)
+
+
+async def _set_enabled(ingress: Ingress, admin: ApiKey, trigger_id: str, enabled: bool) -> Any:
+    request = api.SetTriggerEnabled(
+        workspace_id=admin.workspace_id, trigger_id=trigger_id, enabled=enabled
+    )
+    return await ingress.registry.call(subjects.TRIGGER_SET_ENABLED, request, api.Trigger)
+
+
+@post("/v1/triggers/{trigger_id:str}/pause", status_code=200, tags=["triggers"], summary="Pause")
+async def pause_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+    trigger: api.Trigger = await _set_enabled(ingress, admin, trigger_id, enabled=False)
+    return trigger
+
+
+@post("/v1/triggers/{trigger_id:str}/resume", status_code=200, tags=["triggers"], summary="Resume")
+async def resume_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+    trigger: api.Trigger = await _set_enabled(ingress, admin, trigger_id, enabled=True)
+    return trigger
+
+
+@post(
+    "/v1/triggers/{trigger_id:str}/run",
+    tags=["triggers"],
+    summary="Run now: start the trigger's flow once, whatever its type or state",
+)
+async def run_trigger_now(
+    trigger_id: str, request: Request[Any, Any, Any], ingress: Ingress, admin: ApiKey
+) -> Response[bytes]:
+    flow_input = await _json_body(request, ingress)
+    get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+    trigger = await ingress.registry.call(subjects.TRIGGER_GET, get_request, api.Trigger)
+    return await _start(
+        request, ingress, trigger.workspace_id, trigger.flow_id, trigger.id, "manual", flow_input
+    )
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+@get("/v1/runs", tags=["runs"], summary="List runs, newest first")
+async def list_runs(
+    ingress: Ingress,
+    admin: ApiKey,
+    flow_id: str | None = None,
+    trigger_id: str | None = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> RunPage:
+    runs = [
+        run
+        for run in await ingress.runs_of(admin.workspace_id)
+        if (flow_id is None or run.flow_id == flow_id)
+        and (trigger_id is None or run.trigger_id == trigger_id)
+        and (status is None or run.status == status)
+        and (cursor is None or run.id < cursor)
+    ]
+    page = runs[:limit]
+    next_cursor = page[-1].id if len(runs) > limit else None
+    return RunPage(items=page, next_cursor=next_cursor)
+
+
+@get("/v1/runs/{run_id:str}", tags=["runs"], summary="Get a run (any key of the workspace)")
+async def get_run(run_id: str, ingress: Ingress, authorization: Authorization) -> Run:
+    key = await ingress.key_from(authorization)
+    return await ingress.run(key.workspace_id, run_id)
+
+
+# --- the API trigger ------------------------------------------------------------------------
+
+
+@post(
+    "/trigger/{flow_id:str}",
+    tags=["trigger"],
+    summary="Start a flow through its API trigger; the JSON body is the flow's input",
+    status_code=202,
+)
+async def trigger_flow(
+    flow_id: str, request: Request[Any, Any, Any], ingress: Ingress
+) -> Response[bytes]:
+    key = await ingress.key_from(request.headers.get("authorization"))
+    directory = ingress.directory
+    try:
+        trigger = access.api_trigger_for(
+            key, directory.flow(flow_id), directory.triggers_of(flow_id)
+        )
+    except ApiError as error:
+        if error.code not in access.MAYBE_STALE:
+            raise
+        await directory.catch_up()
+        trigger = access.api_trigger_for(
+            key, directory.flow(flow_id), directory.triggers_of(flow_id)
+        )
+    flow_input = await _json_body(request, ingress)
+    return await _start(request, ingress, key.workspace_id, flow_id, trigger.id, "api", flow_input)
+
+
+async def _json_body(request: Request[Any, Any, Any], ingress: Ingress) -> Any:
+    body = await request.body()
+    if len(body) > ingress.settings.max_body_bytes:
+        raise ApiError(
+            413, "body_too_large", f"the body is over {ingress.settings.max_body_bytes} bytes"
+        )
+    if not body.strip():
+        return None
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from error
+
+
+async def _start(
+    request: Request[Any, Any, Any],
+    ingress: Ingress,
+    workspace_id: str,
+    flow_id: str,
+    trigger_id: str,
+    source: StartSource,
+    flow_input: Any,
+) -> Response[bytes]:
+    run_id = new_id("run")
+    await ingress.start(
+        FlowStart(
+            run_id=run_id,
+            workspace_id=workspace_id,
+            flow_id=flow_id,
+            input=flow_input,
+            source=source,
+            trigger_id=trigger_id,
+            requested_at=datetime.now(UTC),
+        )
+    )
+    status_url = f"{str(request.base_url).rstrip('/')}/v1/runs/{run_id}"
+    accepted = StartAccepted(run_id=run_id, status="queued", status_url=status_url)
+    return Response(
+        content=encode(accepted),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": status_url},
+    )
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+@get("/health", tags=["operations"], summary="Ready once the registry state is loaded")
+async def health(ingress: Ingress) -> Response[bytes]:
+    ready = ingress.directory.ready and ingress.nc.is_connected
+    body = {"status": "ok" if ready else "starting", "nats": ingress.nc.is_connected}
+    return Response(
+        content=encode(body), status_code=200 if ready else 503, media_type="application/json"
+    )
+
+
+ROUTES = [
+    create_workspace,
+    list_keys,
+    create_key,
+    revoke_key,
+    list_flows,
+    create_flow,
+    get_flow,
+    list_triggers,
+    create_trigger,
+    get_trigger,
+    update_trigger,
+    delete_trigger,
+    pause_trigger,
+    resume_trigger,
+    run_trigger_now,
+    list_runs,
+    get_run,
+    trigger_flow,
+    health,
+]

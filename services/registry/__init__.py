@@ -1,0 +1,1 @@
+"""The registry: sole owner of workspaces, API keys, flows and triggers."""

@@ -1,0 +1,346 @@
+"""The registry's rules: what may be created or changed, and what each record looks like.
+
+Pure logic over a small `RegistryStore`; the NATS KV adapter lives in `store.py`.
+"""
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+import msgspec
+from msgspec import UNSET
+
+from contracts import subjects
+from contracts.registry import (
+    ApiKey,
+    ApiKeyView,
+    CreateFlow,
+    CreateKey,
+    CreateTrigger,
+    CreateWorkspace,
+    DeleteTrigger,
+    Flow,
+    GetFlow,
+    GetTrigger,
+    IssuedKey,
+    KeyScope,
+    KeyUsed,
+    ListFlows,
+    ListKeys,
+    ListTriggers,
+    Problem,
+    RevokeKey,
+    Schedule,
+    SetTriggerEnabled,
+    Trigger,
+    TriggerType,
+    UpdateTrigger,
+    Workspace,
+    WorkspaceCreated,
+)
+from services.scheduler import cron
+from shared import api_keys
+from shared.ids import is_valid_id, new_id
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+MAX_NAME_LENGTH = 200
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
+
+
+class RegistryError(Exception):
+    """A request the registry refuses; carries the `Problem` to send back."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.problem = Problem(status=status, code=code, message=message)
+
+
+class AlreadyExists(Exception):
+    """A `create` found the key taken."""
+
+
+class RegistryStore(Protocol):
+    """Where registry records live, bucket by bucket (JetStream KV in production)."""
+
+    async def create(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        """Store `value` under a new `key`; raise `AlreadyExists` if it is taken."""
+
+    async def get(self, bucket: str, key: str, type_: type[R]) -> R | None: ...
+
+    async def list(self, bucket: str, prefix: str, type_: type[R]) -> list[R]:
+        """Every record whose key starts with `prefix.`."""
+
+    async def update(
+        self, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
+    ) -> R | None:
+        """Apply `change` atomically (compare-and-swap); None when the key does not exist."""
+
+    async def delete(self, bucket: str, key: str) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _name(value: str, what: str) -> str:
+    name = value.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise RegistryError(422, "invalid_name", f"{what} name is longer than {MAX_NAME_LENGTH}")
+    return name
+
+
+def _view(key: ApiKey) -> ApiKeyView:
+    return ApiKeyView(
+        id=key.id,
+        name=key.name,
+        scope=key.scope,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+    )
+
+
+def _check_schedule(trigger_type: TriggerType, schedule: Schedule | None) -> None:
+    if trigger_type == "schedule":
+        if schedule is None:
+            raise RegistryError(
+                422,
+                "schedule_required",
+                "a schedule trigger needs a `schedule`, such as "
+                '{"kind": "cron", "cron": "*/5 * * * *", "timezone": "UTC"}',
+            )
+        problem = cron.validate(schedule)
+        if problem is not None:
+            raise RegistryError(422, "invalid_schedule", problem)
+    elif schedule is not None:
+        raise RegistryError(
+            422, "unexpected_schedule", f"a `{trigger_type}` trigger takes no `schedule`"
+        )
+
+
+class Registry:
+    """Every registry operation, one method per request type."""
+
+    def __init__(self, store: RegistryStore, clock: Callable[[], datetime] = _now) -> None:
+        self._store = store
+        self._clock = clock
+
+    # --- workspaces and keys ---------------------------------------------------------------
+
+    async def create_workspace(self, request: CreateWorkspace) -> WorkspaceCreated:
+        name = _name(request.workspace.name, "workspace")
+        if not name:
+            raise RegistryError(422, "invalid_name", "a workspace needs a non-empty `name`")
+        workspace = Workspace(id=new_id("ws"), name=name, created_at=self._clock())
+        await self._store.create(subjects.WORKSPACES_BUCKET, workspace.id, workspace)
+        admin_key = await self._issue_key(workspace.id, "admin", "admin")
+        return WorkspaceCreated(workspace=workspace, admin_key=admin_key)
+
+    async def create_key(self, request: CreateKey) -> IssuedKey:
+        await self._workspace(request.workspace_id)
+        name = _name(request.key.name, "key") or f"{request.key.scope} key"
+        return await self._issue_key(request.workspace_id, name, request.key.scope)
+
+    async def _issue_key(self, workspace_id: str, name: str, scope: KeyScope) -> IssuedKey:
+        secret = api_keys.generate()
+        key = ApiKey(
+            id=new_id("key"),
+            workspace_id=workspace_id,
+            name=name,
+            scope=scope,
+            prefix=api_keys.shown_prefix(secret),
+            digest=api_keys.digest(secret),
+            created_at=self._clock(),
+        )
+        await self._store.create(
+            subjects.API_KEYS_BUCKET, subjects.record_key(workspace_id, key.id), key
+        )
+        return IssuedKey(key=_view(key), secret=secret)
+
+    async def list_keys(self, request: ListKeys) -> list[ApiKeyView]:
+        keys = await self._store.list(subjects.API_KEYS_BUCKET, request.workspace_id, ApiKey)
+        return [_view(key) for key in sorted(keys, key=lambda k: k.id)]
+
+    async def revoke_key(self, request: RevokeKey) -> ApiKeyView:
+        storage_key = subjects.record_key(request.workspace_id, request.key_id)
+        key = None
+        if is_valid_id(request.key_id):
+            key = await self._store.get(subjects.API_KEYS_BUCKET, storage_key, ApiKey)
+        if key is None:
+            raise RegistryError(404, "key_not_found", f"no API key {request.key_id!r}")
+        if key.scope == "admin":
+            keys = await self._store.list(subjects.API_KEYS_BUCKET, request.workspace_id, ApiKey)
+            if sum(1 for k in keys if k.scope == "admin") == 1:
+                raise RegistryError(
+                    409,
+                    "last_admin_key",
+                    "this is the workspace's last admin key: create another admin key first",
+                )
+        await self._store.delete(subjects.API_KEYS_BUCKET, storage_key)
+        return _view(key)
+
+    async def key_used(self, event: KeyUsed) -> None:
+        def touch(key: ApiKey) -> ApiKey:
+            if key.last_used_at is not None and key.last_used_at >= event.used_at:
+                return key
+            return msgspec.structs.replace(key, last_used_at=event.used_at)
+
+        if not is_valid_id(event.key_id) or not is_valid_id(event.workspace_id):
+            return
+        storage_key = subjects.record_key(event.workspace_id, event.key_id)
+        await self._store.update(subjects.API_KEYS_BUCKET, storage_key, ApiKey, touch)
+
+    # --- flows -----------------------------------------------------------------------------
+
+    async def create_flow(self, request: CreateFlow) -> Flow:
+        await self._workspace(request.workspace_id)
+        name = _name(request.flow.name, "flow")
+        if not name:
+            raise RegistryError(422, "invalid_name", "a flow needs a non-empty `name`")
+        function = request.flow.settings.function
+        if not _FUNCTION_NAME.match(function):
+            raise RegistryError(
+                422,
+                "invalid_function",
+                f"`settings.function` {function!r} is not a registered flow name "
+                "(letters, digits, `_`, `.`, `-`; such as `echo`)",
+            )
+        flow = Flow(
+            id=new_id("flw"),
+            workspace_id=request.workspace_id,
+            name=name,
+            settings=request.flow.settings,
+            created_at=self._clock(),
+        )
+        await self._store.create(
+            subjects.FLOWS_BUCKET, subjects.record_key(flow.workspace_id, flow.id), flow
+        )
+        return flow
+
+    async def list_flows(self, request: ListFlows) -> list[Flow]:
+        flows = await self._store.list(subjects.FLOWS_BUCKET, request.workspace_id, Flow)
+        return sorted(flows, key=lambda f: f.id)
+
+    async def get_flow(self, request: GetFlow) -> Flow:
+        return await self._flow(request.workspace_id, request.flow_id)
+
+    # --- triggers --------------------------------------------------------------------------
+
+    async def create_trigger(self, request: CreateTrigger) -> Trigger:
+        new = request.trigger
+        await self._flow(request.workspace_id, new.flow_id)
+        _check_schedule(new.type, new.schedule)
+        now = self._clock()
+        trigger = Trigger(
+            id=new_id("trg"),
+            workspace_id=request.workspace_id,
+            flow_id=new.flow_id,
+            type=new.type,
+            name=_name(new.name, "trigger"),
+            enabled=new.enabled,
+            schedule=new.schedule,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._store.create(
+            subjects.TRIGGERS_BUCKET, subjects.record_key(trigger.workspace_id, trigger.id), trigger
+        )
+        return trigger
+
+    async def list_triggers(self, request: ListTriggers) -> list[Trigger]:
+        triggers = await self._store.list(subjects.TRIGGERS_BUCKET, request.workspace_id, Trigger)
+        if request.flow_id is not None:
+            triggers = [t for t in triggers if t.flow_id == request.flow_id]
+        return sorted(triggers, key=lambda t: t.id)
+
+    async def get_trigger(self, request: GetTrigger) -> Trigger:
+        return await self._trigger(request.workspace_id, request.trigger_id)
+
+    async def update_trigger(self, request: UpdateTrigger) -> Trigger:
+        changes = request.changes
+        current = await self._trigger(request.workspace_id, request.trigger_id)
+        if changes.flow_id is not UNSET and changes.flow_id != current.flow_id:
+            await self._flow(request.workspace_id, changes.flow_id)
+        trigger_type = current.type if changes.type is UNSET else changes.type
+        schedule = current.schedule if changes.schedule is UNSET else changes.schedule
+        if trigger_type != "schedule" and changes.schedule is UNSET:
+            schedule = None  # changing a schedule trigger into another type drops its schedule
+        _check_schedule(trigger_type, schedule)
+
+        def apply(trigger: Trigger) -> Trigger:
+            return msgspec.structs.replace(
+                trigger,
+                flow_id=trigger.flow_id if changes.flow_id is UNSET else changes.flow_id,
+                type=trigger_type,
+                name=trigger.name if changes.name is UNSET else _name(changes.name, "trigger"),
+                schedule=schedule,
+                version=trigger.version + 1,
+                updated_at=self._clock(),
+            )
+
+        return await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+
+    async def set_trigger_enabled(self, request: SetTriggerEnabled) -> Trigger:
+        def apply(trigger: Trigger) -> Trigger:
+            if trigger.enabled == request.enabled:
+                return trigger
+            return msgspec.structs.replace(
+                trigger,
+                enabled=request.enabled,
+                version=trigger.version + 1,
+                updated_at=self._clock(),
+            )
+
+        return await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+
+    async def delete_trigger(self, request: DeleteTrigger) -> Trigger:
+        trigger = await self._trigger(request.workspace_id, request.trigger_id)
+        await self._store.delete(
+            subjects.TRIGGERS_BUCKET, subjects.record_key(trigger.workspace_id, trigger.id)
+        )
+        return trigger
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    async def _workspace(self, workspace_id: str) -> Workspace:
+        workspace = None
+        if is_valid_id(workspace_id):
+            workspace = await self._store.get(subjects.WORKSPACES_BUCKET, workspace_id, Workspace)
+        if workspace is None:
+            raise RegistryError(404, "workspace_not_found", f"no workspace {workspace_id!r}")
+        return workspace
+
+    async def _flow(self, workspace_id: str, flow_id: str) -> Flow:
+        flow = None
+        if is_valid_id(flow_id):
+            key = subjects.record_key(workspace_id, flow_id)
+            flow = await self._store.get(subjects.FLOWS_BUCKET, key, Flow)
+        if flow is None:
+            raise RegistryError(404, "flow_not_found", f"no flow {flow_id!r} in this workspace")
+        return flow
+
+    async def _trigger(self, workspace_id: str, trigger_id: str) -> Trigger:
+        trigger = None
+        if is_valid_id(trigger_id):
+            key = subjects.record_key(workspace_id, trigger_id)
+            trigger = await self._store.get(subjects.TRIGGERS_BUCKET, key, Trigger)
+        if trigger is None:
+            raise RegistryError(
+                404, "trigger_not_found", f"no trigger {trigger_id!r} in this workspace"
+            )
+        return trigger
+
+    async def _update_trigger(
+        self, workspace_id: str, trigger_id: str, apply: Callable[[Trigger], Trigger]
+    ) -> Trigger:
+        updated = None
+        if is_valid_id(trigger_id):
+            key = subjects.record_key(workspace_id, trigger_id)
+            updated = await self._store.update(subjects.TRIGGERS_BUCKET, key, Trigger, apply)
+        if updated is None:
+            raise RegistryError(
+                404, "trigger_not_found", f"no trigger {trigger_id!r} in this workspace"
+            )
+        return updated

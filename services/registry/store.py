@@ -1,0 +1,79 @@
+"""The registry's records in JetStream KV: one bucket per record type, one writer (us)."""
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from services.registry.core import AlreadyExists
+from shared.codec import decode, encode
+from shared.kv import read_prefix
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+MAX_CAS_ATTEMPTS = 20
+
+
+class KvRegistryStore:
+    """`RegistryStore` over JetStream KV buckets (opened lazily, then kept)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._buckets: dict[str, KeyValue] = {}
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            kv = self._buckets[bucket] = await self._js.key_value(bucket)
+        return kv
+
+    async def create(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        kv = await self._kv(bucket)
+        try:
+            await kv.create(key, encode(value))
+        except KeyWrongLastSequenceError as error:
+            raise AlreadyExists(key) from error
+
+    async def get(self, bucket: str, key: str, type_: type[R]) -> R | None:
+        kv = await self._kv(bucket)
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        value: R = decode(entry.value, type_)
+        return value
+
+    async def list(self, bucket: str, prefix: str, type_: type[R]) -> list[R]:
+        kv = await self._kv(bucket)
+        return await read_prefix(kv, prefix, type_)
+
+    async def update(
+        self, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
+    ) -> R | None:
+        kv = await self._kv(bucket)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                return None
+            if not entry.value:
+                return None
+            current: R = decode(entry.value, type_)
+            changed = change(current)
+            if changed == current:
+                return current
+            try:
+                await kv.update(key, encode(changed), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # someone wrote in between: read again and re-apply
+            return changed
+        raise RuntimeError(f"gave up updating {bucket}/{key} after {MAX_CAS_ATTEMPTS} conflicts")
+
+    async def delete(self, bucket: str, key: str) -> None:
+        kv = await self._kv(bucket)
+        await kv.delete(key)

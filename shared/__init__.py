@@ -1,0 +1,1 @@
+"""Python code common to the services: settings, NATS wiring, supervision, identifiers."""

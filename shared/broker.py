@@ -1,0 +1,142 @@
+"""NATS wiring common to every service: connecting, the JetStream topology, dead letters."""
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from contracts import subjects
+from contracts.runs import DeadLetter
+from shared.codec import encode
+
+log = logging.getLogger(__name__)
+
+DAY = timedelta(days=1).total_seconds()
+
+
+async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Client:
+    """Connect, retrying the first connection for a while, and reconnecting forever afterwards."""
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats connection error (%s): %s", name, error)
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected (%s)", name)
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected (%s)", name)
+
+    deadline = asyncio.get_running_loop().time() + first_attempt_for
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+        except (OSError, NoServersError, TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.info("waiting for NATS at %s (%s)", url, name)
+            await asyncio.sleep(0.5)
+
+
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+    """Every stream of the trigger plane (KV buckets come from `bucket_configs`)."""
+    return [
+        StreamConfig(
+            name=subjects.FLOW_STARTS_STREAM,
+            subjects=[subjects.FLOW_START],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=timedelta(minutes=10).total_seconds(),
+        ),
+        StreamConfig(
+            name=subjects.RUN_EVENTS_STREAM,
+            subjects=[f"{subjects.RUN_EVENT_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=DAY,
+        ),
+        StreamConfig(
+            name=subjects.DEAD_LETTERS_STREAM,
+            subjects=[f"{subjects.DEAD_LETTER_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=30 * DAY,
+        ),
+        StreamConfig(
+            name=subjects.SCHEDULES_STREAM,
+            subjects=[f"{subjects.SCHEDULE_TIMER_PREFIX}.>", f"{subjects.SCHEDULE_TICK_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            allow_msg_schedules=True,
+            # One parked timer per trigger: parking a new one replaces the old.
+            max_msgs_per_subject=1,
+        ),
+    ]
+
+
+def bucket_configs(replicas: int = 1) -> list[KeyValueConfig]:
+    """Every KV bucket of the trigger plane."""
+    registry_buckets = [
+        subjects.WORKSPACES_BUCKET,
+        subjects.API_KEYS_BUCKET,
+        subjects.FLOWS_BUCKET,
+        subjects.TRIGGERS_BUCKET,
+    ]
+    return [
+        *(KeyValueConfig(bucket=name, history=1, replicas=replicas) for name in registry_buckets),
+        KeyValueConfig(bucket=subjects.RUNS_BUCKET, history=1, replicas=replicas, ttl=30 * DAY),
+    ]
+
+
+async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create (or bring up to date) every stream and bucket; safe for every replica to call."""
+    for config in stream_configs(replicas):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+    for bucket in bucket_configs(replicas):
+        await js.create_key_value(bucket)
+
+
+async def bucket(js: JetStreamContext, name: str) -> KeyValue:
+    """An existing KV bucket (see `ensure_topology`)."""
+    return await js.key_value(name)
+
+
+async def reject(js: JetStreamContext, msg: Msg, reason: str, service: str) -> None:
+    """Record `msg` with `reason` as a dead letter, then terminate it so it never comes back."""
+    letter = DeadLetter(
+        subject=msg.subject,
+        reason=reason,
+        payload=msg.data.decode("utf-8", errors="replace"),
+        headers=dict(msg.headers or {}),
+        service=service,
+        rejected_at=datetime.now(UTC),
+    )
+    await js.publish(subjects.dead_letter(msg.subject), encode(letter))
+    log.warning("rejected a message on %s: %s", msg.subject, reason)
+    await msg.term()

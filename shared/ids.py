@@ -1,0 +1,39 @@
+"""Identifiers: a readable type prefix, then a time-ordered, random part.
+
+Ids of the same type sort by creation time (to the millisecond), which gives newest-first
+listings without an index.
+"""
+
+import hashlib
+import re
+import secrets
+import time
+
+_VALID = re.compile(r"^[a-z]{2,4}_[0-9a-z]{21}$")
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, remainder = divmod(number, 36)
+        digits.append(_ALPHABET[remainder])
+    return "".join(reversed(digits))
+
+
+def new_id(prefix: str, now_ms: int | None = None) -> str:
+    """A new id such as `run_0m3k2x9a1b7qz4c8d2e5`: 9 time characters, 12 random ones."""
+    millis = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{prefix}_{_base36(millis, 9)}{_base36(secrets.randbits(62), 12)}"
+
+
+def derived_id(prefix: str, now_ms: int, seed: bytes) -> str:
+    """A deterministic id for work that must be recognised when it comes again (a tick)."""
+    digest = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") >> 2
+    return f"{prefix}_{_base36(now_ms, 9)}{_base36(digest, 12)}"
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether `value` has the shape of an id this project made (safe as a KV key part)."""
+    return _VALID.match(value) is not None

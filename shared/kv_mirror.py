@@ -1,0 +1,123 @@
+"""A local, read-only mirror of a KV bucket, kept current by a watch.
+
+This is how a service follows state another service owns: the owner writes the bucket, the
+follower watches it. The watch replays the current values, then streams every change.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from shared.codec import decoder
+
+log = logging.getLogger(__name__)
+
+V = TypeVar("V")
+
+
+class KvMirror(Generic[V]):
+    """`key -> decoded value` for one bucket; `ready` is set once the first replay is done."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        value_type: type[V],
+        on_change: Callable[[str, V | None, V | None], None] | None = None,
+    ) -> None:
+        self._kv = kv
+        self._decoder = decoder(value_type)
+        self._values: dict[str, V] = {}
+        self._on_change = on_change
+        self.ready = asyncio.Event()
+        self._revision = 0
+        self._advanced = asyncio.Event()
+
+    def get(self, key: str) -> V | None:
+        return self._values.get(key)
+
+    def values(self) -> Iterator[V]:
+        return iter(list(self._values.values()))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    async def catch_up(self, timeout: float = 1.0) -> bool:
+        """Wait until the mirror has seen every write made to the bucket before this call.
+
+        For the rare path where a miss may only mean "not seen yet" (a key used a moment after
+        it was created); the hot path never waits. Returns False on timeout.
+        """
+        info = await self._kv._js.stream_info(self._kv._stream)
+        target = info.state.last_seq
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._revision < target or not self.ready.is_set():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            self._advanced.clear()
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def follow(self) -> None:
+        """Watch the bucket until the watch ends (run it under `supervised`).
+
+        Each (re)start replays the whole bucket into a fresh table and swaps it in once the
+        replay is complete, so readers never see a half-loaded mirror.
+        """
+        watcher = await self._kv.watchall()
+        replay: dict[str, V] | None = {}
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the initial replay
+                    if replay is not None:
+                        self._swap(replay)
+                        replay = None
+                        self._advanced.set()
+                    continue
+                value: V | None = None
+                if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
+                    try:
+                        value = self._decoder.decode(entry.value)
+                    except msgspec.DecodeError as error:
+                        log.error(
+                            "skipping undecodable %s/%s: %s", self._kv._name, entry.key, error
+                        )
+                        self._revision = max(self._revision, entry.revision)
+                        continue
+                if replay is not None:
+                    if value is None:
+                        replay.pop(entry.key, None)
+                    else:
+                        replay[entry.key] = value
+                else:
+                    self._apply(entry.key, value)
+                self._revision = max(self._revision, entry.revision)
+                if replay is None:
+                    self._advanced.set()
+        finally:
+            await watcher.stop()
+
+    def _swap(self, fresh: dict[str, V]) -> None:
+        old = self._values
+        self._values = fresh
+        if self._on_change is not None:
+            for key in old.keys() | fresh.keys():
+                if old.get(key) != fresh.get(key):
+                    self._on_change(key, old.get(key), fresh.get(key))
+        self.ready.set()
+
+    def _apply(self, key: str, value: V | None) -> None:
+        old = self._values.get(key)
+        if value is None:
+            self._values.pop(key, None)
+        else:
+            self._values[key] = value
+        if self._on_change is not None:
+            self._on_change(key, old, value)

@@ -1,0 +1,38 @@
+"""The life cycle every NATS-only service shares: start, run until SIGINT/SIGTERM, stop."""
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Protocol
+
+
+class Service(Protocol):
+    """What a service's `create_app` returns."""
+
+    async def start(self) -> None:
+        """Connect and start every loop; return once the service is serving."""
+
+    async def stop(self) -> None:
+        """Stop taking work, finish or hand back what is in flight, drain and close."""
+
+
+def configure_logging(service: str) -> None:
+    """Plain line logs on stderr, level from `LOG_LEVEL` (default INFO)."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def serve(app: Service, name: str) -> None:
+    """Start `app`, log that it is up, and stop it cleanly on SIGINT or SIGTERM."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await app.start()
+    logging.getLogger(name).info("%s is up", name)
+    await stopping.wait()
+    logging.getLogger(name).info("%s is stopping", name)
+    await app.stop()
