@@ -1,0 +1,23 @@
+"""`python -m services.runner`: run the runner until SIGINT or SIGTERM."""
+
+import asyncio
+
+from services.runner.app import create_app
+from services.runner.flows import FlowModuleError, load_modules
+from services.runner.settings import RunnerSettings
+from shared.service import configure_logging, serve
+from shared.settings import from_environment
+
+
+def main() -> None:
+    configure_logging("runner")
+    settings = from_environment(RunnerSettings)
+    try:
+        load_modules(settings.flow_modules)
+    except FlowModuleError as error:
+        raise SystemExit(f"runner cannot start: {error}") from error
+    asyncio.run(serve(create_app(settings), "runner"))
+
+
+if __name__ == "__main__":
+    main()
