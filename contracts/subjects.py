@@ -65,6 +65,11 @@ def record_key(workspace_id: str, record_id: str) -> str:
     return f"{workspace_id}.{record_id}"
 
 
+def record_id(key: str) -> str:
+    """The record id in a `record_key` (ids are unique across workspaces)."""
+    return key.rpartition(".")[2]
+
+
 # --- Run records (JetStream KV; the runner is the only writer) -----------------------------
 RUNS_BUCKET = "runs"
 

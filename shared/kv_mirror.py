@@ -27,8 +27,11 @@ class KvMirror(Generic[V]):
         kv: KeyValue,
         value_type: type[V],
         on_change: Callable[[str, V | None, V | None], None] | None = None,
+        key_of: Callable[[str], str] = str,
     ) -> None:
+        """`key_of` maps a bucket key to the mirror's key (by default the same)."""
         self._kv = kv
+        self._key_of = key_of
         self._decoder = decoder(value_type)
         self._values: dict[str, V] = {}
         self._on_change = on_change
@@ -73,11 +76,13 @@ class KvMirror(Generic[V]):
         """
         watcher = await self._kv.watchall()
         replay: dict[str, V] | None = {}
+        replay_revision = 0
         try:
             async for entry in watcher:
                 if entry is None:  # end of the initial replay
                     if replay is not None:
                         self._swap(replay)
+                        self._revision = max(self._revision, replay_revision)
                         replay = None
                         self._advanced.set()
                     continue
@@ -91,18 +96,21 @@ class KvMirror(Generic[V]):
                         )
                         self._revision = max(self._revision, entry.revision)
                         continue
+                key = self._key_of(entry.key)
                 if replay is not None:
                     if value is None:
-                        replay.pop(entry.key, None)
+                        replay.pop(key, None)
                     else:
-                        replay[entry.key] = value
+                        replay[key] = value
+                    # Counted only once the replay is swapped in, so `catch_up` cannot report
+                    # a revision that readers do not see yet.
+                    replay_revision = max(replay_revision, entry.revision)
                 else:
-                    self._apply(entry.key, value)
-                self._revision = max(self._revision, entry.revision)
-                if replay is None:
+                    self._apply(key, value)
+                    self._revision = max(self._revision, entry.revision)
                     self._advanced.set()
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _swap(self, fresh: dict[str, V]) -> None:
         old = self._values

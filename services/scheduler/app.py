@@ -1,0 +1,211 @@
+"""Wiring of the scheduler: NATS connection, trigger mirror, JetStream timers and the tick loop."""
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts import subjects
+from contracts.registry import Trigger
+from contracts.runs import FlowStart
+from contracts.scheduling import ScheduleTick
+from services.scheduler.handlers import SERVICE, Clock, Scheduler, consume_tick, now_utc
+from services.scheduler.settings import SchedulerSettings
+from shared import broker
+from shared.codec import decode, encode
+from shared.kv_mirror import KvMirror
+from shared.supervise import supervised
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 5.0
+"""Seconds one pull request waits for due ticks before it is renewed."""
+STOP_TIMEOUT = 10.0
+"""Seconds `stop` waits for ticks and timer updates in flight before giving up on them."""
+TICK_ACK_WAIT = 30.0
+"""Seconds a delivered tick may stay unacknowledged before another replica gets it."""
+
+
+def at_header(scheduled_at: datetime) -> str:
+    """`@at` value of a timer: whole-second RFC 3339 UTC, rounded up so it never fires early."""
+    moment = scheduled_at.astimezone(UTC)
+    if moment.microsecond:
+        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    return f"@at {moment:%Y-%m-%dT%H:%M:%SZ}"
+
+
+class JetStreamTimers:
+    """`Timers` as NATS message schedules: one `@at` message per trigger on its timer subject.
+
+    The server republishes the due message to the trigger's tick subject; the stream keeps one
+    message per subject, so parking replaces the previous timer.
+    """
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def park(self, tick: ScheduleTick) -> None:
+        await self._js.publish(
+            subjects.schedule_timer(tick.trigger_id),
+            encode(tick),
+            headers={
+                "Nats-Schedule": at_header(tick.scheduled_at),
+                "Nats-Schedule-Target": subjects.schedule_tick(tick.trigger_id),
+            },
+        )
+
+    async def parked(self, trigger_id: str) -> ScheduleTick | None:
+        try:
+            stored = await self._js.get_last_msg(
+                subjects.SCHEDULES_STREAM, subjects.schedule_timer(trigger_id)
+            )
+        except NotFoundError:
+            return None
+        try:
+            tick: ScheduleTick = decode(stored.data or b"", ScheduleTick)
+        except msgspec.DecodeError:
+            return None  # parking a fresh timer replaces it
+        return tick
+
+    async def cancel(self, trigger_id: str) -> None:
+        # The tick subject is purged too so that a deleted trigger leaves nothing behind.
+        for subject in (subjects.schedule_timer(trigger_id), subjects.schedule_tick(trigger_id)):
+            await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
+
+
+class JetStreamStarts:
+    """`Starts` as JetStream publishes to `flow.start`, de-duplicated by `Nats-Msg-Id`."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(self, start: FlowStart, msg_id: str) -> None:
+        ack = await self._js.publish(
+            subjects.FLOW_START, encode(start), headers={"Nats-Msg-Id": msg_id}
+        )
+        log.debug("start %s for %s stored (duplicate: %s)", start.run_id, msg_id, ack.duplicate)
+
+
+def tick_consumer_config() -> ConsumerConfig:
+    """The durable pull consumer every scheduler replica shares to receive due ticks."""
+    return ConsumerConfig(
+        durable_name=subjects.SCHEDULER_CONSUMER,
+        filter_subject=f"{subjects.SCHEDULE_TICK_PREFIX}.>",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=TICK_ACK_WAIT,
+    )
+
+
+class SchedulerApp:
+    """The scheduler service: follows the triggers, keeps their timers parked, fires ticks."""
+
+    def __init__(self, settings: SchedulerSettings, *, clock: Clock = now_utc) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._scheduler: Scheduler | None = None
+        self._mirror_task: asyncio.Task[None] | None = None
+        self._consume_task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[list[None]] | None = None
+
+    async def start(self) -> None:
+        """Connect, follow the triggers, reconcile the parked timers, then consume ticks."""
+        self._nc = await broker.connect(self._settings.nats_url, SERVICE)
+        js = self._js = self._nc.jetstream()
+        await broker.ensure_topology(js, self._settings.nats_replicas)
+        # The consumer exists before any timer is parked, so no tick can fire unseen.
+        await self._ensure_consumer(js)
+        kv = await broker.bucket(js, subjects.TRIGGERS_BUCKET)
+        # Keyed by trigger id: ticks and timers name triggers by id alone.
+        mirror: KvMirror[Trigger] = KvMirror(
+            kv, Trigger, on_change=self._on_trigger_change, key_of=subjects.record_id
+        )
+        self._scheduler = Scheduler(
+            mirror, JetStreamTimers(js), JetStreamStarts(js), clock=self._clock
+        )
+        self._mirror_task = asyncio.create_task(
+            supervised("scheduler trigger mirror", mirror.follow)
+        )
+        await mirror.ready.wait()
+        await self._scheduler.reconcile()
+        self._consume_task = asyncio.create_task(supervised("scheduler tick loop", self._consume))
+        log.info("scheduler follows %d triggers", len(mirror))
+
+    async def stop(self) -> None:
+        """Stop fetching ticks, finish those in hand, stop following triggers, drain."""
+        await _cancel(self._consume_task)
+        if self._in_flight is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._in_flight), STOP_TIMEOUT)
+        await _cancel(self._mirror_task)
+        if self._scheduler is not None:
+            await self._scheduler.settle(STOP_TIMEOUT)
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+    def _on_trigger_change(self, key: str, old: Trigger | None, new: Trigger | None) -> None:
+        if self._scheduler is not None:
+            self._scheduler.on_trigger_change(key, old, new)
+
+    @staticmethod
+    async def _ensure_consumer(js: JetStreamContext) -> None:
+        try:
+            await js.consumer_info(subjects.SCHEDULES_STREAM, subjects.SCHEDULER_CONSUMER)
+        except NotFoundError:
+            await js.add_consumer(subjects.SCHEDULES_STREAM, tick_consumer_config())
+
+    async def _consume(self) -> None:
+        """Pull due ticks and handle each batch concurrently (run it under `supervised`)."""
+        assert self._js is not None
+        assert self._scheduler is not None
+        js, scheduler = self._js, self._scheduler
+        retry_delay = self._settings.tick_retry_delay
+        subscription = await js.pull_subscribe(
+            f"{subjects.SCHEDULE_TICK_PREFIX}.>",
+            durable=subjects.SCHEDULER_CONSUMER,
+            stream=subjects.SCHEDULES_STREAM,
+            config=tick_consumer_config(),
+        )
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(
+                        self._settings.tick_batch, timeout=FETCH_TIMEOUT
+                    )
+                except TimeoutError:
+                    continue
+                batch = asyncio.gather(
+                    *(
+                        consume_tick(scheduler, js, message, retry_delay=retry_delay)
+                        for message in messages
+                    )
+                )
+                # Shielded so that stopping lets the ticks in hand finish instead of leaving
+                # them unacknowledged until the ack wait runs out.
+                self._in_flight = batch
+                await asyncio.shield(batch)
+                self._in_flight = None
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: SchedulerSettings, *, clock: Clock = now_utc) -> SchedulerApp:
+    """The scheduler, not yet started (no connection is made until `start`)."""
+    return SchedulerApp(settings, clock=clock)

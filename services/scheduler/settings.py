@@ -1,0 +1,14 @@
+"""Scheduler settings, read from the environment (`NATS_URL`, `NATS_REPLICAS`, ...)."""
+
+import msgspec
+
+
+class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server to connect to (`NATS_URL`)."""
+    nats_replicas: int = 1
+    """Replicas of the streams and buckets this service creates; 3 in production."""
+    tick_batch: int = 64
+    """Most due ticks one fetch takes from the shared `scheduler` consumer (`TICK_BATCH`)."""
+    tick_retry_delay: float = 1.0
+    """Seconds before a tick whose handling failed is delivered again (`TICK_RETRY_DELAY`)."""
