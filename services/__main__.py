@@ -1,8 +1,9 @@
 """`python -m services` (what `make run` runs): a local NATS server and all four services.
 
 Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `DATA_DIR`
-(`.data`), `OPERATOR_TOKEN` (generated and printed when unset), and anything the services read
-(`RUNNER_FLOWS`, `LOG_LEVEL`, ...). Ctrl-C (or SIGTERM) stops the services, then NATS.
+(`.data`), `OPERATOR_TOKEN` (generated when unset; printed and written to
+`<DATA_DIR>/operator-token`), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
+Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
 
 import os
@@ -65,6 +66,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir / "operator-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     nats = nats_server.start(
         nats_port, data_dir / "nats", data_dir / "nats-server.log", new_session=True
     )
@@ -84,8 +89,7 @@ def main() -> int:
             f"\n  Trigger plane is up.\n"
             f"  HTTP API        {api}   (OpenAPI: {api}/schema/swagger)\n"
             f"  NATS            {nats_url}   (data in {data_dir})\n"
-            f"  Operator token  {token}\n"
-            f"  export OPERATOR_TOKEN={token}\n"
+            f"  Operator token  {token}   (also in {token_file})\n"
             f"  Press Ctrl-C to stop.\n",
             flush=True,
         )

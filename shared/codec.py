@@ -1,6 +1,5 @@
 """JSON encoding of contracts: one encoder, one cached typed decoder per type."""
 
-from functools import cache
 from typing import Any
 
 import msgspec
@@ -13,10 +12,15 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-@cache
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 def decoder(type_: Any) -> msgspec.json.Decoder[Any]:
-    """A reusable strict decoder for `type_`."""
-    return msgspec.json.Decoder(type_)
+    """A reusable strict decoder for `type_` (built once per type)."""
+    found = _decoders.get(type_)
+    if found is None:
+        found = _decoders[type_] = msgspec.json.Decoder(type_)
+    return found
 
 
 def decode(data: bytes | str, type_: type[Any]) -> Any:

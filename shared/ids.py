@@ -23,7 +23,7 @@ def _base36(number: int, width: int) -> str:
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
-    """A new id such as `run_0m3k2x9a1b7qz4c8d2e5`: 9 time characters, 12 random ones."""
+    """A new id such as `run_0mx0vlscmhe76pclymsbg`: 9 time characters, 12 random ones."""
     millis = int(time.time() * 1000) if now_ms is None else now_ms
     return f"{prefix}_{_base36(millis, 9)}{_base36(secrets.randbits(62), 12)}"
 
@@ -36,4 +36,4 @@ def derived_id(prefix: str, now_ms: int, seed: bytes) -> str:
 
 def is_valid_id(value: str) -> bool:
     """Whether `value` has the shape of an id this project made (safe as a KV key part)."""
-    return _VALID.match(value) is not None
+    return _VALID.fullmatch(value) is not None

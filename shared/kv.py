@@ -30,5 +30,5 @@ async def read_prefix(kv: KeyValue, prefix: str, type_: type[R]) -> list[R]:
             if entry.delta == 0:
                 break
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return records

@@ -1,6 +1,7 @@
 """The life cycle every NATS-only service shares: start, run until SIGINT/SIGTERM, stop."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -31,7 +32,18 @@ async def serve(app: Service, name: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    await app.start()
+    # A signal during start-up (say, NATS unreachable) must stop the service too.
+    starting = asyncio.create_task(app.start())
+    stop_requested = asyncio.create_task(stopping.wait())
+    await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await app.stop()
+        return
+    stop_requested.cancel()
+    starting.result()  # a failed start fails the service
     logging.getLogger(name).info("%s is up", name)
     await stopping.wait()
     logging.getLogger(name).info("%s is stopping", name)

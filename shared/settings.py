@@ -20,7 +20,12 @@ def from_environment(cls: type[S], environ: Mapping[str, str] | None = None) -> 
     for field in msgspec.structs.fields(cls):
         value = env.get(field.name.upper())
         if value is not None and value != "":
-            given[field.name] = value
+            try:
+                given[field.name] = msgspec.convert(value, field.type, strict=False)
+            except msgspec.ValidationError as error:
+                raise SettingsError(
+                    f"invalid {field.name.upper()}={value!r} (setting `{field.name}`): {error}"
+                ) from error
     try:
         return msgspec.convert(given, cls, strict=False)
     except msgspec.ValidationError as error:

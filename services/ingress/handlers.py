@@ -5,7 +5,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from contracts import registry as api
 from contracts import subjects
@@ -18,19 +19,21 @@ from services.ingress.state import Ingress
 from shared.codec import encode
 from shared.ids import new_id
 
-Authorization = Annotated[str | None, Parameter(header="Authorization", required=False)]
+Authorization = Annotated[str | None, HeaderParameter(name="Authorization", required=False)]
 
 
 # --- dependencies ---------------------------------------------------------------------------
 
 
-async def provide_admin(request: Request[Any, Any, Any], ingress: Ingress) -> ApiKey:
+async def provide_admin(
+    request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
+) -> ApiKey:
     key = await ingress.key_from(request.headers.get("authorization"))
     return access.require_admin(key)
 
 
 def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
-    ingress: Ingress = request.app.state.ingress
+    ingress: NamedDependency[Ingress] = request.app.state.ingress
     return ingress
 
 
@@ -39,7 +42,9 @@ def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
 
 @post("/v1/workspaces", tags=["operator"], summary="Create a workspace and its first admin key")
 async def create_workspace(
-    data: api.NewWorkspace, ingress: Ingress, authorization: Authorization
+    data: JSONBody[api.NewWorkspace],
+    ingress: NamedDependency[Ingress],
+    authorization: Authorization,
 ) -> api.WorkspaceCreated:
     ingress.check_operator(authorization)
     return await ingress.registry.call(
@@ -51,40 +56,54 @@ async def create_workspace(
 
 
 @get("/v1/keys", tags=["keys"], summary="List the workspace's API keys (no secrets)")
-async def list_keys(ingress: Ingress, admin: ApiKey) -> list[api.ApiKeyView]:
+async def list_keys(
+    ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> list[api.ApiKeyView]:
     request = api.ListKeys(workspace_id=admin.workspace_id)
     return await ingress.registry.call(subjects.KEY_LIST, request, list[api.ApiKeyView])
 
 
 @post("/v1/keys", tags=["keys"], summary="Create an API key (its secret is shown only here)")
-async def create_key(data: api.NewKey, ingress: Ingress, admin: ApiKey) -> api.IssuedKey:
+async def create_key(
+    data: JSONBody[api.NewKey], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.IssuedKey:
     request = api.CreateKey(workspace_id=admin.workspace_id, key=data)
     return await ingress.registry.call(subjects.KEY_CREATE, request, api.IssuedKey)
 
 
 @delete("/v1/keys/{key_id:str}", status_code=200, tags=["keys"], summary="Revoke an API key")
-async def revoke_key(key_id: str, ingress: Ingress, admin: ApiKey) -> api.ApiKeyView:
+async def revoke_key(
+    key_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.ApiKeyView:
     request = api.RevokeKey(workspace_id=admin.workspace_id, key_id=key_id)
-    return await ingress.registry.call(subjects.KEY_REVOKE, request, api.ApiKeyView)
+    revoked = await ingress.registry.call(subjects.KEY_REVOKE, request, api.ApiKeyView)
+    await ingress.directory.catch_up()  # once we answer, this ingress refuses the key
+    return revoked
 
 
 # --- flows ----------------------------------------------------------------------------------
 
 
 @get("/v1/flows", tags=["flows"], summary="List the workspace's flows")
-async def list_flows(ingress: Ingress, admin: ApiKey) -> list[api.Flow]:
+async def list_flows(
+    ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> list[api.Flow]:
     request = api.ListFlows(workspace_id=admin.workspace_id)
     return await ingress.registry.call(subjects.FLOW_LIST, request, list[api.Flow])
 
 
 @post("/v1/flows", tags=["flows"], summary="Register a flow")
-async def create_flow(data: api.NewFlow, ingress: Ingress, admin: ApiKey) -> api.Flow:
+async def create_flow(
+    data: JSONBody[api.NewFlow], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.Flow:
     request = api.CreateFlow(workspace_id=admin.workspace_id, flow=data)
     return await ingress.registry.call(subjects.FLOW_CREATE, request, api.Flow)
 
 
 @get("/v1/flows/{flow_id:str}", tags=["flows"], summary="Get a flow")
-async def get_flow(flow_id: str, ingress: Ingress, admin: ApiKey) -> api.Flow:
+async def get_flow(
+    flow_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.Flow:
     request = api.GetFlow(workspace_id=admin.workspace_id, flow_id=flow_id)
     return await ingress.registry.call(subjects.FLOW_GET, request, api.Flow)
 
@@ -94,55 +113,83 @@ async def get_flow(flow_id: str, ingress: Ingress, admin: ApiKey) -> api.Flow:
 
 @get("/v1/triggers", tags=["triggers"], summary="List triggers, optionally of one flow")
 async def list_triggers(
-    ingress: Ingress, admin: ApiKey, flow_id: str | None = None
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
+    flow_id: FromQuery[str | None] = None,
 ) -> list[api.Trigger]:
     request = api.ListTriggers(workspace_id=admin.workspace_id, flow_id=flow_id)
     return await ingress.registry.call(subjects.TRIGGER_LIST, request, list[api.Trigger])
 
 
 @post("/v1/triggers", tags=["triggers"], summary="Create a trigger")
-async def create_trigger(data: api.NewTrigger, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+async def create_trigger(
+    data: JSONBody[api.NewTrigger],
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
+) -> api.Trigger:
     request = api.CreateTrigger(workspace_id=admin.workspace_id, trigger=data)
     return await ingress.registry.call(subjects.TRIGGER_CREATE, request, api.Trigger)
 
 
 @get("/v1/triggers/{trigger_id:str}", tags=["triggers"], summary="Get a trigger")
-async def get_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+async def get_trigger(
+    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.Trigger:
     request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
     return await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
 
 
 @patch("/v1/triggers/{trigger_id:str}", tags=["triggers"], summary="Edit a trigger")
 async def update_trigger(
-    trigger_id: str, data: api.TriggerChanges, ingress: Ingress, admin: ApiKey
+    trigger_id: FromPath[str],
+    data: JSONBody[api.TriggerChanges],
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
 ) -> api.Trigger:
     request = api.UpdateTrigger(
         workspace_id=admin.workspace_id, trigger_id=trigger_id, changes=data
     )
-    return await ingress.registry.call(subjects.TRIGGER_UPDATE, request, api.Trigger)
+    updated = await ingress.registry.call(subjects.TRIGGER_UPDATE, request, api.Trigger)
+    await ingress.directory.catch_up()
+    return updated
 
 
 @delete("/v1/triggers/{trigger_id:str}", status_code=200, tags=["triggers"], summary="Delete")
-async def delete_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+async def delete_trigger(
+    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.Trigger:
     request = api.DeleteTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
-    return await ingress.registry.call(subjects.TRIGGER_DELETE, request, api.Trigger)
+    deleted = await ingress.registry.call(subjects.TRIGGER_DELETE, request, api.Trigger)
+    await ingress.directory.catch_up()
+    return deleted
 
 
-async def _set_enabled(ingress: Ingress, admin: ApiKey, trigger_id: str, enabled: bool) -> Any:
+async def _set_enabled(
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
+    trigger_id: str,
+    enabled: bool,
+) -> Any:
     request = api.SetTriggerEnabled(
         workspace_id=admin.workspace_id, trigger_id=trigger_id, enabled=enabled
     )
-    return await ingress.registry.call(subjects.TRIGGER_SET_ENABLED, request, api.Trigger)
+    trigger = await ingress.registry.call(subjects.TRIGGER_SET_ENABLED, request, api.Trigger)
+    await ingress.directory.catch_up()  # once we answer, this ingress applies the change
+    return trigger
 
 
 @post("/v1/triggers/{trigger_id:str}/pause", status_code=200, tags=["triggers"], summary="Pause")
-async def pause_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+async def pause_trigger(
+    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.Trigger:
     trigger: api.Trigger = await _set_enabled(ingress, admin, trigger_id, enabled=False)
     return trigger
 
 
 @post("/v1/triggers/{trigger_id:str}/resume", status_code=200, tags=["triggers"], summary="Resume")
-async def resume_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> api.Trigger:
+async def resume_trigger(
+    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> api.Trigger:
     trigger: api.Trigger = await _set_enabled(ingress, admin, trigger_id, enabled=True)
     return trigger
 
@@ -153,7 +200,10 @@ async def resume_trigger(trigger_id: str, ingress: Ingress, admin: ApiKey) -> ap
     summary="Run now: start the trigger's flow once, whatever its type or state",
 )
 async def run_trigger_now(
-    trigger_id: str, request: Request[Any, Any, Any], ingress: Ingress, admin: ApiKey
+    trigger_id: FromPath[str],
+    request: Request[Any, Any, Any],
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
 ) -> Response[bytes]:
     flow_input = await _json_body(request, ingress)
     get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
@@ -168,13 +218,13 @@ async def run_trigger_now(
 
 @get("/v1/runs", tags=["runs"], summary="List runs, newest first")
 async def list_runs(
-    ingress: Ingress,
-    admin: ApiKey,
-    flow_id: str | None = None,
-    trigger_id: str | None = None,
-    status: RunStatus | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    cursor: str | None = None,
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
+    flow_id: FromQuery[str | None] = None,
+    trigger_id: FromQuery[str | None] = None,
+    status: FromQuery[RunStatus | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    cursor: FromQuery[str | None] = None,
 ) -> RunPage:
     runs = [
         run
@@ -190,7 +240,9 @@ async def list_runs(
 
 
 @get("/v1/runs/{run_id:str}", tags=["runs"], summary="Get a run (any key of the workspace)")
-async def get_run(run_id: str, ingress: Ingress, authorization: Authorization) -> Run:
+async def get_run(
+    run_id: FromPath[str], ingress: NamedDependency[Ingress], authorization: Authorization
+) -> Run:
     key = await ingress.key_from(authorization)
     return await ingress.run(key.workspace_id, run_id)
 
@@ -205,7 +257,7 @@ async def get_run(run_id: str, ingress: Ingress, authorization: Authorization) -
     status_code=202,
 )
 async def trigger_flow(
-    flow_id: str, request: Request[Any, Any, Any], ingress: Ingress
+    flow_id: FromPath[str], request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
 ) -> Response[bytes]:
     key = await ingress.key_from(request.headers.get("authorization"))
     directory = ingress.directory
@@ -224,7 +276,7 @@ async def trigger_flow(
     return await _start(request, ingress, key.workspace_id, flow_id, trigger.id, "api", flow_input)
 
 
-async def _json_body(request: Request[Any, Any, Any], ingress: Ingress) -> Any:
+async def _json_body(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> Any:
     body = await request.body()
     if len(body) > ingress.settings.max_body_bytes:
         raise ApiError(
@@ -240,7 +292,7 @@ async def _json_body(request: Request[Any, Any, Any], ingress: Ingress) -> Any:
 
 async def _start(
     request: Request[Any, Any, Any],
-    ingress: Ingress,
+    ingress: NamedDependency[Ingress],
     workspace_id: str,
     flow_id: str,
     trigger_id: str,
@@ -273,7 +325,7 @@ async def _start(
 
 
 @get("/health", tags=["operations"], summary="Ready once the registry state is loaded")
-async def health(ingress: Ingress) -> Response[bytes]:
+async def health(ingress: NamedDependency[Ingress]) -> Response[bytes]:
     ready = ingress.directory.ready and ingress.nc.is_connected
     body = {"status": "ok" if ready else "starting", "nats": ingress.nc.is_connected}
     return Response(

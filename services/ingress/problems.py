@@ -4,7 +4,7 @@ import logging
 from http import HTTPStatus
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
 from contracts.http import ProblemDetails
 from contracts.registry import Problem
@@ -53,6 +53,8 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
 
 
 def on_http_error(request: Request, error: HTTPException) -> Response[bytes]:
+    if isinstance(error.__cause__, SerializationException):
+        return problem_response(400, "invalid_json", f"the body is not valid JSON: {error.detail}")
     status = error.status_code
     if status == 404:
         detail = f"no such endpoint: {request.method} {request.url.path} (see /schema)"

@@ -91,6 +91,11 @@ def _name(value: str, what: str) -> str:
     return name
 
 
+def _both_valid(workspace_id: str, record_id: str) -> bool:
+    """Whether both ids are ours: anything else (wildcards, dots) must never reach a KV key."""
+    return is_valid_id(workspace_id) and is_valid_id(record_id)
+
+
 def _view(key: ApiKey) -> ApiKeyView:
     return ApiKeyView(
         id=key.id,
@@ -160,13 +165,15 @@ class Registry:
         return IssuedKey(key=_view(key), secret=secret)
 
     async def list_keys(self, request: ListKeys) -> list[ApiKeyView]:
+        if not is_valid_id(request.workspace_id):
+            return []
         keys = await self._store.list(subjects.API_KEYS_BUCKET, request.workspace_id, ApiKey)
-        return [_view(key) for key in sorted(keys, key=lambda k: k.id)]
+        return [_view(key) for key in sorted(keys, key=lambda k: (k.created_at, k.id))]
 
     async def revoke_key(self, request: RevokeKey) -> ApiKeyView:
         storage_key = subjects.record_key(request.workspace_id, request.key_id)
         key = None
-        if is_valid_id(request.key_id):
+        if _both_valid(request.workspace_id, request.key_id):
             key = await self._store.get(subjects.API_KEYS_BUCKET, storage_key, ApiKey)
         if key is None:
             raise RegistryError(404, "key_not_found", f"no API key {request.key_id!r}")
@@ -187,7 +194,7 @@ class Registry:
                 return key
             return msgspec.structs.replace(key, last_used_at=event.used_at)
 
-        if not is_valid_id(event.key_id) or not is_valid_id(event.workspace_id):
+        if not _both_valid(event.workspace_id, event.key_id):
             return
         storage_key = subjects.record_key(event.workspace_id, event.key_id)
         await self._store.update(subjects.API_KEYS_BUCKET, storage_key, ApiKey, touch)
@@ -220,8 +227,10 @@ class Registry:
         return flow
 
     async def list_flows(self, request: ListFlows) -> list[Flow]:
+        if not is_valid_id(request.workspace_id):
+            return []
         flows = await self._store.list(subjects.FLOWS_BUCKET, request.workspace_id, Flow)
-        return sorted(flows, key=lambda f: f.id)
+        return sorted(flows, key=lambda f: (f.created_at, f.id))
 
     async def get_flow(self, request: GetFlow) -> Flow:
         return await self._flow(request.workspace_id, request.flow_id)
@@ -250,10 +259,12 @@ class Registry:
         return trigger
 
     async def list_triggers(self, request: ListTriggers) -> list[Trigger]:
+        if not is_valid_id(request.workspace_id):
+            return []
         triggers = await self._store.list(subjects.TRIGGERS_BUCKET, request.workspace_id, Trigger)
         if request.flow_id is not None:
             triggers = [t for t in triggers if t.flow_id == request.flow_id]
-        return sorted(triggers, key=lambda t: t.id)
+        return sorted(triggers, key=lambda t: (t.created_at, t.id))
 
     async def get_trigger(self, request: GetTrigger) -> Trigger:
         return await self._trigger(request.workspace_id, request.trigger_id)
@@ -314,7 +325,7 @@ class Registry:
 
     async def _flow(self, workspace_id: str, flow_id: str) -> Flow:
         flow = None
-        if is_valid_id(flow_id):
+        if _both_valid(workspace_id, flow_id):
             key = subjects.record_key(workspace_id, flow_id)
             flow = await self._store.get(subjects.FLOWS_BUCKET, key, Flow)
         if flow is None:
@@ -323,7 +334,7 @@ class Registry:
 
     async def _trigger(self, workspace_id: str, trigger_id: str) -> Trigger:
         trigger = None
-        if is_valid_id(trigger_id):
+        if _both_valid(workspace_id, trigger_id):
             key = subjects.record_key(workspace_id, trigger_id)
             trigger = await self._store.get(subjects.TRIGGERS_BUCKET, key, Trigger)
         if trigger is None:
@@ -336,7 +347,7 @@ class Registry:
         self, workspace_id: str, trigger_id: str, apply: Callable[[Trigger], Trigger]
     ) -> Trigger:
         updated = None
-        if is_valid_id(trigger_id):
+        if _both_valid(workspace_id, trigger_id):
             key = subjects.record_key(workspace_id, trigger_id)
             updated = await self._store.update(subjects.TRIGGERS_BUCKET, key, Trigger, apply)
         if updated is None:

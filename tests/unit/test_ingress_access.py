@@ -1,0 +1,210 @@
+"""Who may do what at the ingress: pure decisions over plain records."""
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from contracts.registry import ApiKey, CronSchedule, Flow, KeyScope, PythonFlowSettings, Trigger
+from services.ingress import access
+from services.ingress.problems import ApiError
+from shared import api_keys
+from shared.ids import new_id
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+WORKSPACE = new_id("ws")
+OTHER_WORKSPACE = new_id("ws")
+
+
+def key_for(secret: str, scope: KeyScope = "trigger", workspace_id: str = WORKSPACE) -> ApiKey:
+    return ApiKey(
+        id=new_id("key"),
+        workspace_id=workspace_id,
+        name="ci",
+        scope=scope,
+        prefix=api_keys.shown_prefix(secret),
+        digest=api_keys.digest(secret),
+        created_at=NOW,
+    )
+
+
+def flow_in(workspace_id: str = WORKSPACE) -> Flow:
+    return Flow(
+        id=new_id("flw"),
+        workspace_id=workspace_id,
+        name="nightly",
+        settings=PythonFlowSettings(function="echo"),
+        created_at=NOW,
+    )
+
+
+def trigger_of(flow: Flow, **fields: Any) -> Trigger:
+    return Trigger(
+        id=new_id("trg"),
+        workspace_id=flow.workspace_id,
+        flow_id=flow.id,
+        created_at=NOW,
+        updated_at=NOW,
+        **{"type": "api", **fields},
+    )
+
+
+def refusal_of(decision: Callable[..., object], *args: Any) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        decision(*args)
+    return caught.value
+
+
+SECRET = api_keys.generate()
+KEY = key_for(SECRET)
+DIRECTORY = {KEY.digest: KEY}
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, ""])
+def test_a_missing_header_is_missing_key(header: str | None) -> None:
+    error = refusal_of(access.authenticate, header, DIRECTORY.get)
+
+    assert (error.status, error.code) == (401, "missing_key")
+    assert "Authorization: Bearer" in error.detail
+
+
+@pytest.mark.parametrize(
+    "header", [f"Basic {SECRET}", f"Token {SECRET}", SECRET, "Bearer ", "Bearer"]
+)
+def test_a_header_that_is_not_a_bearer_token_is_missing_key(header: str) -> None:
+    error = refusal_of(access.authenticate, header, DIRECTORY.get)
+
+    assert (error.status, error.code) == (401, "missing_key")
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(scheme: str) -> None:
+    assert access.authenticate(f"{scheme} {SECRET}", DIRECTORY.get) == KEY
+
+
+def test_a_mistyped_key_is_malformed_key_and_is_never_looked_up() -> None:
+    looked_up: list[str] = []
+
+    def lookup(digest: str) -> ApiKey | None:
+        looked_up.append(digest)
+        return None
+
+    mistyped = SECRET[:10] + ("x" if SECRET[10] != "x" else "y") + SECRET[11:]
+    error = refusal_of(access.authenticate, f"Bearer {mistyped}", lookup)
+
+    assert (error.status, error.code) == (401, "malformed_key")
+    assert "tpk_" in error.detail
+    assert looked_up == []
+
+
+def test_a_well_formed_key_nobody_issued_is_invalid_key() -> None:
+    error = refusal_of(access.authenticate, f"Bearer {api_keys.generate()}", DIRECTORY.get)
+
+    assert (error.status, error.code) == (401, "invalid_key")
+
+
+def test_a_valid_key_authenticates_as_its_record() -> None:
+    assert access.authenticate(f"Bearer {SECRET}", DIRECTORY.get) == KEY
+
+
+def test_a_malformed_key_may_not_be_explained_by_a_stale_directory_but_an_unknown_one_may() -> None:
+    assert "malformed_key" not in access.MAYBE_STALE
+    assert "missing_key" not in access.MAYBE_STALE
+    assert "invalid_key" in access.MAYBE_STALE
+
+
+# --- scopes ---------------------------------------------------------------------------------
+
+
+def test_an_admin_key_is_admin() -> None:
+    admin = key_for(api_keys.generate(), scope="admin")
+
+    assert access.require_admin(admin) == admin
+
+
+def test_a_trigger_key_is_refused_with_admin_key_required_naming_its_prefix() -> None:
+    error = refusal_of(access.require_admin, KEY)
+
+    assert (error.status, error.code) == (403, "admin_key_required")
+    assert KEY.prefix in error.detail
+
+
+# --- the API trigger of a flow --------------------------------------------------------------
+
+
+def test_a_flow_with_an_enabled_api_trigger_may_be_started() -> None:
+    flow = flow_in()
+    hook = trigger_of(flow)
+
+    assert access.api_trigger_for(KEY, flow, [hook]) == hook
+
+
+def test_a_foreign_workspace_s_flow_looks_exactly_like_a_missing_one() -> None:
+    foreign = flow_in(OTHER_WORKSPACE)
+
+    missing = refusal_of(access.api_trigger_for, KEY, None, [])
+    hidden = refusal_of(access.api_trigger_for, KEY, foreign, [trigger_of(foreign)])
+
+    assert (missing.status, missing.code) == (404, "flow_not_found")
+    assert (hidden.status, hidden.code, hidden.detail) == (
+        missing.status,
+        missing.code,
+        missing.detail,
+    )
+    assert foreign.id not in hidden.detail
+
+
+def test_a_flow_without_an_api_trigger_is_no_api_trigger_with_how_to_add_one() -> None:
+    flow = flow_in()
+
+    error = refusal_of(access.api_trigger_for, KEY, flow, [])
+
+    assert (error.status, error.code) == (403, "no_api_trigger")
+    assert flow.id in error.detail
+    assert "POST /v1/triggers" in error.detail
+
+
+def test_schedule_and_manual_triggers_do_not_make_a_flow_startable_over_the_api() -> None:
+    flow = flow_in()
+    others = [
+        trigger_of(flow, type="schedule", schedule=CronSchedule(cron="* * * * *")),
+        trigger_of(flow, type="manual"),
+    ]
+
+    error = refusal_of(access.api_trigger_for, KEY, flow, others)
+
+    assert error.code == "no_api_trigger"
+
+
+def test_a_paused_api_trigger_is_trigger_paused_naming_the_trigger() -> None:
+    flow = flow_in()
+    paused = trigger_of(flow, enabled=False)
+
+    error = refusal_of(access.api_trigger_for, KEY, flow, [paused])
+
+    assert (error.status, error.code) == (409, "trigger_paused")
+    assert paused.id in error.detail
+    assert f"/v1/triggers/{paused.id}/resume" in error.detail
+
+
+def test_one_enabled_api_trigger_among_several_is_enough() -> None:
+    flow = flow_in()
+    paused = [trigger_of(flow, enabled=False) for _ in range(3)]
+    enabled = trigger_of(flow)
+    schedule = trigger_of(flow, type="schedule", schedule=CronSchedule(cron="* * * * *"))
+
+    for order in [[*paused, enabled, schedule], [enabled, *paused], [schedule, *paused, enabled]]:
+        assert access.api_trigger_for(KEY, flow, order) == enabled
+
+
+def test_the_chosen_api_trigger_does_not_depend_on_the_listing_order() -> None:
+    flow = flow_in()
+    first, second = trigger_of(flow), trigger_of(flow)
+
+    assert access.api_trigger_for(KEY, flow, [first, second]) == access.api_trigger_for(
+        KEY, flow, [second, first]
+    )

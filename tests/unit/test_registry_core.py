@@ -1,0 +1,672 @@
+"""The registry's rules, over an in-memory store and a clock that stands still."""
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import msgspec
+import pytest
+
+from contracts import subjects
+from contracts.registry import (
+    ApiKey,
+    CreateFlow,
+    CreateKey,
+    CreateTrigger,
+    CreateWorkspace,
+    CronSchedule,
+    DeleteTrigger,
+    Flow,
+    GetFlow,
+    GetTrigger,
+    KeyUsed,
+    ListFlows,
+    ListKeys,
+    ListTriggers,
+    NewFlow,
+    NewKey,
+    NewTrigger,
+    NewWorkspace,
+    PythonFlowSettings,
+    RevokeKey,
+    SetTriggerEnabled,
+    Trigger,
+    TriggerChanges,
+    UpdateTrigger,
+    WorkspaceCreated,
+)
+from services.registry import core
+from services.registry.core import Registry, RegistryError
+from shared import api_keys, ids
+from shared.ids import new_id
+from tests.unit.fakes import FixedClock, InMemoryRegistryStore
+
+EVERY_FIVE_MINUTES = CronSchedule(cron="*/5 * * * *", timezone="Europe/Berlin")
+
+
+@pytest.fixture
+def store() -> InMemoryRegistryStore:
+    return InMemoryRegistryStore()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock()
+
+
+@pytest.fixture
+def registry(store: InMemoryRegistryStore, clock: FixedClock) -> Registry:
+    return Registry(store, clock)
+
+
+async def refusal(call: Awaitable[Any]) -> RegistryError:
+    with pytest.raises(RegistryError) as caught:
+        await call
+    return caught.value
+
+
+async def outcome(call: Awaitable[Any]) -> Any:
+    """The result of `call`, or the `Problem` it was refused with."""
+    try:
+        return await call
+    except RegistryError as error:
+        return error.problem
+
+
+async def workspace(registry: Registry, name: str = "acme") -> WorkspaceCreated:
+    return await registry.create_workspace(CreateWorkspace(workspace=NewWorkspace(name=name)))
+
+
+async def flow(registry: Registry, workspace_id: str, function: str = "echo") -> Flow:
+    new = NewFlow(name="nightly", settings=PythonFlowSettings(function=function))
+    return await registry.create_flow(CreateFlow(workspace_id=workspace_id, flow=new))
+
+
+async def trigger(registry: Registry, workspace_id: str, flow_id: str, **fields: Any) -> Trigger:
+    new = NewTrigger(flow_id=flow_id, **{"type": "api", **fields})
+    return await registry.create_trigger(CreateTrigger(workspace_id=workspace_id, trigger=new))
+
+
+# --- workspaces and keys --------------------------------------------------------------------
+
+
+async def test_creating_a_workspace_returns_an_admin_key_whose_digest_is_stored_not_the_secret(
+    registry: Registry, store: InMemoryRegistryStore, clock: FixedClock
+) -> None:
+    created = await workspace(registry, "  acme  ")
+
+    assert created.workspace.name == "acme"
+    assert created.workspace.created_at == clock.now
+    issued = created.admin_key
+    assert issued.key.scope == "admin"
+    assert api_keys.is_well_formed(issued.secret)
+    assert issued.key.prefix == api_keys.shown_prefix(issued.secret)
+    key_record = subjects.record_key(created.workspace.id, issued.key.id)
+    raw = store.raw(subjects.API_KEYS_BUCKET, key_record)
+    assert raw is not None
+    assert issued.secret.encode() not in raw
+    stored = msgspec.json.decode(raw, type=ApiKey)
+    assert stored.digest == api_keys.digest(issued.secret)
+    assert stored.workspace_id == created.workspace.id
+    assert store.raw(subjects.WORKSPACES_BUCKET, created.workspace.id) is not None
+
+
+async def test_a_workspace_without_a_name_is_refused(registry: Registry) -> None:
+    error = await refusal(workspace(registry, "   "))
+
+    assert (error.problem.status, error.problem.code) == (422, "invalid_name")
+
+
+async def test_keys_are_listed_without_secrets_or_digests(registry: Registry) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    second = await registry.create_key(CreateKey(workspace_id=ws, key=NewKey(name="ci")))
+    third = await registry.create_key(
+        CreateKey(workspace_id=ws, key=NewKey(name="", scope="admin"))
+    )
+
+    keys = await registry.list_keys(ListKeys(workspace_id=ws))
+
+    assert {(k.id, k.name, k.scope) for k in keys} == {
+        (created.admin_key.key.id, "admin", "admin"),
+        (second.key.id, "ci", "trigger"),
+        (third.key.id, "admin key", "admin"),
+    }
+    for key in keys:
+        listed = msgspec.to_builtins(key)
+        assert "digest" not in listed
+        assert "secret" not in listed
+        assert not any(
+            secret in str(listed)
+            for secret in (created.admin_key.secret, second.secret, third.secret)
+        )
+
+
+async def test_keys_of_one_workspace_are_not_listed_in_another(registry: Registry) -> None:
+    acme = await workspace(registry, "acme")
+    await workspace(registry, "globex")
+
+    keys = await registry.list_keys(ListKeys(workspace_id=acme.workspace.id))
+
+    assert [k.id for k in keys] == [acme.admin_key.key.id]
+
+
+async def test_a_key_for_an_unknown_workspace_is_workspace_not_found(registry: Registry) -> None:
+    error = await refusal(
+        registry.create_key(CreateKey(workspace_id=new_id("ws"), key=NewKey(name="ci")))
+    )
+
+    assert (error.problem.status, error.problem.code) == (404, "workspace_not_found")
+
+
+async def test_a_revoked_key_is_removed_and_no_longer_listed(
+    registry: Registry, store: InMemoryRegistryStore
+) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    ci = await registry.create_key(CreateKey(workspace_id=ws, key=NewKey(name="ci")))
+
+    revoked = await registry.revoke_key(RevokeKey(workspace_id=ws, key_id=ci.key.id))
+
+    assert revoked == ci.key
+    assert store.raw(subjects.API_KEYS_BUCKET, subjects.record_key(ws, ci.key.id)) is None
+    listed = await registry.list_keys(ListKeys(workspace_id=ws))
+    assert [k.id for k in listed] == [created.admin_key.key.id]
+
+
+async def test_revoking_the_last_admin_key_is_refused_with_last_admin_key(
+    registry: Registry,
+) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    await registry.create_key(CreateKey(workspace_id=ws, key=NewKey(name="ci")))
+
+    error = await refusal(
+        registry.revoke_key(RevokeKey(workspace_id=ws, key_id=created.admin_key.key.id))
+    )
+
+    assert (error.problem.status, error.problem.code) == (409, "last_admin_key")
+    assert "admin key" in error.problem.message
+
+
+async def test_an_admin_key_can_be_revoked_once_another_admin_key_exists(
+    registry: Registry,
+) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    spare = await registry.create_key(
+        CreateKey(workspace_id=ws, key=NewKey(name="spare", scope="admin"))
+    )
+
+    await registry.revoke_key(RevokeKey(workspace_id=ws, key_id=created.admin_key.key.id))
+
+    assert [k.id for k in await registry.list_keys(ListKeys(workspace_id=ws))] == [spare.key.id]
+
+
+async def test_revoking_a_key_of_another_workspace_is_key_not_found(registry: Registry) -> None:
+    acme = await workspace(registry, "acme")
+    globex = await workspace(registry, "globex")
+    ci = await registry.create_key(
+        CreateKey(workspace_id=globex.workspace.id, key=NewKey(name="ci"))
+    )
+
+    error = await refusal(
+        registry.revoke_key(RevokeKey(workspace_id=acme.workspace.id, key_id=ci.key.id))
+    )
+
+    assert (error.problem.status, error.problem.code) == (404, "key_not_found")
+
+
+async def test_key_used_only_moves_last_used_at_forward(
+    registry: Registry, store: InMemoryRegistryStore, clock: FixedClock
+) -> None:
+    created = await workspace(registry)
+    ws, key_id = created.workspace.id, created.admin_key.key.id
+    later, earlier = clock.now.replace(hour=14), clock.now.replace(hour=13)
+
+    await registry.key_used(KeyUsed(workspace_id=ws, key_id=key_id, used_at=later))
+    await registry.key_used(KeyUsed(workspace_id=ws, key_id=key_id, used_at=earlier))
+
+    [listed] = await registry.list_keys(ListKeys(workspace_id=ws))
+    assert listed.last_used_at == later
+
+
+async def test_key_used_for_an_unknown_or_malformed_key_changes_nothing(
+    registry: Registry, store: InMemoryRegistryStore, clock: FixedClock
+) -> None:
+    created = await workspace(registry)
+    writes = store.writes
+
+    for ws, key_id in [
+        (created.workspace.id, new_id("key")),
+        (created.workspace.id, "*"),
+        ("*", created.admin_key.key.id),
+    ]:
+        await registry.key_used(KeyUsed(workspace_id=ws, key_id=key_id, used_at=clock.now))
+
+    assert store.writes == writes
+
+
+# --- flows ----------------------------------------------------------------------------------
+
+
+async def test_a_flow_is_stored_under_its_workspace(
+    registry: Registry, store: InMemoryRegistryStore, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+
+    created = await flow(registry, ws)
+
+    assert created.workspace_id == ws
+    assert created.created_at == clock.now
+    assert store.keys(subjects.FLOWS_BUCKET) == [subjects.record_key(ws, created.id)]
+    assert await registry.get_flow(GetFlow(workspace_id=ws, flow_id=created.id)) == created
+    assert await registry.list_flows(ListFlows(workspace_id=ws)) == [created]
+
+
+async def test_a_flow_whose_function_is_not_a_name_is_invalid_function(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+
+    error = await refusal(flow(registry, ws, function="rm -rf /"))
+
+    assert (error.problem.status, error.problem.code) == (422, "invalid_function")
+
+
+async def test_a_flow_of_another_workspace_is_flow_not_found(registry: Registry) -> None:
+    acme = (await workspace(registry, "acme")).workspace.id
+    globex = (await workspace(registry, "globex")).workspace.id
+    theirs = await flow(registry, globex)
+
+    error = await refusal(registry.get_flow(GetFlow(workspace_id=acme, flow_id=theirs.id)))
+
+    assert (error.problem.status, error.problem.code) == (404, "flow_not_found")
+
+
+# --- triggers -------------------------------------------------------------------------------
+
+
+async def test_a_trigger_starts_at_version_1_with_the_clock_s_time(
+    registry: Registry, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+
+    created = await trigger(
+        registry, ws, nightly.id, type="schedule", name="every 5", schedule=EVERY_FIVE_MINUTES
+    )
+
+    assert created.version == 1
+    assert created.enabled
+    assert created.schedule == EVERY_FIVE_MINUTES
+    assert created.created_at == created.updated_at == clock.now
+    assert await registry.get_trigger(GetTrigger(workspace_id=ws, trigger_id=created.id)) == created
+
+
+async def test_a_trigger_for_a_flow_of_another_workspace_is_flow_not_found(
+    registry: Registry, store: InMemoryRegistryStore
+) -> None:
+    acme = (await workspace(registry, "acme")).workspace.id
+    globex = (await workspace(registry, "globex")).workspace.id
+    theirs = await flow(registry, globex)
+
+    error = await refusal(trigger(registry, acme, theirs.id))
+
+    assert (error.problem.status, error.problem.code) == (404, "flow_not_found")
+    assert store.keys(subjects.TRIGGERS_BUCKET) == []
+
+
+async def test_a_schedule_trigger_without_a_schedule_is_schedule_required(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+
+    error = await refusal(trigger(registry, ws, nightly.id, type="schedule"))
+
+    assert (error.problem.status, error.problem.code) == (422, "schedule_required")
+
+
+@pytest.mark.parametrize("trigger_type", ["api", "manual"])
+async def test_a_trigger_that_is_not_a_schedule_with_a_schedule_is_unexpected_schedule(
+    registry: Registry, trigger_type: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+
+    error = await refusal(
+        trigger(registry, ws, nightly.id, type=trigger_type, schedule=EVERY_FIVE_MINUTES)
+    )
+
+    assert (error.problem.status, error.problem.code) == (422, "unexpected_schedule")
+    assert trigger_type in error.problem.message
+
+
+@pytest.mark.parametrize(
+    ("schedule", "named"),
+    [
+        (CronSchedule(cron="61 * * * *"), "minute"),
+        (CronSchedule(cron="* * * *"), "4 fields"),
+        (CronSchedule(cron="0 9 * * *", timezone="Mars/Olympus_Mons"), "Mars/Olympus_Mons"),
+    ],
+    ids=["minute out of range", "too few fields", "unknown time zone"],
+)
+async def test_an_unusable_schedule_is_invalid_schedule_with_a_message_naming_the_problem(
+    registry: Registry, store: InMemoryRegistryStore, schedule: CronSchedule, named: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+
+    error = await refusal(trigger(registry, ws, nightly.id, type="schedule", schedule=schedule))
+
+    assert (error.problem.status, error.problem.code) == (422, "invalid_schedule")
+    assert named in error.problem.message
+    assert store.keys(subjects.TRIGGERS_BUCKET) == []
+
+
+async def test_updating_a_trigger_bumps_its_version_and_keeps_unchanged_fields(
+    registry: Registry, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+    created = await trigger(
+        registry, ws, nightly.id, type="schedule", name="old", schedule=EVERY_FIVE_MINUTES
+    )
+    clock.advance(60)
+
+    updated = await registry.update_trigger(
+        UpdateTrigger(workspace_id=ws, trigger_id=created.id, changes=TriggerChanges(name="new"))
+    )
+
+    assert updated == msgspec.structs.replace(created, name="new", version=2, updated_at=clock.now)
+    assert await registry.get_trigger(GetTrigger(workspace_id=ws, trigger_id=created.id)) == updated
+
+
+async def test_moving_a_trigger_to_another_flow_of_the_workspace_keeps_the_rest(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    first, second = await flow(registry, ws), await flow(registry, ws)
+    created = await trigger(registry, ws, first.id, name="hook")
+
+    updated = await registry.update_trigger(
+        UpdateTrigger(
+            workspace_id=ws, trigger_id=created.id, changes=TriggerChanges(flow_id=second.id)
+        )
+    )
+
+    assert (updated.flow_id, updated.name, updated.type, updated.version) == (
+        second.id,
+        "hook",
+        "api",
+        2,
+    )
+    listed = await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=second.id))
+    assert [t.id for t in listed] == [created.id]
+    assert await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=first.id)) == []
+
+
+async def test_moving_a_trigger_to_a_flow_of_another_workspace_is_flow_not_found(
+    registry: Registry,
+) -> None:
+    acme = (await workspace(registry, "acme")).workspace.id
+    globex = (await workspace(registry, "globex")).workspace.id
+    created = await trigger(registry, acme, (await flow(registry, acme)).id)
+    theirs = await flow(registry, globex)
+
+    error = await refusal(
+        registry.update_trigger(
+            UpdateTrigger(
+                workspace_id=acme, trigger_id=created.id, changes=TriggerChanges(flow_id=theirs.id)
+            )
+        )
+    )
+
+    assert (error.problem.status, error.problem.code) == (404, "flow_not_found")
+
+
+async def test_changing_a_schedule_trigger_into_an_api_trigger_drops_its_schedule(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+    created = await trigger(registry, ws, nightly.id, type="schedule", schedule=EVERY_FIVE_MINUTES)
+
+    updated = await registry.update_trigger(
+        UpdateTrigger(workspace_id=ws, trigger_id=created.id, changes=TriggerChanges(type="api"))
+    )
+
+    assert (updated.type, updated.schedule, updated.version) == ("api", None, 2)
+
+
+async def test_changing_an_api_trigger_into_a_schedule_trigger_needs_a_schedule(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(registry, ws, (await flow(registry, ws)).id)
+    change = UpdateTrigger(
+        workspace_id=ws, trigger_id=created.id, changes=TriggerChanges(type="schedule")
+    )
+
+    error = await refusal(registry.update_trigger(change))
+    updated = await registry.update_trigger(
+        msgspec.structs.replace(
+            change, changes=TriggerChanges(type="schedule", schedule=EVERY_FIVE_MINUTES)
+        )
+    )
+
+    assert (error.problem.status, error.problem.code) == (422, "schedule_required")
+    assert (updated.type, updated.schedule) == ("schedule", EVERY_FIVE_MINUTES)
+
+
+async def test_an_invalid_schedule_change_leaves_the_trigger_as_it_was(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(
+        registry, ws, (await flow(registry, ws)).id, type="schedule", schedule=EVERY_FIVE_MINUTES
+    )
+
+    error = await refusal(
+        registry.update_trigger(
+            UpdateTrigger(
+                workspace_id=ws,
+                trigger_id=created.id,
+                changes=TriggerChanges(schedule=CronSchedule(cron="0 25 * * *")),
+            )
+        )
+    )
+
+    assert (error.problem.code, "hour" in error.problem.message) == ("invalid_schedule", True)
+    assert await registry.get_trigger(GetTrigger(workspace_id=ws, trigger_id=created.id)) == created
+
+
+async def test_pause_and_resume_bump_the_version_only_when_the_state_changes(
+    registry: Registry, store: InMemoryRegistryStore, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(registry, ws, (await flow(registry, ws)).id)
+
+    def set_enabled(enabled: bool) -> Awaitable[Trigger]:
+        return registry.set_trigger_enabled(
+            SetTriggerEnabled(workspace_id=ws, trigger_id=created.id, enabled=enabled)
+        )
+
+    clock.advance(1)
+    paused = await set_enabled(False)
+    writes = store.writes
+    clock.advance(1)
+    paused_again = await set_enabled(False)
+    resumed = await set_enabled(True)
+    resumed_again = await set_enabled(True)
+
+    assert (paused.enabled, paused.version) == (False, 2)
+    assert paused_again == paused
+    assert store.writes == writes + 1
+    assert (resumed.enabled, resumed.version, resumed.updated_at) == (True, 3, clock.now)
+    assert resumed_again == resumed
+
+
+async def test_a_deleted_trigger_is_gone(registry: Registry, store: InMemoryRegistryStore) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(registry, ws, (await flow(registry, ws)).id)
+
+    deleted = await registry.delete_trigger(DeleteTrigger(workspace_id=ws, trigger_id=created.id))
+
+    assert deleted == created
+    assert store.keys(subjects.TRIGGERS_BUCKET) == []
+    error = await refusal(registry.get_trigger(GetTrigger(workspace_id=ws, trigger_id=created.id)))
+    assert (error.problem.status, error.problem.code) == (404, "trigger_not_found")
+    again = await refusal(
+        registry.delete_trigger(DeleteTrigger(workspace_id=ws, trigger_id=created.id))
+    )
+    assert again.problem.code == "trigger_not_found"
+
+
+async def test_a_trigger_of_another_workspace_cannot_be_seen_or_changed(
+    registry: Registry,
+) -> None:
+    acme = (await workspace(registry, "acme")).workspace.id
+    globex = (await workspace(registry, "globex")).workspace.id
+    theirs = await trigger(registry, globex, (await flow(registry, globex)).id)
+
+    for call in [
+        registry.get_trigger(GetTrigger(workspace_id=acme, trigger_id=theirs.id)),
+        registry.set_trigger_enabled(
+            SetTriggerEnabled(workspace_id=acme, trigger_id=theirs.id, enabled=False)
+        ),
+        registry.update_trigger(
+            UpdateTrigger(workspace_id=acme, trigger_id=theirs.id, changes=TriggerChanges())
+        ),
+        registry.delete_trigger(DeleteTrigger(workspace_id=acme, trigger_id=theirs.id)),
+    ]:
+        error = await refusal(call)
+        assert (error.problem.status, error.problem.code) == (404, "trigger_not_found")
+    assert (
+        await registry.get_trigger(GetTrigger(workspace_id=globex, trigger_id=theirs.id)) == theirs
+    )
+
+
+@pytest.fixture
+def same_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every new id falls in the same millisecond, with random parts that happen to decrease."""
+    randoms = iter(range(10**6, 0, -1))
+    monkeypatch.setattr(core, "new_id", partial(ids.new_id, now_ms=1_767_000_000_000))
+    monkeypatch.setattr(ids.secrets, "randbits", lambda _bits: next(randoms))
+
+
+@pytest.mark.usefixtures("same_millisecond")
+async def test_records_made_in_the_same_millisecond_are_still_listed_oldest_first(
+    registry: Registry, clock: FixedClock
+) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    keys = [created.admin_key.key.id]
+    flows, triggers = [], []
+    for name in ["first", "second"]:
+        clock.advance(0.0002)
+        keys.append(
+            (await registry.create_key(CreateKey(workspace_id=ws, key=NewKey(name=name)))).key.id
+        )
+        clock.advance(0.0002)
+        flows.append((await flow(registry, ws)).id)
+        clock.advance(0.0002)
+        triggers.append((await trigger(registry, ws, flows[0], name=name)).id)
+
+    assert [k.id for k in await registry.list_keys(ListKeys(workspace_id=ws))] == keys
+    assert [f.id for f in await registry.list_flows(ListFlows(workspace_id=ws))] == flows
+    assert [t.id for t in await registry.list_triggers(ListTriggers(workspace_id=ws))] == triggers
+
+
+# --- ids that are not ids -------------------------------------------------------------------
+
+NOT_IDS = ["", "*", ">", "trg_x.y", "flw_*", "ws_0000000000000000000000000", "WS_ABC"]
+
+Operation = Callable[[Registry, str, str], Awaitable[Any]]
+
+OPERATIONS_ON_AN_ID: dict[str, Operation] = {
+    "create key": lambda r, ws, bad: r.create_key(
+        CreateKey(workspace_id=bad, key=NewKey(name="k"))
+    ),
+    "create flow": lambda r, ws, bad: r.create_flow(
+        CreateFlow(
+            workspace_id=bad, flow=NewFlow(name="f", settings=PythonFlowSettings(function="echo"))
+        )
+    ),
+    "get flow": lambda r, ws, bad: r.get_flow(GetFlow(workspace_id=ws, flow_id=bad)),
+    "trigger a flow": lambda r, ws, bad: r.create_trigger(
+        CreateTrigger(workspace_id=ws, trigger=NewTrigger(flow_id=bad, type="api"))
+    ),
+    "get trigger": lambda r, ws, bad: r.get_trigger(GetTrigger(workspace_id=ws, trigger_id=bad)),
+    "update trigger": lambda r, ws, bad: r.update_trigger(
+        UpdateTrigger(workspace_id=ws, trigger_id=bad, changes=TriggerChanges(name="x"))
+    ),
+    "pause trigger": lambda r, ws, bad: r.set_trigger_enabled(
+        SetTriggerEnabled(workspace_id=ws, trigger_id=bad, enabled=False)
+    ),
+    "delete trigger": lambda r, ws, bad: r.delete_trigger(
+        DeleteTrigger(workspace_id=ws, trigger_id=bad)
+    ),
+    "revoke key": lambda r, ws, bad: r.revoke_key(RevokeKey(workspace_id=ws, key_id=bad)),
+}
+
+
+@pytest.mark.parametrize("bad", NOT_IDS)
+@pytest.mark.parametrize("operation", OPERATIONS_ON_AN_ID, ids=str)
+async def test_an_id_that_is_not_an_id_is_not_found_rather_than_an_error(
+    registry: Registry, operation: str, bad: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+
+    error = await refusal(OPERATIONS_ON_AN_ID[operation](registry, ws, bad))
+
+    assert error.problem.status == 404
+
+
+# The workspace id is part of every KV key too: a wildcard there must never reach the store.
+OPERATIONS_IN_A_WORKSPACE: dict[str, Operation] = {
+    "get flow": lambda r, bad, flow_id: r.get_flow(GetFlow(workspace_id=bad, flow_id=flow_id)),
+    "trigger a flow": lambda r, bad, flow_id: r.create_trigger(
+        CreateTrigger(workspace_id=bad, trigger=NewTrigger(flow_id=flow_id, type="api"))
+    ),
+    "get trigger": lambda r, bad, _: r.get_trigger(
+        GetTrigger(workspace_id=bad, trigger_id=new_id("trg"))
+    ),
+    "pause trigger": lambda r, bad, _: r.set_trigger_enabled(
+        SetTriggerEnabled(workspace_id=bad, trigger_id=new_id("trg"), enabled=False)
+    ),
+    "revoke key": lambda r, bad, _: r.revoke_key(RevokeKey(workspace_id=bad, key_id=new_id("key"))),
+}
+
+
+@pytest.mark.parametrize("bad", ["*", ">", "ws_a.b"])
+@pytest.mark.parametrize("operation", OPERATIONS_IN_A_WORKSPACE, ids=str)
+async def test_a_workspace_id_that_is_not_an_id_is_not_found_rather_than_an_error(
+    registry: Registry, operation: str, bad: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    someone_elses = await flow(registry, ws)
+
+    error = await refusal(OPERATIONS_IN_A_WORKSPACE[operation](registry, bad, someone_elses.id))
+
+    assert error.problem.status == 404
+
+
+@pytest.mark.parametrize("bad", ["*", ">"])
+async def test_listing_with_a_wildcard_workspace_id_shows_no_workspace_s_records(
+    registry: Registry, bad: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    await trigger(registry, ws, (await flow(registry, ws)).id)
+
+    outcomes = [
+        await outcome(registry.list_keys(ListKeys(workspace_id=bad))),
+        await outcome(registry.list_flows(ListFlows(workspace_id=bad))),
+        await outcome(registry.list_triggers(ListTriggers(workspace_id=bad))),
+    ]
+
+    assert [o if o == [] else getattr(o, "status", o) for o in outcomes] in (
+        [[], [], []],
+        [404, 404, 404],
+    )
