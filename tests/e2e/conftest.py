@@ -1,0 +1,78 @@
+"""The whole stack (`python -m services`, what `make run` runs) on free ports, for e2e tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared import nats_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    operator_token: str
+    data: Path
+    """The stack's DATA_DIR (what `.data` is for `make run`)."""
+    nats_url: str
+    log: Path
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("stack")
+    log = data / "stack.log"
+    http_port = nats_server.free_port()
+    nats_port = nats_server.free_port()
+    env = {
+        **os.environ,
+        "NATS_PORT": str(nats_port),
+        "INGRESS_PORT": str(http_port),
+        "DATA_DIR": str(data),
+        "OPERATOR_TOKEN": "op-e2e-token",
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the stack exited early:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the stack was not healthy after 60s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield Stack(
+            url=url,
+            operator_token="op-e2e-token",
+            data=data,
+            nats_url=f"nats://127.0.0.1:{nats_port}",
+            log=log,
+        )
+    finally:
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` does
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,165 @@
+"""The README walkthrough over HTTP against the whole stack started as processes."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import nats
+
+from contracts import subjects
+from contracts.runs import FlowStart
+from shared.codec import encode
+from shared.ids import new_id
+from tests.e2e.conftest import Stack
+
+
+def poll(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s; last value: {value}")
+        time.sleep(0.1)
+
+
+def create_workspace(stack: Stack, name: str) -> str:
+    with stack.client(stack.operator_token) as operator:
+        response = operator.post("/v1/workspaces", json={"name": name})
+    assert response.status_code == 201, response.text
+    secret: str = response.json()["admin_key"]["secret"]
+    return secret
+
+
+def create_flow(admin: httpx.Client, function: str) -> str:
+    response = admin.post(
+        "/v1/flows", json={"name": function, "settings": {"kind": "python", "function": function}}
+    )
+    assert response.status_code == 201, response.text
+    flow_id: str = response.json()["id"]
+    return flow_id
+
+
+def test_an_api_trigger_call_runs_the_flow_and_records_its_result(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "walkthrough")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "echo")
+        trigger = admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"})
+        assert trigger.status_code == 201, trigger.text
+        issued = admin.post("/v1/keys", json={"name": "webhooks", "scope": "trigger"})
+        assert issued.status_code == 201, issued.text
+        trigger_key = issued.json()["secret"]
+
+        with stack.client(trigger_key) as producer:
+            accepted = producer.post(f"/trigger/{flow_id}", json={"hello": "world"})
+            assert accepted.status_code == 202, accepted.text
+            status_url = accepted.json()["status_url"]
+            run = poll(
+                lambda: producer.get(status_url),
+                lambda r: r.status_code == 200 and r.json()["status"] in ("succeeded", "failed"),
+            ).json()
+
+        assert run["status"] == "succeeded", run
+        assert run["result"] == {"hello": "world"}
+        assert run["source"] == "api"
+        assert run["trigger_id"] == trigger.json()["id"]
+        listed = admin.get("/v1/runs", params={"flow_id": flow_id}).json()["items"]
+        assert [r["id"] for r in listed] == [run["id"]]
+
+
+def test_a_paused_api_trigger_refuses_calls_with_a_clear_problem(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "paused")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "echo")
+        trigger_id = admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"}).json()[
+            "id"
+        ]
+        assert admin.post(f"/v1/triggers/{trigger_id}/pause").json()["enabled"] is False
+        refused = admin.post(f"/trigger/{flow_id}", json={})
+        assert refused.status_code == 409
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["code"] == "trigger_paused"
+        assert trigger_id in refused.json()["detail"]
+
+
+def test_a_per_second_schedule_trigger_starts_runs_until_it_is_paused(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "schedules")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "echo")
+        created = admin.post(
+            "/v1/triggers",
+            json={
+                "flow_id": flow_id,
+                "type": "schedule",
+                "schedule": {"kind": "cron", "cron": "* * * * * *", "timezone": "Europe/Berlin"},
+            },
+        )
+        assert created.status_code == 201, created.text
+        trigger_id = created.json()["id"]
+
+        def succeeded_runs() -> list[dict[str, Any]]:
+            items = admin.get("/v1/runs", params={"trigger_id": trigger_id}).json()["items"]
+            return [r for r in items if r["status"] == "succeeded"]
+
+        runs = poll(succeeded_runs, lambda runs: len(runs) >= 2, timeout=15)
+        assert all(r["source"] == "schedule" and r["scheduled_at"] for r in runs)
+        assert len({r["scheduled_at"] for r in runs}) == len(runs), "one run per fire"
+
+        admin.post(f"/v1/triggers/{trigger_id}/pause")
+        time.sleep(1.5)  # let a fire already in flight at the moment of the pause land
+        settled = len(admin.get("/v1/runs", params={"trigger_id": trigger_id}).json()["items"])
+        time.sleep(2.5)  # two more periods: a paused trigger must not fire in them
+        after = len(admin.get("/v1/runs", params={"trigger_id": trigger_id}).json()["items"])
+        assert after == settled
+
+
+def test_run_now_starts_a_flow_through_a_manual_trigger(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "manual")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "add")
+        trigger_id = admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "manual"}).json()[
+            "id"
+        ]
+        accepted = admin.post(f"/v1/triggers/{trigger_id}/run", json={"a": 2, "b": 3})
+        assert accepted.status_code == 202, accepted.text
+        run_id = accepted.json()["run_id"]
+        run = poll(
+            lambda: admin.get(f"/v1/runs/{run_id}"),
+            lambda r: r.status_code == 200 and r.json()["status"] == "succeeded",
+        ).json()
+        assert run["result"] == 5
+        assert run["source"] == "manual"
+
+
+def test_a_flow_start_published_straight_onto_nats_runs_like_an_http_start(stack: Stack) -> None:
+    with stack.client(stack.operator_token) as operator:
+        created = operator.post("/v1/workspaces", json={"name": "external"}).json()
+    workspace_id = created["workspace"]["id"]
+    with stack.client(created["admin_key"]["secret"]) as admin:
+        flow_id = create_flow(admin, "echo")
+        start = FlowStart(
+            run_id=new_id("run"),
+            workspace_id=workspace_id,
+            flow_id=flow_id,
+            input={"from": "another service"},
+            requested_at=datetime.now(UTC),
+        )
+
+        async def publish() -> None:
+            nc = await nats.connect(stack.nats_url)
+            await nc.jetstream().publish(
+                subjects.FLOW_START, encode(start), headers={"Nats-Msg-Id": start.run_id}
+            )
+            await nc.drain()
+
+        asyncio.run(publish())
+        run = poll(
+            lambda: admin.get(f"/v1/runs/{start.run_id}"),
+            lambda r: r.status_code == 200 and r.json()["status"] == "succeeded",
+        ).json()
+    assert run["result"] == {"from": "another service"}
+    assert run["source"] == "external"
