@@ -256,9 +256,9 @@ async def get_run(
     summary="Start a flow through its API trigger; the JSON body is the flow's input",
     status_code=202,
 )
-async def trigger_flow(
-    flow_id: FromPath[str], request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
-) -> Response[bytes]:
+async def trigger_flow(flow_id: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
+    # The hot path: no dependency injection (it costs a fifth of the handler's own time).
+    ingress: Ingress = request.app.state.ingress
     key = await ingress.key_from(request.headers.get("authorization"))
     directory = ingress.directory
     try:
