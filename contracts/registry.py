@@ -17,6 +17,10 @@ T = TypeVar("T")
 KeyScope = Literal["admin", "trigger"]
 """`admin` keys manage the workspace and may also trigger; `trigger` keys only call triggers."""
 TriggerType = Literal["api", "schedule", "manual"]
+OverlapPolicy = Literal["allow", "skip", "buffer_one", "cancel_previous"]
+"""What a start does while an earlier run of the same trigger is still going: run anyway
+(`allow`), be skipped (`skip`), wait as the one queued successor (`buffer_one`; a further
+start is skipped), or cancel the running one first (`cancel_previous`)."""
 
 
 class Problem(Struct, frozen=True, kw_only=True):
@@ -122,6 +126,7 @@ class Trigger(Struct, frozen=True, kw_only=True):
     name: str = ""
     enabled: bool = True
     schedule: Schedule | None = None
+    overlap: OverlapPolicy = "allow"
     version: int = 1
     """Bumped on every change, so work computed from an older version can be recognised."""
     created_at: datetime
@@ -159,6 +164,7 @@ class NewTrigger(Struct, frozen=True, kw_only=True):
     name: str = ""
     enabled: bool = True
     schedule: Schedule | None = None
+    overlap: OverlapPolicy = "allow"
 
 
 class TriggerChanges(Struct, frozen=True, kw_only=True):
@@ -168,6 +174,7 @@ class TriggerChanges(Struct, frozen=True, kw_only=True):
     type: TriggerType | UnsetType = UNSET
     name: str | UnsetType = UNSET
     schedule: Schedule | None | UnsetType = UNSET
+    overlap: OverlapPolicy | UnsetType = UNSET
 
 
 # --- Registry requests ---------------------------------------------------------------------

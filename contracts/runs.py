@@ -5,9 +5,13 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
+from contracts.registry import OverlapPolicy
+
 StartSource = Literal["api", "schedule", "manual", "external"]
-RunStatus = Literal["queued", "running", "succeeded", "failed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
+RunStatus = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "timed_out", "cancelled", "skipped"}
+)
 
 
 class FlowStart(Struct, frozen=True, kw_only=True):
@@ -33,6 +37,9 @@ class FlowStart(Struct, frozen=True, kw_only=True):
     scheduled_at: datetime | None = None
     """For schedule ticks: the fire time this start belongs to."""
     requested_at: datetime | None = None
+    overlap: OverlapPolicy = "allow"
+    """How this start treats a still-running run of the same trigger (see `OverlapPolicy`);
+    the publisher copies it from the trigger unless the caller overrides it."""
 
 
 class Run(Struct, frozen=True, kw_only=True):

@@ -208,9 +208,7 @@ async def run_trigger_now(
     flow_input = await _json_body(request, ingress)
     get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
     trigger = await ingress.registry.call(subjects.TRIGGER_GET, get_request, api.Trigger)
-    return await _start(
-        request, ingress, trigger.workspace_id, trigger.flow_id, trigger.id, "manual", flow_input
-    )
+    return await _start(request, ingress, trigger, "manual", flow_input)
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -273,7 +271,7 @@ async def trigger_flow(flow_id: FromPath[str], request: Request[Any, Any, Any]) 
             key, directory.flow(flow_id), directory.triggers_of(flow_id)
         )
     flow_input = await _json_body(request, ingress)
-    return await _start(request, ingress, key.workspace_id, flow_id, trigger.id, "api", flow_input)
+    return await _start(request, ingress, trigger, "api", flow_input)
 
 
 async def _json_body(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> Any:
@@ -292,10 +290,8 @@ async def _json_body(request: Request[Any, Any, Any], ingress: NamedDependency[I
 
 async def _start(
     request: Request[Any, Any, Any],
-    ingress: NamedDependency[Ingress],
-    workspace_id: str,
-    flow_id: str,
-    trigger_id: str,
+    ingress: Ingress,
+    trigger: api.Trigger,
     source: StartSource,
     flow_input: Any,
 ) -> Response[bytes]:
@@ -303,12 +299,13 @@ async def _start(
     await ingress.start(
         FlowStart(
             run_id=run_id,
-            workspace_id=workspace_id,
-            flow_id=flow_id,
+            workspace_id=trigger.workspace_id,
+            flow_id=trigger.flow_id,
             input=flow_input,
             source=source,
-            trigger_id=trigger_id,
+            trigger_id=trigger.id,
             requested_at=datetime.now(UTC),
+            overlap=trigger.overlap,
         )
     )
     status_url = f"{str(request.base_url).rstrip('/')}/v1/runs/{run_id}"

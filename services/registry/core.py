@@ -250,6 +250,7 @@ class Registry:
             name=_name(new.name, "trigger"),
             enabled=new.enabled,
             schedule=new.schedule,
+            overlap=new.overlap,
             created_at=now,
             updated_at=now,
         )
@@ -287,6 +288,7 @@ class Registry:
                 type=trigger_type,
                 name=trigger.name if changes.name is UNSET else _name(changes.name, "trigger"),
                 schedule=schedule,
+                overlap=trigger.overlap if changes.overlap is UNSET else changes.overlap,
                 version=trigger.version + 1,
                 updated_at=self._clock(),
             )

@@ -105,6 +105,7 @@ def flow_start(trigger: Trigger, scheduled_at: datetime, requested_at: datetime)
         trigger_id=trigger.id,
         scheduled_at=scheduled_at,
         requested_at=requested_at,
+        overlap=trigger.overlap,
     )
 
 
