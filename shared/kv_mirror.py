@@ -5,11 +5,13 @@ follower watches it. The watch replays the current values, then streams every ch
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.codec import decoder
@@ -28,9 +30,15 @@ class KvMirror(Generic[V]):
         value_type: type[V],
         on_change: Callable[[str, V | None, V | None], None] | None = None,
         key_of: Callable[[str], str] = str,
+        stall_check: float = 2.0,
     ) -> None:
-        """`key_of` maps a bucket key to the mirror's key (by default the same)."""
+        """`key_of` maps a bucket key to the mirror's key (by default the same); every
+        `stall_check` seconds the watch is checked for having stopped (see `follow`)."""
         self._kv = kv
+        self._stall_check = stall_check
+        self._received = 0
+        """Highest revision the current or an earlier watch delivered (replay included)."""
+        self._received_at_last_check = -1
         self._key_of = key_of
         self._decoder = decoder(value_type)
         self._values: dict[str, V] = {}
@@ -69,11 +77,43 @@ class KvMirror(Generic[V]):
         return True
 
     async def follow(self) -> None:
-        """Watch the bucket until the watch ends (run it under `supervised`).
+        """Watch the bucket until the watch ends or stalls (run it under `supervised`).
 
+        A nats-py watch can go silent after a server restart without ending, so the bucket is
+        checked every `stall_check` seconds: a write the watch has not delivered and no
+        progress since the last check ends this watch, and `supervised` starts a fresh one.
         Each (re)start replays the whole bucket into a fresh table and swaps it in once the
         replay is complete, so readers never see a half-loaded mirror.
         """
+        watch = asyncio.create_task(self._watch())
+        try:
+            while True:
+                done, _ = await asyncio.wait({watch}, timeout=self._stall_check)
+                if done:
+                    watch.result()  # re-raise what ended it
+                    return
+                if await self._stalled():
+                    log.warning("the watch of %s stalled; starting a new one", self._kv._name)
+                    return
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _stalled(self) -> bool:
+        received, before = self._received, self._received_at_last_check
+        self._received_at_last_check = received
+        info = await self._kv._js.stream_info(self._kv._stream)
+        last = info.state.last_seq
+        if last <= received or received != before:
+            return False
+        try:  # the newest message may be gone (purged markers): then nothing was missed
+            await self._kv._js.get_msg(self._kv._stream, seq=last)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _watch(self) -> None:
         watcher = await self._kv.watchall()
         replay: dict[str, V] | None = {}
         replay_revision = 0
@@ -86,6 +126,7 @@ class KvMirror(Generic[V]):
                         replay = None
                         self._advanced.set()
                     continue
+                self._received = max(self._received, entry.revision)
                 value: V | None = None
                 if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
                     try:
