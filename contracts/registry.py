@@ -101,19 +101,90 @@ class Flow(Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
-class CronSchedule(Struct, frozen=True, kw_only=True, tag_field="kind", tag="cron"):
+DstGapPolicy = Literal["shift", "skip"]
+"""A wall time that does not exist (spring forward): fire at the first instant after the gap
+(`shift`, the default) or not at all (`skip`, recorded in the ledger as `dst_gap`)."""
+DstRepeatPolicy = Literal["once", "twice"]
+"""A wall time that happens twice (fall back): fire at its first occurrence only (`once`, the
+default) or at both (`twice`). Cron schedules whose hour field is `*` follow elapsed time and
+fire at both whatever this says (an hourly job keeps running every hour)."""
+MisfirePolicy = Literal["skip", "run_once", "run_all"]
+"""Fires missed while every scheduler was down or the trigger paused: record them and start
+none (`skip`), start only the most recent one (`run_once`, the default), or start each one
+(`run_all`); only fires within `catch_up_window` are ever started."""
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+IntervalUnit = Literal["seconds", "minutes", "hours"]
+
+
+class ScheduleOptions(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What every schedule kind has besides its recurrence (all optional)."""
+
+    timezone: str = "UTC"
+    """IANA time zone whose wall clock the recurrence follows."""
+    start: datetime | None = None
+    """No fire before this time (a time without an offset is read in `timezone`); an interval
+    counts from here."""
+    end: datetime | None = None
+    """No fire after this time (a time without an offset is read in `timezone`)."""
+    jitter: int = 0
+    """Delay every fire by the same 0..`jitter` seconds, fixed per trigger (at most 3600)."""
+    dst_gap: DstGapPolicy = "shift"
+    dst_repeat: DstRepeatPolicy = "once"
+    misfire: MisfirePolicy = "run_once"
+    catch_up_window: int = 86_400
+    """Seconds: a missed fire older than this is recorded as missed and never started."""
+
+
+class CronSchedule(ScheduleOptions, frozen=True, kw_only=True, tag_field="kind", tag="cron"):
     """Fire at every match of a cron expression in an IANA time zone.
 
-    Five fields (minute hour day-of-month month day-of-week), or six with a leading seconds
-    field for sub-minute schedules.
+    Five fields (minute hour day-of-month month day-of-week; names, lists, ranges, steps, `L`
+    for the last day of the month and `weekday#n` for the n-th weekday), or six with a leading
+    seconds field for sub-minute schedules.
     """
 
     cron: str
-    timezone: str = "UTC"
 
 
-Schedule = CronSchedule
-"""Tagged by `kind`; presets, intervals and one-off schedules join this union later."""
+class HourlySchedule(ScheduleOptions, frozen=True, kw_only=True, tag_field="kind", tag="hourly"):
+    """Fire every hour at `minute` past the hour."""
+
+    minute: int = 0
+
+
+class DailySchedule(ScheduleOptions, frozen=True, kw_only=True, tag_field="kind", tag="daily"):
+    """Fire every day at `at` (`"HH:MM"` or `"HH:MM:SS"`, wall clock of `timezone`)."""
+
+    at: str
+
+
+class WeeklySchedule(ScheduleOptions, frozen=True, kw_only=True, tag_field="kind", tag="weekly"):
+    """Fire on each of `days` at `at` (`"HH:MM"` or `"HH:MM:SS"`, wall clock of `timezone`)."""
+
+    days: tuple[Weekday, ...]
+    at: str
+
+
+class IntervalSchedule(
+    ScheduleOptions, frozen=True, kw_only=True, tag_field="kind", tag="interval"
+):
+    """Fire every `every` `unit`s of elapsed time (DST does not apply), counted from `start`,
+    or from 1970-01-01 UTC without one (so every 5 minutes fires at :00, :05, ...)."""
+
+    every: int
+    unit: IntervalUnit = "seconds"
+
+
+class OnceSchedule(ScheduleOptions, frozen=True, kw_only=True, tag_field="kind", tag="once"):
+    """Fire once, at `at` (a time without an offset is read in `timezone`)."""
+
+    at: datetime
+
+
+Schedule = (
+    CronSchedule | HourlySchedule | DailySchedule | WeeklySchedule | IntervalSchedule | OnceSchedule
+)
+"""Tagged by `kind`: `cron`, `hourly`, `daily`, `weekly`, `interval` or `once`."""
 
 
 class Trigger(Struct, frozen=True, kw_only=True):

@@ -94,3 +94,18 @@ def schedule_timer(trigger_id: str) -> str:
 def schedule_tick(trigger_id: str) -> str:
     """Subject the server republishes a trigger's timer to when it is due."""
     return f"{SCHEDULE_TICK_PREFIX}.{trigger_id}"
+
+
+# --- The schedule ledger (stream; the scheduler is the only writer) ------------------------
+SCHEDULE_FIRES_STREAM = "SCHEDULE_FIRES"
+SCHEDULE_FIRE_PREFIX = "schedule.fire"
+LEDGER_ENTRIES_PER_TRIGGER = 1000
+"""The stream keeps the newest this many ledger entries of each trigger."""
+SCHEDULER_RUN_EVENTS_CONSUMER = "scheduler_ledger"
+"""Durable consumer on `RUN_EVENTS` shared by the scheduler replicas: runs of schedule fires
+that the runner skipped by overlap policy become ledger entries."""
+
+
+def schedule_fire(workspace_id: str, trigger_id: str) -> str:
+    """Subject of a trigger's `FireRecord`s (its ledger)."""
+    return f"{SCHEDULE_FIRE_PREFIX}.{workspace_id}.{trigger_id}"

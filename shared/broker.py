@@ -94,6 +94,16 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             # One parked timer per trigger: parking a new one replaces the old.
             max_msgs_per_subject=1,
         ),
+        StreamConfig(
+            name=subjects.SCHEDULE_FIRES_STREAM,
+            subjects=[f"{subjects.SCHEDULE_FIRE_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=30 * DAY,
+            # One subject per trigger: this bounds every trigger's ledger.
+            max_msgs_per_subject=subjects.LEDGER_ENTRIES_PER_TRIGGER,
+            duplicate_window=timedelta(minutes=10).total_seconds(),
+        ),
     ]
 
 

@@ -13,7 +13,9 @@ from contracts import subjects
 from contracts.http import RunPage, StartAccepted
 from contracts.registry import ApiKey
 from contracts.runs import FlowStart, Run, RunStatus, StartSource
+from contracts.scheduling import FirePage, SchedulePreview
 from services.ingress import access
+from services.ingress.ledger import fire_page, read_ledger, schedule_preview
 from services.ingress.problems import ApiError
 from services.ingress.state import Ingress
 from shared.codec import encode
@@ -194,6 +196,40 @@ async def resume_trigger(
     return trigger
 
 
+@get(
+    "/v1/triggers/{trigger_id:str}/preview",
+    tags=["triggers"],
+    summary="The next N occurrences of a schedule trigger, in its time zone and in UTC",
+)
+async def preview_trigger(
+    trigger_id: FromPath[str],
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
+    count: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+) -> SchedulePreview:
+    request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+    trigger = await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
+    return schedule_preview(trigger, count)
+
+
+@get(
+    "/v1/triggers/{trigger_id:str}/fires",
+    tags=["triggers"],
+    summary="A schedule trigger's ledger: every fire and non-fire with its reason, newest first",
+)
+async def list_trigger_fires(
+    trigger_id: FromPath[str],
+    ingress: NamedDependency[Ingress],
+    admin: NamedDependency[ApiKey],
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    cursor: FromQuery[str | None] = None,
+) -> FirePage:
+    request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+    trigger = await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
+    entries = await read_ledger(ingress.js, trigger.workspace_id, trigger.id)
+    return fire_page(entries, limit, cursor)
+
+
 @post(
     "/v1/triggers/{trigger_id:str}/run",
     tags=["triggers"],
@@ -345,6 +381,8 @@ ROUTES = [
     delete_trigger,
     pause_trigger,
     resume_trigger,
+    preview_trigger,
+    list_trigger_fires,
     run_trigger_now,
     list_runs,
     get_run,

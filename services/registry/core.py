@@ -107,7 +107,10 @@ def _view(key: ApiKey) -> ApiKeyView:
     )
 
 
-def _check_schedule(trigger_type: TriggerType, schedule: Schedule | None) -> None:
+def _check_schedule(
+    trigger_type: TriggerType, schedule: Schedule | None, now: datetime | None = None
+) -> None:
+    """Refuse a schedule that cannot be used (with `now`: also one that can never fire again)."""
     if trigger_type == "schedule":
         if schedule is None:
             raise RegistryError(
@@ -116,7 +119,7 @@ def _check_schedule(trigger_type: TriggerType, schedule: Schedule | None) -> Non
                 "a schedule trigger needs a `schedule`, such as "
                 '{"kind": "cron", "cron": "*/5 * * * *", "timezone": "UTC"}',
             )
-        problem = cron.validate(schedule)
+        problem = cron.validate(schedule, now)
         if problem is not None:
             raise RegistryError(422, "invalid_schedule", problem)
     elif schedule is not None:
@@ -240,8 +243,8 @@ class Registry:
     async def create_trigger(self, request: CreateTrigger) -> Trigger:
         new = request.trigger
         await self._flow(request.workspace_id, new.flow_id)
-        _check_schedule(new.type, new.schedule)
         now = self._clock()
+        _check_schedule(new.type, new.schedule, now)
         trigger = Trigger(
             id=new_id("trg"),
             workspace_id=request.workspace_id,
@@ -279,7 +282,10 @@ class Registry:
         schedule = current.schedule if changes.schedule is UNSET else changes.schedule
         if trigger_type != "schedule" and changes.schedule is UNSET:
             schedule = None  # changing a schedule trigger into another type drops its schedule
-        _check_schedule(trigger_type, schedule)
+        # A schedule given anew must still fire; one left alone may have ended meanwhile.
+        _check_schedule(
+            trigger_type, schedule, None if changes.schedule is UNSET else self._clock()
+        )
 
         def apply(trigger: Trigger) -> Trigger:
             return msgspec.structs.replace(

@@ -13,9 +13,16 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.registry import Trigger
-from contracts.runs import FlowStart
-from contracts.scheduling import ScheduleTick
-from services.scheduler.handlers import SERVICE, Clock, Scheduler, consume_tick, now_utc
+from contracts.runs import FlowStart, RunEvent
+from contracts.scheduling import FireRecord, ScheduleTick
+from services.scheduler.handlers import (
+    SERVICE,
+    Clock,
+    Scheduler,
+    consume_tick,
+    fire_key,
+    now_utc,
+)
 from services.scheduler.settings import SchedulerSettings
 from shared import broker
 from shared.codec import decode, encode
@@ -28,8 +35,7 @@ FETCH_TIMEOUT = 5.0
 """Seconds one pull request waits for due ticks before it is renewed."""
 STOP_TIMEOUT = 10.0
 """Seconds `stop` waits for ticks and timer updates in flight before giving up on them."""
-TICK_ACK_WAIT = 30.0
-"""Seconds a delivered tick may stay unacknowledged before another replica gets it."""
+RUN_EVENT_ACK_WAIT = 30.0
 
 
 def at_header(scheduled_at: datetime) -> str:
@@ -55,7 +61,7 @@ class JetStreamTimers:
             subjects.schedule_timer(tick.trigger_id),
             encode(tick),
             headers={
-                "Nats-Schedule": at_header(tick.scheduled_at),
+                "Nats-Schedule": at_header(tick.due_at or tick.scheduled_at),
                 "Nats-Schedule-Target": subjects.schedule_tick(tick.trigger_id),
             },
         )
@@ -92,14 +98,48 @@ class JetStreamStarts:
         log.debug("start %s for %s stored (duplicate: %s)", start.run_id, msg_id, ack.duplicate)
 
 
-def tick_consumer_config() -> ConsumerConfig:
-    """The durable pull consumer every scheduler replica shares to receive due ticks."""
+class JetStreamLedger:
+    """`Ledger` as JetStream publishes to the trigger's `schedule.fire.<ws>.<trigger>` subject.
+
+    The publish is awaited (PubAck) so a decision the scheduler acts on is stored; the message
+    id makes replicas' identical decisions, and retried ticks, one entry.
+    """
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def record(self, entry: FireRecord) -> None:
+        msg_id = f"{fire_key(entry.trigger_id, entry.scheduled_at)}:{entry.status}"
+        await self._js.publish(
+            subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
+            encode(entry),
+            headers={"Nats-Msg-Id": msg_id},
+        )
+
+
+def run_events_consumer_config() -> ConsumerConfig:
+    """The durable consumer the scheduler replicas share to see runs skipped by overlap."""
+    return ConsumerConfig(
+        durable_name=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
+        filter_subject=f"{subjects.RUN_EVENT_PREFIX}.>",
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=RUN_EVENT_ACK_WAIT,
+    )
+
+
+def tick_consumer_config(ack_wait: float = 5.0) -> ConsumerConfig:
+    """The durable pull consumer every scheduler replica shares to receive due ticks.
+
+    A tick in the hands of a replica that dies comes back after `ack_wait`, kept below the
+    misfire threshold so that it still counts as on time.
+    """
     return ConsumerConfig(
         durable_name=subjects.SCHEDULER_CONSUMER,
         filter_subject=f"{subjects.SCHEDULE_TICK_PREFIX}.>",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=TICK_ACK_WAIT,
+        ack_wait=ack_wait,
     )
 
 
@@ -114,6 +154,7 @@ class SchedulerApp:
         self._scheduler: Scheduler | None = None
         self._mirror_task: asyncio.Task[None] | None = None
         self._consume_task: asyncio.Task[None] | None = None
+        self._run_events_task: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Future[list[None]] | None = None
 
     async def start(self) -> None:
@@ -122,14 +163,19 @@ class SchedulerApp:
         js = self._js = self._nc.jetstream()
         await broker.ensure_topology(js, self._settings.nats_replicas)
         # The consumer exists before any timer is parked, so no tick can fire unseen.
-        await self._ensure_consumer(js)
+        await self._ensure_consumers(js, self._settings.tick_ack_wait)
         kv = await broker.bucket(js, subjects.TRIGGERS_BUCKET)
         # Keyed by trigger id: ticks and timers name triggers by id alone.
         mirror: KvMirror[Trigger] = KvMirror(
             kv, Trigger, on_change=self._on_trigger_change, key_of=subjects.record_id
         )
         self._scheduler = Scheduler(
-            mirror, JetStreamTimers(js), JetStreamStarts(js), clock=self._clock
+            mirror,
+            JetStreamTimers(js),
+            JetStreamStarts(js),
+            ledger=JetStreamLedger(js),
+            clock=self._clock,
+            misfire_after=self._settings.misfire_after,
         )
         self._mirror_task = asyncio.create_task(
             supervised("scheduler trigger mirror", mirror.follow)
@@ -137,11 +183,15 @@ class SchedulerApp:
         await mirror.ready.wait()
         await self._scheduler.reconcile()
         self._consume_task = asyncio.create_task(supervised("scheduler tick loop", self._consume))
+        self._run_events_task = asyncio.create_task(
+            supervised("scheduler run events", self._follow_run_events)
+        )
         log.info("scheduler follows %d triggers", len(mirror))
 
     async def stop(self) -> None:
         """Stop fetching ticks, finish those in hand, stop following triggers, drain."""
         await _cancel(self._consume_task)
+        await _cancel(self._run_events_task)
         if self._in_flight is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._in_flight), STOP_TIMEOUT)
@@ -156,11 +206,46 @@ class SchedulerApp:
             self._scheduler.on_trigger_change(key, old, new)
 
     @staticmethod
-    async def _ensure_consumer(js: JetStreamContext) -> None:
+    async def _ensure_consumers(js: JetStreamContext, ack_wait: float) -> None:
         try:
             await js.consumer_info(subjects.SCHEDULES_STREAM, subjects.SCHEDULER_CONSUMER)
         except NotFoundError:
-            await js.add_consumer(subjects.SCHEDULES_STREAM, tick_consumer_config())
+            await js.add_consumer(subjects.SCHEDULES_STREAM, tick_consumer_config(ack_wait))
+        try:
+            await js.consumer_info(
+                subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER
+            )
+        except NotFoundError:
+            await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
+
+    async def _follow_run_events(self) -> None:
+        """Turn runs of schedule fires skipped by overlap into ledger entries (supervised)."""
+        assert self._js is not None
+        assert self._scheduler is not None
+        js, scheduler = self._js, self._scheduler
+        subscription = await js.pull_subscribe(
+            f"{subjects.RUN_EVENT_PREFIX}.>",
+            durable=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
+            stream=subjects.RUN_EVENTS_STREAM,
+            config=run_events_consumer_config(),
+        )
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(256, timeout=FETCH_TIMEOUT)
+                except TimeoutError:
+                    continue
+                for message in messages:
+                    try:
+                        event = decode(message.data, RunEvent)
+                    except msgspec.DecodeError:
+                        await message.ack()  # not ours to dead-letter: the runner wrote it
+                        continue
+                    await scheduler.record_overlap_skip(event.run)
+                    await message.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def _consume(self) -> None:
         """Pull due ticks and handle each batch concurrently (run it under `supervised`)."""
@@ -172,7 +257,7 @@ class SchedulerApp:
             f"{subjects.SCHEDULE_TICK_PREFIX}.>",
             durable=subjects.SCHEDULER_CONSUMER,
             stream=subjects.SCHEDULES_STREAM,
-            config=tick_consumer_config(),
+            config=tick_consumer_config(self._settings.tick_ack_wait),
         )
         try:
             while True:

@@ -12,23 +12,36 @@ Consistency rules, all of which make repeated or reordered work harmless:
   if replicas race, the tick carries the trigger version and a stale tick never starts a flow.
 - A start is published with `Nats-Msg-Id = <trigger id>:<scheduled time>` and a run id derived
   from the same, so a retried tick or two replicas handling it stay one run.
+- Every decision about an occurrence (started, missed, skipped and why) goes to the trigger's
+  ledger with `Nats-Msg-Id = <trigger id>:<scheduled time>:<status>`: replicas that decide the
+  same thing store it once.
+
+Missed fires. Only one timer per trigger is parked, so when every replica was down the server
+still delivers that one (late) tick and nothing else. The replica that gets it lists every
+occurrence from the tick's up to now and decides them at once: an occurrence handled within
+`misfire_after` of its due time (or a redelivered tick, whose first delivery was on time) is a
+normal fire; the rest are missed and the trigger's misfire policy decides which of them start.
+Resuming a paused trigger decides the occurrences of the pause the same way.
 """
 
 import asyncio
 import logging
 import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from contracts.registry import CronSchedule, Trigger
-from contracts.runs import FlowStart
-from contracts.scheduling import ScheduleTick
+from contracts.registry import Schedule, Trigger
+from contracts.runs import FlowStart, Run
+from contracts.scheduling import FireRecord, FireStatus, ScheduleTick
 from services.scheduler import cron
+from services.scheduler.cron import Occurrence
 from shared.broker import reject
 from shared.codec import decode
 from shared.ids import derived_id
@@ -46,6 +59,11 @@ tick yet because the local trigger store has not caught up with the tick's trigg
 
 MAX_DELIVERIES_WHILE_BEHIND = 10
 """After this many deliveries a tick from a version the store never shows is dropped."""
+MAX_LISTED = 1000
+"""Most missed occurrences one decision lists one by one from the oldest; the ones after are
+summarised in one ledger entry, except the most recent (which the misfire policy may start)."""
+MAX_CATCH_UP = 100
+"""Most missed fires `run_all` starts at once (the most recent ones)."""
 
 
 def now_utc() -> datetime:
@@ -74,6 +92,13 @@ class Timers(Protocol):
         """Remove the trigger's timer (and any tick of it not yet handled)."""
 
 
+class Ledger(Protocol):
+    """Where decisions about occurrences go (in production: the `SCHEDULE_FIRES` stream)."""
+
+    async def record(self, entry: FireRecord) -> None:
+        """Store `entry`; the same trigger, time and status twice is stored once."""
+
+
 class Starts(Protocol):
     """Where flow starts go (in production: JetStream `flow.start`, awaiting the PubAck)."""
 
@@ -81,7 +106,7 @@ class Starts(Protocol):
         """Store `start` durably; a second publish with the same `msg_id` is stored once."""
 
 
-def armed_schedule(trigger: Trigger | None) -> CronSchedule | None:
+def armed_schedule(trigger: Trigger | None) -> Schedule | None:
     """The schedule of a trigger the scheduler must keep a timer for, or None."""
     if trigger is None or trigger.type != "schedule" or not trigger.enabled:
         return None
@@ -93,11 +118,16 @@ def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
     return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
 
 
+def fire_run_id(trigger_id: str, scheduled_at: datetime) -> str:
+    """The run id of the fire at `scheduled_at` (the same on every replica and every retry)."""
+    scheduled_ms = int(scheduled_at.timestamp() * 1000)
+    return derived_id("run", scheduled_ms, fire_key(trigger_id, scheduled_at).encode())
+
+
 def flow_start(trigger: Trigger, scheduled_at: datetime, requested_at: datetime) -> FlowStart:
     """The start of `trigger`'s flow for the fire at `scheduled_at` (same fire, same run id)."""
-    scheduled_ms = int(scheduled_at.timestamp() * 1000)
     return FlowStart(
-        run_id=derived_id("run", scheduled_ms, fire_key(trigger.id, scheduled_at).encode()),
+        run_id=fire_run_id(trigger.id, scheduled_at),
         workspace_id=trigger.workspace_id,
         flow_id=trigger.flow_id,
         input=None,
@@ -109,13 +139,148 @@ def flow_start(trigger: Trigger, scheduled_at: datetime, requested_at: datetime)
     )
 
 
-class Scheduler:
-    """Keeps the parked timers in line with the triggers and turns due ticks into starts.
+_SKIP_STATUS: dict[str, FireStatus] = {
+    "dst_gap": "dst_gap",
+    "dst_repeat": "dst_repeat",
+    "after_end": "ended",
+}
 
-    Missed fires are skipped: after a tick, the next timer is the next fire after the tick's
-    time, or, if that is already past (the scheduler was down), the next fire after now. The
-    one tick that was due while every replica was down is still delivered and starts late.
-    A later version replaces this with per-trigger misfire and overlap policies.
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What becomes of one occurrence: its ledger status and reason, and whether it starts."""
+
+    occurrence: Occurrence
+    status: FireStatus
+    reason: str
+
+    @property
+    def starts(self) -> bool:
+        return self.status in ("started", "caught_up")
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """The occurrences due by now, in order: listed ones, and how many were only summarised."""
+
+    listed: list[Occurrence]
+    unlisted: int = 0
+    unlisted_from: datetime | None = None
+    unlisted_until: datetime | None = None
+
+
+def scan_due(
+    schedule: Schedule, after: datetime, now: datetime, jitter: timedelta, *, first: Occurrence
+) -> Due:
+    """`first` and every occurrence after `after` that is due (time plus jitter) by `now`.
+
+    Bounded work: the oldest `MAX_LISTED` are listed, then the most recent `MAX_CATCH_UP + 1`
+    (all the misfire policy can start); what lies between is only counted.
+    """
+    listed = [first]
+    last = first.scheduled_at
+    iterator = cron.occurrences(schedule, max(after, first.scheduled_at))
+    for occurrence in iterator:
+        if occurrence.scheduled_at + jitter > now:
+            return Due(listed)
+        listed.append(occurrence)
+        last = occurrence.scheduled_at
+        if len(listed) >= MAX_LISTED:
+            break
+    else:
+        return Due(listed)
+    # Too many: jump close to now, keeping the most recent ones for the misfire policy.
+    spacing = max((last - first.scheduled_at) / max(len(listed) - 1, 1), timedelta(seconds=1))
+    tail_from = max(last, now - jitter - spacing * (MAX_CATCH_UP + 2))
+    skipped_from = last
+    tail: deque[Occurrence] = deque(maxlen=MAX_CATCH_UP + 1)
+    for count, occurrence in enumerate(cron.occurrences(schedule, tail_from)):
+        if occurrence.scheduled_at + jitter > now or count > 10 * MAX_LISTED:
+            break
+        tail.append(occurrence)
+    unlisted_until = tail[0].scheduled_at if tail else now
+    between = max(int((unlisted_until - skipped_from) / spacing) - 1, 1)
+    return Due(
+        [*listed, *tail],
+        unlisted=between,
+        unlisted_from=skipped_from,
+        unlisted_until=unlisted_until,
+    )
+
+
+def decide(
+    due: list[Occurrence],
+    *,
+    schedule: Schedule,
+    now: datetime,
+    jitter: timedelta,
+    misfire_after: timedelta | None,
+    on_time: frozenset[datetime] = frozenset(),
+    missed_status: FireStatus = "missed",
+    why_missed: str = "no scheduler was running",
+) -> list[Decision]:
+    """Decide every due occurrence: fire it, record it as a non-fire, or let the misfire
+    policy choose among the missed ones (pure; the unit tests pin every branch).
+
+    An occurrence is on time when handled within `misfire_after` of its due time (or listed in
+    `on_time`); `misfire_after=None` makes every occurrence missed (a resumed pause).
+    """
+    decisions: dict[datetime, Decision] = {}
+    missed: list[Occurrence] = []
+    for occurrence in due:
+        if occurrence.skip is not None:
+            decisions[occurrence.scheduled_at] = Decision(
+                occurrence, _SKIP_STATUS[occurrence.skip], occurrence.note
+            )
+            continue
+        late = now - (occurrence.scheduled_at + jitter)
+        if occurrence.scheduled_at in on_time or (
+            misfire_after is not None and late <= misfire_after
+        ):
+            decisions[occurrence.scheduled_at] = Decision(occurrence, "started", "on time")
+        else:
+            missed.append(occurrence)
+    window_start = now - timedelta(seconds=schedule.catch_up_window)
+    eligible = [occurrence for occurrence in missed if occurrence.scheduled_at >= window_start]
+    match schedule.misfire:
+        case "skip":
+            chosen: list[Occurrence] = []
+        case "run_once":
+            chosen = eligible[-1:]
+        case "run_all":
+            chosen = eligible[-MAX_CATCH_UP:]
+    chosen_times = {occurrence.scheduled_at for occurrence in chosen}
+    most_recent = chosen[-1].scheduled_at.isoformat() if chosen else ""
+    for occurrence in missed:
+        late_by = _seconds(now - occurrence.scheduled_at - jitter)
+        context = f"missed: {why_missed} (late by {late_by})"
+        if occurrence.scheduled_at in chosen_times:
+            status: FireStatus = "caught_up"
+            reason = f"{context}; started by misfire policy {schedule.misfire}"
+        elif schedule.misfire == "skip":
+            status, reason = missed_status, f"{context}; misfire policy skip"
+        elif occurrence.scheduled_at < window_start:
+            status = missed_status
+            reason = f"{context}; older than the catch-up window of {schedule.catch_up_window}s"
+        elif schedule.misfire == "run_once":
+            status = missed_status
+            reason = f"{context}; misfire policy run_once started only {most_recent}"
+        else:
+            status = missed_status
+            reason = f"{context}; run_all starts at most the {MAX_CATCH_UP} most recent"
+        decisions[occurrence.scheduled_at] = Decision(occurrence, status, reason)
+    return [decisions[occurrence.scheduled_at] for occurrence in due]
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{delta.total_seconds():.1f}s"
+
+
+class Scheduler:
+    """Keeps the parked timers in line with the triggers and turns due ticks into decisions.
+
+    Each tick lists the trigger's occurrences due by now, decides them (`decide`), stores the
+    starts, records every decision in the ledger, then parks the next occurrence.
     """
 
     def __init__(
@@ -124,14 +289,18 @@ class Scheduler:
         timers: Timers,
         starts: Starts,
         *,
+        ledger: Ledger,
         clock: Clock = now_utc,
         concurrency: int = 64,
+        misfire_after: float = 10.0,
     ) -> None:
         self._triggers = triggers
         self._timers = timers
         self._starts = starts
+        self._ledger = ledger
         self._clock = clock
         self._concurrency = concurrency
+        self._misfire_after = timedelta(seconds=misfire_after)
         self._following = False
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -142,7 +311,8 @@ class Scheduler:
         """Store callback (sync): re-park or cancel the trigger's timer in the background.
 
         Ignored until `reconcile` has started: the first replay of the store is reconciled
-        against the parked timers instead, so a restart does not re-park every timer.
+        against the parked timers instead, so a restart does not re-park every timer. A resume
+        (paused before, armed now, same schedule) also decides the occurrences of the pause.
         """
         if not self._following:
             return
@@ -156,7 +326,16 @@ class Scheduler:
             and new.version == old.version
         ):
             return
-        self._spawn(self._sync_until_done(key))
+        if (
+            new is not None
+            and new_schedule is not None
+            and old is not None
+            and not old.enabled
+            and old.type == "schedule"
+            and old.schedule == new_schedule
+        ):
+            self._spawn(self._retrying(self.catch_up_pause, new, old.updated_at))
+        self._spawn(self._retrying(self.sync, key))
 
     async def sync(self, trigger_id: str) -> None:
         """Make the trigger's timer match its current state: park a fresh one, or cancel it."""
@@ -202,13 +381,43 @@ class Scheduler:
                 return
             await self._park_current(trigger_id, self._clock())
 
+    async def catch_up_pause(self, trigger: Trigger, paused_at: datetime) -> None:
+        """Decide the occurrences due while `trigger` was paused (from `paused_at` until it was
+        resumed, `trigger.updated_at`): recorded as `paused`, or started by the misfire policy.
+
+        Every replica that sees the resume runs this; the decisions are the same, and the
+        start's and the ledger's message ids make them count once.
+        """
+        schedule = armed_schedule(trigger)
+        if schedule is None:
+            return
+        resumed_at = trigger.updated_at
+        jitter = cron.jitter_offset(trigger.id, schedule.jitter)
+        first = next(iter(cron.occurrences(schedule, paused_at)), None)
+        if first is None or first.scheduled_at + jitter > resumed_at:
+            return
+        due = scan_due(schedule, first.scheduled_at, resumed_at, jitter, first=first)
+        decisions = decide(
+            due.listed,
+            schedule=schedule,
+            now=resumed_at,
+            jitter=jitter,
+            misfire_after=None,
+            missed_status="paused",
+            why_missed="the trigger was paused",
+        )
+        await self._carry_out(trigger, decisions, due)
+
     # --- Ticks -----------------------------------------------------------------------------
 
-    async def fire(self, tick: ScheduleTick) -> TickOutcome:
-        """Handle a due tick: start the flow and park the next timer, or drop a stale tick.
+    async def fire(self, tick: ScheduleTick, *, redelivered: bool = False) -> TickOutcome:
+        """Handle a due tick: decide it and every other occurrence due by now, park the next
+        timer; or drop a stale tick.
 
-        Raises when the start could not be stored; the caller retries the tick later, which
-        the fire key makes harmless.
+        `redelivered` says a replica received this tick before (and died or failed): its
+        occurrence counts as on time however late it now is, so a crash loses no fire.
+        Raises when a start could not be stored; the caller retries the tick later, which the
+        fire key makes harmless.
         """
         trigger = self._triggers.get(tick.trigger_id)
         if trigger is not None and tick.trigger_version > trigger.version:
@@ -219,30 +428,72 @@ class Scheduler:
                 trigger.version,
             )
             return "store_behind"
-        if (
-            trigger is None
-            or armed_schedule(trigger) is None
-            or trigger.version != tick.trigger_version
-        ):
+        schedule = armed_schedule(trigger)
+        if trigger is None or schedule is None or trigger.version != tick.trigger_version:
             log.info(
                 "dropping stale tick of trigger %s (version %d) for %s",
                 tick.trigger_id,
                 tick.trigger_version,
                 tick.scheduled_at.isoformat(),
             )
-            if armed_schedule(trigger) is not None:
+            if schedule is not None:
                 # The current version's timer may have lost a race with this older one.
                 await self.ensure_parked(tick.trigger_id)
             return "stale"
-        await self._starts.publish(
-            flow_start(trigger, tick.scheduled_at, self._clock()),
-            fire_key(trigger.id, tick.scheduled_at),
+        now = self._clock()
+        jitter = cron.jitter_offset(trigger.id, schedule.jitter)
+        first = Occurrence(
+            tick.scheduled_at,
+            tick.scheduled_at.astimezone(cron.zone_of(schedule)),
+            skip=tick.skip,
+            note=tick.note,
         )
+        due = scan_due(schedule, tick.scheduled_at, now, jitter, first=first)
+        decisions = decide(
+            due.listed,
+            schedule=schedule,
+            now=now,
+            jitter=jitter,
+            misfire_after=self._misfire_after,
+            on_time=frozenset({tick.scheduled_at}) if redelivered else frozenset(),
+        )
+        await self._carry_out(trigger, decisions, due)
+        if tick.skip == "after_end":
+            return "started"  # nothing more to park: the schedule is over
         async with self._lock(trigger.id):
             current = self._triggers.get(trigger.id)
             if current is not None and current.version == tick.trigger_version:
-                await self._park_current(trigger.id, tick.scheduled_at)
+                await self._park_current(trigger.id, due.listed[-1].scheduled_at)
         return "started"
+
+    async def record_overlap_skip(self, run: Run) -> None:
+        """Ledger entry for a schedule fire whose run the runner skipped by overlap policy."""
+        if run.source != "schedule" or run.status != "skipped":
+            return
+        if run.trigger_id is None or run.scheduled_at is None:
+            return
+        trigger = self._triggers.get(run.trigger_id)
+        schedule = trigger.schedule if trigger is not None else None
+        zone_name = schedule.timezone if schedule is not None else "UTC"
+        try:
+            local = run.scheduled_at.astimezone(cron.zone_of(schedule) if schedule else UTC)
+        except cron.InvalidSchedule:
+            local = run.scheduled_at.astimezone(UTC)
+        await self._ledger.record(
+            FireRecord(
+                trigger_id=run.trigger_id,
+                workspace_id=run.workspace_id,
+                flow_id=run.flow_id,
+                trigger_version=trigger.version if trigger is not None else 0,
+                scheduled_at=run.scheduled_at.astimezone(UTC),
+                local_time=local.isoformat(),
+                timezone=zone_name,
+                status="overlap_skipped",
+                reason=run.error or "skipped by the trigger's overlap policy",
+                run_id=run.id,
+                recorded_at=self._clock(),
+            )
+        )
 
     # --- Life cycle ------------------------------------------------------------------------
 
@@ -258,36 +509,101 @@ class Scheduler:
 
     # --- Internals -------------------------------------------------------------------------
 
+    async def _carry_out(self, trigger: Trigger, decisions: list[Decision], due: Due) -> None:
+        """Store the starts (raising if one fails), then record every decision."""
+        schedule = trigger.schedule
+        assert schedule is not None
+        now = self._clock()
+        starts = [decision for decision in decisions if decision.starts]
+        await asyncio.gather(
+            *(
+                self._starts.publish(
+                    flow_start(trigger, decision.occurrence.scheduled_at, now),
+                    fire_key(trigger.id, decision.occurrence.scheduled_at),
+                )
+                for decision in starts
+            )
+        )
+        entries = [self._entry(trigger, decision, now) for decision in decisions]
+        if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
+            log.warning(
+                "trigger %s missed about %d more fires between %s and %s",
+                trigger.id,
+                due.unlisted,
+                due.unlisted_from.isoformat(),
+                due.unlisted_until.isoformat(),
+            )
+            summary = msgspec.structs.replace(
+                entries[MAX_LISTED - 1],
+                reason=entries[MAX_LISTED - 1].reason
+                + f"; about {due.unlisted} more missed fires until"
+                f" {due.unlisted_until.isoformat()} are not listed one by one",
+            )
+            entries[MAX_LISTED - 1] = summary
+        await asyncio.gather(*(self._ledger.record(entry) for entry in entries))
+        for decision in decisions:
+            if decision.status != "started":
+                log.info(
+                    "trigger %s fire at %s: %s (%s)",
+                    trigger.id,
+                    decision.occurrence.scheduled_at.isoformat(),
+                    decision.status,
+                    decision.reason,
+                )
+
+    def _entry(self, trigger: Trigger, decision: Decision, now: datetime) -> FireRecord:
+        schedule = trigger.schedule
+        assert schedule is not None
+        occurrence = decision.occurrence
+        return FireRecord(
+            trigger_id=trigger.id,
+            workspace_id=trigger.workspace_id,
+            flow_id=trigger.flow_id,
+            trigger_version=trigger.version,
+            scheduled_at=occurrence.scheduled_at,
+            local_time=occurrence.local.isoformat(),
+            timezone=schedule.timezone,
+            status=decision.status,
+            reason=decision.reason,
+            run_id=fire_run_id(trigger.id, occurrence.scheduled_at),
+            recorded_at=now,
+        )
+
     async def _park_current(self, trigger_id: str, after: datetime) -> bool:
-        """Park the next fire of the trigger's current version after `after` (but not in the
-        past); False if the trigger is not armed. Call with the trigger's lock held."""
+        """Park the trigger's next occurrence after `after` that is not yet due (an occurrence
+        already due is left behind); False if the trigger is not armed or its schedule is
+        over. Call with the trigger's lock held."""
         trigger = self._triggers.get(trigger_id)
         schedule = armed_schedule(trigger)
         if trigger is None or schedule is None:
             return False
+        jitter = cron.jitter_offset(trigger_id, schedule.jitter)
         now = self._clock()
-        scheduled_at = cron.next_fire(schedule, after)
-        if scheduled_at <= now:
-            log.info(
-                "trigger %s missed its fires up to %s; next fire after now",
-                trigger_id,
-                now.isoformat(),
-            )
-            scheduled_at = cron.next_fire(schedule, now)
+        if after + jitter < now:
+            after = now - jitter
+        occurrence = next(iter(cron.occurrences(schedule, after)), None)
+        if occurrence is None:
+            log.info("trigger %s has no occurrence after %s", trigger_id, after.isoformat())
+            return False
         tick = ScheduleTick(
-            trigger_id=trigger_id, trigger_version=trigger.version, scheduled_at=scheduled_at
+            trigger_id=trigger_id,
+            trigger_version=trigger.version,
+            scheduled_at=occurrence.scheduled_at,
+            due_at=occurrence.scheduled_at + jitter if jitter else None,
+            skip=occurrence.skip,
+            note=occurrence.note,
         )
         await self._timers.park(tick)
         return True
 
-    async def _sync_until_done(self, trigger_id: str) -> None:
+    async def _retrying(self, work: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         backoff = 0.1
         while True:
             try:
-                await self.sync(trigger_id)
+                await work(*args)
                 return
             except Exception:
-                log.exception("updating the timer of trigger %s failed; retrying", trigger_id)
+                log.exception("%s%r failed; retrying", work.__name__, args)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -314,7 +630,7 @@ async def consume_tick(
         await reject(js, msg, f"undecodable schedule tick: {error}", SERVICE)
         return
     try:
-        outcome = await scheduler.fire(tick)
+        outcome = await scheduler.fire(tick, redelivered=msg.metadata.num_delivered > 1)
     except Exception:
         log.exception("tick of trigger %s for %s failed", tick.trigger_id, tick.scheduled_at)
         await msg.nak(delay=retry_delay)

@@ -8,7 +8,13 @@ class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """NATS server to connect to (`NATS_URL`)."""
     nats_replicas: int = 1
     """Replicas of the streams and buckets this service creates; 3 in production."""
-    tick_batch: int = 64
+    tick_batch: int = 256
     """Most due ticks one fetch takes from the shared `scheduler` consumer (`TICK_BATCH`)."""
     tick_retry_delay: float = 1.0
     """Seconds before a tick whose handling failed is delivered again (`TICK_RETRY_DELAY`)."""
+    misfire_after: float = 10.0
+    """Seconds after its due time a fire counts as missed and its trigger's misfire policy
+    decides it (`MISFIRE_AFTER`); above the normal tick lag, below a real outage."""
+    tick_ack_wait: float = 5.0
+    """Seconds a tick may stay unacknowledged before another replica gets it (`TICK_ACK_WAIT`;
+    used when the shared consumer is created); keep it below `misfire_after`."""

@@ -13,9 +13,9 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def fires(cron: str, after: str, count: int, timezone: str = "UTC") -> list[str]:
+def fires(cron: str, after: str, count: int, timezone: str = "UTC", **options) -> list[str]:
     """The next `count` fire times after `after`, as UTC ISO strings."""
-    schedule = CronSchedule(cron=cron, timezone=timezone)
+    schedule = CronSchedule(cron=cron, timezone=timezone, **options)
     moment = at(after)
     found = []
     for _ in range(count):
@@ -106,9 +106,16 @@ def test_times_around_the_spring_dst_gap_keep_their_wall_clock_time():
     ]
 
 
-def test_a_time_repeated_by_the_autumn_dst_overlap_fires_twice():
+def test_a_time_repeated_by_the_autumn_dst_overlap_fires_once_by_default():
     # Europe/Berlin falls back from 03:00 CEST to 02:00 CET on 2026-10-25: 02:30 happens twice.
-    assert fires("30 2 * * *", "2026-10-24T12:00:00Z", 3, "Europe/Berlin") == [
+    assert fires("30 2 * * *", "2026-10-24T12:00:00Z", 2, "Europe/Berlin") == [
+        "2026-10-25T00:30:00Z",  # 02:30 CEST, the first one
+        "2026-10-26T01:30:00Z",
+    ]
+
+
+def test_a_time_repeated_by_the_autumn_dst_overlap_fires_twice_when_asked():
+    assert fires("30 2 * * *", "2026-10-24T12:00:00Z", 3, "Europe/Berlin", dst_repeat="twice") == [
         "2026-10-25T00:30:00Z",  # 02:30 CEST
         "2026-10-25T01:30:00Z",  # 02:30 CET
         "2026-10-26T01:30:00Z",
@@ -121,7 +128,7 @@ def test_inside_the_autumn_overlap_the_next_fire_follows_the_real_instant():
         "2026-10-26T01:30:00Z"
     ]
     # 00:40 UTC is 02:40 CEST: the second 02:30 (CET) is still ahead.
-    assert fires("30 2 * * *", "2026-10-25T00:40:00Z", 1, "Europe/Berlin") == [
+    assert fires("30 2 * * *", "2026-10-25T00:40:00Z", 1, "Europe/Berlin", dst_repeat="twice") == [
         "2026-10-25T01:30:00Z"
     ]
 

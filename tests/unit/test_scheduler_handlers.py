@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from contracts.registry import CronSchedule, Trigger
-from contracts.runs import FlowStart
-from contracts.scheduling import ScheduleTick
+from contracts.runs import FlowStart, Run
+from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.handlers import Scheduler, fire_key
 from shared.ids import derived_id
 
@@ -52,6 +52,17 @@ class FakeTimers:
         self.parked_ticks.pop(trigger_id, None)
 
 
+class FakeLedger:
+    def __init__(self) -> None:
+        self.entries: list[FireRecord] = []
+
+    async def record(self, entry: FireRecord) -> None:
+        self.entries.append(entry)
+
+    def statuses(self) -> list[tuple[str, str]]:
+        return [(e.scheduled_at.strftime("%H:%M:%S"), e.status) for e in self.entries]
+
+
 class FakeStarts:
     def __init__(self) -> None:
         self.published: list[tuple[FlowStart, str]] = []
@@ -84,7 +95,10 @@ class World:
         self.triggers = FakeTriggers()
         self.timers = FakeTimers()
         self.starts = FakeStarts()
-        self.scheduler = Scheduler(self.triggers, self.timers, self.starts, clock=self.clock)
+        self.ledger = FakeLedger()
+        self.scheduler = Scheduler(
+            self.triggers, self.timers, self.starts, ledger=self.ledger, clock=self.clock
+        )
 
     async def write(self, trigger: Trigger) -> None:
         old = self.triggers.by_id.get(trigger.id)
@@ -207,6 +221,7 @@ async def test_a_tick_starts_the_flow_and_parks_the_next_fire(world: World):
             key,
         )
     ]
+    assert world.ledger.statuses() == [("10:15:00", "started")]
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:30:00+00:00")
 
 
@@ -219,14 +234,6 @@ async def test_the_same_tick_twice_gives_the_same_run_id_and_message_id(world: W
     (first, first_id), (second, second_id) = world.starts.published
     assert first.run_id == second.run_id
     assert first_id == second_id
-
-
-async def test_fires_missed_while_the_scheduler_was_down_are_skipped(world: World):
-    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
-    world.clock.now = datetime(2026, 1, 1, 11, 7, tzinfo=UTC)
-    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
-    assert len(world.starts.published) == 1  # the late tick itself still starts once
-    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T11:15:00+00:00")
 
 
 @pytest.mark.parametrize(
@@ -291,7 +298,227 @@ async def test_a_trigger_edited_while_its_tick_fires_keeps_the_timer_of_the_new_
             await super().publish(start, msg_id)
             await world.write(schedule_trigger("trg_1", cron="0 12 * * *", version=2))
 
-    world.scheduler = Scheduler(world.triggers, world.timers, EditingStarts(), clock=world.clock)
+    world.scheduler = Scheduler(
+        world.triggers, world.timers, EditingStarts(), ledger=world.ledger, clock=world.clock
+    )
     await world.scheduler.reconcile()
     await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 2, "2026-01-01T12:00:00+00:00")
+
+
+# --- Misfires, the ledger and the policies -------------------------------------------------
+
+
+def with_schedule(trigger_id: str = "trg_1", **options) -> Trigger:
+    cron = options.pop("cron", "*/15 * * * *")
+    return schedule_trigger(trigger_id, schedule=CronSchedule(cron=cron, **options))
+
+
+def started_times(world: World) -> list[str]:
+    return [
+        start.scheduled_at.strftime("%H:%M:%S")
+        for start, _ in world.starts.published
+        if start.scheduled_at is not None
+    ]
+
+
+async def test_a_tick_handled_within_the_misfire_threshold_is_an_ordinary_fire(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule(misfire="skip")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 9, tzinfo=UTC)  # 9 s late, threshold 10 s
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert started_times(world) == ["10:15:00"]
+    assert world.ledger.statuses() == [("10:15:00", "started")]
+
+
+async def test_after_an_outage_run_once_starts_only_the_most_recent_missed_fire(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule()  # run_once is the default
+    world.clock.now = datetime(2026, 1, 1, 11, 7, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert started_times(world) == ["11:00:00"]
+    assert world.ledger.statuses() == [
+        ("10:15:00", "missed"),
+        ("10:30:00", "missed"),
+        ("10:45:00", "missed"),
+        ("11:00:00", "caught_up"),
+    ]
+    assert "no scheduler was running" in world.ledger.entries[0].reason
+    assert "run_once started only 2026-01-01T11:00:00+00:00" in world.ledger.entries[0].reason
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T11:15:00+00:00")
+
+
+async def test_after_an_outage_skip_starts_nothing_and_records_every_missed_fire(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule(misfire="skip")
+    world.clock.now = datetime(2026, 1, 1, 11, 7, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert world.starts.published == []
+    assert [status for _, status in world.ledger.statuses()] == ["missed"] * 4
+    assert all("misfire policy skip" in entry.reason for entry in world.ledger.entries)
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T11:15:00+00:00")
+
+
+async def test_after_an_outage_run_all_starts_each_fire_within_the_catch_up_window(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule(misfire="run_all", catch_up_window=1800)
+    world.clock.now = datetime(2026, 1, 1, 11, 7, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert started_times(world) == ["10:45:00", "11:00:00"]
+    assert world.ledger.statuses() == [
+        ("10:15:00", "missed"),
+        ("10:30:00", "missed"),
+        ("10:45:00", "caught_up"),
+        ("11:00:00", "caught_up"),
+    ]
+    assert "older than the catch-up window of 1800s" in world.ledger.entries[0].reason
+
+
+async def test_run_once_starts_nothing_when_every_missed_fire_is_outside_the_window(
+    world: World,
+):
+    world.triggers.by_id["trg_1"] = with_schedule(catch_up_window=60)
+    world.clock.now = datetime(2026, 1, 1, 11, 7, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert world.starts.published == []
+    assert [status for _, status in world.ledger.statuses()] == ["missed"] * 4
+
+
+async def test_a_redelivered_tick_is_on_time_however_late_so_a_crash_loses_no_fire(
+    world: World,
+):
+    world.triggers.by_id["trg_1"] = with_schedule(misfire="skip")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 40, tzinfo=UTC)  # the ack wait ran out
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"), redelivered=True)
+    assert started_times(world) == ["10:15:00"]
+    assert world.ledger.statuses() == [("10:15:00", "started")]
+
+
+async def test_a_very_long_outage_is_decided_with_bounded_work(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule(cron="* * * * * *")  # every second
+    world.clock.now = datetime(2026, 1, 2, 10, 15, 0, 500_000, tzinfo=UTC)  # a day later
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    # The last 10 s (the misfire threshold) are on time; run_once adds the most recent of the
+    # day of missed fires before them.
+    started = started_times(world)
+    assert started == [f"10:14:{second}" for second in range(50, 60)] + ["10:15:00"]
+    statuses = [status for _, status in world.ledger.statuses()]
+    assert statuses.count("caught_up") == 1
+    assert len(world.ledger.entries) < 1300
+    assert any("not listed one by one" in entry.reason for entry in world.ledger.entries)
+    assert world.timers.parked_ticks["trg_1"].scheduled_at == datetime(
+        2026, 1, 2, 10, 15, 1, tzinfo=UTC
+    )
+
+
+async def test_a_dst_gap_tick_is_recorded_and_the_next_occurrence_parked(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule(
+        cron="30 2 * * *", timezone="Europe/Berlin", dst_gap="skip"
+    )
+    world.clock.now = datetime(2026, 3, 29, 1, 0, 0, 100_000, tzinfo=UTC)
+    gap_tick = msgspec.structs.replace(
+        tick("trg_1", 1, "2026-03-29T01:00:00+00:00"), skip="dst_gap", note="02:30 does not exist"
+    )
+    await world.scheduler.fire(gap_tick)
+    assert world.starts.published == []
+    assert world.ledger.statuses() == [("01:00:00", "dst_gap")]
+    assert world.ledger.entries[0].reason == "02:30 does not exist"
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-03-30T00:30:00+00:00")
+
+
+async def test_the_timer_of_a_gap_skip_is_parked_as_a_non_fire(world: World):
+    await world.scheduler.reconcile()
+    world.clock.now = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
+    await world.write(with_schedule(cron="30 2 * * *", timezone="Europe/Berlin", dst_gap="skip"))
+    parked = world.timers.parked_ticks["trg_1"]
+    assert parked.skip == "dst_gap"
+    assert parked.scheduled_at == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert "02:30:00 does not exist" in parked.note
+
+
+async def test_the_first_occurrence_after_the_end_is_recorded_and_nothing_more_parked(
+    world: World,
+):
+    end = datetime(2026, 1, 1, 10, 20, tzinfo=UTC)
+    world.triggers.by_id["trg_1"] = with_schedule(end=end)
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 1, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert world.timers.parked_ticks["trg_1"].skip == "after_end"
+    world.clock.now = datetime(2026, 1, 1, 10, 30, 1, tzinfo=UTC)
+    await world.scheduler.fire(world.timers.parked_ticks.pop("trg_1"))
+    assert world.ledger.statuses() == [("10:15:00", "started"), ("10:30:00", "ended")]
+    assert "trg_1" not in world.timers.parked_ticks
+
+
+async def test_a_jittered_timer_goes_off_later_but_keeps_its_scheduled_time(world: World):
+    await world.scheduler.reconcile()
+    await world.write(with_schedule(jitter=600))
+    parked = world.timers.parked_ticks["trg_1"]
+    assert parked.scheduled_at == datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    assert parked.due_at is not None
+    assert timedelta(0) <= parked.due_at - parked.scheduled_at <= timedelta(seconds=600)
+
+
+async def test_resuming_decides_the_fires_of_the_pause_by_the_misfire_policy(world: World):
+    await world.scheduler.reconcile()
+    trigger = with_schedule()
+    await world.write(trigger)
+    paused_at = datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
+    paused = msgspec.structs.replace(trigger, enabled=False, version=2, updated_at=paused_at)
+    await world.write(paused)
+    world.clock.now = resumed_at = datetime(2026, 1, 1, 11, 7, tzinfo=UTC)
+    await world.write(
+        msgspec.structs.replace(paused, enabled=True, version=3, updated_at=resumed_at)
+    )
+    assert started_times(world) == ["11:00:00"]
+    assert world.ledger.statuses() == [
+        ("10:15:00", "paused"),
+        ("10:30:00", "paused"),
+        ("10:45:00", "paused"),
+        ("11:00:00", "caught_up"),
+    ]
+    assert "the trigger was paused" in world.ledger.entries[0].reason
+    assert world.timers.parked_ticks["trg_1"].scheduled_at == datetime(
+        2026, 1, 1, 11, 15, tzinfo=UTC
+    )
+
+
+async def test_resuming_with_skip_records_the_paused_fires_and_starts_none(world: World):
+    await world.scheduler.reconcile()
+    trigger = with_schedule(misfire="skip")
+    await world.write(trigger)
+    paused = msgspec.structs.replace(trigger, enabled=False, version=2)
+    await world.write(paused)
+    world.clock.now = resumed_at = datetime(2026, 1, 1, 10, 50, tzinfo=UTC)
+    await world.write(
+        msgspec.structs.replace(paused, enabled=True, version=3, updated_at=resumed_at)
+    )
+    assert world.starts.published == []
+    assert world.ledger.statuses() == [
+        ("10:15:00", "paused"),
+        ("10:30:00", "paused"),
+        ("10:45:00", "paused"),
+    ]
+
+
+async def test_a_run_skipped_by_overlap_becomes_a_ledger_entry(world: World):
+    world.triggers.by_id["trg_1"] = with_schedule(timezone="Europe/Berlin")
+    scheduled_at = datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    run = Run(
+        id="run_1",
+        workspace_id="wsp_1",
+        flow_id="flw_1",
+        status="skipped",
+        source="schedule",
+        trigger_id="trg_1",
+        error="skipped: run run_0 of this trigger is still running (overlap policy skip)",
+        scheduled_at=scheduled_at,
+        queued_at=NOW,
+    )
+    await world.scheduler.record_overlap_skip(run)
+    await world.scheduler.record_overlap_skip(msgspec.structs.replace(run, source="api"))
+    await world.scheduler.record_overlap_skip(msgspec.structs.replace(run, status="succeeded"))
+    (entry,) = world.ledger.entries
+    assert (entry.status, entry.run_id, entry.scheduled_at) == (
+        "overlap_skipped",
+        "run_1",
+        scheduled_at,
+    )
+    assert entry.local_time == "2026-01-01T11:15:00+01:00"
+    assert "still running" in entry.reason

@@ -1,0 +1,300 @@
+"""`make bench-scheduler`: the scheduler at 100,000 schedules, next to a bare croniter+heapq loop.
+
+Phases, each against a fresh nats-server on a free port (the benchmark plays the registry and
+writes trigger records straight into the `triggers` bucket):
+
+1. spread: N schedules `S * * * * *` (S = i mod 60: fires spread over every minute) on one
+   scheduler process; fire lag (flow.start received minus scheduled time) over a measuring
+   window, peak RSS, CPU per second, and CPU while idle (a window with no fire due).
+2. herd: H one-off schedules due in the same second; time until the last start arrives, with
+   one scheduler replica and then with two.
+3. the baseline: one Python process, croniter + heapq, publishing the same `flow.start`
+   messages to JetStream (pipelined), measured the same way for the spread and the herd.
+
+Bounded: a few minutes with the defaults. `--quick` runs smaller numbers.
+"""
+
+import argparse
+import asyncio
+import heapq
+import os
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from croniter import croniter
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bench.processes import Server, adopt, start_module, stop_all
+from contracts import subjects
+from contracts.registry import CronSchedule, OnceSchedule, Trigger
+from contracts.runs import FlowStart
+from services.scheduler.handlers import fire_key, flow_start
+from shared import broker, nats_server
+from shared.codec import decoder, encode
+from shared.ids import new_id
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = new_id("ws")
+FLOW = new_id("flw")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def trigger(schedule: CronSchedule | OnceSchedule) -> Trigger:
+    moment = now()
+    return Trigger(
+        id=new_id("trg"),
+        workspace_id=WORKSPACE,
+        flow_id=FLOW,
+        type="schedule",
+        schedule=schedule,
+        created_at=moment,
+        updated_at=moment,
+    )
+
+
+class Lags:
+    """flow.start messages seen on a core subscription: lag per distinct fire."""
+
+    def __init__(self) -> None:
+        self.lags: dict[str, float] = {}
+        self.last_seen = 0.0
+        self._decode = decoder(FlowStart).decode
+        self.window: tuple[datetime, datetime] | None = None
+
+    async def record(self, msg: Msg) -> None:
+        start = self._decode(msg.data)
+        received = now()
+        self.last_seen = time.monotonic()
+        if start.scheduled_at is None or start.run_id in self.lags:
+            return
+        if self.window is not None and not (self.window[0] <= start.scheduled_at < self.window[1]):
+            return
+        self.lags[start.run_id] = (received - start.scheduled_at).total_seconds()
+
+
+def summary(lags: list[float]) -> str:
+    if not lags:
+        return "no fires"
+    ordered = sorted(lags)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (
+        f"{len(ordered)} fires, lag p50 {statistics.median(ordered) * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+    )
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def write_triggers(nc: Client, triggers: list[Trigger]) -> None:
+    kv = await nc.jetstream().key_value(subjects.TRIGGERS_BUCKET)
+    for index in range(0, len(triggers), 512):
+        batch = triggers[index : index + 512]
+        await asyncio.gather(
+            *(kv.put(subjects.record_key(t.workspace_id, t.id), encode(t)) for t in batch)
+        )
+
+
+async def fresh_state(nc: Client) -> None:
+    js = nc.jetstream()
+    for stream in (
+        subjects.SCHEDULES_STREAM,
+        subjects.FLOW_STARTS_STREAM,
+        subjects.SCHEDULE_FIRES_STREAM,
+        f"KV_{subjects.TRIGGERS_BUCKET}",
+    ):
+        await js.purge_stream(stream)
+
+
+async def wait_up(server: Server, timeout: float) -> float:
+    began = time.monotonic()
+    while "scheduler is up" not in server.log.read_text(errors="replace"):
+        server.check_running()
+        if time.monotonic() - began > timeout:
+            raise RuntimeError(f"{server.name} not up after {timeout}s:\n{server.log_tail()}")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - began
+
+
+async def scheduler_spread(nc: Client, env: dict[str, str], logs: Path, n: int, measure: float):
+    await fresh_state(nc)
+    triggers = [trigger(CronSchedule(cron=f"{i % 60} * * * * *")) for i in range(n)]
+    began = time.monotonic()
+    await write_triggers(nc, triggers)
+    print(f"  wrote {n} triggers in {time.monotonic() - began:.1f}s")
+    lags = Lags()
+    sub = await nc.subscribe(subjects.FLOW_START, cb=lags.record)
+    server = start_module("scheduler", "services.scheduler", env, logs, ROOT)
+    try:
+        up = await wait_up(server, 300)
+        print(
+            f"  scheduler up (timers parked) in {up:.1f}s, "
+            f"RSS {rss_peak_mb(server.process.pid):.0f} MB"
+        )
+        start_at = now().replace(microsecond=0) + timedelta(seconds=3)
+        lags.window = (start_at, start_at + timedelta(seconds=measure))
+        cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(measure + 4)
+        cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        print(f"  scheduler spread: {summary(list(lags.lags.values()))}")
+        print(
+            f"  scheduler CPU {cpu * 100:.0f}% of a core while firing {n / 60:.0f}/s; "
+            f"peak RSS {rss_peak_mb(server.process.pid):.0f} MB"
+        )
+    finally:
+        await sub.unsubscribe()
+        stop_all([server])
+
+
+async def scheduler_idle(nc: Client, env: dict[str, str], logs: Path, n: int) -> None:
+    """CPU of a scheduler holding N timers none of which is due during the window."""
+    await fresh_state(nc)
+    await write_triggers(nc, [trigger(CronSchedule(cron="0 0 1 1 *")) for _ in range(n)])
+    server = start_module("scheduler-idle", "services.scheduler", env, logs, ROOT)
+    try:
+        await wait_up(server, 300)
+        await asyncio.sleep(1)
+        cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(10)
+        cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        print(
+            f"  scheduler idle with {n} timers parked: CPU {cpu * 100:.1f}% of a core, "
+            f"peak RSS {rss_peak_mb(server.process.pid):.0f} MB"
+        )
+    finally:
+        stop_all([server])
+
+
+async def scheduler_herd(nc: Client, env: dict[str, str], logs: Path, h: int, replicas: int):
+    await fresh_state(nc)
+    servers = [
+        start_module(f"scheduler-herd-{replicas}-{r}", "services.scheduler", env, logs, ROOT)
+        for r in range(replicas)
+    ]
+    lags = Lags()
+    sub = await nc.subscribe(subjects.FLOW_START, cb=lags.record)
+    try:
+        for server in servers:
+            await wait_up(server, 120)
+        due = now().replace(microsecond=0) + timedelta(seconds=12)
+        await write_triggers(nc, [trigger(OnceSchedule(at=due)) for _ in range(h)])
+        deadline = time.monotonic() + 60
+        while len(lags.lags) < h and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        done = max(lags.lags.values()) if lags.lags else float("nan")
+        print(
+            f"  scheduler herd, {replicas} replica(s): {len(lags.lags)}/{h} started, "
+            f"the last {done:.2f}s after the due second ({summary(list(lags.lags.values()))})"
+        )
+    finally:
+        await sub.unsubscribe()
+        stop_all(servers)
+
+
+async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
+    """croniter + heapq in this process, publishing FlowStarts to JetStream with pipelining."""
+    await fresh_state(nc)
+    js = nc.jetstream()
+    triggers = [trigger(CronSchedule(cron=f"{i % 60} * * * * *")) for i in range(n)]
+    herd_at = now().replace(microsecond=0) + timedelta(seconds=measure + 8)
+    herd = [trigger(OnceSchedule(at=herd_at)) for _ in range(h)]
+    began = time.monotonic()
+    base = now()
+    heap: list[tuple[datetime, int]] = []
+    iterators = []
+    for index, item in enumerate(triggers):
+        assert isinstance(item.schedule, CronSchedule)
+        iterator = croniter(item.schedule.cron, base, second_at_beginning=True)
+        iterators.append(iterator)
+        heap.append((iterator.get_next(datetime), index))
+    for index in range(h):
+        heap.append((herd_at, n + index))
+    heapq.heapify(heap)
+    print(f"  baseline heap of {n + h} built in {time.monotonic() - began:.1f}s")
+    everything = [*triggers, *herd]
+    spread_lags: list[float] = []
+    herd_lags: list[float] = []
+    window_end = base + timedelta(seconds=measure)
+
+    async def publish(index: int, scheduled: datetime) -> None:
+        start = flow_start(everything[index], scheduled, now())
+        await js.publish(
+            subjects.FLOW_START,
+            encode(start),
+            headers={"Nats-Msg-Id": fire_key(start.run_id, scheduled)},
+        )
+        lag = (now() - scheduled).total_seconds()
+        (herd_lags if index >= n else spread_lags).append(lag)
+
+    cpu_before = time.process_time()
+    wall_before = time.monotonic()
+    while heap and heap[0][0] <= herd_at + timedelta(seconds=1):
+        wait = (heap[0][0] - now()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        moment = now()
+        due: list[tuple[datetime, int]] = []
+        while heap and heap[0][0] <= moment:
+            due.append(heapq.heappop(heap))
+        for offset in range(0, len(due), 256):
+            await asyncio.gather(*(publish(i, s) for s, i in due[offset : offset + 256]))
+        for scheduled, index in due:
+            if index < n and scheduled < window_end:
+                heapq.heappush(heap, (iterators[index].get_next(datetime), index))
+    cpu = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
+    print(f"  baseline spread: {summary(spread_lags)}; CPU {cpu * 100:.0f}% (bench process)")
+    print(
+        f"  baseline herd: {len(herd_lags)}/{h} started, the last "
+        f"{max(herd_lags, default=float('nan')):.2f}s after the due second"
+    )
+    print(f"  baseline peak RSS of the bench process {rss_peak_mb(os.getpid()):.0f} MB")
+
+
+async def main(n: int, h: int, measure: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as folder:
+        logs = Path(folder)
+        port = nats_server.free_port()
+        nats = adopt(
+            "nats",
+            nats_server.start(port, logs / "nats", logs / "nats.log", new_session=True),
+            logs / "nats.log",
+        )
+        url = f"nats://127.0.0.1:{port}"
+        env = {"NATS_URL": url, "LOG_LEVEL": "INFO"}
+        nc = await broker.connect(url, "bench")
+        try:
+            await broker.ensure_topology(nc.jetstream())
+            print(f"spread: {n} schedules, fires spread over each minute, measured {measure:.0f}s")
+            await scheduler_spread(nc, env, logs, n, measure)
+            await scheduler_idle(nc, env, logs, n)
+            print(f"herd: {h} schedules due in the same second")
+            await scheduler_herd(nc, env, logs, h, 1)
+            await scheduler_herd(nc, env, logs, h, 2)
+            print("baseline (croniter + heapq, one process, same flow.start messages)")
+            await baseline(nc, n, h, measure)
+        finally:
+            await nc.drain()
+            stop_all([nats])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", type=int, default=100_000)
+    parser.add_argument("--herd", type=int, default=10_000)
+    parser.add_argument("--measure", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true", help="5,000 schedules, a 1,000 herd")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.schedules, arguments.herd, arguments.measure = 5_000, 1_000, 10.0
+    asyncio.run(main(arguments.schedules, arguments.herd, arguments.measure))

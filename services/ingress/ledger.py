@@ -1,0 +1,105 @@
+"""Reading a schedule trigger's ledger (`schedule.fire.<ws>.<trigger>`) and its preview."""
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts import subjects
+from contracts.registry import Trigger
+from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePreview
+from services.ingress.problems import ApiError
+from services.scheduler import cron
+from shared.codec import decoder
+
+READ_TIMEOUT = 2.0
+"""Seconds to wait for the stored entries of one trigger."""
+
+
+async def read_ledger(js: JetStreamContext, workspace_id: str, trigger_id: str) -> list[FireRecord]:
+    """Every stored entry of the trigger (at most `LEDGER_ENTRIES_PER_TRIGGER`), oldest first."""
+    subject = subjects.schedule_fire(workspace_id, trigger_id)
+    try:
+        info = await js.stream_info(subjects.SCHEDULE_FIRES_STREAM, subjects_filter=subject)
+    except NotFoundError:
+        return []
+    expected = (info.state.subjects or {}).get(subject, 0)
+    if not expected:
+        return []
+    subscription = await js.pull_subscribe(
+        subject,
+        stream=subjects.SCHEDULE_FIRES_STREAM,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        ),
+    )
+    decode = decoder(FireRecord).decode
+    entries: list[FireRecord] = []
+    deadline = asyncio.get_running_loop().time() + READ_TIMEOUT
+    try:
+        while len(entries) < expected:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                messages = await subscription.fetch(expected - len(entries), timeout=remaining)
+            except TimeoutError:
+                break
+            for message in messages:
+                with contextlib.suppress(msgspec.DecodeError):
+                    entries.append(decode(message.data))
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
+    return entries
+
+
+def fire_page(entries: list[FireRecord], limit: int, cursor: str | None) -> FirePage:
+    """Newest occurrence first (a later decision on the same occurrence before an earlier one);
+    `cursor` is the `next_cursor` of the previous page."""
+    ordered = sorted(
+        enumerate(entries), key=lambda pair: (pair[1].scheduled_at, pair[0]), reverse=True
+    )
+    keyed = [(f"{entry.scheduled_at.isoformat()}|{index:06d}", entry) for index, entry in ordered]
+    if cursor is not None:
+        keyed = [(key, entry) for key, entry in keyed if key < cursor]
+    page = keyed[:limit]
+    next_cursor = page[-1][0] if len(keyed) > limit else None
+    return FirePage(items=[entry for _, entry in page], next_cursor=next_cursor)
+
+
+def schedule_preview(trigger: Trigger, count: int, now: datetime | None = None) -> SchedulePreview:
+    """The trigger's next `count` occurrences, with their local and UTC times."""
+    if trigger.schedule is None:
+        raise ApiError(409, "not_a_schedule", f"trigger {trigger.id} is a `{trigger.type}` trigger")
+    schedule = trigger.schedule
+    jitter = cron.jitter_offset(trigger.id, schedule.jitter)
+    moment = now or datetime.now(UTC)
+    try:
+        found = cron.preview(schedule, moment, count)
+    except cron.InvalidSchedule as error:
+        raise ApiError(422, "invalid_schedule", str(error)) from error
+    return SchedulePreview(
+        trigger_id=trigger.id,
+        timezone=schedule.timezone,
+        jitter_seconds=int(jitter.total_seconds()),
+        enabled=trigger.enabled,
+        fires=[
+            PreviewFire(
+                scheduled_at=occurrence.scheduled_at,
+                local_time=occurrence.local.isoformat(),
+                fires_at=occurrence.scheduled_at + jitter,
+                fires=occurrence.skip is None,
+                skip=occurrence.skip,
+                note=occurrence.note,
+            )
+            for occurrence in found
+        ],
+    )
