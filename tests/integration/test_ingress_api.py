@@ -104,7 +104,8 @@ async def new_flow(client: HttpClient, ws: Workspace, name: str = "nightly") -> 
 async def new_trigger(
     client: HttpClient, ws: Workspace, flow_id: str, **fields: Any
 ) -> dict[str, Any]:
-    trigger = {"flow_id": flow_id, "type": "api", **fields}
+    # No runner runs in these tests: API triggers answer 202 at once instead of waiting.
+    trigger = {"flow_id": flow_id, "type": "api", "sync_wait_seconds": 0, **fields}
     body: dict[str, Any] = created(
         await client.post("/v1/triggers", json=trigger, headers=ws.admin)
     )
@@ -185,10 +186,13 @@ async def test_the_walkthrough_from_a_workspace_to_a_stored_flow_start(
 
     before = (await js.stream_info(subjects.FLOW_STARTS_STREAM)).state.last_seq
     started = await client.post(
-        f"/trigger/{flow_id}", json={"n": 1}, headers=bearer(trigger_secret)
+        f"/trigger/{flow_id}",
+        json={"n": 1},
+        headers={**bearer(trigger_secret), "Prefer": "respond-async"},
     )
 
     assert started.status_code == 202, started.text
+    assert started.headers["preference-applied"] == "respond-async"
     accepted = started.json()
     assert accepted["status"] == "queued"
     assert accepted["status_url"].endswith(f"/v1/runs/{accepted['run_id']}")
