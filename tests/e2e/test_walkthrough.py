@@ -198,3 +198,33 @@ def test_a_failing_flow_answers_a_failure_document_with_its_error(stack: Stack) 
         assert (body["code"], body["run_status"]) == ("run_failed", "failed")
         assert body["error"] == "RuntimeError: no cheese"
         assert body["run_id"] in body["status_url"]
+
+
+def test_a_running_run_is_cancelled_over_the_api(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "cancel")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "sleep")
+        admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"})
+        accepted = admin.post(
+            f"/trigger/{flow_id}", json={"seconds": 60}, headers={"Prefer": "respond-async"}
+        )
+        run_id = accepted.json()["run_id"]
+        poll(lambda: admin.get(f"/v1/runs/{run_id}"), lambda r: r.json().get("status") == "running")
+
+        cancelled = admin.post(f"/v1/runs/{run_id}/cancel")
+        again = admin.post(f"/v1/runs/{run_id}/cancel")
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert again.status_code == 409
+    assert again.json()["code"] == "run_finished"
+
+
+def test_the_runner_s_built_in_functions_are_listed_as_announced(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "functions")
+    with stack.client(admin_key) as admin:
+        listed = poll(
+            lambda: [f["name"] for f in admin.get("/v1/flow-functions").json()],
+            lambda names: "echo" in names,
+        )
+    assert {"echo", "sleep", "add", "fail"} <= set(listed)
