@@ -88,6 +88,13 @@ def without(slots: RunSlots, run_id: str) -> RunSlots:
     )
 
 
+def takes_slots(flow: Flow, trigger_id: str | None, policy: OverlapPolicy) -> bool:
+    """Whether a run of `flow` through `trigger_id` needs admission at all: without a
+    concurrency limit and with overlap `allow` it holds no slot, so there is nothing to take or
+    give back (and no `run_slots` round trip on the hot path)."""
+    return flow.concurrency is not None or (trigger_id is not None and policy != "allow")
+
+
 IsFinished = Callable[[str, str], Awaitable[bool]]
 """`(workspace_id, run_id)` → whether that run is final (or has no record)."""
 Cancel = Callable[[str, str, str], Awaitable[None]]

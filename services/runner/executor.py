@@ -2,7 +2,8 @@
 
 Plain values in, plain values out: no NATS here, and time comes from an injected clock.
 A run record goes `queued` → `running` (one `Attempt` each time) → a terminal status; between
-attempts of a flow with retries it is `queued` again with `retry_at` and the last `error`.
+attempts of a flow with retries it is `queued` again with `retry_at` and the last `error`. A run
+that needs no admission (no concurrency limit, overlap `allow`) is created `running` at once.
 """
 
 import asyncio

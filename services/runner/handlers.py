@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.registry import Flow, Problem, Reply
 from contracts.runs import TERMINAL_STATUSES, AbortRun, CancelRun, FlowStart, Run, RunEvent
-from services.runner.admission import Admission
+from services.runner.admission import Admission, takes_slots
 from services.runner.executor import (
     Clock,
     HttpCaller,
@@ -276,7 +276,13 @@ class StartFlow:
 
         key = subjects.run_key(start.workspace_id, start.run_id)
         sequence = msg.metadata.sequence.stream
-        record, revision, created = await self._create_or_read(key, start, sequence)
+        admitted_at_once = not takes_slots(flow, start.trigger_id, start.overlap)
+        record, revision, created = await self._create_or_read(
+            key, start, sequence, running=admitted_at_once
+        )
+        if created and record.status == "running":
+            await self._attempt(msg, key, record, revision, flow)
+            return
         if record.status in TERMINAL_STATUSES:
             # A duplicate of a finished run; its final event may have been lost in a crash.
             await self._book.publish(record)
@@ -294,35 +300,42 @@ class StartFlow:
                 await msg.nak(delay=wait)
                 return
 
-        decision = await self._admission.admit(
-            record.workspace_id, record.id, flow, record.trigger_id, record.overlap
-        )
-        if decision.verdict == "wait":
-            await msg.nak(delay=ADMISSION_RETRY * (0.5 + self._rng()))
-            return
-        if decision.verdict == "skip":
-            skipped = finish(record, "skipped", self._clock(), error=decision.reason)
-            await self._commit_final(msg, key, skipped, revision)
-            return
+        if not admitted_at_once:
+            decision = await self._admission.admit(
+                record.workspace_id, record.id, flow, record.trigger_id, record.overlap
+            )
+            if decision.verdict == "wait":
+                await msg.nak(delay=ADMISSION_RETRY * (0.5 + self._rng()))
+                return
+            if decision.verdict == "skip":
+                skipped = finish(record, "skipped", self._clock(), error=decision.reason)
+                await self._commit_final(msg, key, skipped, revision, flow)
+                return
 
         running = begin(record, self._clock(), self._runner_id)
         if running.status in TERMINAL_STATUSES:  # too many lost attempts
-            await self._commit_final(msg, key, running, revision)
+            await self._commit_final(msg, key, running, revision, flow)
             return
         running_revision, current = await self._book.swap(key, running, revision)
         if running_revision is None:
             await self._lost_the_record(msg, key, current)
             return
         await self._book.publish(running)
-        finished = await self._execute(msg, key, running, running_revision, flow)
+        await self._attempt(msg, key, running, running_revision, flow)
+
+    async def _attempt(self, msg: Msg, key: str, running: Run, revision: int, flow: Flow) -> None:
+        """Run the attempt `running` (committed at `revision`), then commit what it made of
+        the run: final (and acknowledge the message), or queued for a retry (and hand the
+        message back until then)."""
+        finished = await self._execute(msg, key, running, revision, flow)
         if finished is None:  # cancelled meanwhile: the record is final already
             await msg.ack()
             return
         record, delay = conclude(finished, flow, self._rng)
         if delay is None:
-            await self._commit_final(msg, key, record, running_revision)
+            await self._commit_final(msg, key, record, revision, flow)
             return
-        retry_revision, current = await self._book.swap(key, record, running_revision)
+        retry_revision, current = await self._book.swap(key, record, revision)
         if retry_revision is None:
             await self._lost_the_record(msg, key, current)
             return
@@ -354,13 +367,18 @@ class StartFlow:
             return None
         return work.result()
 
-    async def _commit_final(self, msg: Msg, key: str, final: Run, revision: int) -> None:
+    async def _commit_final(
+        self, msg: Msg, key: str, final: Run, revision: int, flow: Flow
+    ) -> None:
         committed, current = await self._book.swap(key, final, revision)
         if committed is None:
             await self._lost_the_record(msg, key, current)
             return
         await self._book.publish(final)
-        await self._admission.release(final.workspace_id, final.id, final.flow_id, final.trigger_id)
+        if takes_slots(flow, final.trigger_id, final.overlap):
+            await self._admission.release(
+                final.workspace_id, final.id, final.flow_id, final.trigger_id
+            )
         log.info("run %s %s (attempt %d)", key, final.status, final.attempt)
         await msg.ack()
 
@@ -389,10 +407,18 @@ class StartFlow:
         return flow
 
     async def _create_or_read(
-        self, key: str, start: FlowStart, sequence: int
+        self, key: str, start: FlowStart, sequence: int, *, running: bool
     ) -> tuple[Run, int, bool]:
-        """The run's record and revision, created as queued unless it exists (then False)."""
-        record = queued(start, self._clock(), sequence)
+        """The run's record and revision, created unless it exists (then False).
+
+        A run that needs no admission is created `running` (its first attempt starts now):
+        one write instead of `queued` then `running`. Otherwise it is created `queued`, and
+        starts once admitted.
+        """
+        now = self._clock()
+        record = queued(start, now, sequence)
+        if running:
+            record = begin(record, now, self._runner_id)
         revision = await self._book.create(key, record)
         if revision is None:
             found = await self._book.read(key)
