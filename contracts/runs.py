@@ -148,7 +148,10 @@ class RunEvent(Struct, frozen=True, kw_only=True):
 
     Subject: `run.event.<workspace_id>.<run_id>` (stream `RUN_EVENTS`, kept one day).
     Published by: the runner, after the run record is written. Consumed by: anyone following
-    runs (the ingress for synchronous answers, dashboards). Delivery: at least once.
+    runs (the ingress for synchronous answers, dashboards). Delivery: at least once for a
+    final status (stored before the start is acknowledged, published again for a duplicate
+    start of a finished run); best effort for `queued` and `running`, which only inform (the
+    run record is the truth).
     """
 
     run: Run

@@ -56,7 +56,7 @@ class RunnerApp:
         mirror = KvMirror(flows_bucket, Flow)
         self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
-        book = RunBook(js, await bucket(js, subjects.RUNS_BUCKET))
+        book = RunBook(nc, js, await bucket(js, subjects.RUNS_BUCKET))
         cancel_runs = CancelRuns(nc, book, self._clock)
         admission = Admission(
             await bucket(js, subjects.RUN_SLOTS_BUCKET),
@@ -90,6 +90,9 @@ class RunnerApp:
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self._settings.runner_ack_wait,
             ),
+        )
+        self._loops.append(
+            asyncio.create_task(supervised("in-progress acks", start_flow.in_progress.beat))
         )
         consume = functools.partial(self._consume, js, start_flow)
         self._consumer_loop = asyncio.create_task(supervised("flow.start consumer", consume))

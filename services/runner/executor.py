@@ -157,9 +157,9 @@ async def execute_within(
     its result is ignored.
     """
     try:
-        return await asyncio.wait_for(
-            execute(run, flow, functions, clock, http=http), flow.timeout_seconds
-        )
+        # `asyncio.timeout`, not `wait_for`: no second task per run.
+        async with asyncio.timeout(flow.timeout_seconds):
+            return await execute(run, flow, functions, clock, http=http)
     except TimeoutError:
         error = f"the attempt took longer than the flow's timeout of {flow.timeout_seconds:g}s"
         return msgspec.structs.replace(

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 
 import msgspec
 from nats.aio.client import Client
@@ -60,30 +60,43 @@ MAX_WRITE_CONFLICTS = 10
 _ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
-@contextlib.asynccontextmanager
-async def keep_in_progress(msg: Msg, interval: float) -> AsyncIterator[None]:
-    """Tell JetStream every `interval` seconds that `msg` is still being worked on."""
+class InProgress:
+    """In-progress acks for every message being worked on, sent by one loop.
 
-    async def beat() -> None:
+    One loop for all runs instead of a task per run: a run that ends within the interval (most
+    do) costs a dict insert and delete. Each message is beaten within `interval` seconds of
+    being registered and every `interval` seconds after that.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._messages: dict[int, Msg] = {}
+
+    @contextlib.contextmanager
+    def kept(self, msg: Msg) -> Iterator[None]:
+        """Keep `msg` in progress while the block runs."""
+        self._messages[id(msg)] = msg
+        try:
+            yield
+        finally:
+            self._messages.pop(id(msg), None)
+
+    async def beat(self) -> None:
+        """Run forever: tell JetStream every `interval` seconds that the messages are alive."""
         while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+            await asyncio.sleep(self._interval)
+            for key, msg in list(self._messages.items()):
+                if key in self._messages:  # not finished while an earlier beat was sent
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
 
 class RunBook:
     """The runs bucket: reading, creating and compare-and-swapping run records, and their
     events. Shared by the start handler and the cancel handler."""
 
-    def __init__(self, js: JetStreamContext, runs: KeyValue) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, runs: KeyValue) -> None:
+        self._nc = nc
         self._js = js
         self._runs = runs
 
@@ -123,13 +136,21 @@ class RunBook:
         return found is None or found[0].status in TERMINAL_STATUSES
 
     async def publish(self, run: Run) -> None:
+        """Publish the event of `run`'s current record (call it once the record is committed).
+
+        A final event is stored before this returns (the message is acknowledged after it,
+        and a duplicate start of a finished run publishes it again): a synchronous caller
+        waits for it. A queued or running event only informs, the record being the truth: it
+        is published without waiting for JetStream's answer, which saves a round trip per run.
+        """
         # One event per status and attempt: a retried publish is stored once.
         event_id = f"{run.id}.{run.status}.{run.attempt}.{len(run.attempts)}"
-        await self._js.publish(
-            subjects.run_event(run.workspace_id, run.id),
-            encode(RunEvent(run=run)),
-            headers={"Nats-Msg-Id": event_id},
-        )
+        subject = subjects.run_event(run.workspace_id, run.id)
+        headers = {"Nats-Msg-Id": event_id}
+        if run.status in TERMINAL_STATUSES:
+            await self._js.publish(subject, encode(RunEvent(run=run)), headers=headers)
+        else:
+            await self._nc.publish(subject, encode(RunEvent(run=run)), headers=headers)
 
 
 class CancelRuns:
@@ -225,7 +246,7 @@ class StartFlow:
         self._admission = admission
         self._runner_id = runner_id
         self._http = http
-        self._in_progress_interval = in_progress_interval
+        self.in_progress = InProgress(in_progress_interval)
         self._rng = rng
         self._working: dict[str, asyncio.Task[Run]] = {}
 
@@ -354,7 +375,7 @@ class StartFlow:
         )
         self._working[key] = work
         try:
-            async with keep_in_progress(msg, self._in_progress_interval):
+            with self.in_progress.kept(msg):
                 await asyncio.wait({work})
         except asyncio.CancelledError:
             work.cancel()
