@@ -56,7 +56,7 @@ class RunnerApp:
         mirror = KvMirror(flows_bucket, Flow)
         self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
-        book = RunBook(nc, js, await bucket(js, subjects.RUNS_BUCKET))
+        book = RunBook(nc, await bucket(js, subjects.RUNS_BUCKET))
         cancel_runs = CancelRuns(nc, book, self._clock)
         admission = Admission(
             await bucket(js, subjects.RUN_SLOTS_BUCKET),

@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.registry import Flow, Problem, Reply
 from contracts.runs import TERMINAL_STATUSES, AbortRun, CancelRun, FlowStart, Run, RunEvent
+from contracts.subjects import RUNS_BUCKET
 from services.runner.admission import Admission, takes_slots
 from services.runner.executor import (
     Clock,
@@ -41,6 +42,7 @@ from services.runner.executor import (
     queued,
 )
 from services.runner.flows import FlowRegistry
+from shared import jetstream
 from shared.broker import reject
 from shared.codec import decode, encode
 from shared.kv_mirror import KvMirror
@@ -95,9 +97,8 @@ class RunBook:
     """The runs bucket: reading, creating and compare-and-swapping run records, and their
     events. Shared by the start handler and the cancel handler."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, runs: KeyValue) -> None:
+    def __init__(self, nc: Client, runs: KeyValue) -> None:
         self._nc = nc
-        self._js = js
         self._runs = runs
 
     async def read(self, key: str) -> tuple[Run, int] | None:
@@ -112,8 +113,15 @@ class RunBook:
 
     async def create(self, key: str, run: Run) -> int | None:
         """Create the record; None when it exists already."""
+        value = encode(run)
         try:
-            return await self._runs.create(key, encode(run))
+            return await jetstream.put_if_last(self._nc, RUNS_BUCKET, key, value, last=0)
+        except KeyWrongLastSequenceError:
+            pass
+        # The key exists, or held a record that was deleted: only the library's `create`
+        # tells these apart (and writes over a deletion marker).
+        try:
+            return await self._runs.create(key, value)
         except KeyWrongLastSequenceError:
             return None
 
@@ -124,7 +132,10 @@ class RunBook:
         else changed the record first (a cancellation, or another attempt took over).
         """
         try:
-            return await self._runs.update(key, encode(run), last=revision), None
+            written = await jetstream.put_if_last(
+                self._nc, RUNS_BUCKET, key, encode(run), last=revision
+            )
+            return written, None
         except KeyWrongLastSequenceError:
             found = await self.read(key)
             if found is not None and found[0] == run:  # our own write, its answer lost
@@ -148,7 +159,7 @@ class RunBook:
         subject = subjects.run_event(run.workspace_id, run.id)
         headers = {"Nats-Msg-Id": event_id}
         if run.status in TERMINAL_STATUSES:
-            await self._js.publish(subject, encode(RunEvent(run=run)), headers=headers)
+            await jetstream.publish(self._nc, subject, encode(RunEvent(run=run)), headers)
         else:
             await self._nc.publish(subject, encode(RunEvent(run=run)), headers=headers)
 
