@@ -5,11 +5,9 @@ import contextlib
 import functools
 import logging
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts import subjects
@@ -24,11 +22,12 @@ from shared.broker import bucket, connect, ensure_topology
 from shared.codec import encode
 from shared.ids import new_id
 from shared.kv_mirror import KvMirror
+from shared.pull import Puller
 from shared.supervise import supervised
 
 log = logging.getLogger(__name__)
 
-FETCH_TIMEOUT = 0.5
+PULL_EXPIRES = 0.5
 """Longest wait of one pull request; stopping waits for the current one to end."""
 
 
@@ -94,7 +93,7 @@ class RunnerApp:
         self._loops.append(
             asyncio.create_task(supervised("in-progress acks", start_flow.in_progress.beat))
         )
-        consume = functools.partial(self._consume, js, start_flow)
+        consume = functools.partial(self._consume, nc, start_flow)
         self._consumer_loop = asyncio.create_task(supervised("flow.start consumer", consume))
         self._loops.append(asyncio.create_task(supervised("announcements", self._announce)))
         log.info(
@@ -148,42 +147,33 @@ class RunnerApp:
             await self._nc.publish(subjects.RUNNER_ANNOUNCE, encode(announcement))
             await asyncio.sleep(self._settings.runner_announce_interval)
 
-    async def _consume(self, js: JetStreamContext, start_flow: StartFlow) -> None:
-        """Pull as many starts as there are free slots, and handle each in its own task."""
-        subscription = await js.pull_subscribe_bind(
-            durable=subjects.RUNNER_CONSUMER, stream=subjects.FLOW_STARTS_STREAM
+    async def _consume(self, nc: Client, start_flow: StartFlow) -> None:
+        """Pull as many starts as there are free slots, and handle each in its own task.
+
+        Under load it waits for a quarter of the slots to be free before it pulls again: a
+        pull is a round trip, and one per finished run would cost more than the runs.
+        """
+        concurrency = self._settings.runner_concurrency
+
+        def dispatch(msg: Msg) -> None:
+            task = asyncio.create_task(start_flow(msg))
+            self._in_flight.add(task)
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._in_flight.discard(task)
+            puller.freed.set()
+
+        puller = Puller(
+            nc,
+            subjects.FLOW_STARTS_STREAM,
+            subjects.RUNNER_CONSUMER,
+            capacity=lambda: concurrency - len(self._in_flight),
+            dispatch=dispatch,
+            least=max(1, concurrency // 4),
+            expires=PULL_EXPIRES,
         )
-        try:
-            while True:
-                free = self._settings.runner_concurrency - len(self._in_flight)
-                if free <= 0:
-                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                for msg in await _fetch(subscription, free):
-                    task = asyncio.create_task(start_flow(msg))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
-
-
-async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
-    """Up to `batch` messages, or none after `FETCH_TIMEOUT`.
-
-    Cancelling lets the pull request run out first and hands back what it brought; otherwise
-    a message the server delivers after we stop listening would sit out its whole ack wait.
-    """
-    fetch = asyncio.ensure_future(subscription.fetch(batch, timeout=FETCH_TIMEOUT))
-    try:
-        return await asyncio.shield(fetch)
-    except nats.errors.TimeoutError:
-        return []
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            for msg in await fetch:
-                await msg.nak()
-        raise
+        await puller.run()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
