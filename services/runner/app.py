@@ -21,6 +21,7 @@ from services.runner.settings import RunnerSettings
 from shared.broker import bucket, connect, ensure_topology
 from shared.codec import encode
 from shared.ids import new_id
+from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
 from shared.pull import Puller
 from shared.supervise import supervised
@@ -55,7 +56,7 @@ class RunnerApp:
         mirror = KvMirror(flows_bucket, Flow)
         self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
-        book = RunBook(nc, await bucket(js, subjects.RUNS_BUCKET))
+        book = RunBook(nc, await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))
         cancel_runs = CancelRuns(nc, book, self._clock)
         admission = Admission(
             await bucket(js, subjects.RUN_SLOTS_BUCKET),

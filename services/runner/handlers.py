@@ -97,8 +97,9 @@ class RunBook:
     """The runs bucket: reading, creating and compare-and-swapping run records, and their
     events. Shared by the start handler and the cancel handler."""
 
-    def __init__(self, nc: Client, runs: KeyValue) -> None:
+    def __init__(self, nc: Client, writer: jetstream.Writer, runs: KeyValue) -> None:
         self._nc = nc
+        self._writer = writer
         self._runs = runs
 
     async def read(self, key: str) -> tuple[Run, int] | None:
@@ -115,7 +116,7 @@ class RunBook:
         """Create the record; None when it exists already."""
         value = encode(run)
         try:
-            return await jetstream.put_if_last(self._nc, RUNS_BUCKET, key, value, last=0)
+            return await self._writer.put_if_last(RUNS_BUCKET, key, value, last=0)
         except KeyWrongLastSequenceError:
             pass
         # The key exists, or held a record that was deleted: only the library's `create`
@@ -132,9 +133,7 @@ class RunBook:
         else changed the record first (a cancellation, or another attempt took over).
         """
         try:
-            written = await jetstream.put_if_last(
-                self._nc, RUNS_BUCKET, key, encode(run), last=revision
-            )
+            written = await self._writer.put_if_last(RUNS_BUCKET, key, encode(run), last=revision)
             return written, None
         except KeyWrongLastSequenceError:
             found = await self.read(key)
@@ -159,7 +158,7 @@ class RunBook:
         subject = subjects.run_event(run.workspace_id, run.id)
         headers = {"Nats-Msg-Id": event_id}
         if run.status in TERMINAL_STATUSES:
-            await jetstream.publish(self._nc, subject, encode(RunEvent(run=run)), headers)
+            await self._writer.publish(subject, encode(RunEvent(run=run)), headers)
         else:
             await self._nc.publish(subject, encode(RunEvent(run=run)), headers=headers)
 
