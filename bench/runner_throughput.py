@@ -3,7 +3,8 @@ runners, next to a bare nats-py pull consumer that only acks, in the same run.
 
 Starts a nats-server in a temporary directory, writes a flow for the `noop` function straight
 into the flows bucket (as the registry would), publishes N starts, then measures how long the
-consumers take to acknowledge all of them. It measures, it does not assert.
+consumers take to acknowledge all of them: the bare consumer and the runners alike start on a
+full queue (the runners' consumer is paused while it fills). It measures, it does not assert.
 """
 
 import argparse
@@ -43,13 +44,13 @@ async def publish_starts(js: JetStreamContext, flow: Flow, count: int) -> None:
         )
 
 
-async def drained(js: JetStreamContext) -> None:
-    """Wait until the work queue is empty (every start acknowledged)."""
+async def drained(js: JetStreamContext, below: int = 1) -> None:
+    """Wait until the work queue holds fewer than `below` starts (1: every start acknowledged)."""
     deadline = time.monotonic() + TIMEOUT
-    while (await js.stream_info(subjects.FLOW_STARTS_STREAM)).state.messages:
+    while (await js.stream_info(subjects.FLOW_STARTS_STREAM)).state.messages >= below:
         if time.monotonic() > deadline:
             raise TimeoutError("the starts were not all handled in time")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)
 
 
 async def bare_consumer(js: JetStreamContext, count: int) -> float:
@@ -78,8 +79,17 @@ async def runners(js: JetStreamContext, env: dict[str, str], replicas: int, coun
     ]
     servers.extend(started)
     await asyncio.sleep(3.0)  # let them connect and pull (an empty queue meanwhile)
-    began = time.monotonic()
+    # Fill the queue while the consumer is paused, as for the bare consumer: what is measured
+    # is consuming, not this process publishing on the same two cores.
+    await js.pause_consumer(
+        subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER, "2999-01-01T00:00:00Z"
+    )
     await publish_starts(js, FLOW, count)
+    await js.resume_consumer(subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER)
+    # The clock starts with the first acknowledged start: a pull request waiting on the
+    # paused consumer may only be answered when it expires.
+    await drained(js, below=count)
+    began = time.monotonic()
     await drained(js)
     rate = count / (time.monotonic() - began)
     stop_all(started)
@@ -135,7 +145,7 @@ async def run(count: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.runner_throughput")
-    parser.add_argument("--runs", type=int, default=5000, help="starts per measurement")
+    parser.add_argument("--runs", type=int, default=20000, help="starts per measurement")
     args = parser.parse_args(argv)
     print(f"runner throughput: {args.runs} no-op starts per measurement", flush=True)
     asyncio.run(run(args.runs))
