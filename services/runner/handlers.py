@@ -258,12 +258,17 @@ class StartFlow:
         self._http = http
         self.in_progress = InProgress(in_progress_interval)
         self._rng = rng
-        self._working: dict[str, asyncio.Task[Run]] = {}
+        self._working: dict[str, asyncio.Task[None]] = {}
+        """The tasks running a flow, by run key."""
+        self._aborted: set[str] = set()
+        """Run keys whose task `abort` cancelled."""
 
     def abort(self, workspace_id: str, run_id: str) -> None:
         """Stop working on a run another replica recorded as cancelled (if we run it)."""
-        work = self._working.get(subjects.run_key(workspace_id, run_id))
+        key = subjects.run_key(workspace_id, run_id)
+        work = self._working.get(key)
         if work is not None:
+            self._aborted.add(key)
             work.cancel()
 
     async def on_abort(self, msg: Msg) -> None:
@@ -379,24 +384,30 @@ class StartFlow:
     async def _execute(
         self, msg: Msg, key: str, running: Run, revision: int, flow: Flow
     ) -> Run | None:
-        """The attempt's outcome; None if it was cancelled. Shutting down hands it back."""
-        work = asyncio.create_task(
-            execute_within(running, flow, self._functions, self._clock, http=self._http)
-        )
-        self._working[key] = work
+        """The attempt's outcome; None if it was cancelled. Shutting down hands it back.
+
+        The flow runs in the handler's own task (not a task of its own: one task per run is
+        measurable): `abort` cancels that task and marks the run, which tells its cancellation
+        from a shutdown's.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._working[key] = task
         try:
             with self.in_progress.kept(msg):
-                await asyncio.wait({work})
+                return await execute_within(
+                    running, flow, self._functions, self._clock, http=self._http
+                )
         except asyncio.CancelledError:
-            work.cancel()
+            if key in self._aborted and task.cancelling() == 1:
+                task.uncancel()  # cancelled as a run, not stopped as a runner
+                return None
             with contextlib.suppress(Exception):
                 await self._book.swap(key, interrupted(running, self._clock()), revision)
             raise
         finally:
             self._working.pop(key, None)
-        if work.cancelled():
-            return None
-        return work.result()
+            self._aborted.discard(key)
 
     async def _commit_final(
         self, msg: Msg, key: str, final: Run, revision: int, flow: Flow
