@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint format typecheck bench bench-quick bench-scheduler clean
+.PHONY: help install run test test-unit test-integration test-e2e lint format typecheck bench bench-runner bench-quick bench-scheduler clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ typecheck: $(STAMP) ## mypy --strict on contracts/ and shared/
 
 bench: $(STAMP) ## Load POST /trigger/{flow_id} next to a bare Litestar+JetStream baseline
 	$(BIN)/python -m bench.trigger_api
+
+bench-runner: $(STAMP) ## No-op runs/s with 1 and 2 runners next to a bare ack-only consumer
+	$(BIN)/python -m bench.runner_throughput
 
 bench-quick: $(STAMP) ## Smoke the benchmark (3 s per run)
 	$(BIN)/python -m bench.trigger_api --quick

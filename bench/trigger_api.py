@@ -10,6 +10,7 @@ assert: the exit code is non-zero only when the stack could not start (2) or a r
 """
 
 import argparse
+import asyncio
 import secrets
 import signal
 import subprocess
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import nats
 
 from bench import generators
 from bench.generators import Load, Target
 from bench.load import LoadResult
 from bench.processes import Server, adopt, start_module, stop_all, wait_until
+from contracts import subjects
 from contracts.registry import (
     Flow,
     NewFlow,
@@ -58,6 +61,8 @@ class Stack:
     ingress_server: Server
     baseline: Target
     baseline_server: Server
+    nats_url: str = ""
+    secret: str = ""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -139,13 +144,16 @@ def start_stack(workers: int, work_dir: Path, servers: list[Server]) -> Stack:
             port=ingress_port,
             path=f"/trigger/{flow_id}",
             body=BODY,
-            headers={"Authorization": f"Bearer {secret}"},
+            # The asynchronous 202 path: the synchronous one is measured by `light_load`.
+            headers={"Authorization": f"Bearer {secret}", "Prefer": "respond-async"},
         ),
         ingress_server=ingress,
         baseline=Target(
             name="baseline", port=baseline_port, path="/baseline", body=BODY, headers={}
         ),
         baseline_server=baseline,
+        nats_url=nats_url,
+        secret=secret,
     )
 
 
@@ -173,7 +181,9 @@ def _set_up_flow(api: str, operator_token: str, servers: list[Server]) -> tuple[
         flow = _expect(client.post("/v1/flows", content=encode(new_flow), headers=admin), Flow)
         new_trigger = NewTrigger(flow_id=flow.id, type="api")
         _expect(client.post("/v1/triggers", content=encode(new_trigger), headers=admin), Trigger)
-        accepted = client.post(f"/trigger/{flow.id}", content=BODY, headers=admin)
+        accepted = client.post(
+            f"/trigger/{flow.id}", content=BODY, headers={**admin, "Prefer": "respond-async"}
+        )
         if accepted.status_code != 202:
             raise RuntimeError(
                 f"POST /trigger/{flow.id} answered {accepted.status_code}, not 202: {accepted.text}"
@@ -265,6 +275,71 @@ def _ratio(value: float, reference: float) -> float:
     return value / reference if reference else float("inf")
 
 
+LIGHT_REQUESTS = 300
+
+
+async def _purge_starts(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    await nc.jetstream().purge_stream(subjects.FLOW_STARTS_STREAM)
+    await nc.drain()
+
+
+def light_load(api: str, secret: str) -> list[str]:
+    """One client, one request at a time, with a runner: the synchronous `echo` round trip
+    next to the asynchronous 202, and POST /trigger → the flow's first line."""
+    lines = []
+    with httpx.Client(base_url=api, timeout=30.0) as client:
+        admin = {"Authorization": f"Bearer {secret}", **JSON}
+
+        def flow_with_trigger(function: str) -> str:
+            new_flow = NewFlow(name=function, settings=PythonFlowSettings(function=function))
+            flow = _expect(client.post("/v1/flows", content=encode(new_flow), headers=admin), Flow)
+            new_trigger = NewTrigger(flow_id=flow.id, type="api")
+            _expect(
+                client.post("/v1/triggers", content=encode(new_trigger), headers=admin), Trigger
+            )
+            return flow.id
+
+        echo, first_line = flow_with_trigger("echo"), flow_with_trigger("first_line")
+
+        def series(
+            flow_id: str, prefer: str, expected: int
+        ) -> tuple[list[float], float, list[float]]:
+            latencies, first_lines = [], []
+            headers = {**admin, "Prefer": prefer}
+            for _ in range(20):  # warm-up
+                client.post(f"/trigger/{flow_id}", content=BODY, headers=headers)
+            began = time.monotonic()
+            for _ in range(LIGHT_REQUESTS):
+                sent_wall, sent = time.time(), time.perf_counter()
+                response = client.post(f"/trigger/{flow_id}", content=BODY, headers=headers)
+                latencies.append((time.perf_counter() - sent) * 1000)
+                if response.status_code != expected:
+                    raise RuntimeError(f"{prefer}: {response.status_code} {response.text}")
+                if flow_id == first_line:
+                    first_lines.append((response.json()["result"] - sent_wall) * 1000)
+            return latencies, LIGHT_REQUESTS / (time.monotonic() - began), first_lines
+
+        def percentiles(values: list[float]) -> tuple[float, float]:
+            ordered = sorted(values)
+            return ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99) - 1]
+
+        for name, flow_id, prefer, expected in [
+            ("async 202", echo, "respond-async", 202),
+            ("sync echo 200", echo, "wait=10", 200),
+        ]:
+            latencies, rate, _ = series(flow_id, prefer, expected)
+            p50, p99 = percentiles(latencies)
+            lines.append(_row(name, rate, p50, p99, "0", 0))
+        _, _, first_lines = series(first_line, "wait=10", 200)
+        p50, p99 = percentiles(first_lines)
+        lines.append(
+            f"POST /trigger -> flow's first line: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"({LIGHT_REQUESTS} requests, one at a time)"
+        )
+    return lines
+
+
 def _stop_on_sigterm(signum: int, _: object) -> None:
     # Turned into an exception so that `finally` stops every server we started.
     raise SystemExit(128 + signum)
@@ -304,6 +379,23 @@ def main(argv: list[str] | None = None) -> int:
                     each.check_running()
                 print(row(measurement), flush=True)
                 measurements.append(measurement)
+            environment = {
+                "NATS_URL": stack.nats_url,
+                "LOG_LEVEL": "WARNING",
+                "RUNNER_FLOWS": "bench.flows",
+            }
+            # The 202 runs left a backlog no runner took: drop it, so the runner starts idle.
+            asyncio.run(_purge_starts(stack.nats_url))
+            servers.append(start_module("runner", "services.runner", environment, work_dir, REPO))
+            time.sleep(3.0)  # the runner connects and announces its functions
+            print(
+                f"\nlight load with a runner, {LIGHT_REQUESTS} requests one at a time "
+                "(cpu column not measured)\n" + HEADER,
+                flush=True,
+            )
+            api = f"http://127.0.0.1:{stack.ingress.port}"
+            for line in light_load(api, stack.secret):
+                print(line, flush=True)
         except (RuntimeError, OSError, subprocess.SubprocessError, httpx.HTTPError) as error:
             print(f"benchmark failed: {error}", file=sys.stderr)
             for server in servers:

@@ -1,5 +1,7 @@
 """HTTP bodies of the ingress that are not registry records (those live in `registry`)."""
 
+from typing import Any
+
 from msgspec import Struct
 
 from contracts.runs import Run, RunStatus
@@ -29,3 +31,33 @@ class RunPage(Struct, frozen=True, kw_only=True):
 
     items: list[Run]
     next_cursor: str | None = None
+
+
+class RunSucceeded(Struct, frozen=True, kw_only=True):
+    """`200` answer of `POST /trigger/{flow_id}` when the run succeeded within the wait."""
+
+    run_id: str
+    status: RunStatus
+    status_url: str
+    result: Any = None
+    duration_seconds: float | None = None
+
+
+class RunNotSucceeded(Struct, frozen=True, kw_only=True):
+    """The answer of `POST /trigger/{flow_id}` when the run ended within the wait without
+    succeeding: a problem document (`application/problem+json`) with the run's details.
+
+    `500 run_failed` (the flow raised or answered an error; `error` says what), `504
+    run_timed_out` (longer than the flow's timeout), `409 run_cancelled`, `409 run_skipped`
+    (the trigger's overlap policy skipped it).
+    """
+
+    status: int
+    code: str
+    title: str
+    detail: str
+    type: str = "about:blank"
+    run_id: str
+    run_status: RunStatus
+    status_url: str
+    error: str | None = None

@@ -8,9 +8,9 @@ reply is a `Reply` holding either the result or a `Problem`.
 """
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 T = TypeVar("T")
 
@@ -87,8 +87,34 @@ class PythonFlowSettings(Struct, frozen=True, kw_only=True, tag_field="kind", ta
     function: str
 
 
-FlowSettings = PythonFlowSettings
-"""Tagged by `kind`; later kinds (HTTP flows) join this as a union."""
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class HttpFlowSettings(Struct, frozen=True, kw_only=True, tag_field="kind", tag="http"):
+    """A flow that is one HTTP request; the run's result is the response.
+
+    `body` is a template: `null` sends the run's input as the JSON body; otherwise any JSON
+    value, in which a string that is exactly `"{{input}}"` becomes the input and `{{run_id}}`,
+    `{{flow_id}}`, `{{trigger_id}}`, `{{workspace_id}}` and `{{attempt}}` are replaced inside
+    strings. Loopback, private and link-local destinations are refused (every resolved address
+    of every redirect hop is checked) unless the runner's operator allows them.
+    """
+
+    url: str
+    method: HttpMethod = "POST"
+    headers: dict[str, str] = {}
+    body: Any = None
+    timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 30.0
+    """Timeout of each request (connect, read, write); the flow's own timeout still applies."""
+
+
+FlowSettings = PythonFlowSettings | HttpFlowSettings
+"""Tagged by `kind`."""
+
+FlowTimeout = Annotated[float, Meta(gt=0, le=86_400)]
+FlowRetries = Annotated[int, Meta(ge=0, le=20)]
+FlowBackoff = Annotated[float, Meta(ge=0, le=3_600)]
+FlowConcurrency = Annotated[int, Meta(ge=1, le=10_000)]
 
 
 class Flow(Struct, frozen=True, kw_only=True):
@@ -99,6 +125,14 @@ class Flow(Struct, frozen=True, kw_only=True):
     name: str
     settings: FlowSettings
     created_at: datetime
+    timeout_seconds: FlowTimeout = 300.0
+    """Longest an attempt may take; a longer one is stopped and recorded `timed_out`."""
+    retries: FlowRetries = 0
+    """How many times a failed or timed-out attempt is tried again."""
+    retry_backoff_seconds: FlowBackoff = 1.0
+    """Delay before the first retry; doubled for every further one (with jitter, capped)."""
+    concurrency: FlowConcurrency | None = None
+    """Most runs of this flow running at once across every runner replica (None: no limit)."""
 
 
 DstGapPolicy = Literal["shift", "skip"]
@@ -187,6 +221,10 @@ Schedule = (
 """Tagged by `kind`: `cron`, `hourly`, `daily`, `weekly`, `interval` or `once`."""
 
 
+MAX_SYNC_WAIT_SECONDS = 60.0
+SyncWait = Annotated[float, Meta(ge=0, le=MAX_SYNC_WAIT_SECONDS)]
+
+
 class Trigger(Struct, frozen=True, kw_only=True):
     """A reason for a flow to start: an API call, a schedule, or an operator's Run now."""
 
@@ -202,6 +240,9 @@ class Trigger(Struct, frozen=True, kw_only=True):
     """Bumped on every change, so work computed from an older version can be recognised."""
     created_at: datetime
     updated_at: datetime
+    sync_wait_seconds: SyncWait = 10.0
+    """API triggers: how long `POST /trigger/{flow_id}` waits for the run to finish before it
+    answers `202` (0 answers at once); a caller may ask for another wait up to 60 s."""
 
 
 # --- Bodies shared by the HTTP API and the registry requests --------------------------------
@@ -221,10 +262,14 @@ class NewKey(Struct, frozen=True, kw_only=True):
 
 
 class NewFlow(Struct, frozen=True, kw_only=True):
-    """Body of `POST /v1/flows`."""
+    """Body of `POST /v1/flows` (see `Flow` for the fields)."""
 
     name: str
     settings: FlowSettings
+    timeout_seconds: FlowTimeout = 300.0
+    retries: FlowRetries = 0
+    retry_backoff_seconds: FlowBackoff = 1.0
+    concurrency: FlowConcurrency | None = None
 
 
 class NewTrigger(Struct, frozen=True, kw_only=True):
@@ -236,6 +281,7 @@ class NewTrigger(Struct, frozen=True, kw_only=True):
     enabled: bool = True
     schedule: Schedule | None = None
     overlap: OverlapPolicy = "allow"
+    sync_wait_seconds: SyncWait = 10.0
 
 
 class TriggerChanges(Struct, frozen=True, kw_only=True):
@@ -246,6 +292,7 @@ class TriggerChanges(Struct, frozen=True, kw_only=True):
     name: str | UnsetType = UNSET
     schedule: Schedule | None | UnsetType = UNSET
     overlap: OverlapPolicy | UnsetType = UNSET
+    sync_wait_seconds: SyncWait | UnsetType = UNSET
 
 
 # --- Registry requests ---------------------------------------------------------------------
@@ -310,6 +357,34 @@ class GetFlow(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     flow_id: str
+
+
+class RunnerAnnouncement(Struct, frozen=True, kw_only=True):
+    """The flow functions a runner serves.
+
+    Subject: `registry.v1.runner.announce` (core NATS, no reply). Published by: every runner
+    replica at start and every `interval_seconds`. Consumed by: the registry, which keeps the
+    catalogue of announced functions (bucket `flow_functions`, entries expire when no runner
+    announces them any more). Delivery: at most once, repeated.
+    """
+
+    runner_id: str
+    functions: list[str]
+    announced_at: datetime
+    interval_seconds: float = 30.0
+
+
+class AnnouncedFunction(Struct, frozen=True, kw_only=True):
+    """A flow function some runner served recently (`GET /v1/flow-functions`)."""
+
+    name: str
+    runner_id: str
+    """The runner that announced it last."""
+    announced_at: datetime
+
+
+class ListFunctions(Struct, frozen=True, kw_only=True):
+    """Reply: `list[AnnouncedFunction]`, by name."""
 
 
 class CreateTrigger(Struct, frozen=True, kw_only=True):

@@ -42,8 +42,31 @@ class FlowStart(Struct, frozen=True, kw_only=True):
     the publisher copies it from the trigger unless the caller overrides it."""
 
 
+AttemptOutcome = Literal[
+    "running", "succeeded", "failed", "timed_out", "cancelled", "lost", "interrupted"
+]
+"""`lost`: the runner stopped (crash, kill) during the attempt; `interrupted`: its runner shut
+down gracefully and handed the run back before it finished."""
+
+
+class Attempt(Struct, frozen=True, kw_only=True):
+    """One try of a run on one runner."""
+
+    number: int
+    runner_id: str = ""
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: AttemptOutcome = "running"
+    error: str | None = None
+
+
 class Run(Struct, frozen=True, kw_only=True):
-    """One run of a flow as the runner records it (KV bucket `runs`, key `<workspace>.<run>`)."""
+    """One run of a flow as the runner records it (KV bucket `runs`, key `<workspace>.<run>`).
+
+    Exactly one record per run id: created with a KV `create` when a runner first sees the
+    start, changed only with compare-and-swap, and final once its status is terminal
+    (`TERMINAL_STATUSES`).
+    """
 
     id: str
     workspace_id: str
@@ -61,6 +84,63 @@ class Run(Struct, frozen=True, kw_only=True):
     queued_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    """From the first start to the end (terminal runs only; retries' waits included)."""
+    attempts: list[Attempt] = []
+    """Every attempt, oldest first."""
+    retry_at: datetime | None = None
+    """When a run waiting to be tried again (status `queued`, an `error` set) will be."""
+    overlap: OverlapPolicy = "allow"
+    start_sequence: int | None = None
+    """Stream sequence of the `flow.start` message that owns the run: another message with the
+    same run id is a duplicate, not a redelivery."""
+
+
+class RunSlots(Struct, frozen=True, kw_only=True):
+    """Admission state (KV bucket `run_slots`; the runner alone writes it, with CAS).
+
+    Key `flow.<workspace>.<flow>`: the runs holding one of the flow's `concurrency` slots.
+    Key `trigger.<workspace>.<trigger>`: the runs of the trigger that are going (`active`) and
+    the one start waiting for them (`buffered`, overlap policy `buffer_one`).
+    """
+
+    active: list[str] = []
+    buffered: str | None = None
+
+
+class CancelRun(Struct, frozen=True, kw_only=True):
+    """Cancel a queued or running run. Reply: `Reply[Run]` with the cancelled run.
+
+    Subject: `runner.v1.run.cancel` (request/reply, queue group `runner`). Published by: the
+    ingress (`POST /v1/runs/{id}/cancel`). Consumed by: any runner replica, which records the
+    run as cancelled and tells the replica running it to stop (`AbortRun`).
+    """
+
+    workspace_id: str
+    run_id: str
+    reason: str = "cancelled on request"
+
+
+class AbortRun(Struct, frozen=True, kw_only=True):
+    """Stop working on a run whose record is already final (cancelled).
+
+    Subject: `runner.v1.run.abort` (core NATS, every runner replica). Published by: the runner
+    that recorded a cancellation. Delivery: at most once; a runner that misses it finds the
+    final record when it tries to commit, and drops its result.
+    """
+
+    workspace_id: str
+    run_id: str
+
+
+class IdempotentStart(Struct, frozen=True, kw_only=True):
+    """What an `Idempotency-Key` started (KV bucket `idempotency_keys`, kept 25 hours; the
+    ingress alone writes it, with KV `create`). Key: `<workspace>.<sha256 of the key>`."""
+
+    run_id: str
+    flow_id: str
+    body_digest: str
+    created_at: datetime
 
 
 class RunEvent(Struct, frozen=True, kw_only=True):
@@ -68,7 +148,10 @@ class RunEvent(Struct, frozen=True, kw_only=True):
 
     Subject: `run.event.<workspace_id>.<run_id>` (stream `RUN_EVENTS`, kept one day).
     Published by: the runner, after the run record is written. Consumed by: anyone following
-    runs (the ingress for synchronous answers, dashboards). Delivery: at least once.
+    runs (the ingress for synchronous answers, dashboards). Delivery: at least once for a
+    final status (stored before the start is acknowledged, published again for a duplicate
+    start of a finished run); best effort for `queued` and `running`, which only inform (the
+    run record is the truth).
     """
 
     run: Run

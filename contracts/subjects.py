@@ -27,6 +27,15 @@ def run_event(workspace_id: str, run_id: str) -> str:
     return f"{RUN_EVENT_PREFIX}.{workspace_id}.{run_id}"
 
 
+# --- Runner request/reply API and broadcasts -----------------------------------------------
+RUNNER_QUEUE = "runner"
+"""Queue group every runner replica answers requests in."""
+RUNNER_PREFIX = "runner.v1"
+RUN_CANCEL = f"{RUNNER_PREFIX}.run.cancel"
+"""Request `CancelRun`, reply `Reply[Run]`."""
+RUN_ABORT = f"{RUNNER_PREFIX}.run.abort"
+"""Broadcast `AbortRun` to every runner replica."""
+
 # --- Registry request/reply API (`registry.v1.<noun>.<verb>`) ------------------------------
 REGISTRY_QUEUE = "registry"
 """Queue group every registry replica answers requests in."""
@@ -46,6 +55,9 @@ TRIGGER_GET = f"{REGISTRY_PREFIX}.trigger.get"
 TRIGGER_UPDATE = f"{REGISTRY_PREFIX}.trigger.update"
 TRIGGER_SET_ENABLED = f"{REGISTRY_PREFIX}.trigger.set_enabled"
 TRIGGER_DELETE = f"{REGISTRY_PREFIX}.trigger.delete"
+RUNNER_ANNOUNCE = f"{REGISTRY_PREFIX}.runner.announce"
+"""Fire-and-forget: a runner announces the flow functions it serves (`RunnerAnnouncement`)."""
+FUNCTION_LIST = f"{REGISTRY_PREFIX}.function.list"
 
 # --- Registry state (JetStream KV; the registry is the only writer) ------------------------
 # Watching a bucket (`$KV.<bucket>.>`) is how other services follow registry changes: the
@@ -58,6 +70,8 @@ FLOWS_BUCKET = "flows"
 """Key: `record_key(workspace_id, flow_id)`."""
 TRIGGERS_BUCKET = "triggers"
 """Key: `record_key(workspace_id, trigger_id)`."""
+FLOW_FUNCTIONS_BUCKET = "flow_functions"
+"""Key: the function name; value: `AnnouncedFunction`. Entries expire unless re-announced."""
 
 
 def record_key(workspace_id: str, record_id: str) -> str:
@@ -76,6 +90,21 @@ RUNS_BUCKET = "runs"
 
 run_key = record_key
 """KV key of a run record: `<workspace>.<run>`, so a workspace's runs list by prefix."""
+RUN_SLOTS_BUCKET = "run_slots"
+"""Admission control (`RunSlots`): concurrency limits and overlap policies across replicas."""
+
+
+def flow_slots_key(workspace_id: str, flow_id: str) -> str:
+    return f"flow.{workspace_id}.{flow_id}"
+
+
+def trigger_slots_key(workspace_id: str, trigger_id: str) -> str:
+    return f"trigger.{workspace_id}.{trigger_id}"
+
+
+# --- Idempotency keys of the API trigger (JetStream KV; the ingress is the only writer) -----
+IDEMPOTENCY_BUCKET = "idempotency_keys"
+"""Key: `<workspace>.<sha256 of the Idempotency-Key>`; value: `IdempotentStart`."""
 
 
 # --- Scheduler timers (stream with NATS message schedules) ---------------------------------

@@ -25,6 +25,9 @@ from shared.codec import encode
 log = logging.getLogger(__name__)
 
 DAY = timedelta(days=1).total_seconds()
+HOUR = timedelta(hours=1).total_seconds()
+FUNCTION_ANNOUNCEMENT_TTL = 120.0
+"""Seconds an announced flow function stays listed after its last announcement."""
 
 
 async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Client:
@@ -118,6 +121,16 @@ def bucket_configs(replicas: int = 1) -> list[KeyValueConfig]:
     return [
         *(KeyValueConfig(bucket=name, history=1, replicas=replicas) for name in registry_buckets),
         KeyValueConfig(bucket=subjects.RUNS_BUCKET, history=1, replicas=replicas, ttl=30 * DAY),
+        KeyValueConfig(bucket=subjects.RUN_SLOTS_BUCKET, history=1, replicas=replicas),
+        KeyValueConfig(
+            bucket=subjects.IDEMPOTENCY_BUCKET, history=1, replicas=replicas, ttl=25 * HOUR
+        ),
+        KeyValueConfig(
+            bucket=subjects.FLOW_FUNCTIONS_BUCKET,
+            history=1,
+            replicas=replicas,
+            ttl=FUNCTION_ANNOUNCEMENT_TTL,
+        ),
     ]
 
 

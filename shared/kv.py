@@ -13,9 +13,10 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
-async def read_prefix(kv: KeyValue, prefix: str, type_: type[R]) -> list[R]:
-    """The current value of every key under `prefix.` (undecodable values are logged, skipped)."""
-    watcher = await kv.watch(f"{prefix}.>", ignore_deletes=True)
+async def read_prefix(kv: KeyValue, prefix: str | None, type_: type[R]) -> list[R]:
+    """The current value of every key under `prefix.` (None: every key); undecodable values
+    are logged and skipped."""
+    watcher = await kv.watch(f"{prefix}.>" if prefix else ">", ignore_deletes=True)
     decode = decoder(type_).decode
     records: list[R] = []
     try:

@@ -67,3 +67,28 @@ def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> 
         f"the API trigger {api_triggers[0].id} of flow {flow.id} is paused; resume it with "
         f"POST /v1/triggers/{api_triggers[0].id}/resume",
     )
+
+
+def sync_wait(prefer: str | None, default: float, limit: float) -> tuple[float, str | None]:
+    """How long `POST /trigger` waits for the run (RFC 7240 `Prefer`), and the preference it
+    applied (for `Preference-Applied`).
+
+    `Prefer: respond-async` answers at once; `Prefer: wait=N` waits up to N seconds, at most
+    `limit`; without either, the trigger's `default` applies. Unknown preferences are ignored,
+    as the RFC asks.
+    """
+    wait: float | None = None
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        name = name.strip().lower()
+        if name == "respond-async":
+            return 0.0, "respond-async"
+        if name == "wait":
+            try:
+                wait = float(value.strip().strip('"'))
+            except ValueError:
+                continue
+    if wait is None or wait != wait or wait < 0:  # absent, or NaN, or negative
+        return min(default, limit), None
+    applied = min(wait, limit)
+    return applied, f"wait={applied:g}"

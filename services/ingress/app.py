@@ -37,7 +37,11 @@ def create_app(settings: IngressSettings) -> Litestar:
             asyncio.gather(*(m.ready.wait() for m in directory.mirrors)), READY_TIMEOUT
         )
         app.state.ingress = Ingress(
-            settings, nc, directory, await js.key_value(subjects.RUNS_BUCKET)
+            settings,
+            nc,
+            directory,
+            await js.key_value(subjects.RUNS_BUCKET),
+            await js.key_value(subjects.IDEMPOTENCY_BUCKET),
         )
         try:
             yield

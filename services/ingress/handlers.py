@@ -1,6 +1,7 @@
 """HTTP endpoints: translate requests into registry calls or flow starts, and back."""
 
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import msgspec
@@ -10,16 +11,16 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from contracts import registry as api
 from contracts import subjects
-from contracts.http import RunPage, StartAccepted
-from contracts.registry import ApiKey
-from contracts.runs import FlowStart, Run, RunStatus, StartSource
+from contracts.http import RunNotSucceeded, RunPage, RunSucceeded, StartAccepted
+from contracts.registry import ApiKey, OverlapPolicy
+from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import FirePage, SchedulePreview
 from services.ingress import access
 from services.ingress.ledger import fire_page, read_ledger, schedule_preview
-from services.ingress.problems import ApiError
+from services.ingress.problems import PROBLEM_JSON, ApiError
 from services.ingress.state import Ingress
 from shared.codec import encode
-from shared.ids import new_id
+from shared.ids import is_valid_id, new_id
 
 Authorization = Annotated[str | None, HeaderParameter(name="Authorization", required=False)]
 
@@ -108,6 +109,19 @@ async def get_flow(
 ) -> api.Flow:
     request = api.GetFlow(workspace_id=admin.workspace_id, flow_id=flow_id)
     return await ingress.registry.call(subjects.FLOW_GET, request, api.Flow)
+
+
+@get(
+    "/v1/flow-functions",
+    tags=["flows"],
+    summary="List the flow functions the running runners serve (what python flows may use)",
+)
+async def list_flow_functions(
+    ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> list[api.AnnouncedFunction]:
+    return await ingress.registry.call(
+        subjects.FUNCTION_LIST, api.ListFunctions(), list[api.AnnouncedFunction]
+    )
 
 
 # --- triggers -------------------------------------------------------------------------------
@@ -240,11 +254,15 @@ async def run_trigger_now(
     request: Request[Any, Any, Any],
     ingress: NamedDependency[Ingress],
     admin: NamedDependency[ApiKey],
+    overlap: Annotated[
+        OverlapPolicy | None,
+        QueryParameter(description="Overlap policy for this start instead of the trigger's"),
+    ] = None,
 ) -> Response[bytes]:
     flow_input = await _json_body(request, ingress)
     get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
     trigger = await ingress.registry.call(subjects.TRIGGER_GET, get_request, api.Trigger)
-    return await _start(request, ingress, trigger, "manual", flow_input)
+    return await _start(request, ingress, trigger, "manual", flow_input, overlap=overlap)
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -257,15 +275,24 @@ async def list_runs(
     flow_id: FromQuery[str | None] = None,
     trigger_id: FromQuery[str | None] = None,
     status: FromQuery[RunStatus | None] = None,
+    since: Annotated[
+        datetime | None, QueryParameter(description="Only runs queued at or after this time")
+    ] = None,
+    until: Annotated[
+        datetime | None, QueryParameter(description="Only runs queued before this time")
+    ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     cursor: FromQuery[str | None] = None,
 ) -> RunPage:
+    since, until = _aware(since), _aware(until)
     runs = [
         run
         for run in await ingress.runs_of(admin.workspace_id)
         if (flow_id is None or run.flow_id == flow_id)
         and (trigger_id is None or run.trigger_id == trigger_id)
         and (status is None or run.status == status)
+        and (since is None or run.queued_at >= since)
+        and (until is None or run.queued_at < until)
         and (cursor is None or run.id < cursor)
     ]
     page = runs[:limit]
@@ -279,6 +306,27 @@ async def get_run(
 ) -> Run:
     key = await ingress.key_from(authorization)
     return await ingress.run(key.workspace_id, run_id)
+
+
+@post(
+    "/v1/runs/{run_id:str}/cancel",
+    status_code=200,
+    tags=["runs"],
+    summary="Cancel a queued or running run",
+)
+async def cancel_run(
+    run_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+) -> Run:
+    if not is_valid_id(run_id):
+        raise ApiError(404, "run_not_found", f"no run {run_id!r} in this workspace")
+    return await ingress.cancel(admin.workspace_id, run_id)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Times without a zone are UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
 
 
 # --- the API trigger ------------------------------------------------------------------------
@@ -306,20 +354,48 @@ async def trigger_flow(flow_id: FromPath[str], request: Request[Any, Any, Any]) 
         trigger = access.api_trigger_for(
             key, directory.flow(flow_id), directory.triggers_of(flow_id)
         )
-    flow_input = await _json_body(request, ingress)
-    return await _start(request, ingress, trigger, "api", flow_input)
+    body, flow_input = await _read_json_body(request, ingress)
+    wait, applied = access.sync_wait(
+        request.headers.get("prefer"), trigger.sync_wait_seconds, api.MAX_SYNC_WAIT_SECONDS
+    )
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is None:
+        return await _start(
+            request, ingress, trigger, "api", flow_input, wait=wait, applied=applied
+        )
+    run_id, repeated = await ingress.claim_idempotency_key(
+        key.workspace_id, idempotency_key, flow_id, body, new_id("run")
+    )
+    return await _start(
+        request,
+        ingress,
+        trigger,
+        "api",
+        flow_input,
+        wait=wait,
+        applied=applied,
+        run_id=run_id,
+        repeated=repeated,
+    )
 
 
 async def _json_body(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> Any:
+    return (await _read_json_body(request, ingress))[1]
+
+
+async def _read_json_body(
+    request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
+) -> tuple[bytes, Any]:
+    """The raw body and its JSON value (None for an empty body)."""
     body = await request.body()
     if len(body) > ingress.settings.max_body_bytes:
         raise ApiError(
             413, "body_too_large", f"the body is over {ingress.settings.max_body_bytes} bytes"
         )
     if not body.strip():
-        return None
+        return body, None
     try:
-        return msgspec.json.decode(body)
+        return body, msgspec.json.decode(body)
     except msgspec.DecodeError as error:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from error
 
@@ -330,27 +406,92 @@ async def _start(
     trigger: api.Trigger,
     source: StartSource,
     flow_input: Any,
+    *,
+    overlap: OverlapPolicy | None = None,
+    wait: float = 0.0,
+    applied: str | None = None,
+    run_id: str | None = None,
+    repeated: bool = False,
 ) -> Response[bytes]:
-    run_id = new_id("run")
-    await ingress.start(
-        FlowStart(
-            run_id=run_id,
-            workspace_id=trigger.workspace_id,
-            flow_id=trigger.flow_id,
-            input=flow_input,
-            source=source,
-            trigger_id=trigger.id,
-            requested_at=datetime.now(UTC),
-            overlap=trigger.overlap,
-        )
-    )
+    """Publish the start; answer `202` at once (`wait` 0), or wait for the run to end.
+
+    A repeated Idempotency-Key (`repeated`) publishes the same start again: harmless (the
+    runner keeps one record per run id) and it covers a first request that stored its key but
+    not its start.
+    """
+    run_id = run_id or new_id("run")
     status_url = f"{str(request.base_url).rstrip('/')}/v1/runs/{run_id}"
-    accepted = StartAccepted(run_id=run_id, status="queued", status_url=status_url)
+    headers = {"Location": status_url}
+    if applied is not None:
+        headers["Preference-Applied"] = applied
+    start = FlowStart(
+        run_id=run_id,
+        workspace_id=trigger.workspace_id,
+        flow_id=trigger.flow_id,
+        input=flow_input,
+        source=source,
+        trigger_id=trigger.id,
+        requested_at=datetime.now(UTC),
+        overlap=overlap or trigger.overlap,
+    )
+    if repeated:
+        known = await ingress.find_run(trigger.workspace_id, run_id)
+        if known is not None and known.status in TERMINAL_STATUSES:
+            return _answer(known, status_url, headers)
+    status: RunStatus = "queued"
+    if wait <= 0:
+        await ingress.start(start)
+    else:
+        events = await ingress.follow(trigger.workspace_id, run_id)
+        try:
+            await ingress.start(start)
+            latest = await ingress.wait_for_end(events, trigger.workspace_id, run_id, wait)
+        finally:
+            await events.unsubscribe()
+        if latest is not None:
+            if latest.status in TERMINAL_STATUSES:
+                return _answer(latest, status_url, headers)
+            status = latest.status
+    accepted = StartAccepted(run_id=run_id, status=status, status_url=status_url)
     return Response(
-        content=encode(accepted),
-        status_code=202,
-        media_type="application/json",
-        headers={"Location": status_url},
+        content=encode(accepted), status_code=202, media_type="application/json", headers=headers
+    )
+
+
+_NOT_SUCCEEDED: dict[str, tuple[int, str]] = {
+    "failed": (500, "run_failed"),
+    "timed_out": (504, "run_timed_out"),
+    "cancelled": (409, "run_cancelled"),
+    "skipped": (409, "run_skipped"),
+}
+
+
+def _answer(run: Run, status_url: str, headers: dict[str, str]) -> Response[bytes]:
+    """The synchronous answer for a run that ended: its result, or a failure document."""
+    if run.status == "succeeded":
+        body = RunSucceeded(
+            run_id=run.id,
+            status=run.status,
+            status_url=status_url,
+            result=run.result,
+            duration_seconds=run.duration_seconds,
+        )
+        return Response(
+            content=encode(body), status_code=200, media_type="application/json", headers=headers
+        )
+    http_status, code = _NOT_SUCCEEDED[run.status]
+    failure = RunNotSucceeded(
+        status=http_status,
+        code=code,
+        title=HTTPStatus(http_status).phrase,
+        detail=f"run {run.id} {run.status.replace('_', ' ')}: {run.error or 'no reason given'}",
+        run_id=run.id,
+        run_status=run.status,
+        status_url=status_url,
+        error=run.error,
+    )
+    return Response(
+        content=encode(failure), status_code=http_status, media_type=PROBLEM_JSON, headers=headers
     )
 
 
@@ -386,6 +527,8 @@ ROUTES = [
     run_trigger_now,
     list_runs,
     get_run,
+    cancel_run,
+    list_flow_functions,
     trigger_flow,
     health,
 ]

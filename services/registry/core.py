@@ -3,6 +3,7 @@
 Pure logic over a small `RegistryStore`; the NATS KV adapter lives in `store.py`.
 """
 
+import builtins
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from msgspec import UNSET
 
 from contracts import subjects
 from contracts.registry import (
+    AnnouncedFunction,
     ApiKey,
     ApiKeyView,
     CreateFlow,
@@ -27,10 +29,13 @@ from contracts.registry import (
     KeyScope,
     KeyUsed,
     ListFlows,
+    ListFunctions,
     ListKeys,
     ListTriggers,
     Problem,
+    PythonFlowSettings,
     RevokeKey,
+    RunnerAnnouncement,
     Schedule,
     SetTriggerEnabled,
     Trigger,
@@ -46,6 +51,9 @@ from shared.ids import is_valid_id, new_id
 R = TypeVar("R", bound=msgspec.Struct)
 
 MAX_NAME_LENGTH = 200
+BUILTIN_FUNCTIONS = frozenset({"echo", "sleep", "add", "fail"})
+"""Flow functions every runner serves (`services.runner.builtin_flows`): accepted even before
+any runner has announced them, so flows can be set up before the runners start."""
 _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
 
@@ -79,6 +87,12 @@ class RegistryStore(Protocol):
 
     async def delete(self, bucket: str, key: str) -> None: ...
 
+    async def put(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        """Store `value` under `key`, whether or not it exists."""
+
+    async def list_all(self, bucket: str) -> builtins.list[AnnouncedFunction]:
+        """Every announced function (the only bucket listed whole)."""
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -105,6 +119,14 @@ def _view(key: ApiKey) -> ApiKeyView:
         created_at=key.created_at,
         last_used_at=key.last_used_at,
     )
+
+
+def _check_url(url: str) -> None:
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        raise RegistryError(
+            422, "invalid_url", f"`settings.url` {url!r} must be an absolute http(s) URL"
+        )
 
 
 def _check_schedule(
@@ -209,20 +231,22 @@ class Registry:
         name = _name(request.flow.name, "flow")
         if not name:
             raise RegistryError(422, "invalid_name", "a flow needs a non-empty `name`")
-        function = request.flow.settings.function
-        if not _FUNCTION_NAME.match(function):
-            raise RegistryError(
-                422,
-                "invalid_function",
-                f"`settings.function` {function!r} is not a registered flow name "
-                "(letters, digits, `_`, `.`, `-`; such as `echo`)",
-            )
+        settings = request.flow.settings
+        if isinstance(settings, PythonFlowSettings):
+            await self._check_function(settings.function)
+        else:
+            _check_url(settings.url)
+        new = request.flow
         flow = Flow(
             id=new_id("flw"),
             workspace_id=request.workspace_id,
             name=name,
-            settings=request.flow.settings,
+            settings=settings,
             created_at=self._clock(),
+            timeout_seconds=new.timeout_seconds,
+            retries=new.retries,
+            retry_backoff_seconds=new.retry_backoff_seconds,
+            concurrency=new.concurrency,
         )
         await self._store.create(
             subjects.FLOWS_BUCKET, subjects.record_key(flow.workspace_id, flow.id), flow
@@ -237,6 +261,46 @@ class Registry:
 
     async def get_flow(self, request: GetFlow) -> Flow:
         return await self._flow(request.workspace_id, request.flow_id)
+
+    async def _check_function(self, function: str) -> None:
+        if not _FUNCTION_NAME.match(function):
+            raise RegistryError(
+                422,
+                "invalid_function",
+                f"`settings.function` {function!r} is not a registered flow name "
+                "(letters, digits, `_`, `.`, `-`; such as `echo`)",
+            )
+        if function in BUILTIN_FUNCTIONS:
+            return
+        announced = await self._store.get(
+            subjects.FLOW_FUNCTIONS_BUCKET, function, AnnouncedFunction
+        )
+        if announced is None:
+            known = sorted(
+                BUILTIN_FUNCTIONS
+                | {f.name for f in await self._store.list_all(subjects.FLOW_FUNCTIONS_BUCKET)}
+            )
+            raise RegistryError(
+                422,
+                "unknown_function",
+                f"no runner serves the flow function {function!r}: start a runner with the "
+                f"module that defines it in RUNNER_FLOWS (served now: {', '.join(known)})",
+            )
+
+    async def runner_announced(self, announcement: RunnerAnnouncement) -> None:
+        """Record the functions a runner serves (each entry expires unless announced again)."""
+        for function in announcement.functions:
+            if _FUNCTION_NAME.match(function):
+                record = AnnouncedFunction(
+                    name=function,
+                    runner_id=announcement.runner_id,
+                    announced_at=announcement.announced_at,
+                )
+                await self._store.put(subjects.FLOW_FUNCTIONS_BUCKET, function, record)
+
+    async def list_functions(self, request: ListFunctions) -> list[AnnouncedFunction]:
+        functions = await self._store.list_all(subjects.FLOW_FUNCTIONS_BUCKET)
+        return sorted(functions, key=lambda f: f.name)
 
     # --- triggers --------------------------------------------------------------------------
 
@@ -256,6 +320,7 @@ class Registry:
             overlap=new.overlap,
             created_at=now,
             updated_at=now,
+            sync_wait_seconds=new.sync_wait_seconds,
         )
         await self._store.create(
             subjects.TRIGGERS_BUCKET, subjects.record_key(trigger.workspace_id, trigger.id), trigger
@@ -295,6 +360,9 @@ class Registry:
                 name=trigger.name if changes.name is UNSET else _name(changes.name, "trigger"),
                 schedule=schedule,
                 overlap=trigger.overlap if changes.overlap is UNSET else changes.overlap,
+                sync_wait_seconds=trigger.sync_wait_seconds
+                if changes.sync_wait_seconds is UNSET
+                else changes.sync_wait_seconds,
                 version=trigger.version + 1,
                 updated_at=self._clock(),
             )

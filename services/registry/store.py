@@ -1,5 +1,6 @@
 """The registry's records in JetStream KV: one bucket per record type, one writer (us)."""
 
+import builtins
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -8,6 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from contracts.registry import AnnouncedFunction
 from services.registry.core import AlreadyExists
 from shared.codec import decode, encode
 from shared.kv import read_prefix
@@ -77,3 +79,11 @@ class KvRegistryStore:
     async def delete(self, bucket: str, key: str) -> None:
         kv = await self._kv(bucket)
         await kv.delete(key)
+
+    async def put(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        kv = await self._kv(bucket)
+        await kv.put(key, encode(value))
+
+    async def list_all(self, bucket: str) -> builtins.list[AnnouncedFunction]:
+        kv = await self._kv(bucket)
+        return await read_prefix(kv, None, AnnouncedFunction)

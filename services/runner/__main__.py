@@ -4,6 +4,7 @@ import asyncio
 
 from services.runner.app import create_app
 from services.runner.flows import FlowModuleError, load_modules
+from services.runner.http_flows import parse_networks
 from services.runner.settings import RunnerSettings
 from shared.service import configure_logging, serve
 from shared.settings import from_environment
@@ -14,7 +15,8 @@ def main() -> None:
     settings = from_environment(RunnerSettings)
     try:
         load_modules(settings.flow_modules)
-    except FlowModuleError as error:
+        parse_networks(settings.runner_http_allowed_networks)
+    except (FlowModuleError, ValueError) as error:
         raise SystemExit(f"runner cannot start: {error}") from error
     asyncio.run(serve(create_app(settings), "runner"))
 

@@ -5,43 +5,48 @@ import contextlib
 import functools
 import logging
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts import subjects
-from contracts.registry import Flow
+from contracts.registry import Flow, RunnerAnnouncement
+from services.runner.admission import Admission
 from services.runner.executor import Clock, utc_now
 from services.runner.flows import FlowRegistry, flows
-from services.runner.handlers import SERVICE, StartFlow
+from services.runner.handlers import SERVICE, CancelRuns, RunBook, StartFlow
+from services.runner.http_flows import HttpFlows, parse_networks
 from services.runner.settings import RunnerSettings
 from shared.broker import bucket, connect, ensure_topology
+from shared.codec import encode
+from shared.ids import new_id
+from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
+from shared.pull import Puller
 from shared.supervise import supervised
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT = 30.0
-"""Seconds JetStream waits for an ack or an in-progress beat before redelivering a start."""
-FETCH_TIMEOUT = 0.5
+PULL_EXPIRES = 0.5
 """Longest wait of one pull request; stopping waits for the current one to end."""
-STOP_GRACE = 30.0
-"""Seconds `stop()` lets runs in flight finish before handing them back."""
 
 
 class RunnerApp:
-    """The runner service: a flows mirror and a pull consumer on `flow.start`."""
+    """The runner service: a flows mirror, a pull consumer on `flow.start`, run cancellation
+    and announcements of its flow functions."""
 
     def __init__(self, settings: RunnerSettings, *, clock: Clock, functions: FlowRegistry) -> None:
         self._settings = settings
         self._clock = clock
         self._functions = functions
+        self.runner_id = new_id("rnr")
         self._nc: Client | None = None
-        self._mirror_loop: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._consumer_loop: asyncio.Task[None] | None = None
+        self._subscriptions: list[Subscription] = []
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._http: HttpFlows | None = None
 
     async def start(self) -> None:
         self._nc = nc = await connect(self._settings.nats_url, SERVICE)
@@ -49,73 +54,127 @@ class RunnerApp:
         await ensure_topology(js, self._settings.nats_replicas)
         flows_bucket = await bucket(js, subjects.FLOWS_BUCKET)
         mirror = KvMirror(flows_bucket, Flow)
-        self._mirror_loop = asyncio.create_task(supervised("flows mirror", mirror.follow))
+        self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
+        book = RunBook(nc, await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))
+        cancel_runs = CancelRuns(nc, book, self._clock)
+        admission = Admission(
+            await bucket(js, subjects.RUN_SLOTS_BUCKET),
+            book.is_finished,
+            cancel_runs.cancel_quietly,
+        )
+        cancel_runs.admission = admission
+        self._http = HttpFlows(parse_networks(self._settings.runner_http_allowed_networks))
         start_flow = StartFlow(
             js=js,
-            runs=await bucket(js, subjects.RUNS_BUCKET),
+            book=book,
             flows=flows_bucket,
             mirror=mirror,
             functions=self._functions,
             clock=self._clock,
+            admission=admission,
+            runner_id=self.runner_id,
+            http=self._http,
+            in_progress_interval=self._settings.runner_ack_wait / 3,
         )
-        consume = functools.partial(self._consume, js, start_flow)
+        self._subscriptions = [
+            await nc.subscribe(
+                subjects.RUN_CANCEL, queue=subjects.RUNNER_QUEUE, cb=cancel_runs.on_request
+            ),
+            await nc.subscribe(subjects.RUN_ABORT, cb=start_flow.on_abort),
+        ]
+        await js.add_consumer(
+            subjects.FLOW_STARTS_STREAM,
+            ConsumerConfig(
+                durable_name=subjects.RUNNER_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self._settings.runner_ack_wait,
+            ),
+        )
+        self._loops.append(
+            asyncio.create_task(supervised("in-progress acks", start_flow.in_progress.beat))
+        )
+        consume = functools.partial(self._consume, nc, start_flow)
         self._consumer_loop = asyncio.create_task(supervised("flow.start consumer", consume))
-        log.info("runner serves flow functions: %s", ", ".join(self._functions.names()))
+        self._loops.append(asyncio.create_task(supervised("announcements", self._announce)))
+        log.info(
+            "runner %s serves flow functions: %s",
+            self.runner_id,
+            ", ".join(self._functions.names()),
+        )
 
     async def stop(self) -> None:
-        # The consumer goes first (it finishes its current pull request), the mirror last:
-        # runs in flight may still be looking their flow up.
+        """Stop fetching, let runs in flight finish within the grace period, hand back the rest.
+
+        The consumer goes first (it finishes its current pull request), the mirror last: runs
+        in flight may still be looking their flow up.
+        """
         await _cancel(self._consumer_loop)
+        self._consumer_loop = None
         if self._in_flight:
-            log.info("waiting for %d runs in flight", len(self._in_flight))
-            _, unfinished = await asyncio.wait(self._in_flight, timeout=STOP_GRACE)
+            log.info(
+                "waiting up to %gs for %d runs in flight",
+                self._settings.runner_stop_grace,
+                len(self._in_flight),
+            )
+            _, unfinished = await asyncio.wait(
+                self._in_flight, timeout=self._settings.runner_stop_grace or None
+            )
+            if unfinished:
+                log.info("handing back %d unfinished runs", len(unfinished))
             for task in unfinished:
                 await _cancel(task)
-        await _cancel(self._mirror_loop)
-        self._consumer_loop = self._mirror_loop = None
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        for loop in self._loops:
+            await _cancel(loop)
+        self._loops = []
+        if self._http is not None:
+            await self._http.close()
         if self._nc is not None:
             await self._nc.drain()
 
-    async def _consume(self, js: JetStreamContext, start_flow: StartFlow) -> None:
-        """Pull as many starts as there are free slots, and handle each in its own task."""
-        subscription = await js.pull_subscribe(
-            subjects.FLOW_START,
-            durable=subjects.RUNNER_CONSUMER,
-            stream=subjects.FLOW_STARTS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT),
+    async def _announce(self) -> None:
+        """Tell the registry which flow functions this runner serves, now and periodically."""
+        assert self._nc is not None
+        while True:
+            announcement = RunnerAnnouncement(
+                runner_id=self.runner_id,
+                functions=self._functions.names(),
+                announced_at=self._clock(),
+                interval_seconds=self._settings.runner_announce_interval,
+            )
+            await self._nc.publish(subjects.RUNNER_ANNOUNCE, encode(announcement))
+            await asyncio.sleep(self._settings.runner_announce_interval)
+
+    async def _consume(self, nc: Client, start_flow: StartFlow) -> None:
+        """Pull as many starts as there are free slots, and handle each in its own task.
+
+        Under load it waits for a quarter of the slots to be free before it pulls again: a
+        pull is a round trip, and one per finished run would cost more than the runs.
+        """
+        concurrency = self._settings.runner_concurrency
+
+        def dispatch(msg: Msg) -> None:
+            task = asyncio.create_task(start_flow(msg))
+            self._in_flight.add(task)
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._in_flight.discard(task)
+            puller.freed.set()
+
+        puller = Puller(
+            nc,
+            subjects.FLOW_STARTS_STREAM,
+            subjects.RUNNER_CONSUMER,
+            capacity=lambda: concurrency - len(self._in_flight),
+            dispatch=dispatch,
+            least=max(1, concurrency // 4),
+            expires=PULL_EXPIRES,
         )
-        try:
-            while True:
-                free = self._settings.runner_concurrency - len(self._in_flight)
-                if free <= 0:
-                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                for msg in await _fetch(subscription, free):
-                    task = asyncio.create_task(start_flow(msg))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
-
-
-async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
-    """Up to `batch` messages, or none after `FETCH_TIMEOUT`.
-
-    Cancelling lets the pull request run out first and hands back what it brought; otherwise
-    a message the server delivers after we stop listening would sit out its whole ack wait.
-    """
-    fetch = asyncio.ensure_future(subscription.fetch(batch, timeout=FETCH_TIMEOUT))
-    try:
-        return await asyncio.shield(fetch)
-    except nats.errors.TimeoutError:
-        return []
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            for msg in await fetch:
-                await msg.nak()
-        raise
+        await puller.run()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

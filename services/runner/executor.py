@@ -1,28 +1,40 @@
 """The runner's core: the life of a run record and running a flow's function.
 
 Plain values in, plain values out: no NATS here, and time comes from an injected clock.
+A run record goes `queued` → `running` (one `Attempt` each time) → a terminal status; between
+attempts of a flow with retries it is `queued` again with `retry_at` and the last `error`. A run
+that needs no admission (no concurrency limit, overlap `allow`) is created `running` at once.
 """
 
 import asyncio
 import inspect
-from collections.abc import Callable
-from datetime import UTC, datetime
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from contracts.registry import Flow
-from contracts.runs import FlowStart, Run
+from contracts.registry import Flow, HttpFlowSettings
+from contracts.runs import TERMINAL_STATUSES, Attempt, AttemptOutcome, FlowStart, Run, RunStatus
 from services.runner.flows import FlowContext, FlowFunction, FlowRegistry
 
 Clock = Callable[[], datetime]
+HttpCaller = Callable[[HttpFlowSettings, Run], Awaitable[Any]]
+"""Makes an HTTP flow's request for a running record; returns the result or raises."""
+
+MAX_LOST_ATTEMPTS = 3
+"""Attempts a run may lose to runners that die under it before it is failed: a flow that
+kills its runner every time must not take the next runner down forever."""
+MAX_RETRY_DELAY = 300.0
+"""Cap of the exponential backoff between retries, in seconds."""
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def queued(start: FlowStart, now: datetime) -> Run:
+def queued(start: FlowStart, now: datetime, sequence: int | None = None) -> Run:
     """The first record of a run: accepted, not started yet."""
     return Run(
         id=start.run_id,
@@ -35,14 +47,45 @@ def queued(start: FlowStart, now: datetime) -> Run:
         scheduled_at=start.scheduled_at,
         requested_at=start.requested_at,
         queued_at=now,
+        overlap=start.overlap,
+        start_sequence=sequence,
     )
 
 
-def begin(record: Run, now: datetime) -> Run:
-    """The record of a run starting; starting a run that was already running is a new attempt."""
-    attempt = record.attempt + 1 if record.status == "running" else record.attempt
+def begin(record: Run, now: datetime, runner_id: str = "") -> Run:
+    """The record of a new attempt starting.
+
+    Starting a run that is still `running` means its runner died: that attempt is `lost`.
+    After `MAX_LOST_ATTEMPTS` lost attempts the run is failed instead (check the status).
+    """
+    attempts = list(record.attempts)
+    if record.status == "running":
+        if attempts and attempts[-1].outcome == "running":
+            attempts[-1] = msgspec.structs.replace(
+                attempts[-1],
+                outcome="lost",
+                error="the runner stopped during this attempt",
+            )
+        elif not attempts:  # a record written before attempts were kept
+            attempts.append(
+                Attempt(number=record.attempt, started_at=record.started_at or now, outcome="lost")
+            )
+    lost = sum(1 for attempt in attempts if attempt.outcome == "lost")
+    if lost >= MAX_LOST_ATTEMPTS:
+        error = f"{lost} attempts were lost to runners that stopped during them; giving up"
+        return finish(
+            msgspec.structs.replace(record, attempts=attempts), "failed", now, error=error
+        )
+    number = len(attempts) + 1
+    attempts.append(Attempt(number=number, runner_id=runner_id, started_at=now))
     return msgspec.structs.replace(
-        record, status="running", attempt=attempt, started_at=now, finished_at=None
+        record,
+        status="running",
+        attempt=number,
+        attempts=attempts,
+        started_at=record.started_at or now,
+        finished_at=None,
+        retry_at=None,
     )
 
 
@@ -58,29 +101,70 @@ def context_of(run: Run) -> FlowContext:
     )
 
 
-async def execute(run: Run, flow: Flow, functions: FlowRegistry, clock: Clock) -> Run:
-    """Run the function of `flow` for the running record `run`; return its terminal record.
+async def execute(
+    run: Run,
+    flow: Flow,
+    functions: FlowRegistry,
+    clock: Clock,
+    *,
+    http: HttpCaller | None = None,
+) -> Run:
+    """Run `flow` once for the running record `run`; return it `succeeded` or `failed`.
 
-    Whatever the function does, this returns: an exception, an unknown function name or a
-    result that is not JSON all become a failed run with an error a person can act on.
+    Whatever the flow does, this returns: an exception, an unknown function name or a result
+    that is not JSON all become a failed run with an error a person can act on. Only a
+    cancellation (timeout, cancel, shutdown) goes through.
     """
-    name = flow.settings.function
+    settings = flow.settings
+    if isinstance(settings, HttpFlowSettings):
+        if http is None:
+            return _finish_attempt(run, clock(), error="this runner cannot make HTTP flow calls")
+        try:
+            result = await http(settings, run)
+        except Exception as exception:
+            return _finish_attempt(run, clock(), error=describe(exception))
+        return _finish_attempt(run, clock(), result=result)
+    name = settings.function
     function = functions.get(name)
     if function is None:
         known = ", ".join(functions.names()) or "none"
         error = f"flow function {name!r} is not registered in this runner (known: {known})"
-        return _finish(run, clock(), error=error)
+        return _finish_attempt(run, clock(), error=error)
     try:
         result = await _call(function, run.input, context_of(run))
     # A flow calling sys.exit() fails its run; it must not stop the runner.
     except (Exception, SystemExit) as exception:
-        return _finish(run, clock(), error=describe(exception))
+        return _finish_attempt(run, clock(), error=describe(exception))
     try:
         result = msgspec.json.decode(msgspec.json.encode(result))
     except Exception as exception:
         error = f"the result of flow function {name!r} is not JSON: {describe(exception)}"
-        return _finish(run, clock(), error=error)
-    return _finish(run, clock(), result=result)
+        return _finish_attempt(run, clock(), error=error)
+    return _finish_attempt(run, clock(), result=result)
+
+
+async def execute_within(
+    run: Run,
+    flow: Flow,
+    functions: FlowRegistry,
+    clock: Clock,
+    *,
+    http: HttpCaller | None = None,
+) -> Run:
+    """`execute`, stopped after the flow's timeout: then the attempt is `timed_out`.
+
+    A sync function keeps its worker thread until it returns (Python cannot stop a thread);
+    its result is ignored.
+    """
+    try:
+        # `asyncio.timeout`, not `wait_for`: no second task per run.
+        async with asyncio.timeout(flow.timeout_seconds):
+            return await execute(run, flow, functions, clock, http=http)
+    except TimeoutError:
+        error = f"the attempt took longer than the flow's timeout of {flow.timeout_seconds:g}s"
+        return msgspec.structs.replace(
+            run, status="timed_out", result=None, error=error, finished_at=clock()
+        )
 
 
 async def _call(function: FlowFunction, input: Any, context: FlowContext) -> Any:
@@ -96,7 +180,96 @@ def describe(exception: BaseException) -> str:
     return f"{type(exception).__name__}: {message}" if message else type(exception).__name__
 
 
-def _finish(run: Run, now: datetime, *, result: Any = None, error: str | None = None) -> Run:
+def retry_delay(flow: Flow, retry: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number `retry` (1, 2, ...): exponential, capped, with jitter.
+
+    Half the delay is fixed and half is random ("equal jitter"), so retries of many runs that
+    failed together spread out without any of them coming back at once.
+    """
+    delay = min(MAX_RETRY_DELAY, flow.retry_backoff_seconds * 2 ** (retry - 1))
+    return delay / 2 + rng() * delay / 2
+
+
+def conclude(
+    finished: Run, flow: Flow, rng: Callable[[], float] = random.random
+) -> tuple[Run, float | None]:
+    """What an attempt's end makes of the run: final, or queued for a retry after a delay.
+
+    `finished` is `execute_within`'s record (status succeeded, failed or timed_out). Returns
+    the record to commit and, for a retry, the seconds to wait before it.
+    """
+    now = finished.finished_at or finished.started_at or finished.queued_at
+    outcome: AttemptOutcome = _outcome(finished.status)
+    attempts = list(finished.attempts)
+    if attempts:
+        attempts[-1] = msgspec.structs.replace(
+            attempts[-1], finished_at=now, outcome=outcome, error=finished.error
+        )
+    record = msgspec.structs.replace(finished, attempts=attempts)
+    failures = sum(1 for a in attempts if a.outcome in ("failed", "timed_out"))
+    if finished.status != "succeeded" and failures <= flow.retries:
+        delay = retry_delay(flow, failures, rng)
+        waiting = msgspec.structs.replace(
+            record,
+            status="queued",
+            result=None,
+            finished_at=None,
+            retry_at=now + timedelta(seconds=delay),
+        )
+        return waiting, delay
+    return finish(record, finished.status, now, result=finished.result, error=finished.error), None
+
+
+def finish(
+    record: Run,
+    status: RunStatus,
+    now: datetime,
+    *,
+    result: Any = None,
+    error: str | None = None,
+) -> Run:
+    """The final record of a run with `status` (terminal): no further change is allowed."""
+    assert status in TERMINAL_STATUSES, status
+    attempts = list(record.attempts)
+    if attempts and attempts[-1].outcome == "running":
+        attempts[-1] = msgspec.structs.replace(
+            attempts[-1], finished_at=now, outcome=_outcome(status), error=error
+        )
+    began = record.started_at
+    return msgspec.structs.replace(
+        record,
+        status=status,
+        result=result,
+        error=error,
+        attempts=attempts,
+        finished_at=now,
+        retry_at=None,
+        duration_seconds=(now - began).total_seconds() if began is not None else None,
+    )
+
+
+def interrupted(record: Run, now: datetime) -> Run:
+    """The record of a running attempt handed back by a runner that shuts down."""
+    attempts = list(record.attempts)
+    if attempts and attempts[-1].outcome == "running":
+        attempts[-1] = msgspec.structs.replace(
+            attempts[-1],
+            finished_at=now,
+            outcome="interrupted",
+            error="the runner shut down and handed the run back",
+        )
+    return msgspec.structs.replace(record, status="queued", attempts=attempts)
+
+
+def _outcome(status: RunStatus) -> AttemptOutcome:
+    if status in ("succeeded", "failed", "timed_out", "cancelled"):
+        return status  # type: ignore[return-value]
+    return "cancelled"
+
+
+def _finish_attempt(
+    run: Run, now: datetime, *, result: Any = None, error: str | None = None
+) -> Run:
     return msgspec.structs.replace(
         run,
         status="failed" if error is not None else "succeeded",

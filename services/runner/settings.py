@@ -5,6 +5,7 @@ from typing import Annotated
 import msgspec
 
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -16,6 +17,17 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Comma-separated modules to import for their flows, such as `mypkg.flows,other.flows`."""
     runner_concurrency: AtLeastOne = 16
     """How many `flow.start` messages one replica works on at the same time."""
+    runner_ack_wait: Positive = 30.0
+    """Seconds JetStream waits for an ack or an in-progress beat before it hands a start to
+    another replica (runs beat every third of it). Give every replica the same value: the last
+    one to start sets it on the shared consumer."""
+    runner_stop_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """Seconds a stopping runner (SIGTERM) lets its runs finish before handing them back."""
+    runner_http_allowed_networks: str = ""
+    """Comma-separated networks (CIDR) HTTP flows may call although they are loopback,
+    private or link-local, such as `10.0.0.0/8,127.0.0.1/32`. Empty: public addresses only."""
+    runner_announce_interval: Positive = 30.0
+    """Seconds between two announcements of this runner's flow functions to the registry."""
     nats_replicas: AtLeastOne = 1
     """Replicas of every stream and bucket this service creates (3 in production)."""
 

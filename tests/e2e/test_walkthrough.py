@@ -44,7 +44,9 @@ def create_flow(admin: httpx.Client, function: str) -> str:
     return flow_id
 
 
-def test_an_api_trigger_call_runs_the_flow_and_records_its_result(stack: Stack) -> None:
+def test_an_api_trigger_call_answers_with_the_flow_s_result_and_records_the_run(
+    stack: Stack,
+) -> None:
     admin_key = create_workspace(stack, "walkthrough")
     with stack.client(admin_key) as admin:
         flow_id = create_flow(admin, "echo")
@@ -55,13 +57,11 @@ def test_an_api_trigger_call_runs_the_flow_and_records_its_result(stack: Stack) 
         trigger_key = issued.json()["secret"]
 
         with stack.client(trigger_key) as producer:
-            accepted = producer.post(f"/trigger/{flow_id}", json={"hello": "world"})
-            assert accepted.status_code == 202, accepted.text
-            status_url = accepted.json()["status_url"]
-            run = poll(
-                lambda: producer.get(status_url),
-                lambda r: r.status_code == 200 and r.json()["status"] in ("succeeded", "failed"),
-            ).json()
+            answered = producer.post(f"/trigger/{flow_id}", json={"hello": "world"})
+            assert answered.status_code == 200, answered.text
+            assert answered.json()["status"] == "succeeded"
+            assert answered.json()["result"] == {"hello": "world"}
+            run = producer.get(answered.json()["status_url"]).json()
 
         assert run["status"] == "succeeded", run
         assert run["result"] == {"hello": "world"}
@@ -163,3 +163,68 @@ def test_a_flow_start_published_straight_onto_nats_runs_like_an_http_start(stack
         ).json()
     assert run["result"] == {"from": "another service"}
     assert run["source"] == "external"
+
+
+def test_a_slow_flow_answers_202_within_the_wait_and_later_shows_succeeded(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "slow")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "sleep")
+        admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"})
+        began = time.monotonic()
+        accepted = admin.post(
+            f"/trigger/{flow_id}", json={"seconds": 2}, headers={"Prefer": "wait=0.5"}
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert time.monotonic() - began < 2
+        assert accepted.headers["preference-applied"] == "wait=0.5"
+        assert accepted.json()["status"] in ("queued", "running")
+        run = poll(
+            lambda: admin.get(accepted.json()["status_url"]),
+            lambda r: r.json()["status"] == "succeeded",
+        ).json()
+        assert run["result"] == {"slept": 2}
+        assert run["duration_seconds"] >= 2
+
+
+def test_a_failing_flow_answers_a_failure_document_with_its_error(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "failing")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "fail")
+        admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"})
+        failed = admin.post(f"/trigger/{flow_id}", json={"message": "no cheese"})
+        assert failed.status_code == 500, failed.text
+        assert failed.headers["content-type"].startswith("application/problem+json")
+        body = failed.json()
+        assert (body["code"], body["run_status"]) == ("run_failed", "failed")
+        assert body["error"] == "RuntimeError: no cheese"
+        assert body["run_id"] in body["status_url"]
+
+
+def test_a_running_run_is_cancelled_over_the_api(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "cancel")
+    with stack.client(admin_key) as admin:
+        flow_id = create_flow(admin, "sleep")
+        admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"})
+        accepted = admin.post(
+            f"/trigger/{flow_id}", json={"seconds": 60}, headers={"Prefer": "respond-async"}
+        )
+        run_id = accepted.json()["run_id"]
+        poll(lambda: admin.get(f"/v1/runs/{run_id}"), lambda r: r.json().get("status") == "running")
+
+        cancelled = admin.post(f"/v1/runs/{run_id}/cancel")
+        again = admin.post(f"/v1/runs/{run_id}/cancel")
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert again.status_code == 409
+    assert again.json()["code"] == "run_finished"
+
+
+def test_the_runner_s_built_in_functions_are_listed_as_announced(stack: Stack) -> None:
+    admin_key = create_workspace(stack, "functions")
+    with stack.client(admin_key) as admin:
+        listed = poll(
+            lambda: [f["name"] for f in admin.get("/v1/flow-functions").json()],
+            lambda names: "echo" in names,
+        )
+    assert {"echo", "sleep", "add", "fail"} <= set(listed)

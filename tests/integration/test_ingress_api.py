@@ -14,6 +14,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from contracts import subjects
+from contracts.registry import RunnerAnnouncement
 from contracts.runs import FlowStart, Run, RunStatus
 from services.ingress.app import create_app as create_ingress
 from services.ingress.settings import IngressSettings
@@ -104,7 +105,8 @@ async def new_flow(client: HttpClient, ws: Workspace, name: str = "nightly") -> 
 async def new_trigger(
     client: HttpClient, ws: Workspace, flow_id: str, **fields: Any
 ) -> dict[str, Any]:
-    trigger = {"flow_id": flow_id, "type": "api", **fields}
+    # No runner runs in these tests: API triggers answer 202 at once instead of waiting.
+    trigger = {"flow_id": flow_id, "type": "api", "sync_wait_seconds": 0, **fields}
     body: dict[str, Any] = created(
         await client.post("/v1/triggers", json=trigger, headers=ws.admin)
     )
@@ -185,10 +187,13 @@ async def test_the_walkthrough_from_a_workspace_to_a_stored_flow_start(
 
     before = (await js.stream_info(subjects.FLOW_STARTS_STREAM)).state.last_seq
     started = await client.post(
-        f"/trigger/{flow_id}", json={"n": 1}, headers=bearer(trigger_secret)
+        f"/trigger/{flow_id}",
+        json={"n": 1},
+        headers={**bearer(trigger_secret), "Prefer": "respond-async"},
     )
 
     assert started.status_code == 202, started.text
+    assert started.headers["preference-applied"] == "respond-async"
     accepted = started.json()
     assert accepted["status"] == "queued"
     assert accepted["status_url"].endswith(f"/v1/runs/{accepted['run_id']}")
@@ -605,3 +610,122 @@ async def test_health_is_ok_once_the_directory_is_loaded(client: HttpClient) -> 
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "nats": True}
+
+
+# --- idempotency, run now overrides, time filters, flow functions ----------------------------
+
+
+async def test_an_idempotent_retry_after_a_lost_response_returns_the_original_run(
+    client: HttpClient, js: JetStreamContext, flow_starts: Subscription
+) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    headers = {**ws.admin, "Idempotency-Key": "order-1234"}
+
+    first = await client.post(f"/trigger/{flow_id}", json={"order": 1234}, headers=headers)
+    # The answer to the first call is lost; the client sends the same request again.
+    retried = await client.post(f"/trigger/{flow_id}", json={"order": 1234}, headers=headers)
+
+    assert first.status_code == retried.status_code == 202, retried.text
+    assert retried.json()["run_id"] == first.json()["run_id"]
+    start = await start_of(flow_starts, first.json()["run_id"])
+    assert start.input == {"order": 1234}
+    # Both publishes carried the run id as Nats-Msg-Id: the stream stored the start once.
+    stored = await js.get_last_msg(subjects.FLOW_STARTS_STREAM, subjects.FLOW_START)
+    assert decode(stored.data or b"", FlowStart).run_id == first.json()["run_id"]
+
+
+async def test_the_same_idempotency_key_with_another_body_is_refused(client: HttpClient) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    headers = {**ws.admin, "Idempotency-Key": "order-99"}
+    await client.post(f"/trigger/{flow_id}", json={"order": 99}, headers=headers)
+
+    refused = await client.post(f"/trigger/{flow_id}", json={"order": 100}, headers=headers)
+
+    body = problem(refused, 422, "idempotency_key_reused")
+    assert "different body" in body["detail"]
+
+
+async def test_idempotency_keys_are_per_workspace(client: HttpClient) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    other, other_flow, _ = await startable_flow(client)
+    mine = await client.post(
+        f"/trigger/{flow_id}", json={}, headers={**ws.admin, "Idempotency-Key": "k"}
+    )
+    theirs = await client.post(
+        f"/trigger/{other_flow}", json={}, headers={**other.admin, "Idempotency-Key": "k"}
+    )
+    assert mine.status_code == theirs.status_code == 202
+    assert mine.json()["run_id"] != theirs.json()["run_id"]
+
+
+async def test_run_now_may_override_the_trigger_s_overlap_policy(
+    client: HttpClient, flow_starts: Subscription
+) -> None:
+    ws, _, trigger = await startable_flow(client)
+    default = await client.post(f"/v1/triggers/{trigger['id']}/run", headers=ws.admin)
+    overridden = await client.post(
+        f"/v1/triggers/{trigger['id']}/run", params={"overlap": "skip"}, headers=ws.admin
+    )
+
+    assert (await start_of(flow_starts, default.json()["run_id"])).overlap == "allow"
+    assert (await start_of(flow_starts, overridden.json()["run_id"])).overlap == "skip"
+
+
+async def test_runs_are_filtered_by_the_time_they_were_queued(
+    client: HttpClient, js: JetStreamContext
+) -> None:
+    ws = await new_workspace(client)
+    runs = await write_runs(js, ws.id, [await new_flow(client, ws)])
+    since, until = runs[1].queued_at, runs[3].queued_at
+
+    response = await client.get(
+        "/v1/runs",
+        params={"since": since.isoformat(), "until": until.isoformat()},
+        headers=ws.admin,
+    )
+
+    assert [r["id"] for r in response.json()["items"]] == [runs[2].id, runs[1].id]
+
+
+async def test_a_python_flow_needs_a_function_some_runner_announced(
+    client: HttpClient, nc: Client
+) -> None:
+    ws = await new_workspace(client)
+    function = f"reports.{new_id('fn')}"
+    flow = {"name": "report", "settings": {"kind": "python", "function": function}}
+
+    refused = await client.post("/v1/flows", json=flow, headers=ws.admin)
+    announcement = RunnerAnnouncement(
+        runner_id=new_id("rnr"), functions=[function], announced_at=datetime.now(UTC)
+    )
+    await nc.publish(subjects.RUNNER_ANNOUNCE, encode(announcement))
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while True:
+        listed = (await client.get("/v1/flow-functions", headers=ws.admin)).json()
+        if function in [f["name"] for f in listed]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, listed
+        await asyncio.sleep(0.05)
+    accepted = await client.post("/v1/flows", json=flow, headers=ws.admin)
+
+    body = problem(refused, 422, "unknown_function")
+    assert function in body["detail"]
+    assert "RUNNER_FLOWS" in body["detail"]
+    assert accepted.status_code == 201, accepted.text
+
+
+async def test_an_http_flow_is_registered_with_its_request_and_limits(client: HttpClient) -> None:
+    ws = await new_workspace(client)
+    flow = {
+        "name": "notify",
+        "settings": {"kind": "http", "url": "https://example.com/hook", "method": "PUT"},
+        "timeout_seconds": 20,
+        "retries": 2,
+        "concurrency": 3,
+    }
+    created_flow = created(await client.post("/v1/flows", json=flow, headers=ws.admin))
+    bad = {"name": "bad", "settings": {"kind": "http", "url": "file:///etc/passwd"}}
+
+    assert created_flow["settings"]["method"] == "PUT"
+    assert (created_flow["retries"], created_flow["concurrency"]) == (2, 3)
+    problem(await client.post("/v1/flows", json=bad, headers=ws.admin), 422, "invalid_url")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -147,7 +148,17 @@ async def test_a_started_flow_runs_and_its_record_holds_the_result(
     assert run.queued_at <= (run.started_at or run.queued_at) <= (run.finished_at or run.queued_at)
 
 
-async def test_a_run_publishes_an_event_for_each_status_it_goes_through(
+async def statuses_of(events: Subscription) -> tuple[list[str], Run]:
+    """The statuses a run's events went through, up to its final one, and its final record."""
+    statuses = []
+    while not statuses or statuses[-1] not in TERMINAL_STATUSES:
+        event: RunEvent = decode((await events.next_msg(timeout=DEADLINE)).data, RunEvent)
+        statuses.append(event.run.status)
+    await events.unsubscribe()
+    return statuses, event.run
+
+
+async def test_a_run_that_needs_no_admission_is_recorded_running_at_once_then_final(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
     flow = await put_flow(js, "echo")
@@ -156,13 +167,24 @@ async def test_a_run_publishes_an_event_for_each_status_it_goes_through(
 
     await publish(js, start)
 
-    statuses = []
-    while not statuses or statuses[-1] not in TERMINAL_STATUSES:
-        event: RunEvent = decode((await events.next_msg(timeout=DEADLINE)).data, RunEvent)
-        statuses.append(event.run.status)
+    statuses, final = await statuses_of(events)
+    assert statuses == ["running", "succeeded"]
+    assert final.result == "hi"
+    assert final.queued_at == final.started_at
+
+
+async def test_a_run_that_waits_for_admission_is_queued_first(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "echo")
+    start = msgspec.structs.replace(start_of(flow, "hi"), trigger_id=new_id("trg"), overlap="skip")
+    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+
+    await publish(js, start)
+
+    statuses, final = await statuses_of(events)
     assert statuses == ["queued", "running", "succeeded"]
-    assert event.run.result == "hi"
-    await events.unsubscribe()
+    assert final.result == "hi"
 
 
 async def test_a_failing_flow_is_recorded_as_failed_with_its_error(

@@ -1,5 +1,6 @@
 """Fakes for unit tests: an in-memory `RegistryStore` that behaves like JetStream KV, a clock."""
 
+import builtins
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -7,6 +8,7 @@ from typing import TypeVar
 
 import msgspec
 
+from contracts.registry import AnnouncedFunction
 from services.registry.core import AlreadyExists
 from shared.codec import decode, encode
 
@@ -96,6 +98,13 @@ class InMemoryRegistryStore:
     async def delete(self, bucket: str, key: str) -> None:
         self.buckets.get(bucket, {}).pop(_check_key(key), None)
         self.writes += 1
+
+    async def put(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        self.buckets.setdefault(bucket, {})[_check_key(key)] = encode(value)
+        self.writes += 1
+
+    async def list_all(self, bucket: str) -> builtins.list[AnnouncedFunction]:
+        return [decode(data, AnnouncedFunction) for data in self.buckets.get(bucket, {}).values()]
 
 
 class FixedClock:

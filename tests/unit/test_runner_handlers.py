@@ -2,7 +2,7 @@
 
 import asyncio
 
-from services.runner.handlers import keep_in_progress
+from services.runner.handlers import InProgress
 
 
 class FakeMsg:
@@ -19,11 +19,15 @@ class FakeMsg:
 
 
 async def test_a_message_is_kept_in_progress_while_its_run_lasts_and_not_after() -> None:
-    msg = FakeMsg()
+    in_progress = InProgress(interval=0.001)
+    beat = asyncio.create_task(in_progress.beat())
+    msg, idle = FakeMsg(), FakeMsg()
 
-    async with keep_in_progress(msg, interval=0.001):  # type: ignore[arg-type]
+    with in_progress.kept(msg):  # type: ignore[arg-type]
         await asyncio.wait_for(msg.beating.wait(), timeout=2)
     beats = msg.beats
     await asyncio.sleep(0.01)  # ten intervals: no beat may come once the run is over
+    beat.cancel()
 
     assert msg.beats == beats
+    assert idle.beats == 0

@@ -1,0 +1,156 @@
+"""`python -m bench.runner_throughput` (`make bench-runner`): no-op runs per second with 1 and 2
+runners, next to a bare nats-py pull consumer that only acks, in the same run.
+
+Starts a nats-server in a temporary directory, writes a flow for the `noop` function straight
+into the flows bucket (as the registry would), publishes N starts, then measures how long the
+consumers take to acknowledge all of them: the bare consumer and the runners alike start on a
+full queue (the runners' consumer is paused while it fills). It measures, it does not assert.
+"""
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from bench.processes import Server, start_module, stop_all
+from contracts import subjects
+from contracts.registry import Flow, PythonFlowSettings
+from contracts.runs import FlowStart
+from shared import broker, nats_server
+from shared.codec import encode
+from shared.ids import new_id
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 300.0
+
+
+async def publish_starts(js: JetStreamContext, flow: Flow, count: int) -> None:
+    for offset in range(0, count, 256):
+        batch = [
+            FlowStart(run_id=new_id("run"), workspace_id=flow.workspace_id, flow_id=flow.id)
+            for _ in range(min(256, count - offset))
+        ]
+        await asyncio.gather(
+            *(
+                js.publish(subjects.FLOW_START, encode(s), headers={"Nats-Msg-Id": s.run_id})
+                for s in batch
+            )
+        )
+
+
+async def drained(js: JetStreamContext, below: int = 1) -> None:
+    """Wait until the work queue holds fewer than `below` starts (1: every start acknowledged)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (await js.stream_info(subjects.FLOW_STARTS_STREAM)).state.messages >= below:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the starts were not all handled in time")
+        await asyncio.sleep(0.005)
+
+
+async def bare_consumer(js: JetStreamContext, count: int) -> float:
+    """Messages per second of a pull consumer that fetches 256 at a time and only acks."""
+    subscription = await js.pull_subscribe_bind(
+        durable=subjects.RUNNER_CONSUMER, stream=subjects.FLOW_STARTS_STREAM
+    )
+    began = time.monotonic()
+    done = 0
+    while done < count:
+        msgs = await subscription.fetch(256, timeout=5)
+        for msg in msgs:
+            await msg.ack()
+        done += len(msgs)
+    await drained(js)
+    elapsed = time.monotonic() - began
+    await subscription.unsubscribe()
+    return count / elapsed
+
+
+async def runners(js: JetStreamContext, env: dict[str, str], replicas: int, count: int,
+                  work_dir: Path, servers: list[Server]) -> float:  # fmt: skip
+    started = [
+        start_module(f"runner-{replicas}-{i}", "services.runner", env, work_dir, REPO)
+        for i in range(replicas)
+    ]
+    servers.extend(started)
+    await asyncio.sleep(3.0)  # let them connect and pull (an empty queue meanwhile)
+    # Fill the queue while the consumer is paused, as for the bare consumer: what is measured
+    # is consuming, not this process publishing on the same two cores.
+    await js.pause_consumer(
+        subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER, "2999-01-01T00:00:00Z"
+    )
+    await publish_starts(js, FLOW, count)
+    await js.resume_consumer(subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER)
+    # The clock starts with the first acknowledged start: a pull request waiting on the
+    # paused consumer may only be answered when it expires.
+    await drained(js, below=count)
+    began = time.monotonic()
+    await drained(js)
+    rate = count / (time.monotonic() - began)
+    stop_all(started)
+    return rate
+
+
+FLOW = Flow(
+    id=new_id("flw"),
+    workspace_id=new_id("ws"),
+    name="noop",
+    settings=PythonFlowSettings(function="noop"),
+    created_at=datetime.now(UTC),
+)
+
+
+async def run(count: int) -> None:
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
+        work_dir = Path(tmp)
+        port = nats_server.free_port()
+        process = nats_server.start(port, work_dir / "nats", work_dir / "nats.log")
+        url = f"nats://127.0.0.1:{port}"
+        try:
+            nc = await broker.connect(url, "bench")
+            js = nc.jetstream()
+            await broker.ensure_topology(js)
+            flows = await js.key_value(subjects.FLOWS_BUCKET)
+            await flows.put(subjects.record_key(FLOW.workspace_id, FLOW.id), encode(FLOW))
+            await js.add_consumer(
+                subjects.FLOW_STARTS_STREAM,
+                ConsumerConfig(
+                    durable_name=subjects.RUNNER_CONSUMER, ack_policy=AckPolicy.EXPLICIT
+                ),
+            )
+            await publish_starts(js, FLOW, count)
+            bare = await bare_consumer(js, count)
+            print(f"{'bare pull consumer (ack only)':<34} {bare:>9.0f} msgs/s", flush=True)
+            env = {"NATS_URL": url, "RUNNER_FLOWS": "bench.flows", "LOG_LEVEL": "WARNING",
+                   "RUNNER_CONCURRENCY": "64"}  # fmt: skip
+            for replicas in (1, 2):
+                rate = await runners(js, env, replicas, count, work_dir, servers)
+                print(
+                    f"{f'runner x{replicas} (no-op runs)':<34} {rate:>9.0f} runs/s "
+                    f"({rate / bare:.2f} of the bare consumer; target >= 0.50)",
+                    flush=True,
+                )
+            await nc.drain()
+        finally:
+            stop_all(servers)
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.runner_throughput")
+    parser.add_argument("--runs", type=int, default=20000, help="starts per measurement")
+    args = parser.parse_args(argv)
+    print(f"runner throughput: {args.runs} no-op starts per measurement", flush=True)
+    asyncio.run(run(args.runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

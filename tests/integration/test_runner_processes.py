@@ -1,0 +1,144 @@
+"""Runners as processes under load: killed, stopped and added while 1,000 runs are in flight."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from contracts import subjects
+from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunEvent
+from shared.codec import decode, encode
+from shared.ids import new_id
+from shared.kv import read_prefix
+from tests.integration.test_runner_app import put_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = 1000
+ACK_WAIT = 2.0
+"""Short, so the killed runner's runs come back within seconds."""
+
+
+class Runners:
+    """`python -m services.runner` processes against the test NATS server."""
+
+    def __init__(self, nats_url: str, logs: Path) -> None:
+        self._env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "RUNNER_FLOWS": "tests.flows",
+            "RUNNER_ACK_WAIT": str(ACK_WAIT),
+            "RUNNER_CONCURRENCY": "32",
+            "RUNNER_STOP_GRACE": "0.3",
+            "LOG_LEVEL": "WARNING",
+        }
+        self._logs = logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = open(self._logs / f"runner-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.runner"],
+            cwd=ROOT,
+            env=self._env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text() for path in sorted(self._logs.glob("runner-*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def runners(nats_url: str, tmp_path: Path) -> Iterator[Runners]:
+    group = Runners(nats_url, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+async def wait_until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"gave up after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_die_and_scale(
+    nc: Client, js: JetStreamContext, runners: Runners
+) -> None:
+    flow = await put_flow(js, "nap")
+    finals: dict[str, set[str]] = defaultdict(set)
+
+    async def on_event(msg: Msg) -> None:
+        run: Run = decode(msg.data, RunEvent).run
+        if run.status in TERMINAL_STATUSES:
+            finals[run.id].add(run.status)
+
+    events = await nc.subscribe(subjects.run_event(flow.workspace_id, "*"), cb=on_event)
+    first = runners.start()
+
+    # The ledger: every start JetStream acknowledged, published 100 at a time.
+    ledger: list[str] = []
+    for _ in range(RUNS // 100):
+        starts = [
+            FlowStart(
+                run_id=new_id("run"),
+                workspace_id=flow.workspace_id,
+                flow_id=flow.id,
+                input={"seconds": 0.05},
+            )
+            for _ in range(100)
+        ]
+        acks = await asyncio.gather(
+            *(
+                js.publish(subjects.FLOW_START, encode(s), headers={"Nats-Msg-Id": s.run_id})
+                for s in starts
+            )
+        )
+        ledger.extend(s.run_id for s, ack in zip(starts, acks, strict=True) if ack.seq)
+    assert len(ledger) == RUNS
+
+    # Scale from 1 to 3 under load, kill one with SIGKILL, stop another with SIGTERM.
+    second, third = runners.start(), runners.start()
+    await wait_until(lambda: len(finals) >= 250, 60, "250 runs to finish")
+    second.send_signal(signal.SIGKILL)
+    await wait_until(lambda: len(finals) >= 500, 60, "500 runs to finish")
+    first.send_signal(signal.SIGTERM)
+    await wait_until(lambda: len(finals) >= RUNS, 90, f"all runs to finish ({len(finals)} so far)")
+    assert first.wait(timeout=15) == 0, runners.logs()
+    assert third.poll() is None, runners.logs()
+    await events.unsubscribe()
+
+    runs = await read_prefix(await js.key_value(subjects.RUNS_BUCKET), flow.workspace_id, Run)
+    assert sorted(r.id for r in runs) == sorted(ledger), "one run record per accepted start"
+    assert {r.status for r in runs} == {"succeeded"}
+    assert all(finals[run_id] == {"succeeded"} for run_id in ledger), "one final status each"
+    # The killed runner's runs in flight were taken over by the others as new attempts.
+    lost = [r for r in runs if any(a.outcome == "lost" for a in r.attempts)]
+    assert lost, "the killed runner had no run in flight"
+    assert all(r.attempts[-1].outcome == "succeeded" for r in lost)
+    assert "Traceback" not in runners.logs()
