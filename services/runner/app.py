@@ -122,8 +122,10 @@ class RunnerApp:
             )
             if unfinished:
                 log.info("handing back %d unfinished runs", len(unfinished))
+            # All at once: each hand-back writes its record, and one at a time adds up.
             for task in unfinished:
-                await _cancel(task)
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

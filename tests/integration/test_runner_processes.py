@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts import subjects
+from contracts.registry import RunnerAnnouncement
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunEvent
 from shared.codec import decode, encode
 from shared.ids import new_id
@@ -99,6 +100,13 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
             finals[run.id].add(run.status)
 
     events = await nc.subscribe(subjects.run_event(flow.workspace_id, "*"), cb=on_event)
+    # A runner announces its functions once its consumer loop runs: the sign it is taking work.
+    consuming: set[str] = set()
+
+    async def on_announcement(msg: Msg) -> None:
+        consuming.add(decode(msg.data, RunnerAnnouncement).runner_id)
+
+    announcements = await nc.subscribe(subjects.RUNNER_ANNOUNCE, cb=on_announcement)
     first = runners.start()
 
     # The ledger: every start JetStream acknowledged, published 100 at a time.
@@ -109,7 +117,7 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
                 run_id=new_id("run"),
                 workspace_id=flow.workspace_id,
                 flow_id=flow.id,
-                input={"seconds": 0.05},
+                input={"seconds": 0.2},
             )
             for _ in range(100)
         ]
@@ -124,9 +132,13 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
 
     # Scale from 1 to 3 under load, kill one with SIGKILL, stop another with SIGTERM.
     second, third = runners.start(), runners.start()
-    await wait_until(lambda: len(finals) >= 250, 60, "250 runs to finish")
+    await wait_until(lambda: len(consuming) >= 3, 60, "three runners to take work")
+    await announcements.unsubscribe()
+    settled = len(finals)
+    assert settled < RUNS - 400, "the first runner alone finished too much to test a kill"
+    await wait_until(lambda: len(finals) >= settled + 100, 60, "100 more runs to finish")
     second.send_signal(signal.SIGKILL)
-    await wait_until(lambda: len(finals) >= 500, 60, "500 runs to finish")
+    await wait_until(lambda: len(finals) >= settled + 300, 60, "300 more runs to finish")
     first.send_signal(signal.SIGTERM)
     await wait_until(lambda: len(finals) >= RUNS, 90, f"all runs to finish ({len(finals)} so far)")
     assert first.wait(timeout=15) == 0, runners.logs()
