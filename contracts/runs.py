@@ -147,11 +147,12 @@ class RunEvent(Struct, frozen=True, kw_only=True):
     """A run changed status.
 
     Subject: `run.event.<workspace_id>.<run_id>` (stream `RUN_EVENTS`, kept one day).
-    Published by: the runner, after the run record is written. Consumed by: anyone following
-    runs (the ingress for synchronous answers, dashboards). Delivery: at least once for a
-    final status (stored before the start is acknowledged, published again for a duplicate
-    start of a finished run); best effort for `queued` and `running`, which only inform (the
-    run record is the truth).
+    Published by: the runner, after the run record is committed and before the start is
+    acknowledged, without waiting for JetStream's answer. Consumed by: anyone following runs
+    (the ingress for synchronous answers, dashboards). Delivery: best effort, at most once
+    per status change (an event lost to a runner crash or a disconnection is not sent again),
+    except that a duplicate start of a finished run publishes its final event again. The run
+    record (KV bucket `runs`) is the truth: a reader that misses an event reads the record.
     """
 
     run: Run

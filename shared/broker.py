@@ -63,6 +63,10 @@ async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Clien
             await asyncio.sleep(0.5)
 
 
+START_DUPLICATE_WINDOW = timedelta(minutes=10)
+"""How long `FLOW_STARTS` remembers a `Nats-Msg-Id` to drop a repeated publish of it."""
+
+
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     """Every stream of the trigger plane (KV buckets come from `bucket_configs`)."""
     return [
@@ -72,7 +76,7 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=replicas,
-            duplicate_window=timedelta(minutes=10).total_seconds(),
+            duplicate_window=START_DUPLICATE_WINDOW.total_seconds(),
         ),
         StreamConfig(
             name=subjects.RUN_EVENTS_STREAM,

@@ -34,6 +34,14 @@ def derived_id(prefix: str, now_ms: int, seed: bytes) -> str:
     return f"{prefix}_{_base36(now_ms, 9)}{_base36(digest, 12)}"
 
 
+def minted_at_ms(value: str) -> int | None:
+    """When an id of `new_id` or `derived_id` was made (milliseconds since the epoch), or None
+    for a string of another shape."""
+    if _VALID.fullmatch(value) is None:
+        return None
+    return int(value[-21:-12], 36)
+
+
 def is_valid_id(value: str) -> bool:
     """Whether `value` has the shape of an id this project made (safe as a KV key part)."""
     return _VALID.fullmatch(value) is not None

@@ -76,6 +76,7 @@ class RunnerApp:
             runner_id=self.runner_id,
             http=self._http,
             in_progress_interval=self._settings.runner_ack_wait / 3,
+            record_running_after=self._settings.runner_record_running_after,
         )
         self._subscriptions = [
             await nc.subscribe(

@@ -3,7 +3,8 @@
 Plain values in, plain values out: no NATS here, and time comes from an injected clock.
 A run record goes `queued` → `running` (one `Attempt` each time) → a terminal status; between
 attempts of a flow with retries it is `queued` again with `retry_at` and the last `error`. A run
-that needs no admission (no concurrency limit, overlap `allow`) is created `running` at once.
+that needs no admission (no concurrency limit, overlap `allow`) is created `running` at once, or,
+on the runner's fast path, created only once it has run a moment or ended.
 """
 
 import asyncio

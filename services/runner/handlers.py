@@ -3,6 +3,10 @@
 Exactly one final record per run id, however messages are redelivered or duplicated:
 - the record is created with a KV `create` (the first message to get there owns the run: its
   stream sequence is written into the record); every later change is a compare-and-swap;
+- a fresh start that needs no admission runs at once, before any record: its first record is
+  `running` once it has run `record_running_after` seconds, or its final record if it ends
+  sooner, both written with a KV `create`, so a duplicate that got there first wins and this
+  start's work is dropped (see `runs_unrecorded`);
 - a message is acknowledged only once the run's final record is committed; a runner that dies
   leaves the message unacknowledged, and JetStream hands it to another replica after the ack
   wait, which records the lost attempt and starts a new one;
@@ -43,8 +47,9 @@ from services.runner.executor import (
 )
 from services.runner.flows import FlowRegistry
 from shared import jetstream
-from shared.broker import reject
+from shared.broker import START_DUPLICATE_WINDOW, reject
 from shared.codec import decode, encode
+from shared.ids import minted_at_ms
 from shared.kv_mirror import KvMirror
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,12 @@ RETRY_DELAY = 2.0
 ADMISSION_RETRY = 0.3
 """About how many seconds a run waiting for a slot waits before it asks again."""
 MAX_WRITE_CONFLICTS = 10
+RECORD_RUNNING_AFTER = 0.1
+"""Seconds a fresh start runs before its `running` record is written (`runs_unrecorded`)."""
+FRESH_FOR = START_DUPLICATE_WINDOW.total_seconds() / 2
+"""A start stored within this many seconds of its run id's making cannot have a stored twin
+with the same `Nats-Msg-Id`: JetStream would have dropped it (half the window: clock skew)."""
+MSG_ID = "Nats-Msg-Id"
 
 # Ids become KV keys and subject tokens: no dots, spaces or wildcards.
 _ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -112,6 +123,10 @@ class RunBook:
         run: Run = decode(entry.value, Run)
         return run, entry.revision or 0
 
+    async def current(self, key: str) -> Run | None:
+        found = await self.read(key)
+        return found[0] if found is not None else None
+
     async def create(self, key: str, run: Run) -> int | None:
         """Create the record; None when it exists already."""
         value = encode(run)
@@ -148,19 +163,17 @@ class RunBook:
     async def publish(self, run: Run) -> None:
         """Publish the event of `run`'s current record (call it once the record is committed).
 
-        A final event is stored before this returns (the message is acknowledged after it,
-        and a duplicate start of a finished run publishes it again): a synchronous caller
-        waits for it. A queued or running event only informs, the record being the truth: it
-        is published without waiting for JetStream's answer, which saves a round trip per run.
+        Without waiting for JetStream's answer, final events included: the record is the
+        truth and events only inform, so a round trip per event would buy nothing a reader of
+        the record does not have (a synchronous caller reads the record when its wait ends).
         """
         # One event per status and attempt: a retried publish is stored once.
         event_id = f"{run.id}.{run.status}.{run.attempt}.{len(run.attempts)}"
-        subject = subjects.run_event(run.workspace_id, run.id)
-        headers = {"Nats-Msg-Id": event_id}
-        if run.status in TERMINAL_STATUSES:
-            await self._writer.publish(subject, encode(RunEvent(run=run)), headers)
-        else:
-            await self._nc.publish(subject, encode(RunEvent(run=run)), headers=headers)
+        await self._nc.publish(
+            subjects.run_event(run.workspace_id, run.id),
+            encode(RunEvent(run=run)),
+            headers={MSG_ID: event_id},
+        )
 
 
 class CancelRuns:
@@ -229,6 +242,30 @@ class CancelRuns:
             await msg.respond(encode(reply))
 
 
+class Unrecorded:
+    """A run started before its record exists (`runs_unrecorded`), and what became of
+    the `running` record written once it has run a while."""
+
+    __slots__ = ("key", "owner", "revision", "running", "task", "writing")
+
+    def __init__(self, key: str, running: Run) -> None:
+        self.key = key
+        self.running = running
+        self.task = asyncio.current_task()
+        """The handler's task, which runs the flow."""
+        self.writing: asyncio.Task[None] | None = None
+        """Writing the `running` record (started once the run has gone on for a while)."""
+        self.revision: int | None = None
+        """The `running` record's revision, once written."""
+        self.owner: Run | None = None
+        """The record another start of the run wrote first (then this one's work is dropped)."""
+
+    @property
+    def preempted(self) -> bool:
+        """Whether another start of the run got its record in first."""
+        return self.writing is not None and self.writing.done() and self.revision is None
+
+
 class StartFlow:
     """Handle `flow.start` messages: one final run record per run id."""
 
@@ -245,6 +282,7 @@ class StartFlow:
         runner_id: str = "",
         http: HttpCaller | None = None,
         in_progress_interval: float = IN_PROGRESS_INTERVAL,
+        record_running_after: float = RECORD_RUNNING_AFTER,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._js = js
@@ -257,6 +295,7 @@ class StartFlow:
         self._runner_id = runner_id
         self._http = http
         self.in_progress = InProgress(in_progress_interval)
+        self._record_running_after = record_running_after
         self._rng = rng
         self._working: dict[str, asyncio.Task[None]] = {}
         """The tasks running a flow, by run key."""
@@ -313,6 +352,9 @@ class StartFlow:
         key = subjects.run_key(start.workspace_id, start.run_id)
         sequence = msg.metadata.sequence.stream
         admitted_at_once = not takes_slots(flow, start.trigger_id, start.overlap)
+        if admitted_at_once and runs_unrecorded(msg, start):
+            await self._run_unrecorded(msg, key, start, sequence, flow)
+            return
         record, revision, created = await self._create_or_read(
             key, start, sequence, running=admitted_at_once
         )
@@ -367,22 +409,82 @@ class StartFlow:
         if finished is None:  # cancelled meanwhile: the record is final already
             await msg.ack()
             return
+        await self._conclude(msg, key, finished, revision, flow)
+
+    async def _conclude(
+        self, msg: Msg, key: str, finished: Run, revision: int | None, flow: Flow
+    ) -> None:
+        """Commit what the attempt `finished` made of the run, over `revision` (None: the run
+        has no record yet, so this creates it)."""
         record, delay = conclude(finished, flow, self._rng)
         if delay is None:
             await self._commit_final(msg, key, record, revision, flow)
             return
-        retry_revision, current = await self._book.swap(key, record, revision)
-        if retry_revision is None:
-            await self._lost_the_record(msg, key, current)
-            return
+        if revision is None:
+            if await self._book.create(key, record) is None:
+                await self._preempted(msg, key, await self._book.current(key))
+                return
+        else:
+            retry_revision, current = await self._book.swap(key, record, revision)
+            if retry_revision is None:
+                await self._lost_the_record(msg, key, current)
+                return
         await self._book.publish(record)
         log.info(
             "run %s attempt %d %s; retry in %.1fs", key, finished.attempt, finished.status, delay
         )
         await msg.nak(delay=delay)
 
+    async def _run_unrecorded(
+        self, msg: Msg, key: str, start: FlowStart, sequence: int, flow: Flow
+    ) -> None:
+        """Run the flow now; write its `running` record only if it is still going after
+        `record_running_after` seconds, and its final one with a `create` if it was not."""
+        now = self._clock()
+        run = Unrecorded(key, begin(queued(start, now, sequence), now, self._runner_id))
+        timer = asyncio.get_running_loop().call_later(
+            self._record_running_after, self._record_running, run
+        )
+        try:
+            finished = await self._execute(msg, key, run.running, None, flow, run)
+        finally:
+            timer.cancel()
+        if run.writing is not None:
+            await run.writing  # the record it writes decides between create and swap
+        if run.preempted:
+            await self._preempted(msg, key, run.owner)
+            return
+        if finished is None:  # cancelled on request: the record is final already
+            await msg.ack()
+            return
+        await self._conclude(msg, key, finished, run.revision, flow)
+
+    def _record_running(self, run: Unrecorded) -> None:
+        run.writing = asyncio.create_task(self._write_running(run))
+
+    async def _write_running(self, run: Unrecorded) -> None:
+        """Write the `running` record of a run that is taking a while; if another start of
+        the run has a record already, that one owns the run: stop this one's flow."""
+        revision = await self._book.create(run.key, run.running)
+        if revision is not None:
+            run.revision = revision
+            await self._book.publish(run.running)
+            return
+        run.owner = await self._book.current(run.key)
+        log.info("run %s belongs to another start; stopping this one's flow", run.key)
+        work = self._working.get(run.key)
+        if work is not None and work is run.task:  # still running the flow
+            self._aborted.add(run.key)
+            work.cancel()
+
     async def _execute(
-        self, msg: Msg, key: str, running: Run, revision: int, flow: Flow
+        self,
+        msg: Msg,
+        key: str,
+        running: Run,
+        revision: int | None,
+        flow: Flow,
+        unrecorded: Unrecorded | None = None,
     ) -> Run | None:
         """The attempt's outcome; None if it was cancelled. Shutting down hands it back.
 
@@ -402,20 +504,33 @@ class StartFlow:
             if key in self._aborted and task.cancelling() == 1:
                 task.uncancel()  # cancelled as a run, not stopped as a runner
                 return None
-            with contextlib.suppress(Exception):
-                await self._book.swap(key, interrupted(running, self._clock()), revision)
+            if unrecorded is not None:
+                revision = unrecorded.revision
+                if unrecorded.writing is not None and not unrecorded.writing.done():
+                    unrecorded.writing.cancel()
+            if revision is not None:
+                with contextlib.suppress(Exception):
+                    await self._book.swap(key, interrupted(running, self._clock()), revision)
             raise
         finally:
-            self._working.pop(key, None)
-            self._aborted.discard(key)
+            if self._working.get(key) is task:
+                del self._working[key]
+                self._aborted.discard(key)
 
     async def _commit_final(
-        self, msg: Msg, key: str, final: Run, revision: int, flow: Flow
+        self, msg: Msg, key: str, final: Run, revision: int | None, flow: Flow
     ) -> None:
-        committed, current = await self._book.swap(key, final, revision)
-        if committed is None:
-            await self._lost_the_record(msg, key, current)
-            return
+        """Commit the final record over `revision` (None: create it), publish its event and
+        acknowledge the message."""
+        if revision is None:
+            if await self._book.create(key, final) is None:
+                await self._preempted(msg, key, await self._book.current(key))
+                return
+        else:
+            committed, current = await self._book.swap(key, final, revision)
+            if committed is None:
+                await self._lost_the_record(msg, key, current)
+                return
         await self._book.publish(final)
         if takes_slots(flow, final.trigger_id, final.overlap):
             await self._admission.release(
@@ -433,6 +548,19 @@ class StartFlow:
         # Another delivery of this message took over (ours outlived its ack wait): it owns
         # the run now, and its ack is the one that counts.
         log.warning("run %s was taken over by another attempt; leaving it to that one", key)
+
+    async def _preempted(self, msg: Msg, key: str, current: Run | None) -> None:
+        """A start that ran before its record existed found one when it wrote: the start
+        that wrote it owns the run, and this one's work is dropped unpublished."""
+        if (
+            current is not None
+            and current.status not in TERMINAL_STATUSES
+            and current.start_sequence == msg.metadata.sequence.stream
+        ):
+            await self._lost_the_record(msg, key, current)  # our own message, redelivered
+            return
+        log.info("run %s belongs to another start; dropping this one's result", key)
+        await msg.ack()
 
     async def _find_flow(self, workspace_id: str, flow_id: str) -> Flow | None:
         key = subjects.record_key(workspace_id, flow_id)
@@ -476,3 +604,27 @@ def _is_duplicate(record: Run, msg: Msg, sequence: int) -> bool:
         return record.start_sequence != sequence
     # A record from before start sequences were kept: only a first delivery can be a copy.
     return bool(msg.metadata.num_delivered == 1)
+
+
+def runs_unrecorded(msg: Msg, start: FlowStart) -> bool:
+    """Whether this start (of a run that needs no admission) runs before its record exists.
+
+    Only a first delivery published with `Nats-Msg-Id` = its run id (as the `FlowStart`
+    contract asks) within `FRESH_FOR` of the run id's making. No earlier start of the run
+    carrying the same `Nats-Msg-Id` can be stored (JetStream dropped it, or this one), so
+    reading the record first would be a round trip for nothing; a later one comes after the
+    duplicate window, is not fresh and reads the record. It finds none only while this start
+    is in its first `record_running_after` seconds: then both run the flow, and the `create`
+    of the first record keeps exactly one of them. A start of the run published with another
+    `Nats-Msg-Id` (against the contract) may run the flow again; it still leaves one record.
+    Everything that is not fresh, redeliveries included, reads the record first.
+    """
+    metadata = msg.metadata
+    if metadata.num_delivered != 1 or not msg.headers:
+        return False
+    if msg.headers.get(MSG_ID) != start.run_id:
+        return False
+    minted = minted_at_ms(start.run_id)
+    if minted is None:
+        return False
+    return metadata.timestamp.timestamp() - minted / 1000 < FRESH_FOR

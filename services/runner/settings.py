@@ -23,6 +23,10 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     one to start sets it on the shared consumer."""
     runner_stop_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """Seconds a stopping runner (SIGTERM) lets its runs finish before handing them back."""
+    runner_record_running_after: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    """Seconds a fresh start that needs no admission runs before its `running` record is
+    written: a run that ends sooner gets one write, its final record (see the README's
+    "Exactly one final run per accepted start")."""
     runner_http_allowed_networks: str = ""
     """Comma-separated networks (CIDR) HTTP flows may call although they are loopback,
     private or link-local, such as `10.0.0.0/8,127.0.0.1/32`. Empty: public addresses only."""

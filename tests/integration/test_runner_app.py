@@ -42,6 +42,21 @@ def count(input: Any, context: FlowContext) -> int:
     return calls[context.run_id]
 
 
+stopped: set[str] = set()
+"""Run ids whose `nap` flow was cancelled."""
+
+
+@functions.flow("nap")
+async def nap(input: Any, context: FlowContext) -> float:
+    """Sleep `input` seconds."""
+    try:
+        await asyncio.sleep(float(input))
+    except asyncio.CancelledError:
+        stopped.add(context.run_id)
+        raise
+    return float(input)
+
+
 @contextlib.asynccontextmanager
 async def started_runner(nats_url: str) -> AsyncIterator[RunnerApp]:
     app = create_app(RunnerSettings(nats_url=nats_url, runner_concurrency=4), functions=functions)
@@ -158,7 +173,7 @@ async def statuses_of(events: Subscription) -> tuple[list[str], Run]:
     return statuses, event.run
 
 
-async def test_a_run_that_needs_no_admission_is_recorded_running_at_once_then_final(
+async def test_a_fresh_run_that_needs_no_admission_and_ends_at_once_gets_one_write_its_final(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
     flow = await put_flow(js, "echo")
@@ -168,9 +183,67 @@ async def test_a_run_that_needs_no_admission_is_recorded_running_at_once_then_fi
     await publish(js, start)
 
     statuses, final = await statuses_of(events)
-    assert statuses == ["running", "succeeded"]
+    assert statuses == ["succeeded"]
     assert final.result == "hi"
     assert final.queued_at == final.started_at
+    assert [a.outcome for a in final.attempts] == ["succeeded"]
+
+
+async def test_a_fresh_run_still_going_after_a_moment_is_recorded_running_then_final(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "nap")
+    start = start_of(flow, 0.4)
+    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+
+    await publish(js, start)
+
+    statuses, final = await statuses_of(events)
+    assert statuses == ["running", "succeeded"]
+    assert final.result == 0.4
+    assert final.queued_at == final.started_at
+
+
+async def test_a_fresh_start_of_a_run_recorded_meanwhile_drops_its_result_unpublished(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    # Another start of the run (published with another Nats-Msg-Id) got its record in first.
+    flow = await put_flow(js, "echo")
+    start = start_of(flow, "mine")
+    now = datetime.now(UTC)
+    theirs = msgspec.structs.replace(
+        begin(queued(start, now, 1), now), status="succeeded", result="theirs"
+    )
+    runs = await js.key_value(subjects.RUNS_BUCKET)
+    key = subjects.run_key(flow.workspace_id, start.run_id)
+    await runs.create(key, encode(theirs))
+    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+
+    sequence = await publish(js, start)
+
+    await handled(js, sequence)
+    assert decode((await runs.get(key)).value or b"", Run) == theirs
+    with pytest.raises(Exception, match="timeout"):
+        await events.next_msg(timeout=0.2)
+    await events.unsubscribe()
+
+
+async def test_a_fresh_start_that_finds_another_start_s_record_stops_its_flow(
+    js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "nap")
+    start = start_of(flow, 30)
+    now = datetime.now(UTC)
+    theirs = begin(queued(start, now, 1), now, "another-runner")
+    runs = await js.key_value(subjects.RUNS_BUCKET)
+    key = subjects.run_key(flow.workspace_id, start.run_id)
+    await runs.create(key, encode(theirs))
+
+    sequence = await publish(js, start)
+
+    await handled(js, sequence)
+    assert start.run_id in stopped
+    assert decode((await runs.get(key)).value or b"", Run) == theirs
 
 
 async def test_a_run_that_waits_for_admission_is_queued_first(

@@ -2,7 +2,11 @@
 
 import asyncio
 
-from services.runner.handlers import InProgress
+from nats.aio.msg import Msg
+
+from contracts.runs import FlowStart
+from services.runner.handlers import FRESH_FOR, InProgress, runs_unrecorded
+from shared.ids import new_id
 
 
 class FakeMsg:
@@ -31,3 +35,52 @@ async def test_a_message_is_kept_in_progress_while_its_run_lasts_and_not_after()
 
     assert msg.beats == beats
     assert idle.beats == 0
+
+
+def delivery(
+    start: FlowStart, *, delivered: int = 1, stored_at_ms: int, msg_id: str | None = None
+) -> Msg:
+    """A `flow.start` message as JetStream delivers it (the ack subject carries the metadata)."""
+    reply = f"$JS.ACK.FLOW_STARTS.runner.{delivered}.7.7.{stored_at_ms * 1_000_000}.0"
+    headers = {"Nats-Msg-Id": msg_id or start.run_id}
+    return Msg(_client=None, subject="flow.start", reply=reply, headers=headers)  # type: ignore[arg-type]
+
+
+def start_minted_at(ms: int) -> FlowStart:
+    return FlowStart(run_id=new_id("run", now_ms=ms), workspace_id="ws_1", flow_id="flw_1")
+
+
+NOW_MS = 1_800_000_000_000
+
+
+def test_a_fresh_first_delivery_keyed_by_its_run_id_runs_before_its_record_exists() -> None:
+    start = start_minted_at(NOW_MS)
+
+    assert runs_unrecorded(delivery(start, stored_at_ms=NOW_MS + 20), start)
+
+
+def test_a_redelivery_reads_the_record_first() -> None:
+    start = start_minted_at(NOW_MS)
+
+    assert not runs_unrecorded(delivery(start, delivered=2, stored_at_ms=NOW_MS), start)
+
+
+def test_a_start_keyed_by_another_message_id_reads_the_record_first() -> None:
+    start = start_minted_at(NOW_MS)
+    msg = delivery(start, stored_at_ms=NOW_MS, msg_id="trg_1:2026-01-01T00:00:00Z")
+
+    assert not runs_unrecorded(msg, start)
+
+
+def test_a_start_published_long_after_its_run_id_was_made_reads_the_record_first() -> None:
+    # A twin of it published over the duplicate window earlier would not have been dropped.
+    start = start_minted_at(NOW_MS)
+    late = NOW_MS + int(FRESH_FOR * 1000) + 1
+
+    assert not runs_unrecorded(delivery(start, stored_at_ms=late), start)
+
+
+def test_a_run_id_this_project_did_not_make_reads_the_record_first() -> None:
+    start = FlowStart(run_id="my-own-run-42", workspace_id="ws_1", flow_id="flw_1")
+
+    assert not runs_unrecorded(delivery(start, stored_at_ms=NOW_MS), start)
