@@ -207,17 +207,24 @@ async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
     await fresh_state(nc)
     js = nc.jetstream()
     triggers = [trigger(CronSchedule(cron=f"{i % 60} * * * * *")) for i in range(n)]
-    herd_at = now().replace(microsecond=0) + timedelta(seconds=measure + 8)
-    herd = [trigger(OnceSchedule(at=herd_at)) for _ in range(h)]
     began = time.monotonic()
-    base = now()
     heap: list[tuple[datetime, int]] = []
     iterators = []
     for index, item in enumerate(triggers):
         assert isinstance(item.schedule, CronSchedule)
-        iterator = croniter(item.schedule.cron, base, second_at_beginning=True)
+        iterator = croniter(item.schedule.cron, now(), second_at_beginning=True)
         iterators.append(iterator)
         heap.append((iterator.get_next(datetime), index))
+    # The clock base comes after the build: the fires that fell due while building are moved
+    # on to their next occurrence (as the scheduler's startup parks the next one), not counted
+    # as late.
+    base = now().replace(microsecond=0) + timedelta(seconds=3)
+    for position, (scheduled, index) in enumerate(heap):
+        while scheduled < base:
+            scheduled = iterators[index].get_next(datetime)
+        heap[position] = (scheduled, index)
+    herd_at = base + timedelta(seconds=measure + 8)
+    herd = [trigger(OnceSchedule(at=herd_at)) for _ in range(h)]
     for index in range(h):
         heap.append((herd_at, n + index))
     heapq.heapify(heap)
