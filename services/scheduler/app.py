@@ -198,7 +198,7 @@ class SchedulerApp:
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Connect, follow the triggers, reconcile the parked timers, then consume ticks."""
+        """Connect, follow the triggers, consume ticks and reconcile the parked timers."""
         self._nc = await broker.connect(self._settings.nats_url, SERVICE)
         js = self._js = self._nc.jetstream()
         await broker.ensure_topology(js, self._settings.nats_replicas)
@@ -221,8 +221,11 @@ class SchedulerApp:
             supervised("scheduler trigger mirror", mirror.follow)
         )
         await mirror.ready.wait()
-        await self._scheduler.reconcile()
+        # Ticks are handled while the timers are reconciled: at 100,000 triggers parking takes
+        # seconds, and the first timers parked go off meanwhile. Both sides take the trigger's
+        # lock and park the same next occurrence, so the order between them does not matter.
         self._consume_task = asyncio.create_task(supervised("scheduler tick loop", self._consume))
+        await self._scheduler.reconcile()
         self._run_events_task = asyncio.create_task(
             supervised("scheduler run events", self._follow_run_events)
         )

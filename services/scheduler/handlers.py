@@ -25,6 +25,7 @@ Resuming a paused trigger decides the occurrences of the pause the same way.
 """
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections import deque
@@ -121,6 +122,7 @@ def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
     return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
 
 
+@functools.lru_cache(maxsize=4096)  # a fire's start and its ledger entry both need it
 def fire_run_id(trigger_id: str, scheduled_at: datetime) -> str:
     """The run id of the fire at `scheduled_at` (the same on every replica and every retry)."""
     scheduled_ms = int(scheduled_at.timestamp() * 1000)
@@ -567,16 +569,18 @@ class Scheduler:
         assert schedule is not None
         now = self._clock()
         starts = [decision for decision in decisions if decision.starts]
-        try:
-            await asyncio.gather(
-                *(
-                    self._starts.publish(
-                        flow_start(trigger, decision.occurrence.scheduled_at, now),
-                        fire_key(trigger.id, decision.occurrence.scheduled_at),
-                    )
-                    for decision in starts
-                )
+        publishes = [
+            self._starts.publish(
+                flow_start(trigger, decision.occurrence.scheduled_at, now),
+                fire_key(trigger.id, decision.occurrence.scheduled_at),
             )
+            for decision in starts
+        ]
+        try:
+            if len(publishes) == 1:
+                await publishes[0]  # the usual case: no task to wrap it in
+            else:
+                await asyncio.gather(*publishes)
         except BaseException:
             if then is not None:
                 then.close()  # never started: nothing to undo
