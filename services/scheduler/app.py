@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NotFoundError
 
 from contracts import subjects
@@ -36,6 +36,8 @@ FETCH_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
 """Seconds `stop` waits for ticks and timer updates in flight before giving up on them."""
 RUN_EVENT_ACK_WAIT = 30.0
+PUBLISH_TIMEOUT = 5.0
+"""Seconds a publish waits for its JetStream acknowledgement before the work is retried."""
 PARKED_SCAN_BATCH = 1000
 """Parked timers one pull reads when the scheduler lists them at startup."""
 PARKED_SCAN_INACTIVE = 30.0
@@ -50,6 +52,19 @@ def at_header(scheduled_at: datetime) -> str:
     return f"@at {moment:%Y-%m-%dT%H:%M:%SZ}"
 
 
+async def stored(
+    js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str]
+) -> PubAck:
+    """Publish to JetStream and wait for the stream's acknowledgement (raising without one).
+
+    `publish_async` with one deadline costs about a third less CPU than `js.publish` (a
+    request with its own reply subscription per message), and a fire makes three of these.
+    The deadline cancels the pending ack, which frees its slot among the pending publishes.
+    """
+    ack = await js.publish_async(subject, payload, headers=headers)
+    return await asyncio.wait_for(ack, PUBLISH_TIMEOUT)
+
+
 class JetStreamTimers:
     """`Timers` as NATS message schedules: one `@at` message per trigger on its timer subject.
 
@@ -61,7 +76,8 @@ class JetStreamTimers:
         self._js = js
 
     async def park(self, tick: ScheduleTick) -> None:
-        await self._js.publish(
+        await stored(
+            self._js,
             subjects.schedule_timer(tick.trigger_id),
             encode(tick),
             headers={
@@ -132,9 +148,7 @@ class JetStreamStarts:
         self._js = js
 
     async def publish(self, start: FlowStart, msg_id: str) -> None:
-        ack = await self._js.publish(
-            subjects.FLOW_START, encode(start), headers={"Nats-Msg-Id": msg_id}
-        )
+        ack = await stored(self._js, subjects.FLOW_START, encode(start), {"Nats-Msg-Id": msg_id})
         log.debug("start %s for %s stored (duplicate: %s)", start.run_id, msg_id, ack.duplicate)
 
 
@@ -150,10 +164,11 @@ class JetStreamLedger:
 
     async def record(self, entry: FireRecord) -> None:
         msg_id = f"{fire_key(entry.trigger_id, entry.scheduled_at)}:{entry.status}"
-        await self._js.publish(
+        await stored(
+            self._js,
             subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
             encode(entry),
-            headers={"Nats-Msg-Id": msg_id},
+            {"Nats-Msg-Id": msg_id},
         )
 
 
