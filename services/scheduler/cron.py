@@ -21,6 +21,7 @@ applies. `start` and `end` bound every kind: nothing fires before `start`; the f
 after `end` is yielded once with `skip="after_end"`, and then nothing more.
 """
 
+import functools
 import hashlib
 import heapq
 import re
@@ -134,6 +135,15 @@ def _validate_recurrence(schedule: Schedule) -> str | None:
     return None
 
 
+def _recurrence_problem(schedule: Schedule) -> str | None:
+    """`_validate_recurrence`, with the costly cron check cached per expression (every tick
+    lists occurrences, and probing an expression runs croniter)."""
+    if isinstance(schedule, CronSchedule):
+        return _validate_cron(schedule.cron)
+    return _validate_recurrence(schedule)
+
+
+@functools.lru_cache(maxsize=4096)
 def _validate_cron(expression: str) -> str | None:
     fields = expression.split()
     if len(fields) not in (5, 6):
@@ -165,7 +175,7 @@ def occurrences(schedule: Schedule, after: datetime) -> Iterator[Occurrence]:
     """
     if after.tzinfo is None or after.utcoffset() is None:
         raise ValueError("occurrences needs an aware datetime")
-    problem = _validate_recurrence(schedule)
+    problem = _recurrence_problem(schedule)
     if problem is not None:
         raise InvalidSchedule(problem)
     zone = _zone(schedule.timezone)
@@ -262,10 +272,7 @@ def _wall_clock(schedule: Schedule, after: datetime, zone: ZoneInfo) -> Iterator
     if repeated:
         # `after` lies in a repeated hour: wall times before it may still come (second pass).
         wall -= repeated
-    try:
-        walls = croniter(expression, wall, second_at_beginning=six)
-    except (CroniterError, ValueError, TypeError, KeyError) as error:
-        raise InvalidSchedule(_validate_cron(expression) or str(error)) from error
+    walls = _compiled(expression, six)
     # Instants come out of the wall-time order slightly shuffled around a repeat (02:45 of
     # the first pass is before 02:00 of the second): a small heap puts them back in order.
     # Earliest instants of successive wall times never go backwards, so everything in the heap
@@ -273,9 +280,11 @@ def _wall_clock(schedule: Schedule, after: datetime, zone: ZoneInfo) -> Iterator
     pending: list[tuple[datetime, int, Occurrence]] = []
     counter = 0
     last: datetime | None = None
+    candidate = wall
     while True:
         try:
-            candidate: datetime = walls.get_next(datetime)
+            # The compiled expression is shared: each call says where this walk stands.
+            candidate = walls.get_next(datetime, start_time=candidate)
         except CroniterBadDateError:
             break
         resolved = _resolve(candidate, zone, schedule.dst_gap, twice)
@@ -296,6 +305,15 @@ def _wall_clock(schedule: Schedule, after: datetime, zone: ZoneInfo) -> Iterator
         if occurrence.scheduled_at > after and (last is None or occurrence.scheduled_at > last):
             last = occurrence.scheduled_at
             yield occurrence
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(expression: str, six: bool) -> croniter:
+    """The parsed expression, shared by every walk over it (parsing costs more than a step)."""
+    try:
+        return croniter(expression, _PROBE_START, second_at_beginning=six)
+    except (CroniterError, ValueError, TypeError, KeyError) as error:
+        raise InvalidSchedule(_validate_cron(expression) or str(error)) from error
 
 
 def _resolve(wall: datetime, zone: ZoneInfo, gap: str, twice: bool) -> list[Occurrence]:
@@ -393,6 +411,7 @@ def _clock(at: str) -> tuple[int, int, int]:
     return int(found[1]), int(found[2]), int(found[3] or 0)
 
 
+@functools.lru_cache(maxsize=1024)
 def _zone(name: str) -> ZoneInfo:
     try:
         if name in _MACHINE_DEPENDENT_ZONES:

@@ -25,6 +25,7 @@ Resuming a paused trigger decides the occurrences of the pause the same way.
 """
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections import deque
@@ -88,6 +89,9 @@ class Timers(Protocol):
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         """The trigger's parked timer, or None if there is none."""
 
+    async def parked_versions(self) -> dict[str, int]:
+        """Every parked timer, as trigger id -> the trigger version it was computed from."""
+
     async def cancel(self, trigger_id: str) -> None:
         """Remove the trigger's timer (and any tick of it not yet handled)."""
 
@@ -118,6 +122,7 @@ def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
     return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
 
 
+@functools.lru_cache(maxsize=4096)  # a fire's start and its ledger entry both need it
 def fire_run_id(trigger_id: str, scheduled_at: datetime) -> str:
     """The run id of the fire at `scheduled_at` (the same on every replica and every retry)."""
     scheduled_ms = int(scheduled_at.timestamp() * 1000)
@@ -167,6 +172,10 @@ class Due:
     unlisted: int = 0
     unlisted_from: datetime | None = None
     unlisted_until: datetime | None = None
+    upcoming: Occurrence | None = None
+    """The first occurrence not yet due (the next timer to park), or None when there is none
+    (or, with `upcoming_known` False, when the scan stopped before finding it)."""
+    upcoming_known: bool = True
 
 
 def scan_due(
@@ -182,7 +191,7 @@ def scan_due(
     iterator = cron.occurrences(schedule, max(after, first.scheduled_at))
     for occurrence in iterator:
         if occurrence.scheduled_at + jitter > now:
-            return Due(listed)
+            return Due(listed, upcoming=occurrence)
         listed.append(occurrence)
         last = occurrence.scheduled_at
         if len(listed) >= MAX_LISTED:
@@ -194,8 +203,14 @@ def scan_due(
     tail_from = max(last, now - jitter - spacing * (MAX_CATCH_UP + 2))
     skipped_from = last
     tail: deque[Occurrence] = deque(maxlen=MAX_CATCH_UP + 1)
+    upcoming: Occurrence | None = None
+    upcoming_known = True
     for count, occurrence in enumerate(cron.occurrences(schedule, tail_from)):
-        if occurrence.scheduled_at + jitter > now or count > 10 * MAX_LISTED:
+        if occurrence.scheduled_at + jitter > now:
+            upcoming = occurrence
+            break
+        if count > 10 * MAX_LISTED:
+            upcoming_known = False
             break
         tail.append(occurrence)
     unlisted_until = tail[0].scheduled_at if tail else now
@@ -205,6 +220,8 @@ def scan_due(
         unlisted=between,
         unlisted_from=skipped_from,
         unlisted_until=unlisted_until,
+        upcoming=upcoming,
+        upcoming_known=upcoming_known,
     )
 
 
@@ -291,7 +308,7 @@ class Scheduler:
         *,
         ledger: Ledger,
         clock: Clock = now_utc,
-        concurrency: int = 64,
+        concurrency: int = 512,
         misfire_after: float = 10.0,
     ) -> None:
         self._triggers = triggers
@@ -351,13 +368,23 @@ class Scheduler:
         is never parked again. That costs one wasted tick instead of listing every timer.
         """
         self._following = True
-        trigger_ids = iter([t.id for t in self._triggers.values() if armed_schedule(t)])
+        # One pass over every parked timer rather than a lookup per trigger; a timer that goes
+        # off meanwhile has its tick handled, which parks the next one.
+        parked = await self._timers.parked_versions()
+        trigger_ids = iter(
+            [
+                trigger.id
+                for trigger in self._triggers.values()
+                if armed_schedule(trigger) and parked.get(trigger.id) != trigger.version
+            ]
+        )
         failures: list[str] = []
 
         async def work() -> None:
             for trigger_id in trigger_ids:
                 try:
-                    await self.ensure_parked(trigger_id)
+                    async with self._lock(trigger_id):
+                        await self._park_current(trigger_id, self._clock())
                 except Exception:
                     log.exception("could not park the timer of trigger %s", trigger_id)
                     failures.append(trigger_id)
@@ -457,14 +484,33 @@ class Scheduler:
             misfire_after=self._misfire_after,
             on_time=frozenset({tick.scheduled_at}) if redelivered else frozenset(),
         )
-        await self._carry_out(trigger, decisions, due)
+        # The start is stored first; the ledger entries and the next timer then go out
+        # together, and the caller acks the tick only once all of them are acknowledged: a
+        # failed start parks nothing (a parked timer would replace the tick before its retry)
+        # and records nothing it did not do.
+        await self._carry_out(
+            trigger, decisions, due, then=self._park_next(trigger, tick, due, now)
+        )
+        return "started"
+
+    async def _park_next(
+        self, trigger: Trigger, tick: ScheduleTick, due: Due, now: datetime
+    ) -> None:
+        """Park the occurrence after those `fire` decided, unless the trigger changed meanwhile
+        (its change parks the timer of the new version) or the schedule is over."""
         if tick.skip == "after_end":
-            return "started"  # nothing more to park: the schedule is over
+            return  # nothing more to park: the schedule is over
         async with self._lock(trigger.id):
             current = self._triggers.get(trigger.id)
-            if current is not None and current.version == tick.trigger_version:
+            if current is None or current.version != tick.trigger_version:
+                return
+            if not due.upcoming_known:
                 await self._park_current(trigger.id, due.listed[-1].scheduled_at)
-        return "started"
+                return
+            if due.upcoming is not None:
+                # Even if it fell due while the start was stored, it is parked (and goes off
+                # at once), so a busy scheduler fires it late rather than never.
+                await self._timers.park(self._tick(trigger, due.upcoming))
 
     async def record_overlap_skip(self, run: Run) -> None:
         """Ledger entry for a schedule fire whose run the runner skipped by overlap policy."""
@@ -509,21 +555,36 @@ class Scheduler:
 
     # --- Internals -------------------------------------------------------------------------
 
-    async def _carry_out(self, trigger: Trigger, decisions: list[Decision], due: Due) -> None:
-        """Store the starts (raising if one fails), then record every decision."""
+    async def _carry_out(
+        self,
+        trigger: Trigger,
+        decisions: list[Decision],
+        due: Due,
+        *,
+        then: Coroutine[Any, Any, None] | None = None,
+    ) -> None:
+        """Store the starts (raising if one fails), then record every decision and run `then`
+        concurrently with the ledger writes."""
         schedule = trigger.schedule
         assert schedule is not None
         now = self._clock()
         starts = [decision for decision in decisions if decision.starts]
-        await asyncio.gather(
-            *(
-                self._starts.publish(
-                    flow_start(trigger, decision.occurrence.scheduled_at, now),
-                    fire_key(trigger.id, decision.occurrence.scheduled_at),
-                )
-                for decision in starts
+        publishes = [
+            self._starts.publish(
+                flow_start(trigger, decision.occurrence.scheduled_at, now),
+                fire_key(trigger.id, decision.occurrence.scheduled_at),
             )
-        )
+            for decision in starts
+        ]
+        try:
+            if len(publishes) == 1:
+                await publishes[0]  # the usual case: no task to wrap it in
+            else:
+                await asyncio.gather(*publishes)
+        except BaseException:
+            if then is not None:
+                then.close()  # never started: nothing to undo
+            raise
         entries = [self._entry(trigger, decision, now) for decision in decisions]
         if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
             log.warning(
@@ -540,7 +601,8 @@ class Scheduler:
                 f" {due.unlisted_until.isoformat()} are not listed one by one",
             )
             entries[MAX_LISTED - 1] = summary
-        await asyncio.gather(*(self._ledger.record(entry) for entry in entries))
+        records = [self._ledger.record(entry) for entry in entries]
+        await asyncio.gather(*records, *([then] if then is not None else []))
         for decision in decisions:
             if decision.status != "started":
                 log.info(
@@ -583,18 +645,24 @@ class Scheduler:
             after = now - jitter
         occurrence = next(iter(cron.occurrences(schedule, after)), None)
         if occurrence is None:
-            log.info("trigger %s has no occurrence after %s", trigger_id, after.isoformat())
+            log.debug("trigger %s has no occurrence after %s", trigger_id, after.isoformat())
             return False
-        tick = ScheduleTick(
-            trigger_id=trigger_id,
+        await self._timers.park(self._tick(trigger, occurrence))
+        return True
+
+    @staticmethod
+    def _tick(trigger: Trigger, occurrence: Occurrence) -> ScheduleTick:
+        """The timer of `trigger`'s `occurrence` (its jitter added to when it goes off)."""
+        assert trigger.schedule is not None
+        jitter = cron.jitter_offset(trigger.id, trigger.schedule.jitter)
+        return ScheduleTick(
+            trigger_id=trigger.id,
             trigger_version=trigger.version,
             scheduled_at=occurrence.scheduled_at,
             due_at=occurrence.scheduled_at + jitter if jitter else None,
             skip=occurrence.skip,
             note=occurrence.note,
         )
-        await self._timers.park(tick)
-        return True
 
     async def _retrying(self, work: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         backoff = 0.1

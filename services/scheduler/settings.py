@@ -10,6 +10,9 @@ class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Replicas of the streams and buckets this service creates; 3 in production."""
     tick_batch: int = 256
     """Most due ticks one fetch takes from the shared `scheduler` consumer (`TICK_BATCH`)."""
+    ticks_in_flight: int = 1024
+    """Most ticks one replica handles at once (`TICKS_IN_FLIGHT`); their publishes are
+    pipelined on the one connection. Ticks beyond it wait in the stream for any replica."""
     tick_retry_delay: float = 1.0
     """Seconds before a tick whose handling failed is delivered again (`TICK_RETRY_DELAY`)."""
     misfire_after: float = 10.0

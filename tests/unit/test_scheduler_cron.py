@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from contracts.registry import CronSchedule
-from services.scheduler.cron import InvalidSchedule, next_fire, validate
+from services.scheduler.cron import InvalidSchedule, next_fire, occurrences, validate
 
 
 def at(text: str) -> datetime:
@@ -185,3 +185,17 @@ def test_next_fire_of_an_invalid_schedule_raises_with_the_validation_message():
         next_fire(CronSchedule(cron="61 * * * *"), at("2026-01-01T00:00:00Z"))
     with pytest.raises(InvalidSchedule, match="unknown time zone 'Nowhere/City'"):
         next_fire(CronSchedule(cron="* * * * *", timezone="Nowhere/City"), at("2026-01-01T00:00Z"))
+
+
+def test_walks_over_the_same_expression_interleaved_stay_independent():
+    # The parsed expression is cached and shared; each walk keeps its own position.
+    schedule = CronSchedule(cron="*/15 * * * *")
+    morning = occurrences(schedule, at("2026-01-01T10:00:00Z"))
+    evening = occurrences(schedule, at("2026-01-01T20:00:00Z"))
+    steps = [next(morning), next(evening), next(morning), next(evening)]
+    assert [step.scheduled_at.strftime("%H:%M") for step in steps] == [
+        "10:15",
+        "20:15",
+        "10:30",
+        "20:30",
+    ]

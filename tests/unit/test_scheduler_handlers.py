@@ -47,6 +47,9 @@ class FakeTimers:
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         return self.parked_ticks.get(trigger_id)
 
+    async def parked_versions(self) -> dict[str, int]:
+        return {key: tick.trigger_version for key, tick in self.parked_ticks.items()}
+
     async def cancel(self, trigger_id: str) -> None:
         self.cancels.append(trigger_id)
         self.parked_ticks.pop(trigger_id, None)
