@@ -107,51 +107,70 @@ class KvMirror(Generic[V]):
         last = info.state.last_seq
         if last <= received or received != before:
             return False
-        try:  # the newest message may be gone (purged markers): then nothing was missed
-            await self._kv._js.get_msg(self._kv._stream, seq=last)
-        except NotFoundError:
-            return False
-        return True
+        # The newest message may be gone (purged markers): then nothing was missed.
+        return await self._exists(last)
 
     async def _watch(self) -> None:
+        # nats-py can put its end-of-replay marker before the replay (it counts what is pending
+        # after delivery has begun), so the replay also waits for the newest write that existed
+        # when the watch started.
+        info = await self._kv._js.stream_info(self._kv._stream)
+        replay_until = info.state.last_seq
+        newest_exists: bool | None = None
         watcher = await self._kv.watchall()
         replay: dict[str, V] | None = {}
         replay_revision = 0
+        marker_seen = False
         try:
             async for entry in watcher:
-                if entry is None:  # end of the initial replay
-                    if replay is not None:
-                        self._swap(replay)
-                        self._revision = max(self._revision, replay_revision)
-                        replay = None
-                        self._advanced.set()
-                    continue
-                self._received = max(self._received, entry.revision)
-                value: V | None = None
-                if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
-                    try:
-                        value = self._decoder.decode(entry.value)
-                    except msgspec.DecodeError as error:
-                        log.error(
-                            "skipping undecodable %s/%s: %s", self._kv._name, entry.key, error
-                        )
-                        self._revision = max(self._revision, entry.revision)
-                        continue
-                key = self._key_of(entry.key)
-                if replay is not None:
-                    if value is None:
-                        replay.pop(key, None)
-                    else:
-                        replay[key] = value
-                    # Counted only once the replay is swapped in, so `catch_up` cannot report
-                    # a revision that readers do not see yet.
-                    replay_revision = max(replay_revision, entry.revision)
+                if entry is None:
+                    marker_seen = True
                 else:
-                    self._apply(key, value)
-                    self._revision = max(self._revision, entry.revision)
+                    self._received = max(self._received, entry.revision)
+                    key, value, decoded = self._read(entry)
+                    if replay is not None:
+                        if decoded:
+                            if value is None:
+                                replay.pop(key, None)
+                            else:
+                                replay[key] = value
+                        # Counted only once the replay is swapped in, so `catch_up` cannot
+                        # report a revision that readers do not see yet.
+                        replay_revision = max(replay_revision, entry.revision)
+                    else:
+                        if decoded:
+                            self._apply(key, value)
+                        self._revision = max(self._revision, entry.revision)
+                        self._advanced.set()
+                if replay is None or not marker_seen:
+                    continue
+                if replay_revision < replay_until and newest_exists is None:
+                    newest_exists = await self._exists(replay_until)
+                if replay_revision >= replay_until or not newest_exists:
+                    self._swap(replay)
+                    self._revision = max(self._revision, replay_revision)
+                    replay = None
                     self._advanced.set()
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _read(self, entry: KeyValue.Entry) -> tuple[str, V | None, bool]:
+        """The mirror key, the value (None when deleted), and whether it could be decoded."""
+        key = self._key_of(entry.key)
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            return key, None, True
+        try:
+            return key, self._decoder.decode(entry.value), True
+        except msgspec.DecodeError as error:
+            log.error("skipping undecodable %s/%s: %s", self._kv._name, entry.key, error)
+            return key, None, False
+
+    async def _exists(self, sequence: int) -> bool:
+        try:
+            await self._kv._js.get_msg(self._kv._stream, seq=sequence)
+        except NotFoundError:
+            return False
+        return True
 
     def _swap(self, fresh: dict[str, V]) -> None:
         old = self._values

@@ -1,0 +1,76 @@
+"""KvMirror's end of replay, with a watch that marks it too early (as nats-py can under load)."""
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from nats.js.kv import KeyValue
+
+from shared.kv_mirror import KvMirror
+
+
+class EarlyMarkerWatch:
+    """Yields the end-of-replay marker first, then the replay, then blocks like a live watch."""
+
+    def __init__(self, entries: list[KeyValue.Entry]) -> None:
+        self._items: list[KeyValue.Entry | None] = [None, *entries]
+        self.stopped = False
+
+    def __aiter__(self) -> "EarlyMarkerWatch":
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry | None:
+        if self._items:
+            await asyncio.sleep(0)
+            return self._items.pop(0)
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeBucket:
+    """Just what KvMirror reads of a nats-py KeyValue."""
+
+    def __init__(self, values: dict[str, bytes]) -> None:
+        self._name = "fake"
+        self._stream = "KV_fake"
+        self.entries = [
+            KeyValue.Entry("fake", key, value, revision, 0, None, None)
+            for revision, (key, value) in enumerate(values.items(), start=1)
+        ]
+
+        async def stream_info(_: str) -> Any:
+            return SimpleNamespace(state=SimpleNamespace(last_seq=len(self.entries)))
+
+        async def get_msg(_: str, seq: int) -> Any:
+            return self.entries[seq - 1]
+
+        self._js = SimpleNamespace(stream_info=stream_info, get_msg=get_msg)
+
+    async def watchall(self) -> EarlyMarkerWatch:
+        return EarlyMarkerWatch(list(self.entries))
+
+
+async def test_a_mirror_is_ready_only_once_the_replay_has_really_arrived() -> None:
+    bucket = FakeBucket({"a": b'"one"', "b": b'"two"', "c": b'"three"'})
+    mirror: KvMirror[str] = KvMirror(bucket, str)  # type: ignore[arg-type]
+    follower = asyncio.create_task(mirror.follow())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 5)
+        assert {key: mirror.get(key) for key in "abc"} == {"a": "one", "b": "two", "c": "three"}
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
+async def test_an_empty_bucket_is_ready_at_the_marker() -> None:
+    mirror: KvMirror[str] = KvMirror(FakeBucket({}), str)  # type: ignore[arg-type]
+    follower = asyncio.create_task(mirror.follow())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 5)
+        assert len(mirror) == 0
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
