@@ -1,6 +1,7 @@
 """Keep long-running loops alive: a loop that fails or ends is logged and started again."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,3 +31,12 @@ async def supervised(
             log.exception("%s failed; restarting in %.1fs", name, backoff)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` (if any) and wait until it has finished."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -24,7 +24,7 @@ from shared.ids import new_id
 from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
 from shared.pull import Puller
-from shared.supervise import supervised
+from shared.supervise import cancel_and_wait, supervised
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class RunnerApp:
         The consumer goes first (it finishes its current pull request), the mirror last: runs
         in flight may still be looking their flow up.
         """
-        await _cancel(self._consumer_loop)
+        await cancel_and_wait(self._consumer_loop)
         self._consumer_loop = None
         if self._in_flight:
             log.info(
@@ -131,7 +131,7 @@ class RunnerApp:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         for loop in self._loops:
-            await _cancel(loop)
+            await cancel_and_wait(loop)
         self._loops = []
         if self._http is not None:
             await self._http.close()
@@ -178,14 +178,6 @@ class RunnerApp:
             expires=PULL_EXPIRES,
         )
         await puller.run()
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def create_app(

@@ -27,7 +27,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared import broker
 from shared.codec import decode, decoder, encode
 from shared.kv_mirror import KvMirror
-from shared.supervise import supervised
+from shared.supervise import cancel_and_wait, supervised
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +248,11 @@ class SchedulerApp:
 
     async def stop(self) -> None:
         """Stop fetching ticks, finish those in hand, stop following triggers, drain."""
-        await _cancel(self._consume_task)
-        await _cancel(self._run_events_task)
+        await cancel_and_wait(self._consume_task)
+        await cancel_and_wait(self._run_events_task)
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=STOP_TIMEOUT)
-        await _cancel(self._mirror_task)
+        await cancel_and_wait(self._mirror_task)
         if self._scheduler is not None:
             await self._scheduler.settle(STOP_TIMEOUT)
         if self._nc is not None and not self._nc.is_closed:
@@ -350,14 +350,6 @@ class SchedulerApp:
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def create_app(settings: SchedulerSettings, *, clock: Clock = now_utc) -> SchedulerApp:
