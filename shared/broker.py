@@ -51,6 +51,8 @@ async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Clien
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
+                # Bounds a shutdown: draining waits for in-flight callbacks at most this long.
+                drain_timeout=5,
                 allow_reconnect=True,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,

@@ -40,7 +40,7 @@ class Runners:
             "RUNNER_ACK_WAIT": str(ACK_WAIT),
             "RUNNER_CONCURRENCY": "32",
             "RUNNER_STOP_GRACE": "0.3",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",
         }
         self._logs = logs
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -142,7 +142,12 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
     await wait_until(lambda: len(finals) >= settled + 300, 60, "300 more runs to finish")
     first.send_signal(signal.SIGTERM)
     await wait_until(lambda: len(finals) >= RUNS, 90, f"all runs to finish ({len(finals)} so far)")
-    assert first.wait(timeout=15) == 0, runners.logs()
+    try:
+        code = first.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        first.send_signal(signal.SIGQUIT)
+        raise AssertionError(runners.logs()) from None
+    assert code == 0, runners.logs()
     assert third.poll() is None, runners.logs()
     await events.unsubscribe()
 
