@@ -11,6 +11,8 @@ import secrets
 import string
 import zlib
 
+from shared.ids import fixed_width_digits
+
 PREFIX = "tpk_"
 _ALPHABET = string.digits + string.ascii_letters
 _BODY_LENGTH = 40
@@ -21,11 +23,7 @@ SHOWN_PREFIX_LENGTH = len(PREFIX) + 8
 
 
 def _base62(number: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        number, remainder = divmod(number, 62)
-        digits.append(_ALPHABET[remainder])
-    return "".join(reversed(digits))
+    return fixed_width_digits(number, width, _ALPHABET)
 
 
 def _checksum(body: str) -> str:

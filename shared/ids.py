@@ -14,12 +14,18 @@ _VALID = re.compile(r"^[a-z]{2,4}_[0-9a-z]{21}$")
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _base36(number: int, width: int) -> str:
+def fixed_width_digits(number: int, width: int, alphabet: str) -> str:
+    """`number` written with `alphabet`'s characters as digits, left-padded to `width`."""
+    base = len(alphabet)
     digits = []
     for _ in range(width):
-        number, remainder = divmod(number, 36)
-        digits.append(_ALPHABET[remainder])
+        number, remainder = divmod(number, base)
+        digits.append(alphabet[remainder])
     return "".join(reversed(digits))
+
+
+def _base36(number: int, width: int) -> str:
+    return fixed_width_digits(number, width, _ALPHABET)
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
