@@ -6,6 +6,7 @@ from typing import TypeVar
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from shared.codec import decoder
@@ -17,6 +18,18 @@ R = TypeVar("R")
 FETCH_BATCH = 1000
 INACTIVE_THRESHOLD = 30.0
 """Seconds after which the server removes a reading consumer this process failed to delete."""
+
+
+async def read_one(kv: KeyValue, key: str, type_: type[R]) -> tuple[R, int] | None:
+    """The value under `key` and its revision; None when the key is missing or deleted."""
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    value: R = decoder(type_).decode(entry.value)
+    return value, entry.revision or 0
 
 
 async def read_prefix(kv: KeyValue, prefix: str | None, type_: type[R]) -> list[R]:

@@ -13,7 +13,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
@@ -26,7 +26,7 @@ from services.ingress.registry_client import RegistryClient
 from services.ingress.settings import IngressSettings
 from shared.codec import decode, decoder, encode
 from shared.ids import is_valid_id
-from shared.kv import read_prefix
+from shared.kv import read_one, read_prefix
 
 KEY_TOUCH_INTERVAL = 60.0
 """Seconds between two `last used` reports for the same key."""
@@ -130,14 +130,8 @@ class Ingress:
         return await self.find_run(workspace_id, run_id) or latest
 
     async def find_run(self, workspace_id: str, run_id: str) -> Run | None:
-        try:
-            entry = await self.runs.get(subjects.run_key(workspace_id, run_id))
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        run: Run = decode(entry.value, Run)
-        return run
+        found = await read_one(self.runs, subjects.run_key(workspace_id, run_id), Run)
+        return found[0] if found is not None else None
 
     async def claim_idempotency_key(
         self, workspace_id: str, key: str, flow_id: str, body: bytes, run_id: str
@@ -193,20 +187,14 @@ class Ingress:
     # --- runs ------------------------------------------------------------------------------
 
     async def run(self, workspace_id: str, run_id: str) -> Run:
-        entry = None
-        if is_valid_id(run_id):
-            try:
-                entry = await self.runs.get(subjects.run_key(workspace_id, run_id))
-            except KeyNotFoundError:
-                entry = None
-        if entry is None or not entry.value:
+        run = await self.find_run(workspace_id, run_id) if is_valid_id(run_id) else None
+        if run is None:
             raise ApiError(
                 404,
                 "run_not_found",
                 f"no run {run_id!r} in this workspace (a start accepted a moment ago appears "
                 "once a runner has received it)",
             )
-        run: Run = decode(entry.value, Run)
         return run
 
     async def runs_of(self, workspace_id: str) -> list[Run]:

@@ -6,13 +6,13 @@ from typing import TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts.registry import AnnouncedFunction
 from services.registry.core import AlreadyExists
-from shared.codec import decode, encode
-from shared.kv import read_prefix
+from shared.codec import encode
+from shared.kv import read_one, read_prefix
 
 R = TypeVar("R", bound=msgspec.Struct)
 
@@ -40,15 +40,8 @@ class KvRegistryStore:
             raise AlreadyExists(key) from error
 
     async def get(self, bucket: str, key: str, type_: type[R]) -> R | None:
-        kv = await self._kv(bucket)
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        value: R = decode(entry.value, type_)
-        return value
+        found = await read_one(await self._kv(bucket), key, type_)
+        return found[0] if found is not None else None
 
     async def list(self, bucket: str, prefix: str, type_: type[R]) -> list[R]:
         kv = await self._kv(bucket)
@@ -59,18 +52,15 @@ class KvRegistryStore:
     ) -> R | None:
         kv = await self._kv(bucket)
         for _ in range(MAX_CAS_ATTEMPTS):
-            try:
-                entry = await kv.get(key)
-            except KeyNotFoundError:
+            found = await read_one(kv, key, type_)
+            if found is None:
                 return None
-            if not entry.value:
-                return None
-            current: R = decode(entry.value, type_)
+            current, revision = found
             changed = change(current)
             if changed == current:
                 return current
             try:
-                await kv.update(key, encode(changed), last=entry.revision)
+                await kv.update(key, encode(changed), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # someone wrote in between: read again and re-apply
             return changed

@@ -27,7 +27,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
@@ -50,6 +50,7 @@ from shared import jetstream
 from shared.broker import START_DUPLICATE_WINDOW, reject
 from shared.codec import decode, encode
 from shared.ids import minted_at_ms
+from shared.kv import read_one
 from shared.kv_mirror import KvMirror
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,7 @@ class RunBook:
         self._runs = runs
 
     async def read(self, key: str) -> tuple[Run, int] | None:
-        try:
-            entry = await self._runs.get(key)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        run: Run = decode(entry.value, Run)
-        return run, entry.revision or 0
+        return await read_one(self._runs, key, Run)
 
     async def current(self, key: str) -> Run | None:
         found = await self.read(key)
@@ -567,11 +561,8 @@ class StartFlow:
         flow = self._mirror.get(key)
         if flow is None:
             # The mirror may not have caught up with a flow created a moment ago.
-            try:
-                entry = await self._flows.get(key)
-            except KeyNotFoundError:
-                return None
-            flow = decode(entry.value, Flow) if entry.value else None
+            found = await read_one(self._flows, key, Flow)
+            flow = found[0] if found is not None else None
         if flow is None or flow.workspace_id != workspace_id:
             return None
         return flow
