@@ -4,12 +4,17 @@ Phases, each against a fresh nats-server on a free port (the benchmark plays the
 writes trigger records straight into the `triggers` bucket):
 
 1. spread: N schedules `S * * * * *` (S = i mod 60: fires spread over every minute) on one
-   scheduler process; fire lag (flow.start received minus scheduled time) over a measuring
-   window, peak RSS, CPU per second, and CPU while idle (a window with no fire due).
-2. herd: H one-off schedules due in the same second; time until the last start arrives, with
-   one scheduler replica and then with two.
+   scheduler process; fire lag over a measuring window, peak RSS, CPU per second, and CPU
+   while idle (a window with no fire due).
+2. herd: H one-off schedules due in the same second; time until the last start is stored,
+   with one scheduler replica and then with two.
 3. the baseline: one Python process, croniter + heapq, publishing the same `flow.start`
    messages to JetStream (pipelined), measured the same way for the spread and the herd.
+
+Fire lag is the start's publish time minus its scheduled time, the publish time being when
+the server stored it (the stream's timestamp, read back after each phase): a subscriber's
+receive time would add the benchmark's own delays on a busy machine. The receive time is
+printed too, for the scheduler phases.
 
 Bounded: a few minutes with the defaults. `--quick` runs smaller numbers.
 """
@@ -27,6 +32,8 @@ from pathlib import Path
 from croniter import croniter
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from bench.processes import Server, adopt, start_module, stop_all
 from contracts import subjects
@@ -62,29 +69,58 @@ def trigger(schedule: CronSchedule | OnceSchedule) -> Trigger:
 
 
 class Lags:
-    """flow.start messages seen on a core subscription: lag per distinct fire."""
+    """Lag per distinct fire: of flow.start messages seen on a core subscription (`record`,
+    which only notes the time: decoding waits for `lags`), or stored in the stream (`stored`)."""
 
     def __init__(self) -> None:
-        self.lags: dict[str, float] = {}
+        self._lags: dict[str, float] = {}
         self.scheduled: dict[str, datetime] = {}
-        self.last_seen = 0.0
+        self.trigger_of: dict[str, str | None] = {}
+        self._seen: list[tuple[datetime, bytes]] = []
         self._decode = decoder(FlowStart).decode
-        self.window: tuple[datetime, datetime] | None = None
 
     async def record(self, msg: Msg) -> None:
-        start = self._decode(msg.data)
-        received = now()
-        self.last_seen = time.monotonic()
-        if start.scheduled_at is None or start.run_id in self.lags:
+        self._seen.append((now(), msg.data))
+
+    def note(self, start: FlowStart, at: datetime) -> None:
+        if start.scheduled_at is None or start.run_id in self._lags:
             return
-        if self.window is not None and not (self.window[0] <= start.scheduled_at < self.window[1]):
-            return
-        self.lags[start.run_id] = (received - start.scheduled_at).total_seconds()
+        self._lags[start.run_id] = (at - start.scheduled_at).total_seconds()
         self.scheduled[start.run_id] = start.scheduled_at
+        self.trigger_of[start.run_id] = start.trigger_id
+
+    @property
+    def lags(self) -> dict[str, float]:
+        seen, self._seen = self._seen, []
+        for received, data in seen:
+            self.note(self._decode(data), received)
+        return self._lags
 
     def between(self, begin: datetime, end: datetime) -> list[float]:
         """The lags of the fires scheduled in [begin, end)."""
         return [lag for run_id, lag in self.lags.items() if begin <= self.scheduled[run_id] < end]
+
+    @classmethod
+    async def stored(cls, js: JetStreamContext) -> "Lags":
+        """The lags of every start in the stream, from the time the server stored each (then
+        taken out of the stream)."""
+        lags = cls()
+        subscription = await js.pull_subscribe(
+            subjects.FLOW_START,
+            stream=subjects.FLOW_STARTS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, mem_storage=True),
+        )
+        try:
+            remaining = (await subscription.consumer_info()).num_pending
+            while remaining > 0:
+                messages = await subscription.fetch(min(remaining, 1000), timeout=10)
+                remaining -= len(messages)
+                for message in messages:
+                    lags.note(lags._decode(message.data), message.metadata.timestamp)
+                    await message.ack()  # read: a work queue then drops it
+        finally:
+            await subscription.unsubscribe()
+        return lags
 
 
 def summary(lags: list[float]) -> str:
@@ -155,19 +191,18 @@ async def scheduler_spread(nc: Client, env: dict[str, str], logs: Path, n: int, 
         up_at = now().replace(microsecond=0)
         start_at = up_at + timedelta(seconds=SETTLE)
         started_at = up_at - timedelta(seconds=up)
-        lags.window = (started_at, start_at + timedelta(seconds=measure))
+        end_at = start_at + timedelta(seconds=measure)
         await asyncio.sleep(SETTLE)
         cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
         await asyncio.sleep(measure + 4)
         cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        stored = await Lags.stored(nc.jetstream())
         print(
             f"  scheduler startup (fires due while parking and {SETTLE}s after): "
-            f"{summary(lags.between(started_at, start_at))}"
+            f"{summary(stored.between(started_at, start_at))}"
         )
-        print(
-            f"  scheduler spread, steady state: "
-            f"{summary(lags.between(start_at, start_at + timedelta(seconds=measure)))}"
-        )
+        print(f"  scheduler spread, steady state: {summary(stored.between(start_at, end_at))}")
+        print(f"    (as received by a subscriber: {summary(lags.between(start_at, end_at))})")
         print(
             f"  scheduler CPU {cpu * 100:.0f}% of a core while firing {n / 60:.0f}/s; "
             f"peak RSS {rss_peak_mb(server.process.pid):.0f} MB"
@@ -212,11 +247,13 @@ async def scheduler_herd(nc: Client, env: dict[str, str], logs: Path, h: int, re
         deadline = time.monotonic() + 60
         while len(lags.lags) < h and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        done = max(lags.lags.values()) if lags.lags else float("nan")
+        stored = (await Lags.stored(nc.jetstream())).lags
+        done = max(stored.values()) if stored else float("nan")
         print(
-            f"  scheduler herd, {replicas} replica(s): {len(lags.lags)}/{h} started, "
-            f"the last {done:.2f}s after the due second ({summary(list(lags.lags.values()))})"
+            f"  scheduler herd, {replicas} replica(s): {len(stored)}/{h} started, "
+            f"the last {done:.2f}s after the due second ({summary(list(stored.values()))})"
         )
+        print(f"    (as received by a subscriber: {summary(list(lags.lags.values()))})")
     finally:
         await sub.unsubscribe()
         stop_all(servers)
@@ -283,10 +320,18 @@ async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
             if index < n and scheduled < window_end:
                 heapq.heappush(heap, (iterators[index].get_next(datetime), index))
     cpu = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
-    print(f"  baseline spread: {summary(spread_lags)}; CPU {cpu * 100:.0f}% (bench process)")
+    stored = await Lags.stored(js)
+    herd_ids = {item.id for item in herd}
+    stored_herd = [lag for run, lag in stored.lags.items() if stored.trigger_of[run] in herd_ids]
     print(
-        f"  baseline herd: {len(herd_lags)}/{h} started, the last "
-        f"{max(herd_lags, default=float('nan')):.2f}s after the due second"
+        f"  baseline spread: {summary(stored.between(base, window_end))}; "
+        f"CPU {cpu * 100:.0f}% (bench process)"
+    )
+    print(f"    (at its PubAck: {summary(spread_lags)})")
+    print(
+        f"  baseline herd: {len(stored_herd)}/{h} started, the last "
+        f"{max(stored_herd, default=float('nan')):.2f}s after the due second "
+        f"(at its PubAck: {max(herd_lags, default=float('nan')):.2f}s)"
     )
     print(f"  baseline peak RSS of the bench process {rss_peak_mb(os.getpid()):.0f} MB")
 

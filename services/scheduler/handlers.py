@@ -22,6 +22,12 @@ occurrence from the tick's up to now and decides them at once: an occurrence han
 `misfire_after` of its due time (or a redelivered tick, whose first delivery was on time) is a
 normal fire; the rest are missed and the trigger's misfire policy decides which of them start.
 Resuming a paused trigger decides the occurrences of the pause the same way.
+
+Early ticks. Timers go off a little before their due time (the scheduler's `TIMER_LEAD`). The
+replica that gets such a tick decides it at once, holds it, and publishes the start at the due
+time: the start's lag is then the time to publish, not the time to deliver and decide every
+tick due in that second. A trigger edited, paused or deleted while its tick is held is judged
+again at the due time, so the held tick of an old version never fires.
 """
 
 import asyncio
@@ -29,7 +35,7 @@ import functools
 import logging
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -53,6 +59,8 @@ SERVICE = "scheduler"
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware datetime."""
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits the given number of seconds (`asyncio.sleep`; tests advance a fake clock instead)."""
 
 TickOutcome = Literal["started", "stale", "store_behind"]
 """What `Scheduler.fire` did: published a start, dropped a stale tick, or could not judge the
@@ -83,14 +91,22 @@ class TriggerStore(Protocol):
 class Timers(Protocol):
     """One parked timer per trigger: parking replaces the trigger's previous timer."""
 
+    lead: timedelta
+    """How long before its due time a parked timer goes off."""
+
     async def park(self, tick: ScheduleTick) -> None:
-        """Park `tick` until its `scheduled_at`, replacing the trigger's earlier timer."""
+        """Park `tick` until `lead` before its due time, replacing the trigger's earlier timer."""
+
+    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
+        """The trigger's timer that went off last (its tick, handled or not), or None."""
 
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         """The trigger's parked timer, or None if there is none."""
 
-    async def parked_versions(self) -> dict[str, int]:
-        """Every parked timer, as trigger id -> the trigger version it was computed from."""
+    async def head_versions(self) -> dict[str, int]:
+        """The head of every trigger's chain of timers, as trigger id -> the trigger version it
+        was computed from: its parked timer, or where none is parked, its timer that went off
+        last (a tick in flight, whose handler parks the next one; or the schedule's end)."""
 
     async def cancel(self, trigger_id: str) -> None:
         """Remove the trigger's timer (and any tick of it not yet handled)."""
@@ -308,6 +324,7 @@ class Scheduler:
         *,
         ledger: Ledger,
         clock: Clock = now_utc,
+        sleep: Sleep = asyncio.sleep,
         concurrency: int = 512,
         misfire_after: float = 10.0,
     ) -> None:
@@ -316,6 +333,7 @@ class Scheduler:
         self._starts = starts
         self._ledger = ledger
         self._clock = clock
+        self._sleep = sleep
         self._concurrency = concurrency
         self._misfire_after = timedelta(seconds=misfire_after)
         self._following = False
@@ -363,6 +381,11 @@ class Scheduler:
     async def reconcile(self) -> None:
         """Park a timer for every armed trigger that has none, or one of an older version.
 
+        A trigger whose timer went off with no newer one parked has its tick in flight: held
+        until its due time, waiting for a replica, or held by a replica that died (it comes
+        back after the ack wait). That tick decides everything due since and parks the next
+        timer; parking one here too would start a second chain of timers beside it.
+
         Timers of triggers that were deleted or paused while no scheduler ran are not looked
         for: such a timer fires once more, its tick is recognised as stale and dropped, and it
         is never parked again. That costs one wasted tick instead of listing every timer.
@@ -370,7 +393,7 @@ class Scheduler:
         self._following = True
         # One pass over every parked timer rather than a lookup per trigger; a timer that goes
         # off meanwhile has its tick handled, which parks the next one.
-        parked = await self._timers.parked_versions()
+        parked = await self._timers.head_versions()
         trigger_ids = iter(
             [
                 trigger.id
@@ -433,14 +456,24 @@ class Scheduler:
             missed_status="paused",
             why_missed="the trigger was paused",
         )
-        await self._carry_out(trigger, decisions, due)
+        await self._carry_out(
+            trigger, decisions, due, self._starts_of(trigger, decisions, resumed_at)
+        )
 
     # --- Ticks -----------------------------------------------------------------------------
 
-    async def fire(self, tick: ScheduleTick, *, redelivered: bool = False) -> TickOutcome:
-        """Handle a due tick: decide it and every other occurrence due by now, park the next
+    async def fire(
+        self,
+        tick: ScheduleTick,
+        *,
+        redelivered: bool = False,
+        on_hold: Callable[[], None] | None = None,
+    ) -> TickOutcome:
+        """Handle a tick: decide it and every other occurrence due by now, park the next
         timer; or drop a stale tick.
 
+        A tick that arrives before its due time is decided at once and held until then
+        (`on_hold` is called when the hold begins); the trigger is checked again when it ends.
         `redelivered` says a replica received this tick before (and died or failed): its
         occurrence counts as on time however late it now is, so a crash loses no fire.
         Raises when a start could not be stored; the caller retries the tick later, which the
@@ -467,8 +500,12 @@ class Scheduler:
                 # The current version's timer may have lost a race with this older one.
                 await self.ensure_parked(tick.trigger_id)
             return "stale"
-        now = self._clock()
         jitter = cron.jitter_offset(trigger.id, schedule.jitter)
+        due_at = tick.scheduled_at + jitter
+        now = self._clock()
+        early = (due_at - now).total_seconds()
+        if early > 0:
+            now = due_at  # decided as of its due time, which is when it starts
         first = Occurrence(
             tick.scheduled_at,
             tick.scheduled_at.astimezone(cron.zone_of(schedule)),
@@ -484,18 +521,24 @@ class Scheduler:
             misfire_after=self._misfire_after,
             on_time=frozenset({tick.scheduled_at}) if redelivered else frozenset(),
         )
+        starts = self._starts_of(trigger, decisions, now)
+        if early > 0:
+            if on_hold is not None:
+                on_hold()
+            await self._sleep(early)
+            if self._triggers.get(tick.trigger_id) is not trigger:
+                # Changed while held: judged again (now due, so it is not held twice).
+                return await self.fire(tick, redelivered=redelivered)
         # The start is stored first; the ledger entries and the next timer then go out
         # together, and the caller acks the tick only once all of them are acknowledged: a
         # failed start parks nothing (a parked timer would replace the tick before its retry)
         # and records nothing it did not do.
         await self._carry_out(
-            trigger, decisions, due, then=self._park_next(trigger, tick, due, now)
+            trigger, decisions, due, starts, then=self._park_next(trigger, tick, due)
         )
         return "started"
 
-    async def _park_next(
-        self, trigger: Trigger, tick: ScheduleTick, due: Due, now: datetime
-    ) -> None:
+    async def _park_next(self, trigger: Trigger, tick: ScheduleTick, due: Due) -> None:
         """Park the occurrence after those `fire` decided, unless the trigger changed meanwhile
         (its change parks the timer of the new version) or the schedule is over."""
         if tick.skip == "after_end":
@@ -555,27 +598,33 @@ class Scheduler:
 
     # --- Internals -------------------------------------------------------------------------
 
+    @staticmethod
+    def _starts_of(
+        trigger: Trigger, decisions: list[Decision], requested_at: datetime
+    ) -> list[tuple[FlowStart, str]]:
+        """The starts `decisions` make, each with its message id (built before a tick is
+        held, so that its due time costs only the publish)."""
+        return [
+            (
+                flow_start(trigger, decision.occurrence.scheduled_at, requested_at),
+                fire_key(trigger.id, decision.occurrence.scheduled_at),
+            )
+            for decision in decisions
+            if decision.starts
+        ]
+
     async def _carry_out(
         self,
         trigger: Trigger,
         decisions: list[Decision],
         due: Due,
+        starts: list[tuple[FlowStart, str]],
         *,
         then: Coroutine[Any, Any, None] | None = None,
     ) -> None:
-        """Store the starts (raising if one fails), then record every decision and run `then`
-        concurrently with the ledger writes."""
-        schedule = trigger.schedule
-        assert schedule is not None
-        now = self._clock()
-        starts = [decision for decision in decisions if decision.starts]
-        publishes = [
-            self._starts.publish(
-                flow_start(trigger, decision.occurrence.scheduled_at, now),
-                fire_key(trigger.id, decision.occurrence.scheduled_at),
-            )
-            for decision in starts
-        ]
+        """Store the `starts` of `decisions` (raising if one fails), then record every
+        decision and run `then` concurrently with the ledger writes."""
+        publishes = [self._starts.publish(start, msg_id) for start, msg_id in starts]
         try:
             if len(publishes) == 1:
                 await publishes[0]  # the usual case: no task to wrap it in
@@ -585,6 +634,7 @@ class Scheduler:
             if then is not None:
                 then.close()  # never started: nothing to undo
             raise
+        now = self._clock()
         entries = [self._entry(trigger, decision, now) for decision in decisions]
         if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
             log.warning(
@@ -602,7 +652,12 @@ class Scheduler:
             )
             entries[MAX_LISTED - 1] = summary
         records = [self._ledger.record(entry) for entry in entries]
-        await asyncio.gather(*records, *([then] if then is not None else []))
+        if len(records) == 1:  # the usual case: one after the other costs no tasks
+            await records[0]
+            if then is not None:
+                await then
+        else:
+            await asyncio.gather(*records, *([then] if then is not None else []))
         for decision in decisions:
             if decision.status != "started":
                 log.info(
@@ -647,7 +702,13 @@ class Scheduler:
         if occurrence is None:
             log.debug("trigger %s has no occurrence after %s", trigger_id, after.isoformat())
             return False
-        await self._timers.park(self._tick(trigger, occurrence))
+        tick = self._tick(trigger, occurrence)
+        # A timer that would go off at once may already have gone off (its tick is held until
+        # its due time, or waits for a replica): whoever handles that tick parks the next one.
+        goes_off_at = tick.scheduled_at + jitter - self._timers.lead
+        if goes_off_at <= now and await self._timers.last_gone_off(trigger_id) == tick:
+            return True
+        await self._timers.park(tick)
         return True
 
     @staticmethod
@@ -689,7 +750,12 @@ class Scheduler:
 
 
 async def consume_tick(
-    scheduler: Scheduler, js: JetStreamContext, msg: Msg, *, retry_delay: float
+    scheduler: Scheduler,
+    js: JetStreamContext,
+    msg: Msg,
+    *,
+    retry_delay: float,
+    on_hold: Callable[[], None] | None = None,
 ) -> None:
     """Decode a tick, fire it, then ack; nak (retry later) on any failure before the ack."""
     try:
@@ -698,7 +764,9 @@ async def consume_tick(
         await reject(js, msg, f"undecodable schedule tick: {error}", SERVICE)
         return
     try:
-        outcome = await scheduler.fire(tick, redelivered=msg.metadata.num_delivered > 1)
+        outcome = await scheduler.fire(
+            tick, redelivered=msg.metadata.num_delivered > 1, on_hold=on_hold
+        )
     except Exception:
         log.exception("tick of trigger %s for %s failed", tick.trigger_id, tick.scheduled_at)
         await msg.nak(delay=retry_delay)

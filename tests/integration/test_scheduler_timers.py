@@ -5,6 +5,7 @@ The test plays the registry by writing trigger records into the triggers bucket,
 """
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -245,8 +246,10 @@ async def test_editing_the_cron_expression_takes_effect(registry: Registry, star
 async def test_a_timer_parked_by_a_stopped_scheduler_fires_through_a_new_one(
     nats_url: str, registry: Registry, starts: StartLog, js: JetStreamContext
 ):
-    # One fire, two whole seconds from now: it comes due while no scheduler runs.
-    due = now().replace(microsecond=0) + timedelta(seconds=2)
+    # One fire whose timer goes off two whole seconds from now (its lead before the fire),
+    # while no scheduler runs.
+    lead = math.ceil(SchedulerSettings().timer_lead)
+    due = now().replace(microsecond=0) + timedelta(seconds=2 + lead)
     trigger = schedule_trigger(f"{due.second} {due.minute} {due.hour} * * *")
 
     first = await started_scheduler(nats_url)
@@ -278,8 +281,11 @@ async def test_a_timer_parked_by_a_stopped_scheduler_fires_through_a_new_one(
 
     second = await started_scheduler(nats_url)
     try:
-        start = await starts.wait_for(lambda start: start.trigger_id == trigger.id, timeout=3)
+        start = await starts.wait_for(
+            lambda start: start.trigger_id == trigger.id, timeout=3 + lead
+        )
         assert start.scheduled_at == due
+        assert start.requested_at >= due  # held until its time, not started early
     finally:
         await second.stop()
     assert len(starts.of(trigger.id)) == 1

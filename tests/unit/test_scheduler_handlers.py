@@ -1,7 +1,7 @@
 """The scheduler's decisions with in-memory fakes and an injected clock (no broker, no sleeps)."""
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
 import pytest
@@ -9,6 +9,7 @@ import pytest
 from contracts.registry import CronSchedule, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, ScheduleTick
+from services.scheduler.app import at_header
 from services.scheduler.handlers import Scheduler, fire_key
 from shared.ids import derived_id
 
@@ -18,9 +19,17 @@ NOW = datetime(2026, 1, 1, 10, 0, 0, 250_000, tzinfo=UTC)
 class FakeClock:
     def __init__(self, now: datetime = NOW) -> None:
         self.now = now
+        self.slept: list[float] = []
+        self.while_sleeping: Callable[[], Awaitable[None]] | None = None
 
     def __call__(self) -> datetime:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+        if self.while_sleeping is not None:
+            await self.while_sleeping()
 
 
 class FakeTriggers:
@@ -36,9 +45,14 @@ class FakeTriggers:
 
 class FakeTimers:
     def __init__(self) -> None:
+        self.lead = timedelta(0)
         self.parked_ticks: dict[str, ScheduleTick] = {}
+        self.gone_off: dict[str, ScheduleTick] = {}
         self.parks = 0
         self.cancels: list[str] = []
+
+    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
+        return self.gone_off.get(trigger_id)
 
     async def park(self, tick: ScheduleTick) -> None:
         self.parks += 1
@@ -47,8 +61,9 @@ class FakeTimers:
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         return self.parked_ticks.get(trigger_id)
 
-    async def parked_versions(self) -> dict[str, int]:
-        return {key: tick.trigger_version for key, tick in self.parked_ticks.items()}
+    async def head_versions(self) -> dict[str, int]:
+        heads = {key: tick.trigger_version for key, tick in self.gone_off.items()}
+        return heads | {key: tick.trigger_version for key, tick in self.parked_ticks.items()}
 
     async def cancel(self, trigger_id: str) -> None:
         self.cancels.append(trigger_id)
@@ -100,7 +115,12 @@ class World:
         self.starts = FakeStarts()
         self.ledger = FakeLedger()
         self.scheduler = Scheduler(
-            self.triggers, self.timers, self.starts, ledger=self.ledger, clock=self.clock
+            self.triggers,
+            self.timers,
+            self.starts,
+            ledger=self.ledger,
+            clock=self.clock,
+            sleep=self.clock.sleep,
         )
 
     async def write(self, trigger: Trigger) -> None:
@@ -302,11 +322,91 @@ async def test_a_trigger_edited_while_its_tick_fires_keeps_the_timer_of_the_new_
             await world.write(schedule_trigger("trg_1", cron="0 12 * * *", version=2))
 
     world.scheduler = Scheduler(
-        world.triggers, world.timers, EditingStarts(), ledger=world.ledger, clock=world.clock
+        world.triggers,
+        world.timers,
+        EditingStarts(),
+        ledger=world.ledger,
+        clock=world.clock,
+        sleep=world.clock.sleep,
     )
     await world.scheduler.reconcile()
     await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 2, "2026-01-01T12:00:00+00:00")
+
+
+async def test_an_early_tick_is_held_and_starts_at_its_due_time(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 58, 500_000, tzinfo=UTC)
+    holds: list[datetime] = []
+
+    outcome = await world.scheduler.fire(
+        tick("trg_1", 1, "2026-01-01T10:15:00+00:00"),
+        on_hold=lambda: holds.append(world.clock.now),
+    )
+
+    assert outcome == "started"
+    assert holds == [datetime(2026, 1, 1, 10, 14, 58, 500_000, tzinfo=UTC)]
+    assert world.clock.slept == [1.5]
+    ((start, _),) = world.starts.published
+    assert start.requested_at == datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    assert world.ledger.statuses() == [("10:15:00", "started")]
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:30:00+00:00")
+
+
+async def test_a_tick_on_or_after_its_due_time_is_not_held(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert world.clock.slept == []
+    assert started_times(world) == ["10:15:00"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"enabled": False, "version": 2},
+        {"cron": "0 12 * * *", "version": 2},
+    ],
+    ids=["paused", "edited"],
+)
+async def test_a_trigger_changed_while_its_tick_is_held_does_not_fire_the_held_tick(
+    world: World, change: dict[str, object]
+):
+    await world.scheduler.reconcile()
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 59, tzinfo=UTC)
+    await world.write(schedule_trigger("trg_1"))
+    world.clock.while_sleeping = lambda: world.write(schedule_trigger("trg_1", **change))
+
+    outcome = await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+
+    assert outcome == "stale"
+    assert world.starts.published == []
+    assert world.ledger.entries == []
+    parked = world.timers.parked_ticks.get("trg_1")
+    assert parked is None or parked.trigger_version == 2
+
+
+async def test_a_timer_that_already_went_off_for_the_next_fire_is_not_parked_again(
+    world: World,
+):
+    # Timers go off 2 s early; the one for 10:15:00 went off and its tick is held somewhere.
+    world.timers.lead = timedelta(seconds=2)
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 59, tzinfo=UTC)
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.timers.gone_off["trg_1"] = tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
+    await world.scheduler.ensure_parked("trg_1")
+    assert world.timers.parks == 0
+
+
+async def test_a_timer_is_parked_when_the_one_that_went_off_was_for_an_earlier_fire(
+    world: World,
+):
+    world.timers.lead = timedelta(seconds=2)
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 59, tzinfo=UTC)
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.timers.gone_off["trg_1"] = tick("trg_1", 1, "2026-01-01T10:00:00+00:00")
+    await world.scheduler.ensure_parked("trg_1")
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
 
 
 # --- Misfires, the ledger and the policies -------------------------------------------------
@@ -525,3 +625,37 @@ async def test_a_run_skipped_by_overlap_becomes_a_ledger_entry(world: World):
     )
     assert entry.local_time == "2026-01-01T11:15:00+01:00"
     assert "still running" in entry.reason
+
+
+@pytest.mark.parametrize(
+    ("goes_off_at", "header"),
+    [
+        (datetime(2026, 1, 1, 10, 14, 57, 500_000, tzinfo=UTC), "@at 2026-01-01T10:14:57.500Z"),
+        (datetime(2026, 1, 1, 10, 14, 57, 1, tzinfo=UTC), "@at 2026-01-01T10:14:57.001Z"),
+        (datetime(2026, 1, 1, 10, 14, 59, 999_001, tzinfo=UTC), "@at 2026-01-01T10:15:00.000Z"),
+        (
+            datetime(2026, 1, 1, 11, 0, tzinfo=timezone(timedelta(hours=1))),
+            "@at 2026-01-01T10:00:00.000Z",
+        ),
+    ],
+)
+def test_a_timer_goes_off_to_the_millisecond_never_before_its_time(
+    goes_off_at: datetime, header: str
+):
+    assert at_header(goes_off_at) == header
+
+
+async def test_reconcile_leaves_a_trigger_whose_tick_is_in_flight_to_that_tick(world: World):
+    # Its timer went off and no newer one is parked: a replica holds the tick (or held it and
+    # died; it comes back after the ack wait) and parks the next timer when it handles it.
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.timers.gone_off["trg_1"] = tick("trg_1", 1, "2026-01-01T09:45:00+00:00")
+    await world.scheduler.reconcile()
+    assert world.timers.parks == 0
+
+
+async def test_reconcile_parks_a_trigger_whose_last_tick_is_of_an_older_version(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1", version=2)
+    world.timers.gone_off["trg_1"] = tick("trg_1", 1, "2026-01-01T09:45:00+00:00")
+    await world.scheduler.reconcile()
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 2, "2026-01-01T10:15:00+00:00")
