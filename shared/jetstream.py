@@ -23,6 +23,8 @@ STATUS = "Status"
 NO_RESPONDERS = "503"
 TIMEOUT = 5.0
 """Seconds to wait for the server's answer (nats-py's JetStream default)."""
+DEADLINE_SLOT = 0.25
+"""Seconds of deadlines that share one timer (how late a timeout may fire)."""
 
 
 class _Error(msgspec.Struct):
@@ -43,8 +45,9 @@ class Writer:
     """Confirmed JetStream writes over one connection, with one reply subscription.
 
     nats-py's `request` spends a NUID, random bytes, a `wait_for` (a second future and
-    callbacks) and a callback closure on every request; here a request is a counter, a future
-    and a timer. Open it with `await Writer.open(nc)`.
+    callbacks) and a callback closure on every request; here a request is a counter and a
+    future. Deadlines are kept per `DEADLINE_SLOT`: one timer expires every request of its slot
+    still unanswered, instead of a timer per request. Open it with `await Writer.open(nc)`.
     """
 
     def __init__(self, nc: Client, prefix: str, timeout: float = TIMEOUT) -> None:
@@ -53,6 +56,8 @@ class Writer:
         self._timeout = timeout
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._counter = itertools.count()
+        self._slots: dict[int, list[str]] = {}
+        """Deadline slot -> the tokens of the requests that time out with it."""
 
     @classmethod
     async def open(cls, nc: Client, timeout: float = TIMEOUT) -> "Writer":
@@ -82,12 +87,17 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._pending[token] = future
-        timer = loop.call_later(self._timeout, _expire, future)
+        # Times out between `timeout` and `timeout + DEADLINE_SLOT` from now.
+        slot = int((loop.time() + self._timeout) / DEADLINE_SLOT) + 1
+        tokens = self._slots.get(slot)
+        if tokens is None:
+            tokens = self._slots[slot] = []
+            loop.call_at(slot * DEADLINE_SLOT, self._expire, slot)
+        tokens.append(token)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await future
         finally:
-            timer.cancel()
             self._pending.pop(token, None)
         answer = _answer.decode(msg.data)
         if answer.error is not None:
@@ -107,7 +117,9 @@ class Writer:
         headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
         return await self.publish(f"$KV.{bucket}.{key}", value, headers)
 
-
-def _expire(future: "asyncio.Future[Msg]") -> None:
-    if not future.done():
-        future.set_exception(NatsTimeoutError())
+    def _expire(self, slot: int) -> None:
+        """Fail the requests of deadline `slot` that are still unanswered."""
+        for token in self._slots.pop(slot, ()):
+            future = self._pending.pop(token, None)
+            if future is not None and not future.done():
+                future.set_exception(NatsTimeoutError())

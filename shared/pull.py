@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -107,3 +108,31 @@ class Puller:
             await asyncio.wait_for(self._answered.wait(), self._expires + MARGIN)
         except TimeoutError:
             self._asked = 0
+
+
+class Delivery(NamedTuple):
+    """What the server says of one delivery of a JetStream message (from its reply subject)."""
+
+    stream_sequence: int
+    delivered: int
+    """How many times the message has been delivered, this time included (1: the first)."""
+    stored_at: float
+    """When the server stored the message, in seconds since the epoch."""
+
+
+_V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>
+
+
+def delivery(msg: Msg) -> Delivery:
+    """`msg`'s delivery facts: the few `msg.metadata` fields a hot path needs, for a third of
+    its cost (no datetime, no nested objects). Raises ValueError for a non-JetStream message."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) < _V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise ValueError(f"not a JetStream delivery: {msg.reply!r}")
+    # v2 adds the domain and the account hash after `ACK` (and a random token at the end).
+    first = 4 if len(tokens) == _V1_TOKENS else 6
+    return Delivery(
+        stream_sequence=int(tokens[first + 1]),
+        delivered=int(tokens[first]),
+        stored_at=int(tokens[first + 3]) / 1e9,
+    )

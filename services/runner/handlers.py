@@ -21,7 +21,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -52,6 +52,7 @@ from shared.codec import decode, encode
 from shared.ids import minted_at_ms
 from shared.kv import read_one
 from shared.kv_mirror import KvMirror
+from shared.pull import Delivery, delivery
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,13 @@ class InProgress:
         self._interval = interval
         self._messages: dict[int, Msg] = {}
 
-    @contextlib.contextmanager
-    def kept(self, msg: Msg) -> Iterator[None]:
-        """Keep `msg` in progress while the block runs."""
+    def keep(self, msg: Msg) -> None:
+        """Keep `msg` in progress until `release` (a method pair, not a context manager: this
+        is on every run's path)."""
         self._messages[id(msg)] = msg
-        try:
-            yield
-        finally:
-            self._messages.pop(id(msg), None)
+
+    def release(self, msg: Msg) -> None:
+        self._messages.pop(id(msg), None)
 
     async def beat(self) -> None:
         """Run forever: tell JetStream every `interval` seconds that the messages are alive."""
@@ -344,9 +344,10 @@ class StartFlow:
             return
 
         key = subjects.run_key(start.workspace_id, start.run_id)
-        sequence = msg.metadata.sequence.stream
+        seen = delivery(msg)
+        sequence = seen.stream_sequence
         admitted_at_once = not takes_slots(flow, start.trigger_id, start.overlap)
-        if admitted_at_once and runs_unrecorded(msg, start):
+        if admitted_at_once and runs_unrecorded(msg, start, seen):
             await self._run_unrecorded(msg, key, start, sequence, flow)
             return
         record, revision, created = await self._create_or_read(
@@ -360,7 +361,7 @@ class StartFlow:
             await self._book.publish(record)
             await msg.ack()
             return
-        if not created and _is_duplicate(record, msg, sequence):
+        if not created and _is_duplicate(record, seen):
             # Another message owns this run: it is unacknowledged (here or at another
             # replica) and comes back if its runner dies.
             log.info("run %s belongs to another message; dropping a duplicate start", key)
@@ -489,12 +490,13 @@ class StartFlow:
         task = asyncio.current_task()
         assert task is not None
         self._working[key] = task
+        self.in_progress.keep(msg)
         try:
-            with self.in_progress.kept(msg):
-                return await execute_within(
-                    running, flow, self._functions, self._clock, http=self._http
-                )
+            return await execute_within(
+                running, flow, self._functions, self._clock, http=self._http
+            )
         except asyncio.CancelledError:
+            self.in_progress.release(msg)
             if key in self._aborted and task.cancelling() == 1:
                 task.uncancel()  # cancelled as a run, not stopped as a runner
                 return None
@@ -507,6 +509,7 @@ class StartFlow:
                     await self._book.swap(key, interrupted(running, self._clock()), revision)
             raise
         finally:
+            self.in_progress.release(msg)
             if self._working.get(key) is task:
                 del self._working[key]
                 self._aborted.discard(key)
@@ -590,14 +593,14 @@ class StartFlow:
         return record, revision, True
 
 
-def _is_duplicate(record: Run, msg: Msg, sequence: int) -> bool:
+def _is_duplicate(record: Run, seen: Delivery) -> bool:
     if record.start_sequence is not None:
-        return record.start_sequence != sequence
+        return record.start_sequence != seen.stream_sequence
     # A record from before start sequences were kept: only a first delivery can be a copy.
-    return bool(msg.metadata.num_delivered == 1)
+    return seen.delivered == 1
 
 
-def runs_unrecorded(msg: Msg, start: FlowStart) -> bool:
+def runs_unrecorded(msg: Msg, start: FlowStart, seen: Delivery | None = None) -> bool:
     """Whether this start (of a run that needs no admission) runs before its record exists.
 
     Only a first delivery published with `Nats-Msg-Id` = its run id (as the `FlowStart`
@@ -610,12 +613,13 @@ def runs_unrecorded(msg: Msg, start: FlowStart) -> bool:
     `Nats-Msg-Id` (against the contract) may run the flow again; it still leaves one record.
     Everything that is not fresh, redeliveries included, reads the record first.
     """
-    metadata = msg.metadata
-    if metadata.num_delivered != 1 or not msg.headers:
+    if seen is None:
+        seen = delivery(msg)
+    if seen.delivered != 1 or not msg.headers:
         return False
     if msg.headers.get(MSG_ID) != start.run_id:
         return False
     minted = minted_at_ms(start.run_id)
     if minted is None:
         return False
-    return metadata.timestamp.timestamp() - minted / 1000 < FRESH_FOR
+    return seen.stored_at - minted / 1000 < FRESH_FOR

@@ -27,8 +27,9 @@ async def test_a_message_is_kept_in_progress_while_its_run_lasts_and_not_after()
     beat = asyncio.create_task(in_progress.beat())
     msg, idle = FakeMsg(), FakeMsg()
 
-    with in_progress.kept(msg):  # type: ignore[arg-type]
-        await asyncio.wait_for(msg.beating.wait(), timeout=2)
+    in_progress.keep(msg)  # type: ignore[arg-type]
+    await asyncio.wait_for(msg.beating.wait(), timeout=2)
+    in_progress.release(msg)  # type: ignore[arg-type]
     beats = msg.beats
     await asyncio.sleep(0.01)  # ten intervals: no beat may come once the run is over
     beat.cancel()
