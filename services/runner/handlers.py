@@ -121,9 +121,10 @@ class RunBook:
         found = await self.read(key)
         return found[0] if found is not None else None
 
-    async def create(self, key: str, run: Run) -> int | None:
-        """Create the record; None when it exists already."""
-        value = encode(run)
+    async def create(self, key: str, run: Run, value: bytes | None = None) -> int | None:
+        """Create the record (`value`: `run` encoded already); None when it exists already."""
+        if value is None:
+            value = encode(run)
         try:
             return await self._writer.put_if_last(RUNS_BUCKET, key, value, last=0)
         except KeyWrongLastSequenceError:
@@ -135,14 +136,18 @@ class RunBook:
         except KeyWrongLastSequenceError:
             return None
 
-    async def swap(self, key: str, run: Run, revision: int) -> tuple[int | None, Run | None]:
-        """Compare-and-swap `run` in over `revision`.
+    async def swap(
+        self, key: str, run: Run, revision: int, value: bytes | None = None
+    ) -> tuple[int | None, Run | None]:
+        """Compare-and-swap `run` (`value`: encoded already) in over `revision`.
 
         Returns `(new revision, None)` on success, or `(None, current record)` when someone
         else changed the record first (a cancellation, or another attempt took over).
         """
+        if value is None:
+            value = encode(run)
         try:
-            written = await self._writer.put_if_last(RUNS_BUCKET, key, encode(run), last=revision)
+            written = await self._writer.put_if_last(RUNS_BUCKET, key, value, last=revision)
             return written, None
         except KeyWrongLastSequenceError:
             found = await self.read(key)
@@ -154,8 +159,9 @@ class RunBook:
         found = await self.read(subjects.run_key(workspace_id, run_id))
         return found is None or found[0].status in TERMINAL_STATUSES
 
-    async def publish(self, run: Run) -> None:
-        """Publish the event of `run`'s current record (call it once the record is committed).
+    async def publish(self, run: Run, value: bytes | None = None) -> None:
+        """Publish the event of `run`'s current record (call it once the record is committed;
+        `value`: the record as written, which the event wraps without encoding it again).
 
         Without waiting for JetStream's answer, final events included: the record is the
         truth and events only inform, so a round trip per event would buy nothing a reader of
@@ -165,9 +171,16 @@ class RunBook:
         event_id = f"{run.id}.{run.status}.{run.attempt}.{len(run.attempts)}"
         await self._nc.publish(
             subjects.run_event(run.workspace_id, run.id),
-            encode(RunEvent(run=run)),
+            event_payload(run, value),
             headers={MSG_ID: event_id},
         )
+
+
+def event_payload(run: Run, value: bytes | None = None) -> bytes:
+    """The encoded `RunEvent` of `run`, built around `value` (`run` encoded) when given."""
+    if value is None:
+        return encode(RunEvent(run=run))
+    return b'{"run":' + value + b"}"  # RunEvent's one field, as msgspec writes it
 
 
 class CancelRuns:
@@ -519,16 +532,17 @@ class StartFlow:
     ) -> None:
         """Commit the final record over `revision` (None: create it), publish its event and
         acknowledge the message."""
+        value = encode(final)  # once, for the record and its event
         if revision is None:
-            if await self._book.create(key, final) is None:
+            if await self._book.create(key, final, value) is None:
                 await self._preempted(msg, key, await self._book.current(key))
                 return
         else:
-            committed, current = await self._book.swap(key, final, revision)
+            committed, current = await self._book.swap(key, final, revision, value)
             if committed is None:
                 await self._lost_the_record(msg, key, current)
                 return
-        await self._book.publish(final)
+        await self._book.publish(final, value)
         if takes_slots(flow, final.trigger_id, final.overlap):
             await self._admission.release(
                 final.workspace_id, final.id, final.flow_id, final.trigger_id

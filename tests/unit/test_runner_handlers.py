@@ -1,11 +1,16 @@
 """Pieces of the runner's message handling that need no broker."""
 
 import asyncio
+from datetime import UTC, datetime
 
+import msgspec
+import pytest
 from nats.aio.msg import Msg
 
-from contracts.runs import FlowStart
-from services.runner.handlers import FRESH_FOR, InProgress, runs_unrecorded
+from contracts.runs import FlowStart, RunEvent
+from services.runner.executor import begin, queued
+from services.runner.handlers import FRESH_FOR, InProgress, event_payload, runs_unrecorded
+from shared.codec import decode, encode
 from shared.ids import new_id
 
 
@@ -85,3 +90,16 @@ def test_a_run_id_this_project_did_not_make_reads_the_record_first() -> None:
     start = FlowStart(run_id="my-own-run-42", workspace_id="ws_1", flow_id="flw_1")
 
     assert not runs_unrecorded(delivery(start, stored_at_ms=NOW_MS), start)
+
+
+@pytest.mark.parametrize("status", ["running", "succeeded", "failed"])
+def test_an_event_built_around_the_encoded_record_is_the_encoded_run_event(status: str):
+    start = FlowStart(
+        run_id="run_1", workspace_id="wsp_1", flow_id="flw_1", input={"n": [1, "two"]}
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    run = msgspec.structs.replace(
+        begin(queued(start, now, 7), now, "runner-1"), status=status, result={"ok": True}
+    )
+    assert event_payload(run, encode(run)) == encode(RunEvent(run=run))
+    assert decode(event_payload(run, encode(run)), RunEvent).run == run
