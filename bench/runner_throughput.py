@@ -174,7 +174,7 @@ async def run(count: int, store: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.runner_throughput")
-    parser.add_argument("--runs", type=int, default=20000, help="starts per measurement")
+    parser.add_argument("--runs", type=int, default=50000, help="starts per measurement")
     parser.add_argument(
         "--store",
         type=Path,

@@ -1,6 +1,7 @@
 """The README walkthrough over HTTP against the whole stack started as processes."""
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -108,6 +109,22 @@ def test_a_per_second_schedule_trigger_starts_runs_until_it_is_paused(stack: Sta
         runs = poll(succeeded_runs, lambda runs: len(runs) >= 2, timeout=15)
         assert all(r["source"] == "schedule" and r["scheduled_at"] for r in runs)
         assert len({r["scheduled_at"] for r in runs}) == len(runs), "one run per fire"
+
+        preview = admin.get(f"/v1/triggers/{trigger_id}/preview", params={"count": 3})
+        assert preview.status_code == 200, preview.text
+        upcoming = preview.json()["fires"]
+        assert [fire["fires"] for fire in upcoming] == [True, True, True]
+        times = [datetime.fromisoformat(fire["scheduled_at"]) for fire in upcoming]
+        assert [(b - a).total_seconds() for a, b in itertools.pairwise(times)] == [1.0, 1.0]
+        assert all(fire["local_time"].endswith(("+01:00", "+02:00")) for fire in upcoming)
+
+        # Every run of the trigger is a fire its ledger records as started, with its run id.
+        def started_fires() -> dict[str, str]:
+            items = admin.get(f"/v1/triggers/{trigger_id}/fires").json()["items"]
+            return {e["run_id"]: e["status"] for e in items if e["status"] == "started"}
+
+        fires = poll(started_fires, lambda fires: {r["id"] for r in runs} <= set(fires))
+        assert set(fires.values()) == {"started"}
 
         admin.post(f"/v1/triggers/{trigger_id}/pause")
         time.sleep(1.5)  # let a fire already in flight at the moment of the pause land

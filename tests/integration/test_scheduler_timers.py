@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
@@ -21,7 +22,7 @@ from contracts import subjects
 from contracts.registry import CronSchedule, Trigger
 from contracts.runs import DeadLetter, FlowStart
 from contracts.scheduling import ScheduleTick
-from services.scheduler.app import SchedulerApp, create_app
+from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
 from shared.codec import decode, encode
 from shared.ids import new_id
@@ -336,3 +337,29 @@ async def test_an_undecodable_tick_becomes_a_dead_letter(nc: Client, js: JetStre
     assert letters[0].service == "scheduler"
     assert letters[0].payload == "not a tick"
     assert "undecodable" in letters[0].reason
+
+
+async def test_starting_brings_an_older_tick_consumer_up_to_date(
+    nats_url: str, js: JetStreamContext
+):
+    # As an earlier version left it: 30 s ack wait and the server's default pending limit.
+    await js.delete_consumer(subjects.SCHEDULES_STREAM, subjects.SCHEDULER_CONSUMER)
+    await js.add_consumer(
+        subjects.SCHEDULES_STREAM,
+        ConsumerConfig(
+            durable_name=subjects.SCHEDULER_CONSUMER,
+            filter_subject=f"{subjects.SCHEDULE_TICK_PREFIX}.>",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+        ),
+    )
+    settings = SchedulerSettings(nats_url=nats_url)
+    app = create_app(settings)
+    await app.start()
+    try:
+        info = await js.consumer_info(subjects.SCHEDULES_STREAM, subjects.SCHEDULER_CONSUMER)
+    finally:
+        await app.stop()
+    assert info.config.ack_wait == settings.tick_ack_wait + settings.timer_lead
+    assert info.config.max_ack_pending == TICKS_PENDING
