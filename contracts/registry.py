@@ -240,6 +240,11 @@ class Trigger(Struct, frozen=True, kw_only=True):
     """Bumped on every change, so work computed from an older version can be recognised."""
     created_at: datetime
     updated_at: datetime
+    paused_at: datetime | None = None
+    """When the trigger was last paused (or created paused); kept when it is resumed."""
+    resumed_at: datetime | None = None
+    """When it was resumed from that pause; None while paused or never paused. A scheduler
+    that was down when it happened decides the fires of the pause from these two."""
     sync_wait_seconds: SyncWait = 10.0
     """API triggers: how long `POST /trigger/{flow_id}` waits for the run to finish before it
     answers `202` (0 answers at once); a caller may ask for another wait up to 60 s."""

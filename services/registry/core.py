@@ -320,6 +320,7 @@ class Registry:
             overlap=new.overlap,
             created_at=now,
             updated_at=now,
+            paused_at=None if new.enabled else now,
             sync_wait_seconds=new.sync_wait_seconds,
         )
         await self._store.create(
@@ -373,11 +374,14 @@ class Registry:
         def apply(trigger: Trigger) -> Trigger:
             if trigger.enabled == request.enabled:
                 return trigger
+            now = self._clock()
             return msgspec.structs.replace(
                 trigger,
                 enabled=request.enabled,
                 version=trigger.version + 1,
-                updated_at=self._clock(),
+                updated_at=now,
+                paused_at=trigger.paused_at if request.enabled else now,
+                resumed_at=now if request.enabled else None,
             )
 
         return await self._update_trigger(request.workspace_id, request.trigger_id, apply)

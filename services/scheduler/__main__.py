@@ -10,7 +10,8 @@ from shared.settings import from_environment
 
 def main() -> None:
     configure_logging("scheduler")
-    asyncio.run(serve(create_app(from_environment(SchedulerSettings)), "scheduler"))
+    app = create_app(from_environment(SchedulerSettings), tune_gc=True)
+    asyncio.run(serve(app, "scheduler"))
 
 
 if __name__ == "__main__":

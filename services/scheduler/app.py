@@ -222,9 +222,12 @@ def quiet_collector() -> None:
 class SchedulerApp:
     """The scheduler service: follows the triggers, keeps their timers parked, fires ticks."""
 
-    def __init__(self, settings: SchedulerSettings, *, clock: Clock = now_utc) -> None:
+    def __init__(
+        self, settings: SchedulerSettings, *, clock: Clock = now_utc, tune_gc: bool = False
+    ) -> None:
         self._settings = settings
         self._clock = clock
+        self._tune_gc = tune_gc
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._scheduler: Scheduler | None = None
@@ -267,7 +270,8 @@ class SchedulerApp:
         self._run_events_task = asyncio.create_task(
             supervised("scheduler run events", self._follow_run_events)
         )
-        quiet_collector()
+        if self._tune_gc:  # the process is ours alone (not when embedded, as in tests)
+            quiet_collector()
         log.info("scheduler follows %d triggers", len(mirror))
 
     async def stop(self) -> None:
@@ -373,6 +377,9 @@ class SchedulerApp:
         await puller.run()
 
 
-def create_app(settings: SchedulerSettings, *, clock: Clock = now_utc) -> SchedulerApp:
-    """The scheduler, not yet started (no connection is made until `start`)."""
-    return SchedulerApp(settings, clock=clock)
+def create_app(
+    settings: SchedulerSettings, *, clock: Clock = now_utc, tune_gc: bool = False
+) -> SchedulerApp:
+    """The scheduler, not yet started (no connection is made until `start`). `tune_gc`: the
+    process runs nothing else, so the collector is tuned for it (`quiet_collector`)."""
+    return SchedulerApp(settings, clock=clock, tune_gc=tune_gc)

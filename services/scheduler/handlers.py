@@ -369,7 +369,8 @@ class Scheduler:
             and old.type == "schedule"
             and old.schedule == new_schedule
         ):
-            self._spawn(self._retrying(self.catch_up_pause, new, old.updated_at))
+            paused_at = new.paused_at or old.updated_at
+            self._spawn(self._retrying(self.catch_up_pause, new, paused_at))
         self._spawn(self._retrying(self.sync, key))
 
     async def sync(self, trigger_id: str) -> None:
@@ -385,6 +386,10 @@ class Scheduler:
         until its due time, waiting for a replica, or held by a replica that died (it comes
         back after the ack wait). That tick decides everything due since and parks the next
         timer; parking one here too would start a second chain of timers beside it.
+
+        A trigger with no timer at all that was resumed from a pause was resumed while no
+        scheduler ran (a replica that sees a resume parks a timer at once): the fires of that
+        pause are decided first, as a live replica would have (`catch_up_pause`).
 
         Timers of triggers that were deleted or paused while no scheduler ran are not looked
         for: such a timer fires once more, its tick is recognised as stale and dropped, and it
@@ -405,6 +410,17 @@ class Scheduler:
 
         async def work() -> None:
             for trigger_id in trigger_ids:
+                trigger = self._triggers.get(trigger_id)
+                if (
+                    trigger is not None
+                    and trigger_id not in parked
+                    and trigger.paused_at is not None
+                    and trigger.resumed_at is not None
+                ):
+                    try:
+                        await self.catch_up_pause(trigger, trigger.paused_at)
+                    except Exception:
+                        log.exception("could not decide the pause of trigger %s", trigger_id)
                 try:
                     async with self._lock(trigger_id):
                         await self._park_current(trigger_id, self._clock())
@@ -433,7 +449,7 @@ class Scheduler:
 
     async def catch_up_pause(self, trigger: Trigger, paused_at: datetime) -> None:
         """Decide the occurrences due while `trigger` was paused (from `paused_at` until it was
-        resumed, `trigger.updated_at`): recorded as `paused`, or started by the misfire policy.
+        resumed, `trigger.resumed_at`): recorded as `paused`, or started by the misfire policy.
 
         Every replica that sees the resume runs this; the decisions are the same, and the
         start's and the ledger's message ids make them count once.
@@ -441,7 +457,7 @@ class Scheduler:
         schedule = armed_schedule(trigger)
         if schedule is None:
             return
-        resumed_at = trigger.updated_at
+        resumed_at = trigger.resumed_at or trigger.updated_at
         jitter = cron.jitter_offset(trigger.id, schedule.jitter)
         first = next(iter(cron.occurrences(schedule, paused_at)), None)
         if first is None or first.scheduled_at + jitter > resumed_at:

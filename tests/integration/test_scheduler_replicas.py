@@ -196,6 +196,49 @@ async def test_after_every_replica_was_down_the_misfire_policy_decides_at_once(
         assert ledger[second] & {"started", "caught_up"}, (second, ledger[second])
 
 
+async def test_a_resume_while_every_replica_was_down_is_decided_on_return(
+    nats_url: str,
+    tmp_path: Path,
+    replicas: list[Replica],
+    registry: Registry,  # noqa: F811
+    starts: StartLog,  # noqa: F811
+    js: JetStreamContext,
+):
+    only = await start_replica(replicas, nats_url, tmp_path).up()
+    trigger = per_second("run_once")
+    await registry.put(trigger)
+    await starts.wait_for(lambda start: start.trigger_id == trigger.id, timeout=4)
+    # Paused as the registry does it, seen by the replica (which cancels the timer)...
+    paused = changed(trigger, enabled=False, paused_at=now())
+    await registry.put(paused)
+    await settle(1)
+    only.kill()
+    await settle(3)
+    # ... then resumed while no replica runs.
+    resumed = changed(paused, enabled=True, resumed_at=now())
+    await registry.put(resumed)
+    await settle(1)
+    await start_replica(replicas, nats_url, tmp_path).up()
+    await settle(1.5)
+    await registry.put(changed(resumed, enabled=False, paused_at=now(), resumed_at=None))
+    await settle(0.5)
+
+    assert paused.paused_at is not None
+    assert resumed.resumed_at is not None
+    pause = every_second(
+        paused.paused_at.replace(microsecond=0) + timedelta(seconds=1),
+        resumed.resumed_at - timedelta(seconds=1),
+    )
+    ledger = decisions(await read_ledger(js, trigger.workspace_id, trigger.id))
+    for second in pause:
+        assert ledger[second] & {"paused", "caught_up"}, (second, ledger[second])
+    caught_up = [second for second in pause if "caught_up" in ledger[second]]
+    assert len(caught_up) <= 1
+    assert len([s for s, found in ledger.items() if "caught_up" in found]) == 1
+    fires = runs_by_fire(starts, trigger.id)
+    assert all(len(run_ids) == 1 for run_ids in fires.values()), fires
+
+
 async def _two_in_process(nats_url: str) -> list[SchedulerApp]:
     apps = [create_app(SchedulerSettings(nats_url=nats_url)) for _ in range(2)]
     for app in apps:

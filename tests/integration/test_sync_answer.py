@@ -19,9 +19,9 @@ def final_events_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     right after committing the final record)."""
     publish = RunBook.publish
 
-    async def publish_unless_final(self: RunBook, run: Run) -> None:
+    async def publish_unless_final(self: RunBook, run: Run, value: bytes | None = None) -> None:
         if run.status not in TERMINAL_STATUSES:
-            await publish(self, run)
+            await publish(self, run, value)
 
     monkeypatch.setattr(RunBook, "publish", publish_unless_final)
 

@@ -508,6 +508,30 @@ async def test_pause_and_resume_bump_the_version_only_when_the_state_changes(
     assert resumed_again == resumed
 
 
+async def test_a_pause_and_the_resume_after_it_are_kept_on_the_trigger(
+    registry: Registry, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(registry, ws, (await flow(registry, ws)).id)
+    assert (created.paused_at, created.resumed_at) == (None, None)
+
+    def set_enabled(enabled: bool) -> Awaitable[Trigger]:
+        return registry.set_trigger_enabled(
+            SetTriggerEnabled(workspace_id=ws, trigger_id=created.id, enabled=enabled)
+        )
+
+    clock.advance(1)
+    paused = await set_enabled(False)
+    clock.advance(60)
+    resumed = await set_enabled(True)
+    clock.advance(5)
+    paused_again = await set_enabled(False)
+
+    assert (paused.paused_at, paused.resumed_at) == (paused.updated_at, None)
+    assert (resumed.paused_at, resumed.resumed_at) == (paused.updated_at, resumed.updated_at)
+    assert (paused_again.paused_at, paused_again.resumed_at) == (paused_again.updated_at, None)
+
+
 async def test_a_deleted_trigger_is_gone(registry: Registry, store: InMemoryRegistryStore) -> None:
     ws = (await workspace(registry)).workspace.id
     created = await trigger(registry, ws, (await flow(registry, ws)).id)

@@ -582,6 +582,44 @@ async def test_resuming_decides_the_fires_of_the_pause_by_the_misfire_policy(wor
     )
 
 
+async def test_a_resume_no_scheduler_saw_is_decided_when_one_starts(world: World):
+    # Paused at 10:05 and resumed at 11:07 while every replica was down: no timer is parked.
+    world.triggers.by_id["trg_1"] = msgspec.structs.replace(
+        with_schedule(),
+        version=3,
+        paused_at=datetime(2026, 1, 1, 10, 5, tzinfo=UTC),
+        resumed_at=datetime(2026, 1, 1, 11, 7, tzinfo=UTC),
+    )
+    world.clock.now = datetime(2026, 1, 1, 11, 20, tzinfo=UTC)
+    await world.scheduler.reconcile()
+    assert started_times(world) == ["11:00:00"]
+    assert world.ledger.statuses() == [
+        ("10:15:00", "paused"),
+        ("10:30:00", "paused"),
+        ("10:45:00", "paused"),
+        ("11:00:00", "caught_up"),
+    ]
+    assert world.timers.parked_ticks["trg_1"].scheduled_at == datetime(
+        2026, 1, 1, 11, 30, tzinfo=UTC
+    )
+
+
+async def test_a_resume_a_scheduler_saw_is_not_decided_again_on_restart(world: World):
+    # The replica that saw the resume parked a timer of the resumed version.
+    trigger = msgspec.structs.replace(
+        with_schedule(),
+        version=3,
+        paused_at=datetime(2026, 1, 1, 10, 5, tzinfo=UTC),
+        resumed_at=datetime(2026, 1, 1, 11, 7, tzinfo=UTC),
+    )
+    world.triggers.by_id["trg_1"] = trigger
+    world.timers.parked_ticks["trg_1"] = tick("trg_1", 3, "2026-01-01T11:30:00+00:00")
+    world.clock.now = datetime(2026, 1, 1, 11, 20, tzinfo=UTC)
+    await world.scheduler.reconcile()
+    assert world.starts.published == []
+    assert world.ledger.entries == []
+
+
 async def test_resuming_with_skip_records_the_paused_fires_and_starts_none(world: World):
     await world.scheduler.reconcile()
     trigger = with_schedule(misfire="skip")
