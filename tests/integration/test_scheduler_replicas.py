@@ -186,7 +186,11 @@ async def test_after_every_replica_was_down_the_misfire_policy_decides_at_once(
             assert started_in_outage == []
             assert missed == outage
         case "one":
-            assert len([s for s in outage if "caught_up" in ledger[s]]) == 1
+            # The most recent missed fire: MISFIRE_AFTER before the returning replica decided,
+            # which is a little after `back_at` (its start-up), so maybe just past `outage`.
+            caught_up = [second for second, found in ledger.items() if "caught_up" in found]
+            assert len(caught_up) == 1, ledger
+            assert down_at < caught_up[0] < back_at + timedelta(seconds=3), (caught_up, back_at)
             assert len(started_in_outage) <= 1
         case "all":
             assert started_in_outage == outage
