@@ -7,7 +7,7 @@ writes trigger records straight into the `triggers` bucket):
    scheduler process; fire lag over a measuring window, peak RSS, CPU per second, and CPU
    while idle (a window with no fire due).
 2. herd: H one-off schedules due in the same second; time until the last start is stored,
-   with one scheduler replica and then with two.
+   with one scheduler replica and then with two; then the same with 3H.
 3. the baseline: one Python process, croniter + heapq, publishing the same `flow.start`
    messages to JetStream (pipelined), measured the same way for the spread and the herd.
 
@@ -356,6 +356,11 @@ async def main(n: int, h: int, measure: float) -> None:
             print(f"herd: {h} schedules due in the same second")
             await scheduler_herd(nc, env, logs, h, 1)
             await scheduler_herd(nc, env, logs, h, 2)
+            # On two shared cores a second replica adds no CPU: it shows once a herd is more
+            # than one replica decides within its `TIMER_LEAD`.
+            print(f"herd: {3 * h} schedules due in the same second")
+            await scheduler_herd(nc, env, logs, 3 * h, 1)
+            await scheduler_herd(nc, env, logs, 3 * h, 2)
             print("baseline (croniter + heapq, one process, same flow.start messages)")
             await baseline(nc, n, h, measure)
         finally:
