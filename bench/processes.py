@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from shared import nats_server
+
 STOP_GRACE = 10.0
 LOG_TAIL_BYTES = 3000
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -78,6 +80,14 @@ def start_module(
 def adopt(name: str, process: subprocess.Popen[bytes], log: Path) -> Server:
     """A process started elsewhere in its own session (such as `nats_server.start`)."""
     return Server(name, process, log)
+
+
+def start_nats(folder: Path) -> tuple[Server, str]:
+    """A nats-server with JetStream on a free port, its store and log in `folder`; its URL."""
+    port = nats_server.free_port()
+    log = folder / "nats.log"
+    process = nats_server.start(port, folder / "nats", log, new_session=True)
+    return adopt("nats", process, log), f"nats://127.0.0.1:{port}"
 
 
 def stop_all(servers: list[Server]) -> None:

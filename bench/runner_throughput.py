@@ -18,11 +18,11 @@ from pathlib import Path
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from bench.processes import Server, adopt, start_module, stop_all
+from bench.processes import Server, start_module, start_nats, stop_all
 from contracts import subjects
 from contracts.registry import Flow, PythonFlowSettings
 from contracts.runs import FlowStart
-from shared import broker, nats_server
+from shared import broker
 from shared.codec import encode
 from shared.ids import new_id
 
@@ -127,13 +127,7 @@ async def run(count: int, store: Path | None) -> None:
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="bench-runner-", dir=store) as tmp:
         work_dir = Path(tmp)
-        port = nats_server.free_port()
-        nats = adopt(
-            "nats",
-            nats_server.start(port, work_dir / "nats", work_dir / "nats.log", new_session=True),
-            work_dir / "nats.log",
-        )
-        url = f"nats://127.0.0.1:{port}"
+        nats, url = start_nats(work_dir)
         try:
             nc = await broker.connect(url, "bench")
             js = nc.jetstream()

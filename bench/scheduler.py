@@ -35,12 +35,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from bench.processes import Server, adopt, start_module, stop_all
+from bench.processes import Server, start_module, start_nats, stop_all
 from contracts import subjects
 from contracts.registry import CronSchedule, OnceSchedule, Trigger
 from contracts.runs import FlowStart
 from services.scheduler.handlers import fire_key, flow_start
-from shared import broker, nats_server
+from shared import broker
 from shared.codec import decoder, encode
 from shared.ids import new_id
 
@@ -339,13 +339,7 @@ async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
 async def main(n: int, h: int, measure: float) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as folder:
         logs = Path(folder)
-        port = nats_server.free_port()
-        nats = adopt(
-            "nats",
-            nats_server.start(port, logs / "nats", logs / "nats.log", new_session=True),
-            logs / "nats.log",
-        )
-        url = f"nats://127.0.0.1:{port}"
+        nats, url = start_nats(logs)
         env = {"NATS_URL": url, "LOG_LEVEL": "INFO"}
         nc = await broker.connect(url, "bench")
         try:

@@ -46,7 +46,7 @@ TICKS_PENDING = 100_000
 """Most ticks the replicas together hold unacknowledged (the server's default is 1,000, less
 than one herd held until its due second)."""
 PARKED_SCAN_BATCH = 1000
-"""Parked timers one pull reads when the scheduler lists them at startup."""
+"""Timers and ticks one pull reads when the scheduler lists the heads at startup."""
 PARKED_SCAN_INACTIVE = 30.0
 """Seconds after which the server removes the startup's timer-listing consumer if left behind."""
 
