@@ -545,10 +545,10 @@ class Scheduler:
             if self._triggers.get(tick.trigger_id) is not trigger:
                 # Changed while held: judged again (now due, so it is not held twice).
                 return await self.fire(tick, redelivered=redelivered)
-        # The start is stored first; the ledger entries and the next timer then go out
-        # together, and the caller acks the tick only once all of them are acknowledged: a
-        # failed start parks nothing (a parked timer would replace the tick before its retry)
-        # and records nothing it did not do.
+        # The start is stored first, then the ledger entries and the next timer, and the
+        # caller acks the tick only once all of them are acknowledged: a failed start parks
+        # nothing (a parked timer would replace the tick before its retry) and records
+        # nothing it did not do.
         await self._carry_out(
             trigger, decisions, due, starts, then=self._park_next(trigger, tick, due)
         )
@@ -639,7 +639,8 @@ class Scheduler:
         then: Coroutine[Any, Any, None] | None = None,
     ) -> None:
         """Store the `starts` of `decisions` (raising if one fails), then record every
-        decision and run `then` concurrently with the ledger writes."""
+        decision and run `then`: after the one ledger write of the usual tick, concurrently
+        with the many of a catch-up."""
         publishes = [self._starts.publish(start, msg_id) for start, msg_id in starts]
         try:
             if len(publishes) == 1:
