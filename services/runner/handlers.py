@@ -509,7 +509,7 @@ class StartFlow:
                 running, flow, self._functions, self._clock, http=self._http
             )
         except asyncio.CancelledError:
-            self.in_progress.release(msg)
+            self.in_progress.release(msg)  # the attempt is over: no beats while handing back
             if key in self._aborted and task.cancelling() == 1:
                 task.uncancel()  # cancelled as a run, not stopped as a runner
                 return None
