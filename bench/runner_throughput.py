@@ -1,10 +1,11 @@
 """`python -m bench.runner_throughput` (`make bench-runner`): no-op runs per second with 1 and 2
 runners, next to a bare nats-py pull consumer that only acks, in the same run.
 
-Starts a nats-server in a temporary directory, writes a flow for the `noop` function straight
-into the flows bucket (as the registry would), publishes N starts, then measures how long the
-consumers take to acknowledge all of them: the bare consumer and the runners alike start on a
-full queue (the runners' consumer is paused while it fills). It measures, it does not assert.
+Starts a nats-server with its store in memory (`/dev/shm`, when there is one), writes a flow
+for the `noop` function straight into the flows bucket (as the registry would), publishes N
+starts, then measures how long the consumers take to acknowledge all of them: the bare
+consumer and the runners alike start on a full queue (the runners' consumer is paused while it
+fills). It measures, it does not assert.
 """
 
 import argparse

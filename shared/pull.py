@@ -6,6 +6,9 @@ Here one pull request at a time asks for as many messages as there are free slot
 delivers them to a callback subscription, which hands each to `dispatch` at once. The request
 ends when all its messages came, or with the server's status (404/408 when it expires, 409 on
 trouble), or locally after `expires` plus a margin (its server restarted and forgot it).
+
+`delivery` reads what a handler needs of a delivered message (sequence, deliveries, stored
+time) without nats-py's `Msg.metadata` objects.
 """
 
 import asyncio

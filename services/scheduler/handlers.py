@@ -52,6 +52,7 @@ from services.scheduler.cron import Occurrence
 from shared.broker import reject
 from shared.codec import decode
 from shared.ids import derived_id
+from shared.pull import delivery
 
 log = logging.getLogger(__name__)
 
@@ -411,19 +412,22 @@ class Scheduler:
         async def work() -> None:
             for trigger_id in trigger_ids:
                 trigger = self._triggers.get(trigger_id)
-                if (
-                    trigger is not None
-                    and trigger_id not in parked
-                    and trigger.paused_at is not None
-                    and trigger.resumed_at is not None
-                ):
-                    try:
-                        await self.catch_up_pause(trigger, trigger.paused_at)
-                    except Exception:
-                        log.exception("could not decide the pause of trigger %s", trigger_id)
+                headless = trigger_id not in parked
                 try:
+                    if (
+                        headless
+                        and trigger is not None
+                        and trigger.paused_at is not None
+                        and trigger.resumed_at is not None
+                    ):
+                        # Before parking: a failure parks nothing, so the next start decides
+                        # the pause again instead of finding a timer and leaving it undecided.
+                        await self.catch_up_pause(trigger, trigger.paused_at)
                     async with self._lock(trigger_id):
-                        await self._park_current(trigger_id, self._clock())
+                        # No timer or tick at all: none of it can have gone off.
+                        await self._park_current(
+                            trigger_id, self._clock(), may_have_gone_off=not headless
+                        )
                 except Exception:
                     log.exception("could not park the timer of trigger %s", trigger_id)
                     failures.append(trigger_id)
@@ -703,10 +707,13 @@ class Scheduler:
             recorded_at=now,
         )
 
-    async def _park_current(self, trigger_id: str, after: datetime) -> bool:
+    async def _park_current(
+        self, trigger_id: str, after: datetime, *, may_have_gone_off: bool = True
+    ) -> bool:
         """Park the trigger's next occurrence after `after` that is not yet due (an occurrence
         already due is left behind); False if the trigger is not armed or its schedule is
-        over. Call with the trigger's lock held."""
+        over. `may_have_gone_off=False` (the caller knows the trigger has no tick) skips the
+        look for a timer of it that went off. Call with the trigger's lock held."""
         trigger = self._triggers.get(trigger_id)
         schedule = armed_schedule(trigger)
         if trigger is None or schedule is None:
@@ -723,7 +730,11 @@ class Scheduler:
         # A timer that would go off at once may already have gone off (its tick is held until
         # its due time, or waits for a replica): whoever handles that tick parks the next one.
         goes_off_at = tick.scheduled_at + jitter - self._timers.lead
-        if goes_off_at <= now and await self._timers.last_gone_off(trigger_id) == tick:
+        if (
+            may_have_gone_off
+            and goes_off_at <= now
+            and await self._timers.last_gone_off(trigger_id) == tick
+        ):
             return True
         await self._timers.park(tick)
         return True
@@ -782,13 +793,13 @@ async def consume_tick(
         return
     try:
         outcome = await scheduler.fire(
-            tick, redelivered=msg.metadata.num_delivered > 1, on_hold=on_hold
+            tick, redelivered=delivery(msg).delivered > 1, on_hold=on_hold
         )
     except Exception:
         log.exception("tick of trigger %s for %s failed", tick.trigger_id, tick.scheduled_at)
         await msg.nak(delay=retry_delay)
         return
-    if outcome == "store_behind" and msg.metadata.num_delivered < MAX_DELIVERIES_WHILE_BEHIND:
+    if outcome == "store_behind" and delivery(msg).delivered < MAX_DELIVERIES_WHILE_BEHIND:
         await msg.nak(delay=retry_delay)
         return
     await msg.ack()

@@ -48,10 +48,12 @@ class FakeTimers:
         self.lead = timedelta(0)
         self.parked_ticks: dict[str, ScheduleTick] = {}
         self.gone_off: dict[str, ScheduleTick] = {}
+        self.gone_off_lookups = 0
         self.parks = 0
         self.cancels: list[str] = []
 
     async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
+        self.gone_off_lookups += 1
         return self.gone_off.get(trigger_id)
 
     async def park(self, tick: ScheduleTick) -> None:
@@ -582,14 +584,19 @@ async def test_resuming_decides_the_fires_of_the_pause_by_the_misfire_policy(wor
     )
 
 
-async def test_a_resume_no_scheduler_saw_is_decided_when_one_starts(world: World):
-    # Paused at 10:05 and resumed at 11:07 while every replica was down: no timer is parked.
-    world.triggers.by_id["trg_1"] = msgspec.structs.replace(
+def paused_10_05_resumed_11_07() -> Trigger:
+    """A */15 trigger as the registry leaves it after a pause at 10:05 and a resume at 11:07."""
+    return msgspec.structs.replace(
         with_schedule(),
         version=3,
         paused_at=datetime(2026, 1, 1, 10, 5, tzinfo=UTC),
         resumed_at=datetime(2026, 1, 1, 11, 7, tzinfo=UTC),
     )
+
+
+async def test_a_resume_no_scheduler_saw_is_decided_when_one_starts(world: World):
+    # Paused at 10:05 and resumed at 11:07 while every replica was down: no timer is parked.
+    world.triggers.by_id["trg_1"] = paused_10_05_resumed_11_07()
     world.clock.now = datetime(2026, 1, 1, 11, 20, tzinfo=UTC)
     await world.scheduler.reconcile()
     assert started_times(world) == ["11:00:00"]
@@ -604,14 +611,39 @@ async def test_a_resume_no_scheduler_saw_is_decided_when_one_starts(world: World
     )
 
 
+async def test_a_resume_whose_decision_fails_parks_nothing_so_the_next_start_decides_it(
+    world: World,
+):
+    world.triggers.by_id["trg_1"] = paused_10_05_resumed_11_07()
+    world.clock.now = datetime(2026, 1, 1, 11, 20, tzinfo=UTC)
+    world.starts.failing = True
+    with pytest.raises(RuntimeError, match="could not park the timers of 1 triggers"):
+        await world.scheduler.reconcile()
+    assert world.timers.parks == 0
+
+    world.starts.failing = False
+    await world.scheduler.reconcile()
+    assert started_times(world) == ["11:00:00"]
+    assert world.timers.parked_ticks["trg_1"].scheduled_at == datetime(
+        2026, 1, 1, 11, 30, tzinfo=UTC
+    )
+
+
+async def test_reconcile_does_not_look_for_a_gone_off_timer_of_a_trigger_with_none(
+    world: World,
+):
+    # Due within the lead, so its timer goes off at once; but no timer or tick exists at all.
+    world.timers.lead = timedelta(seconds=2)
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 59, tzinfo=UTC)
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    await world.scheduler.reconcile()
+    assert world.timers.gone_off_lookups == 0
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
+
+
 async def test_a_resume_a_scheduler_saw_is_not_decided_again_on_restart(world: World):
     # The replica that saw the resume parked a timer of the resumed version.
-    trigger = msgspec.structs.replace(
-        with_schedule(),
-        version=3,
-        paused_at=datetime(2026, 1, 1, 10, 5, tzinfo=UTC),
-        resumed_at=datetime(2026, 1, 1, 11, 7, tzinfo=UTC),
-    )
+    trigger = paused_10_05_resumed_11_07()
     world.triggers.by_id["trg_1"] = trigger
     world.timers.parked_ticks["trg_1"] = tick("trg_1", 3, "2026-01-01T11:30:00+00:00")
     world.clock.now = datetime(2026, 1, 1, 11, 20, tzinfo=UTC)
