@@ -107,8 +107,12 @@ class Puller:
 
     async def _answer(self) -> None:
         """Wait for the current request to end (locally given up if its answer never comes)."""
+        # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` swallows a cancellation
+        # that lands as the event is set, and the pull loop then never stopped (a stop hung
+        # now and then in the tests, seen in an asyncio task dump).
         try:
-            await asyncio.wait_for(self._answered.wait(), self._expires + MARGIN)
+            async with asyncio.timeout(self._expires + MARGIN):
+                await self._answered.wait()
         except TimeoutError:
             self._asked = 0
 
