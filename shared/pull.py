@@ -4,8 +4,8 @@ nats-py's `fetch` takes each message off a queue with `next_msg`, which creates 
 uuid and a timer per message (about 40 µs on this machine, more than a no-op run's own work).
 Here one pull request at a time asks for as many messages as there are free slots; the server
 delivers them to a callback subscription, which hands each to `dispatch` at once. The request
-ends when all its messages came, or with the server's status (404/408 when it expires, 409 on
-trouble), or locally after `expires` plus a margin (its server restarted and forgot it).
+ends when all its messages came, or with the server's status (404/408 when it expires, 409 or
+503 on trouble), or locally after `expires` plus a margin (its server restarted and forgot it).
 
 `delivery` reads what a handler needs of a delivered message (sequence, deliveries, stored
 time) without nats-py's `Msg.metadata` objects.
@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 STATUS = "Status"
 HEARTBEAT = "100"
-CONFLICT = "409"
+DESCRIPTION = "Description"
+REFUSALS = frozenset({"409", "503"})
+"""Statuses that end a pull request without its messages because of trouble (a consumer
+setting, a leader change, JetStream not ready yet), not because it ran out of time or work."""
 MARGIN = 1.0
 """Seconds past a request's expiry after which it is given up without its status."""
 
@@ -56,13 +59,22 @@ class Puller:
         self._asked = 0
         self._answered = asyncio.Event()
         self._stopping = False
-        self._conflict = False
+        self._request = 0
+        """Number of the current pull request: its answers come to `<inbox>.<number>`."""
+        self._refusal: str | None = None
+        """Why the server refused the current request (its 409 or 503), or None."""
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(STATUS) if msg.headers else None
+        headers = msg.headers or {}
+        status = headers.get(STATUS)
         if status is not None:
-            if status != HEARTBEAT:  # the request is over (expired, nothing left, trouble)
-                self._conflict = status == CONFLICT
+            # A status comes to the request's own reply subject (messages keep their own
+            # subject): the status of an earlier request, given up locally, says nothing of
+            # this one.
+            current = msg.subject.endswith(f".{self._request}")
+            if current and status != HEARTBEAT:  # over: expired, nothing left, or refused
+                if status in REFUSALS:
+                    self._refusal = f"{status} {headers.get(DESCRIPTION) or ''}".strip()
                 self._asked = 0
                 self._answered.set()
             return
@@ -80,8 +92,9 @@ class Puller:
         """Pull until cancelled; then let the last request run out, handing back what it
         brings."""
         inbox = self._nc.new_inbox()
-        subscription = await self._nc.subscribe(inbox, cb=self._on_message)
+        subscription = await self._nc.subscribe(f"{inbox}.*", cb=self._on_message)
         expires_ns = int(self._expires * 1e9)
+        refused_in_a_row = 0
         try:
             while True:
                 free = self._capacity()
@@ -89,14 +102,27 @@ class Puller:
                     self.freed.clear()
                     await self.freed.wait()
                     continue
+                self._request += 1
                 self._asked = free
+                self._refusal = None
                 self._answered.clear()
                 request = encode({"batch": free, "expires": expires_ns})
-                await self._nc.publish(self._subject, request, reply=inbox)
+                await self._nc.publish(self._subject, request, reply=f"{inbox}.{self._request}")
                 await self._answer()
-                if self._conflict:
-                    log.warning("pull request refused by the server (409); pulling again soon")
-                    await asyncio.sleep(self._expires)
+                if self._refusal is None:
+                    refused_in_a_row = 0
+                    continue
+                # Refused (a 409, or a 503 while JetStream comes back after a restart): pause,
+                # longer while it lasts, then ask again. Each request starts with a clean slate.
+                pause = min(self._expires, 0.01 * 2**refused_in_a_row)
+                refused_in_a_row += 1
+                if refused_in_a_row in (1, 10) or refused_in_a_row % 100 == 0:
+                    log.warning(
+                        "pull request refused by the server (%s), %d in a row; pulling again",
+                        self._refusal,
+                        refused_in_a_row,
+                    )
+                await asyncio.sleep(pause)
         finally:
             self._stopping = True
             if self._asked > 0:

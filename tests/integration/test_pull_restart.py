@@ -1,0 +1,173 @@
+"""The pull loop keeps its pace across a restart of the NATS server.
+
+After a restart the server answered some pull requests with `409`; the loop kept taking every
+later request that ended with a full batch for another conflict and slept after each, so a
+backlog drained at a few hundred messages a second until the process was restarted.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from shared import broker, nats_server
+from shared.pull import Puller
+
+BACKLOG = 100_000
+SLOTS = 256
+
+
+class RestartableServer:
+    def __init__(self, store: Path) -> None:
+        self.port = nats_server.free_port()
+        self.store = store
+        self.process = nats_server.start(self.port, store)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        self.stop()
+        self.process = nats_server.start(self.port, self.store)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RestartableServer]:
+    running = RestartableServer(tmp_path / "nats")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(server: RestartableServer) -> AsyncIterator[Client]:
+    nc = await broker.connect(server.url, "pull-restart-test")
+    yield nc
+    await nc.close()
+
+
+async def set_largest_pull(client: Client, stream: str, largest: int) -> None:
+    """Create or update the durable `workers` with a `max_batch` (nats-py has no such field)."""
+    config = {"durable_name": "workers", "ack_policy": "explicit", "ack_wait": 30_000_000_000}
+    if largest:
+        config["max_batch"] = largest
+    request = {"stream_name": stream, "config": config}
+    answer = await client.request(
+        f"$JS.API.CONSUMER.CREATE.{stream}.workers", json.dumps(request).encode(), timeout=5
+    )
+    assert b'"error"' not in answer.data, answer.data
+
+
+class AckingWorker:
+    """Acks every message as it comes, at most `SLOTS` in flight, counting what it acked."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.in_flight = 0
+        self.puller: Puller | None = None
+
+    def capacity(self) -> int:
+        return SLOTS - self.in_flight
+
+    def dispatch(self, msg: Msg) -> None:
+        self.in_flight += 1
+        asyncio.get_running_loop().create_task(self._ack(msg))
+
+    async def _ack(self, msg: Msg) -> None:
+        try:
+            await msg.ack()
+            self.acked += 1
+        except Exception:  # the server went away: it redelivers after the ack wait
+            pass
+        finally:
+            self.in_flight -= 1
+            assert self.puller is not None
+            self.puller.freed.set()
+
+    async def rate(self, seconds: float) -> float:
+        """Acks per second over the next `seconds`."""
+        before, started = self.acked, time.monotonic()
+        await asyncio.sleep(seconds)
+        return (self.acked - before) / (time.monotonic() - started)
+
+
+async def test_the_drain_rate_recovers_after_the_server_restarts_under_a_backlog(
+    server: RestartableServer, client: Client
+) -> None:
+    js = client.jetstream()
+    await js.add_stream(StreamConfig(name="BACKLOG", subjects=["backlog"]))
+    await js.add_consumer(
+        "BACKLOG",
+        ConsumerConfig(durable_name="workers", ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
+    )
+    acks = [js.publish_async("backlog", b"x") for _ in range(BACKLOG)]
+    await asyncio.gather(*acks)
+
+    worker = AckingWorker()
+    puller = worker.puller = Puller(
+        client, "BACKLOG", "workers", capacity=worker.capacity, dispatch=worker.dispatch
+    )
+    pulling = asyncio.create_task(puller.run())
+    try:
+        await worker.rate(0.2)  # warm up
+        before = await worker.rate(0.5)
+        assert before > 0
+
+        await asyncio.to_thread(server.restart)
+        deadline = time.monotonic() + 15
+        while not client.is_connected:
+            assert time.monotonic() < deadline, "the client never reconnected"
+            await asyncio.sleep(0.05)
+        # The request in flight at the restart is given up after its expiry; then the pace
+        # must come back: the best half second of the next few, while a backlog is left.
+        after = 0.0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and worker.acked < BACKLOG - before:
+            after = max(after, await worker.rate(0.5))
+        assert after >= 0.8 * before, (
+            f"drained {before:.0f} msgs/s before the restart and at best {after:.0f} after"
+        )
+    finally:
+        pulling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pulling
+
+
+async def test_the_pace_comes_back_once_the_server_stops_refusing_pull_requests(
+    server: RestartableServer, client: Client
+) -> None:
+    js = client.jetstream()
+    await js.add_stream(StreamConfig(name="REFUSED", subjects=["refused"]))
+    await set_largest_pull(client, "REFUSED", 0)
+    await asyncio.gather(*[js.publish_async("refused", b"x") for _ in range(BACKLOG // 2)])
+    # A consumer that allows smaller pulls than ours refuses each of them with a 409.
+    await set_largest_pull(client, "REFUSED", SLOTS // 4)
+
+    worker = AckingWorker()
+    puller = worker.puller = Puller(
+        client, "REFUSED", "workers", capacity=worker.capacity, dispatch=worker.dispatch
+    )
+    pulling = asyncio.create_task(puller.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert worker.acked == 0
+        await set_largest_pull(client, "REFUSED", 0)
+        await asyncio.sleep(1.0)  # the loop's pause after the last refusal
+        rate = await worker.rate(1.0)
+        # Sleeping after every full batch, as it did, the loop acked under 2 * SLOTS a second.
+        assert rate > 10 * SLOTS, f"{rate:.0f} msgs/s once the refusals stopped"
+    finally:
+        pulling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pulling
