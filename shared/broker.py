@@ -30,8 +30,25 @@ FUNCTION_ANNOUNCEMENT_TTL = 120.0
 """Seconds an announced flow function stays listed after its last announcement."""
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers named by a `NATS_URL`: one URL, or several separated by commas (the nodes
+    of a cluster, so a service starts and reconnects while any one of them is down)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL names no server: use nats://host:4222[,nats://host2:4222]")
+    for server in servers:
+        scheme, separator, _ = server.partition("://")
+        if separator and scheme not in ("nats", "tls", "ws", "wss"):
+            raise ValueError(
+                f"NATS_URL {server!r}: use nats://, tls://, ws:// or wss:// (or host:port)"
+            )
+    return servers
+
+
 async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Client:
-    """Connect, retrying the first connection for a while, and reconnecting forever afterwards."""
+    """Connect to any server of `url` (see `server_urls`), retrying the first connection for a
+    while, and reconnecting forever afterwards (to whichever server answers)."""
+    servers = server_urls(url)
 
     async def on_error(error: Exception) -> None:
         log.warning("nats connection error (%s): %s", name, error)
@@ -46,7 +63,7 @@ async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Clien
     while True:
         try:
             return await nats.connect(
-                url,
+                servers=servers,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
