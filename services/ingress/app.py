@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
 from contracts import subjects
-from services.ingress import handlers, problems
+from services.ingress import docs, handlers, problems
 from services.ingress.directory import Directory
 from services.ingress.settings import IngressSettings
 from services.ingress.state import Ingress
@@ -52,7 +52,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             await nc.drain()
 
     return Litestar(
-        route_handlers=handlers.ROUTES,
+        route_handlers=[*handlers.ROUTES, docs.assets_router()],
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
@@ -67,7 +67,8 @@ def create_app(settings: IngressSettings) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Trigger plane",
             version="1.0.0",
-            path="/schema",
+            path=docs.SCHEMA_PATH,
+            render_plugins=docs.render_plugins(),
             description="Workspaces, API keys, flows, triggers and runs; `POST /trigger/{flow_id}`"
             " starts a flow through its API trigger.",
         ),

@@ -1,0 +1,48 @@
+"""The documentation pages work offline: every script, style and icon comes from the ingress."""
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.ingress.app import create_app as create_ingress
+from services.ingress.settings import IngressSettings
+
+HttpClient = AsyncTestClient[Any]
+_LINKS = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
+
+
+@pytest.fixture(scope="module")
+async def client(nats_url: str) -> AsyncIterator[HttpClient]:
+    app = create_ingress(IngressSettings(nats_url=nats_url))
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("page", ["/schema", "/schema/swagger", "/schema/redoc"])
+async def test_a_docs_page_loads_every_asset_from_the_ingress_itself(
+    client: HttpClient, page: str
+) -> None:
+    response = await client.get(page)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    links = _LINKS.findall(response.text)
+    assert any(link.endswith(".js") for link in links), links
+    for link in links:
+        if link.startswith("data:"):
+            continue
+        assert not urlsplit(link).netloc, f"{page} loads {link} from another host"
+        asset = await client.get(link)
+        assert asset.status_code == 200, link
+        assert len(asset.content) > 1000, link
+
+
+async def test_the_schema_document_is_served_as_json(client: HttpClient) -> None:
+    response = await client.get("/schema/openapi.json")
+
+    assert response.status_code == 200
+    assert response.json()["openapi"].startswith("3.")
