@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from contracts.registry import ApiKey, Flow, Trigger
+from contracts.registry import ApiKey, ApiTrigger, Flow, Trigger
 from services.ingress.problems import ApiError
 from shared import api_keys
 
@@ -45,12 +45,12 @@ def require_admin(key: ApiKey) -> ApiKey:
     return key
 
 
-def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> Trigger:
+def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> ApiTrigger:
     """The enabled API trigger through which `key` may start `flow`."""
     if flow is None or flow.workspace_id != key.workspace_id:
         # A foreign workspace's flow looks exactly like a missing one.
         raise ApiError(404, "flow_not_found", "no such flow in this key's workspace")
-    api_triggers = sorted((t for t in triggers if t.type == "api"), key=lambda t: t.id)
+    api_triggers = sorted((t for t in triggers if isinstance(t, ApiTrigger)), key=lambda t: t.id)
     if not api_triggers:
         raise ApiError(
             403,

@@ -105,8 +105,10 @@ async def new_flow(client: HttpClient, ws: Workspace, name: str = "nightly") -> 
 async def new_trigger(
     client: HttpClient, ws: Workspace, flow_id: str, **fields: Any
 ) -> dict[str, Any]:
-    # No runner runs in these tests: API triggers answer 202 at once instead of waiting.
-    trigger = {"flow_id": flow_id, "type": "api", "sync_wait_seconds": 0, **fields}
+    trigger = {"flow_id": flow_id, "type": "api", **fields}
+    if trigger["type"] == "api":
+        # No runner runs in these tests: API triggers answer 202 at once instead of waiting.
+        trigger.setdefault("sync_wait_seconds", 0)
     body: dict[str, Any] = created(
         await client.post("/v1/triggers", json=trigger, headers=ws.admin)
     )

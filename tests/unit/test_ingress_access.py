@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from contracts.registry import ApiKey, CronSchedule, Flow, KeyScope, PythonFlowSettings, Trigger
+from contracts.registry import (
+    ApiKey,
+    ApiTrigger,
+    CronSchedule,
+    Flow,
+    KeyScope,
+    ManualTrigger,
+    PythonFlowSettings,
+    ScheduleTrigger,
+    Trigger,
+)
 from services.ingress import access
 from services.ingress.problems import ApiError
 from shared import api_keys
@@ -39,14 +49,21 @@ def flow_in(workspace_id: str = WORKSPACE) -> Flow:
     )
 
 
-def trigger_of(flow: Flow, **fields: Any) -> Trigger:
-    return Trigger(
+TRIGGER_KINDS: dict[str, type[Trigger]] = {
+    "api": ApiTrigger,
+    "schedule": ScheduleTrigger,
+    "manual": ManualTrigger,
+}
+
+
+def trigger_of(flow: Flow, type: str = "api", **fields: Any) -> Trigger:
+    return TRIGGER_KINDS[type](
         id=new_id("trg"),
         workspace_id=flow.workspace_id,
         flow_id=flow.id,
         created_at=NOW,
         updated_at=NOW,
-        **{"type": "api", **fields},
+        **fields,
     )
 
 

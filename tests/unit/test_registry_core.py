@@ -10,6 +10,7 @@ import pytest
 from contracts import subjects
 from contracts.registry import (
     ApiKey,
+    ApiTrigger,
     CreateFlow,
     CreateKey,
     CreateTrigger,
@@ -23,12 +24,18 @@ from contracts.registry import (
     ListFlows,
     ListKeys,
     ListTriggers,
+    ManualTrigger,
+    NewApiTrigger,
     NewFlow,
     NewKey,
+    NewManualTrigger,
+    NewScheduleTrigger,
     NewTrigger,
     NewWorkspace,
     PythonFlowSettings,
     RevokeKey,
+    SchedulePatch,
+    ScheduleTrigger,
     SetTriggerEnabled,
     Trigger,
     TriggerChanges,
@@ -82,8 +89,17 @@ async def flow(registry: Registry, workspace_id: str, function: str = "echo") ->
     return await registry.create_flow(CreateFlow(workspace_id=workspace_id, flow=new))
 
 
-async def trigger(registry: Registry, workspace_id: str, flow_id: str, **fields: Any) -> Trigger:
-    new = NewTrigger(flow_id=flow_id, **{"type": "api", **fields})
+NEW_TRIGGERS: dict[str, type[NewTrigger]] = {
+    "api": NewApiTrigger,
+    "schedule": NewScheduleTrigger,
+    "manual": NewManualTrigger,
+}
+
+
+async def trigger(
+    registry: Registry, workspace_id: str, flow_id: str, type: str = "api", **fields: Any
+) -> Trigger:
+    new = NEW_TRIGGERS[type](flow_id=flow_id, **fields)
     return await registry.create_trigger(CreateTrigger(workspace_id=workspace_id, trigger=new))
 
 
@@ -317,30 +333,54 @@ async def test_a_trigger_for_a_flow_of_another_workspace_is_flow_not_found(
     assert store.keys(subjects.TRIGGERS_BUCKET) == []
 
 
-async def test_a_schedule_trigger_without_a_schedule_is_schedule_required(
-    registry: Registry,
-) -> None:
-    ws = (await workspace(registry)).workspace.id
-    nightly = await flow(registry, ws)
+def test_a_schedule_trigger_body_without_a_schedule_is_refused_naming_the_field() -> None:
+    body = b'{"flow_id": "flw_1", "type": "schedule"}'
 
-    error = await refusal(trigger(registry, ws, nightly.id, type="schedule"))
-
-    assert (error.problem.status, error.problem.code) == (422, "schedule_required")
+    with pytest.raises(msgspec.ValidationError, match="`schedule`"):
+        msgspec.json.decode(body, type=NewTrigger)
 
 
 @pytest.mark.parametrize("trigger_type", ["api", "manual"])
-async def test_a_trigger_that_is_not_a_schedule_with_a_schedule_is_unexpected_schedule(
-    registry: Registry, trigger_type: str
+def test_a_trigger_body_that_is_not_a_schedule_with_a_schedule_is_refused(
+    trigger_type: str,
 ) -> None:
-    ws = (await workspace(registry)).workspace.id
-    nightly = await flow(registry, ws)
-
-    error = await refusal(
-        trigger(registry, ws, nightly.id, type=trigger_type, schedule=EVERY_FIVE_MINUTES)
+    body = msgspec.json.encode(
+        {"flow_id": "flw_1", "type": trigger_type, "schedule": EVERY_FIVE_MINUTES}
     )
 
-    assert (error.problem.status, error.problem.code) == (422, "unexpected_schedule")
-    assert trigger_type in error.problem.message
+    with pytest.raises(msgspec.ValidationError, match="unknown field `schedule`"):
+        msgspec.json.decode(body, type=NewTrigger)
+
+
+def test_records_stored_in_the_old_flat_shape_still_decode() -> None:
+    common = {
+        "id": "trg_1",
+        "workspace_id": "wsp_1",
+        "flow_id": "flw_1",
+        "name": "",
+        "enabled": True,
+        "overlap": "allow",
+        "version": 3,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }
+    api = {**common, "type": "api", "schedule": None, "sync_wait_seconds": 2.5}
+    schedule = {
+        **common,
+        "type": "schedule",
+        "sync_wait_seconds": 10.0,
+        "schedule": {"kind": "cron", "cron": "*/5 * * * *", "future_option": 1},
+    }
+    manual = {**common, "type": "manual", "schedule": None, "sync_wait_seconds": 10.0}
+
+    decoded = [
+        msgspec.json.decode(msgspec.json.encode(r), type=Trigger) for r in (api, schedule, manual)
+    ]
+
+    assert [type(t) for t in decoded] == [ApiTrigger, ScheduleTrigger, ManualTrigger]
+    assert decoded[0].sync_wait_seconds == 2.5
+    assert decoded[1].schedule == CronSchedule(cron="*/5 * * * *")
+    assert msgspec.json.decode(msgspec.json.encode(decoded[1]))["type"] == "schedule"
 
 
 @pytest.mark.parametrize(
@@ -396,12 +436,8 @@ async def test_moving_a_trigger_to_another_flow_of_the_workspace_keeps_the_rest(
         )
     )
 
-    assert (updated.flow_id, updated.name, updated.type, updated.version) == (
-        second.id,
-        "hook",
-        "api",
-        2,
-    )
+    assert isinstance(updated, ApiTrigger)
+    assert (updated.flow_id, updated.name, updated.version) == (second.id, "hook", 2)
     listed = await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=second.id))
     assert [t.id for t in listed] == [created.id]
     assert await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=first.id)) == []
@@ -437,7 +473,9 @@ async def test_changing_a_schedule_trigger_into_an_api_trigger_drops_its_schedul
         UpdateTrigger(workspace_id=ws, trigger_id=created.id, changes=TriggerChanges(type="api"))
     )
 
-    assert (updated.type, updated.schedule, updated.version) == ("api", None, 2)
+    assert isinstance(updated, ApiTrigger)
+    assert (updated.sync_wait_seconds, updated.version) == (10.0, 2)
+    assert "schedule" not in msgspec.json.decode(msgspec.json.encode(updated))
 
 
 async def test_changing_an_api_trigger_into_a_schedule_trigger_needs_a_schedule(
@@ -452,12 +490,17 @@ async def test_changing_an_api_trigger_into_a_schedule_trigger_needs_a_schedule(
     error = await refusal(registry.update_trigger(change))
     updated = await registry.update_trigger(
         msgspec.structs.replace(
-            change, changes=TriggerChanges(type="schedule", schedule=EVERY_FIVE_MINUTES)
+            change,
+            changes=TriggerChanges(
+                type="schedule",
+                schedule=SchedulePatch(kind="cron", cron="*/5 * * * *", timezone="Europe/Berlin"),
+            ),
         )
     )
 
     assert (error.problem.status, error.problem.code) == (422, "schedule_required")
-    assert (updated.type, updated.schedule) == ("schedule", EVERY_FIVE_MINUTES)
+    assert isinstance(updated, ScheduleTrigger)
+    assert updated.schedule == EVERY_FIVE_MINUTES
 
 
 async def test_an_invalid_schedule_change_leaves_the_trigger_as_it_was(
@@ -473,7 +516,7 @@ async def test_an_invalid_schedule_change_leaves_the_trigger_as_it_was(
             UpdateTrigger(
                 workspace_id=ws,
                 trigger_id=created.id,
-                changes=TriggerChanges(schedule=CronSchedule(cron="0 25 * * *")),
+                changes=TriggerChanges(schedule=SchedulePatch(cron="0 25 * * *")),
             )
         )
     )
@@ -620,7 +663,7 @@ OPERATIONS_ON_AN_ID: dict[str, Operation] = {
     ),
     "get flow": lambda r, ws, bad: r.get_flow(GetFlow(workspace_id=ws, flow_id=bad)),
     "trigger a flow": lambda r, ws, bad: r.create_trigger(
-        CreateTrigger(workspace_id=ws, trigger=NewTrigger(flow_id=bad, type="api"))
+        CreateTrigger(workspace_id=ws, trigger=NewApiTrigger(flow_id=bad))
     ),
     "get trigger": lambda r, ws, bad: r.get_trigger(GetTrigger(workspace_id=ws, trigger_id=bad)),
     "update trigger": lambda r, ws, bad: r.update_trigger(
@@ -652,7 +695,7 @@ async def test_an_id_that_is_not_an_id_is_not_found_rather_than_an_error(
 OPERATIONS_IN_A_WORKSPACE: dict[str, Operation] = {
     "get flow": lambda r, bad, flow_id: r.get_flow(GetFlow(workspace_id=bad, flow_id=flow_id)),
     "trigger a flow": lambda r, bad, flow_id: r.create_trigger(
-        CreateTrigger(workspace_id=bad, trigger=NewTrigger(flow_id=flow_id, type="api"))
+        CreateTrigger(workspace_id=bad, trigger=NewApiTrigger(flow_id=flow_id))
     ),
     "get trigger": lambda r, bad, _: r.get_trigger(
         GetTrigger(workspace_id=bad, trigger_id=new_id("trg"))
