@@ -16,10 +16,12 @@ from contracts.registry import (
     CreateTrigger,
     CreateWorkspace,
     CronSchedule,
+    DailySchedule,
     DeleteTrigger,
     Flow,
     GetFlow,
     GetTrigger,
+    HourlySchedule,
     KeyUsed,
     ListFlows,
     ListKeys,
@@ -737,3 +739,146 @@ async def test_listing_with_a_wildcard_workspace_id_shows_no_workspace_s_records
         [[], [], []],
         [404, 404, 404],
     )
+
+
+# --- schedule changes are merges (RFC 7396) --------------------------------------------------
+
+
+async def changed_schedule_trigger(
+    registry: Registry, schedule: Any, changes: TriggerChanges
+) -> Any:
+    """The outcome of creating a schedule trigger with `schedule`, then applying `changes`."""
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(
+        registry, ws, (await flow(registry, ws)).id, type="schedule", schedule=schedule
+    )
+    return await outcome(
+        registry.update_trigger(
+            UpdateTrigger(workspace_id=ws, trigger_id=created.id, changes=changes)
+        )
+    )
+
+
+async def test_a_new_cron_expression_keeps_the_schedule_s_time_zone(registry: Registry) -> None:
+    berlin = CronSchedule(cron="0 9 * * *", timezone="Europe/Berlin", jitter=30)
+
+    updated = await changed_schedule_trigger(
+        registry,
+        berlin,
+        TriggerChanges(schedule=SchedulePatch(kind="cron", cron="*/5 * * * *")),
+    )
+
+    assert updated.schedule == CronSchedule(cron="*/5 * * * *", timezone="Europe/Berlin", jitter=30)
+
+
+async def test_a_schedule_change_naming_one_field_keeps_the_others(registry: Registry) -> None:
+    hourly = HourlySchedule(minute=5, timezone="Asia/Tokyo", misfire="skip")
+
+    updated = await changed_schedule_trigger(
+        registry, hourly, TriggerChanges(schedule=SchedulePatch(minute=20))
+    )
+
+    assert updated.schedule == HourlySchedule(minute=20, timezone="Asia/Tokyo", misfire="skip")
+
+
+async def test_null_resets_a_schedule_option_to_its_default(registry: Registry) -> None:
+    berlin = CronSchedule(cron="0 9 * * *", timezone="Europe/Berlin", jitter=30)
+
+    updated = await changed_schedule_trigger(
+        registry, berlin, TriggerChanges(schedule=SchedulePatch(timezone=None, jitter=None))
+    )
+
+    assert updated.schedule == CronSchedule(cron="0 9 * * *")
+
+
+async def test_a_new_kind_drops_the_old_kind_s_fields_and_keeps_the_common_options(
+    registry: Registry,
+) -> None:
+    daily = DailySchedule(at="09:30", timezone="America/New_York", dst_gap="skip")
+
+    updated = await changed_schedule_trigger(
+        registry, daily, TriggerChanges(schedule=SchedulePatch(kind="hourly", minute=15))
+    )
+
+    assert updated.schedule == HourlySchedule(
+        minute=15, timezone="America/New_York", dst_gap="skip"
+    )
+
+
+async def test_a_field_of_another_kind_is_invalid_schedule_naming_the_field_and_the_kind_s_fields(
+    registry: Registry,
+) -> None:
+    problem = await changed_schedule_trigger(
+        registry, EVERY_FIVE_MINUTES, TriggerChanges(schedule=SchedulePatch(minute=20))
+    )
+
+    assert (problem.status, problem.code) == (422, "invalid_schedule")
+    assert "`schedule.minute`" in problem.message
+    assert "`cron` schedule" in problem.message
+    assert "cron, dst_gap" in problem.message  # the kind's fields, listed
+
+
+async def test_removing_a_required_schedule_field_is_invalid_schedule_naming_it(
+    registry: Registry,
+) -> None:
+    problem = await changed_schedule_trigger(
+        registry, EVERY_FIVE_MINUTES, TriggerChanges(schedule=SchedulePatch(cron=None))
+    )
+
+    assert (problem.status, problem.code) == (422, "invalid_schedule")
+    assert "`cron`" in problem.message
+
+
+async def test_a_partial_schedule_for_a_trigger_that_had_none_needs_its_kind(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(registry, ws, (await flow(registry, ws)).id)
+
+    problem = await outcome(
+        registry.update_trigger(
+            UpdateTrigger(
+                workspace_id=ws,
+                trigger_id=created.id,
+                changes=TriggerChanges(type="schedule", schedule=SchedulePatch(minute=5)),
+            )
+        )
+    )
+
+    assert (problem.status, problem.code) == (422, "invalid_schedule")
+    assert "`schedule.kind`" in problem.message
+
+
+async def test_sync_wait_seconds_on_a_trigger_that_is_not_an_api_one_is_unexpected_sync_wait(
+    registry: Registry,
+) -> None:
+    problem = await changed_schedule_trigger(
+        registry, EVERY_FIVE_MINUTES, TriggerChanges(sync_wait_seconds=5)
+    )
+
+    assert (problem.status, problem.code) == (422, "unexpected_sync_wait")
+
+
+async def test_a_trigger_that_becomes_an_api_trigger_gets_the_default_wait_or_the_one_given(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+    manual = await trigger(registry, ws, nightly.id, type="manual")
+    other = await trigger(registry, ws, nightly.id, type="manual")
+
+    default = await registry.update_trigger(
+        UpdateTrigger(workspace_id=ws, trigger_id=manual.id, changes=TriggerChanges(type="api"))
+    )
+    given = await registry.update_trigger(
+        UpdateTrigger(
+            workspace_id=ws,
+            trigger_id=other.id,
+            changes=TriggerChanges(type="api", sync_wait_seconds=2),
+        )
+    )
+
+    assert isinstance(default, ApiTrigger)
+    assert default.sync_wait_seconds == 10.0
+    assert isinstance(given, ApiTrigger)
+    assert given.sync_wait_seconds == 2
