@@ -17,7 +17,7 @@ from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSo
 from contracts.scheduling import FirePage, SchedulePreview
 from services.ingress import access
 from services.ingress.ledger import fire_page, read_ledger, schedule_preview
-from services.ingress.problems import PROBLEM_JSON, ApiError
+from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large
 from services.ingress.state import Ingress
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
@@ -389,9 +389,7 @@ async def _read_json_body(
     """The raw body and its JSON value (None for an empty body)."""
     body = await request.body()
     if len(body) > ingress.settings.max_body_bytes:
-        raise ApiError(
-            413, "body_too_large", f"the body is over {ingress.settings.max_body_bytes} bytes"
-        )
+        raise body_too_large(ingress.settings.max_body_bytes)
     if not body.strip():
         return body, None
     try:
