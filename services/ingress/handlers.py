@@ -247,7 +247,9 @@ async def list_trigger_fires(
 @post(
     "/v1/triggers/{trigger_id:str}/run",
     tags=["triggers"],
-    summary="Run now: start the trigger's flow once, whatever its type or state",
+    summary="Run now: start the trigger's flow once, whatever its type or state, and answer "
+    "like POST /trigger/{flow_id} (the result within the wait, else 202; Prefer applies)",
+    status_code=202,
 )
 async def run_trigger_now(
     trigger_id: FromPath[str],
@@ -262,7 +264,12 @@ async def run_trigger_now(
     flow_input = await _json_body(request, ingress)
     get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
     trigger = await ingress.registry.call(subjects.TRIGGER_GET, get_request, api.Trigger)
-    return await _start(request, ingress, trigger, "manual", flow_input, overlap=overlap)
+    wait, applied = access.sync_wait(
+        request.headers.get("prefer"), access.run_now_wait(trigger), api.MAX_SYNC_WAIT_SECONDS
+    )
+    return await _start(
+        request, ingress, trigger, "manual", flow_input, overlap=overlap, wait=wait, applied=applied
+    )
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -457,7 +464,8 @@ async def _start(
 
 
 _NOT_SUCCEEDED: dict[str, tuple[int, str]] = {
-    "failed": (500, "run_failed"),
+    # 502, not 500: the flow (the upstream the ingress waited for) failed, the platform did not.
+    "failed": (502, "run_failed"),
     "timed_out": (504, "run_timed_out"),
     "cancelled": (409, "run_cancelled"),
     "skipped": (409, "run_skipped"),
