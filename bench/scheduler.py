@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from bench.processes import Server, start_module, start_nats, stop_all
 from contracts import subjects
-from contracts.registry import CronSchedule, OnceSchedule, Trigger
+from contracts.registry import CronSchedule, OnceSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart
 from services.scheduler.handlers import fire_key, flow_start
 from shared import broker
@@ -57,11 +57,10 @@ def now() -> datetime:
 
 def trigger(schedule: CronSchedule | OnceSchedule) -> Trigger:
     moment = now()
-    return Trigger(
+    return ScheduleTrigger(
         id=new_id("trg"),
         workspace_id=WORKSPACE,
         flow_id=FLOW,
-        type="schedule",
         schedule=schedule,
         created_at=moment,
         updated_at=moment,

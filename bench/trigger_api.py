@@ -32,8 +32,8 @@ from bench.processes import Server, adopt, start_module, stop_all, wait_until
 from contracts import subjects
 from contracts.registry import (
     Flow,
+    NewApiTrigger,
     NewFlow,
-    NewTrigger,
     NewWorkspace,
     PythonFlowSettings,
     Trigger,
@@ -179,7 +179,7 @@ def _set_up_flow(api: str, operator_token: str, servers: list[Server]) -> tuple[
         admin = {"Authorization": f"Bearer {secret}", **JSON}
         new_flow = NewFlow(name="bench", settings=PythonFlowSettings(function="echo"))
         flow = _expect(client.post("/v1/flows", content=encode(new_flow), headers=admin), Flow)
-        new_trigger = NewTrigger(flow_id=flow.id, type="api")
+        new_trigger = NewApiTrigger(flow_id=flow.id)
         _expect(client.post("/v1/triggers", content=encode(new_trigger), headers=admin), Trigger)
         accepted = client.post(
             f"/trigger/{flow.id}", content=BODY, headers={**admin, "Prefer": "respond-async"}
@@ -294,7 +294,7 @@ def light_load(api: str, secret: str) -> list[str]:
         def flow_with_trigger(function: str) -> str:
             new_flow = NewFlow(name=function, settings=PythonFlowSettings(function=function))
             flow = _expect(client.post("/v1/flows", content=encode(new_flow), headers=admin), Flow)
-            new_trigger = NewTrigger(flow_id=flow.id, type="api")
+            new_trigger = NewApiTrigger(flow_id=flow.id)
             _expect(
                 client.post("/v1/triggers", content=encode(new_trigger), headers=admin), Trigger
             )

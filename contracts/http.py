@@ -19,7 +19,8 @@ class ProblemDetails(Struct, frozen=True, kw_only=True):
 
 
 class StartAccepted(Struct, frozen=True, kw_only=True):
-    """`202` answer of `POST /trigger/{flow_id}` and of Run now: the start is durably stored."""
+    """`202` answer of `POST /trigger/{flow_id}` and of Run now: the start is durably stored
+    (and the run did not end within the wait)."""
 
     run_id: str
     status: RunStatus
@@ -34,7 +35,8 @@ class RunPage(Struct, frozen=True, kw_only=True):
 
 
 class RunSucceeded(Struct, frozen=True, kw_only=True):
-    """`200` answer of `POST /trigger/{flow_id}` when the run succeeded within the wait."""
+    """`200` answer of `POST /trigger/{flow_id}` and of Run now when the run succeeded within
+    the wait."""
 
     run_id: str
     status: RunStatus
@@ -44,12 +46,15 @@ class RunSucceeded(Struct, frozen=True, kw_only=True):
 
 
 class RunNotSucceeded(Struct, frozen=True, kw_only=True):
-    """The answer of `POST /trigger/{flow_id}` when the run ended within the wait without
-    succeeding: a problem document (`application/problem+json`) with the run's details.
+    """The answer of `POST /trigger/{flow_id}` and of Run now when the run ended within the
+    wait without succeeding: a problem document (`application/problem+json`) with the run's
+    details.
 
-    `500 run_failed` (the flow raised or answered an error; `error` says what), `504
-    run_timed_out` (longer than the flow's timeout), `409 run_cancelled`, `409 run_skipped`
-    (the trigger's overlap policy skipped it).
+    `502 run_failed` (the flow raised or answered an error; `error` says what: the upstream the
+    ingress waited for failed, not the platform), `504 run_timed_out` (longer than the flow's
+    timeout), `409 run_cancelled`, `409 run_skipped` (the trigger's overlap policy skipped it).
+    The run is not started again by the platform; a caller that retries every 5xx should send
+    `Prefer: respond-async` and read the run from `status_url`.
     """
 
     status: int

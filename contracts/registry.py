@@ -111,6 +111,21 @@ class HttpFlowSettings(Struct, frozen=True, kw_only=True, tag_field="kind", tag=
 FlowSettings = PythonFlowSettings | HttpFlowSettings
 """Tagged by `kind`."""
 
+
+class PythonFlowSettingsBody(
+    PythonFlowSettings, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    """`PythonFlowSettings` as a request body: unknown fields are refused (the stored record
+    ignores them, so records written by a newer version still decode)."""
+
+
+class HttpFlowSettingsBody(HttpFlowSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`HttpFlowSettings` as a request body: unknown fields are refused."""
+
+
+FlowSettingsBody = PythonFlowSettingsBody | HttpFlowSettingsBody
+"""`FlowSettings` as they appear in request bodies (strict), tagged by `kind`."""
+
 FlowTimeout = Annotated[float, Meta(gt=0, le=86_400)]
 FlowRetries = Annotated[int, Meta(ge=0, le=20)]
 FlowBackoff = Annotated[float, Meta(ge=0, le=3_600)]
@@ -219,22 +234,91 @@ Schedule = (
     CronSchedule | HourlySchedule | DailySchedule | WeeklySchedule | IntervalSchedule | OnceSchedule
 )
 """Tagged by `kind`: `cron`, `hourly`, `daily`, `weekly`, `interval` or `once`."""
+ScheduleKind = Literal["cron", "hourly", "daily", "weekly", "interval", "once"]
+
+
+# Schedules as request bodies: the same shapes, refusing unknown fields. Stored records use the
+# lenient classes above, so a record written by a newer version still decodes.
+
+
+class CronScheduleBody(CronSchedule, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A `CronSchedule` in a request body."""
+
+
+class HourlyScheduleBody(HourlySchedule, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An `HourlySchedule` in a request body."""
+
+
+class DailyScheduleBody(DailySchedule, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A `DailySchedule` in a request body."""
+
+
+class WeeklyScheduleBody(WeeklySchedule, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A `WeeklySchedule` in a request body."""
+
+
+class IntervalScheduleBody(IntervalSchedule, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An `IntervalSchedule` in a request body."""
+
+
+class OnceScheduleBody(OnceSchedule, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A `OnceSchedule` in a request body."""
+
+
+ScheduleBody = (
+    CronScheduleBody
+    | HourlyScheduleBody
+    | DailyScheduleBody
+    | WeeklyScheduleBody
+    | IntervalScheduleBody
+    | OnceScheduleBody
+)
+"""`Schedule` as it appears in request bodies, tagged by `kind`."""
+
+
+class SchedulePatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A change to a stored schedule (`PATCH /v1/triggers/{id}`), merged as RFC 7396 says.
+
+    The fields given replace the stored ones, the others are kept; `null` removes a field (it
+    goes back to its default). Giving another `kind` drops the old kind's own fields (`cron`,
+    `minute`, `at`, `days`, `every`, `unit`) but keeps the options common to every kind. The
+    merged result is then checked as a whole, as a new schedule would be.
+    """
+
+    kind: ScheduleKind | UnsetType = UNSET
+    cron: str | None | UnsetType = UNSET
+    minute: int | None | UnsetType = UNSET
+    at: str | None | UnsetType = UNSET
+    """`"HH:MM"` for `daily` and `weekly`, an ISO 8601 time for `once`."""
+    days: tuple[Weekday, ...] | None | UnsetType = UNSET
+    every: int | None | UnsetType = UNSET
+    unit: IntervalUnit | None | UnsetType = UNSET
+    timezone: str | None | UnsetType = UNSET
+    start: datetime | None | UnsetType = UNSET
+    end: datetime | None | UnsetType = UNSET
+    jitter: int | None | UnsetType = UNSET
+    dst_gap: DstGapPolicy | None | UnsetType = UNSET
+    dst_repeat: DstRepeatPolicy | None | UnsetType = UNSET
+    misfire: MisfirePolicy | None | UnsetType = UNSET
+    catch_up_window: int | None | UnsetType = UNSET
 
 
 MAX_SYNC_WAIT_SECONDS = 60.0
+DEFAULT_SYNC_WAIT_SECONDS = 10.0
+"""The wait of an API trigger that sets none, and of Run now on a trigger of another kind."""
 SyncWait = Annotated[float, Meta(ge=0, le=MAX_SYNC_WAIT_SECONDS)]
 
 
-class Trigger(Struct, frozen=True, kw_only=True):
-    """A reason for a flow to start: an API call, a schedule, or an operator's Run now."""
+class TriggerBase(Struct, frozen=True, kw_only=True, tag_field="type"):
+    """What every kind of trigger has; a trigger is one of the kinds in `Trigger`, tagged by
+    `type`. Records ignore unknown fields, so records of an older shape (an API trigger with
+    `"schedule": null`) and of a newer one still decode."""
 
     id: str
     workspace_id: str
     flow_id: str
-    type: TriggerType
     name: str = ""
     enabled: bool = True
-    schedule: Schedule | None = None
     overlap: OverlapPolicy = "allow"
     version: int = 1
     """Bumped on every change, so work computed from an older version can be recognised."""
@@ -245,57 +329,110 @@ class Trigger(Struct, frozen=True, kw_only=True):
     resumed_at: datetime | None = None
     """When it was resumed from that pause; None while paused or never paused. A scheduler
     that was down when it happened decides the fires of the pause from these two."""
-    sync_wait_seconds: SyncWait = 10.0
-    """API triggers: how long `POST /trigger/{flow_id}` waits for the run to finish before it
-    answers `202` (0 answers at once); a caller may ask for another wait up to 60 s."""
+
+    @property
+    def type(self) -> TriggerType:
+        """The kind's tag, for messages (decide with `isinstance` or `match`, not with this)."""
+        tag: TriggerType = self.__struct_config__.tag  # type: ignore[assignment]
+        return tag
+
+
+class ApiTrigger(TriggerBase, frozen=True, kw_only=True, tag="api"):
+    """Started by `POST /trigger/{flow_id}` with a key of the workspace."""
+
+    sync_wait_seconds: SyncWait = DEFAULT_SYNC_WAIT_SECONDS
+    """How long `POST /trigger/{flow_id}` waits for the run to finish before it answers `202`
+    (0 answers at once); a caller may ask for another wait up to 60 s."""
+
+
+class ScheduleTrigger(TriggerBase, frozen=True, kw_only=True, tag="schedule"):
+    """Started by the scheduler at every occurrence of `schedule`."""
+
+    schedule: Schedule
+
+
+class ManualTrigger(TriggerBase, frozen=True, kw_only=True, tag="manual"):
+    """Started only by an operator's Run now (`POST /v1/triggers/{id}/run`)."""
+
+
+Trigger = ApiTrigger | ScheduleTrigger | ManualTrigger
+"""A reason for a flow to start, tagged by `type`. A new kind (a `webhook` trigger, say) is a
+new `TriggerBase` subclass with its own tag and settings, added here and to `NewTrigger`."""
 
 
 # --- Bodies shared by the HTTP API and the registry requests --------------------------------
 
 
-class NewWorkspace(Struct, frozen=True, kw_only=True):
+class NewWorkspace(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /v1/workspaces`."""
 
     name: str
 
 
-class NewKey(Struct, frozen=True, kw_only=True):
+class NewKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /v1/keys`."""
 
     name: str
     scope: KeyScope = "trigger"
 
 
-class NewFlow(Struct, frozen=True, kw_only=True):
+class NewFlow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /v1/flows` (see `Flow` for the fields)."""
 
     name: str
-    settings: FlowSettings
+    settings: FlowSettingsBody
     timeout_seconds: FlowTimeout = 300.0
     retries: FlowRetries = 0
     retry_backoff_seconds: FlowBackoff = 1.0
     concurrency: FlowConcurrency | None = None
 
 
-class NewTrigger(Struct, frozen=True, kw_only=True):
-    """Body of `POST /v1/triggers`."""
+class NewTriggerBase(
+    Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
+    """What the body of `POST /v1/triggers` has for every kind (tagged by `type`)."""
 
     flow_id: str
-    type: TriggerType
     name: str = ""
     enabled: bool = True
-    schedule: Schedule | None = None
     overlap: OverlapPolicy = "allow"
-    sync_wait_seconds: SyncWait = 10.0
 
 
-class TriggerChanges(Struct, frozen=True, kw_only=True):
-    """Body of `PATCH /v1/triggers/{id}`: only the fields given change."""
+class NewApiTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="api"):
+    """`{"flow_id": ..., "type": "api"}`, optionally with `sync_wait_seconds`."""
+
+    sync_wait_seconds: SyncWait = DEFAULT_SYNC_WAIT_SECONDS
+
+
+class NewScheduleTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="schedule"):
+    """`{"flow_id": ..., "type": "schedule", "schedule": {...}}`."""
+
+    schedule: ScheduleBody
+
+
+class NewManualTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="manual"):
+    """`{"flow_id": ..., "type": "manual"}`: a trigger only Run now starts."""
+
+
+NewTrigger = NewApiTrigger | NewScheduleTrigger | NewManualTrigger
+"""Body of `POST /v1/triggers`, tagged by `type` (the same flat JSON as a `Trigger`)."""
+
+
+class TriggerChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `PATCH /v1/triggers/{id}`: only the fields given change (pause and resume have
+    their own endpoints).
+
+    `schedule` is merged into the stored one (see `SchedulePatch`). `type` changes the kind:
+    to `schedule` it needs a complete `schedule` (one with `kind`) unless the trigger already
+    has one; to `api` or `manual` it drops the schedule; `sync_wait_seconds` is only for
+    triggers that are (or become) `api` ones, and a trigger that becomes one gets the default
+    unless the change gives it.
+    """
 
     flow_id: str | UnsetType = UNSET
     type: TriggerType | UnsetType = UNSET
     name: str | UnsetType = UNSET
-    schedule: Schedule | None | UnsetType = UNSET
+    schedule: SchedulePatch | None | UnsetType = UNSET
     overlap: OverlapPolicy | UnsetType = UNSET
     sync_wait_seconds: SyncWait | UnsetType = UNSET
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from contracts.registry import ApiKey, Flow, Trigger
+from contracts.registry import DEFAULT_SYNC_WAIT_SECONDS, ApiKey, ApiTrigger, Flow, Trigger
 from services.ingress.problems import ApiError
 from shared import api_keys
 
@@ -45,12 +45,12 @@ def require_admin(key: ApiKey) -> ApiKey:
     return key
 
 
-def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> Trigger:
+def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> ApiTrigger:
     """The enabled API trigger through which `key` may start `flow`."""
     if flow is None or flow.workspace_id != key.workspace_id:
         # A foreign workspace's flow looks exactly like a missing one.
         raise ApiError(404, "flow_not_found", "no such flow in this key's workspace")
-    api_triggers = sorted((t for t in triggers if t.type == "api"), key=lambda t: t.id)
+    api_triggers = sorted((t for t in triggers if isinstance(t, ApiTrigger)), key=lambda t: t.id)
     if not api_triggers:
         raise ApiError(
             403,
@@ -67,6 +67,14 @@ def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> 
         f"the API trigger {api_triggers[0].id} of flow {flow.id} is paused; resume it with "
         f"POST /v1/triggers/{api_triggers[0].id}/resume",
     )
+
+
+def run_now_wait(trigger: Trigger) -> float:
+    """How long Run now waits for the run by default: an API trigger's own wait, else the
+    default wait of an API trigger (`Prefer` overrides either)."""
+    if isinstance(trigger, ApiTrigger):
+        return trigger.sync_wait_seconds
+    return DEFAULT_SYNC_WAIT_SECONDS
 
 
 def sync_wait(prefer: str | None, default: float, limit: float) -> tuple[float, str | None]:

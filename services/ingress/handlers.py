@@ -17,7 +17,7 @@ from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSo
 from contracts.scheduling import FirePage, SchedulePreview
 from services.ingress import access
 from services.ingress.ledger import fire_page, read_ledger, schedule_preview
-from services.ingress.problems import PROBLEM_JSON, ApiError
+from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large
 from services.ingress.state import Ingress
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
@@ -247,7 +247,9 @@ async def list_trigger_fires(
 @post(
     "/v1/triggers/{trigger_id:str}/run",
     tags=["triggers"],
-    summary="Run now: start the trigger's flow once, whatever its type or state",
+    summary="Run now: start the trigger's flow once, whatever its type or state, and answer "
+    "like POST /trigger/{flow_id} (the result within the wait, else 202; Prefer applies)",
+    status_code=202,
 )
 async def run_trigger_now(
     trigger_id: FromPath[str],
@@ -262,7 +264,12 @@ async def run_trigger_now(
     flow_input = await _json_body(request, ingress)
     get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
     trigger = await ingress.registry.call(subjects.TRIGGER_GET, get_request, api.Trigger)
-    return await _start(request, ingress, trigger, "manual", flow_input, overlap=overlap)
+    wait, applied = access.sync_wait(
+        request.headers.get("prefer"), access.run_now_wait(trigger), api.MAX_SYNC_WAIT_SECONDS
+    )
+    return await _start(
+        request, ingress, trigger, "manual", flow_input, overlap=overlap, wait=wait, applied=applied
+    )
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -389,9 +396,7 @@ async def _read_json_body(
     """The raw body and its JSON value (None for an empty body)."""
     body = await request.body()
     if len(body) > ingress.settings.max_body_bytes:
-        raise ApiError(
-            413, "body_too_large", f"the body is over {ingress.settings.max_body_bytes} bytes"
-        )
+        raise body_too_large(ingress.settings.max_body_bytes)
     if not body.strip():
         return body, None
     try:
@@ -459,7 +464,8 @@ async def _start(
 
 
 _NOT_SUCCEEDED: dict[str, tuple[int, str]] = {
-    "failed": (500, "run_failed"),
+    # 502, not 500: the flow (the upstream the ingress waited for) failed, the platform did not.
+    "failed": (502, "run_failed"),
     "timed_out": (504, "run_timed_out"),
     "cancelled": (409, "run_cancelled"),
     "skipped": (409, "run_skipped"),

@@ -10,7 +10,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts import subjects
-from contracts.registry import Trigger
+from contracts.registry import ScheduleTrigger, Trigger
 from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePreview
 from services.ingress.problems import ApiError
 from services.scheduler import cron
@@ -77,7 +77,7 @@ def fire_page(entries: list[FireRecord], limit: int, cursor: str | None) -> Fire
 
 def schedule_preview(trigger: Trigger, count: int, now: datetime | None = None) -> SchedulePreview:
     """The trigger's next `count` occurrences, with their local and UTC times."""
-    if trigger.schedule is None:
+    if not isinstance(trigger, ScheduleTrigger):
         raise ApiError(409, "not_a_schedule", f"trigger {trigger.id} is a `{trigger.type}` trigger")
     schedule = trigger.schedule
     jitter = cron.jitter_offset(trigger.id, schedule.jitter)

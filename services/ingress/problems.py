@@ -2,12 +2,15 @@
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.utils.scope.state import ScopeState
 
 from contracts.http import ProblemDetails
 from contracts.registry import Problem
+from services.ingress import bodies
 from shared.codec import encode
 
 log = logging.getLogger(__name__)
@@ -38,31 +41,77 @@ def on_api_error(_: Request, error: ApiError) -> Response[bytes]:
     return problem_response(error.status, error.code, error.detail)
 
 
-def on_validation_error(_: Request, error: ValidationException) -> Response[bytes]:
+def on_validation_error(request: Request, error: ValidationException) -> Response[bytes]:
+    items = [item for item in (error.extra if isinstance(error.extra, list) else []) if item]
+    parameters = _parameters(request)
+    data = parameters.get("data")
+    if data is not None and any(
+        isinstance(item, dict) and item.get("source") == "body" for item in items
+    ):
+        # Litestar keeps only msgspec's first message, without its path: decode the body again.
+        body = ScopeState.from_scope(request.scope).body
+        explained = bodies.explain(data.annotation, body if isinstance(body, bytes) else b"")
+        if explained is not None:
+            return problem_response(400, "invalid_request", explained)
     messages = []
-    for item in error.extra if isinstance(error.extra, list) else []:
+    for item in items:
         if isinstance(item, dict):
             key = item.get("key")
             where = f" (at `{key}`)" if key and key != "data" else ""
-            messages.append(f"{item.get('message', 'invalid value')}{where}")
+            message = f"{item.get('message', 'invalid value')}{where}"
+            parameter = parameters.get(str(key))
+            allowed = bodies.literal_values(parameter.annotation) if parameter else []
+            if allowed and "nvalid" in message:
+                message += f"; allowed: {', '.join(allowed)}"
+            messages.append(message)
     detail = "; ".join(messages) or str(error.detail)
     return problem_response(400, "invalid_request", detail)
 
 
+def _parameters(request: Request) -> dict[str, Any]:
+    """The route handler's parameters by name (their `annotation` is the declared type)."""
+    try:
+        return dict(request.route_handler.parsed_fn_signature.parameters)
+    except Exception:  # no handler resolved (an error before routing)
+        return {}
+
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "body_too_large",
+        f"the body is larger than the limit of {limit} bytes (the ingress's MAX_BODY_BYTES "
+        "setting changes it)",
+    )
 
 
 def on_http_error(request: Request, error: HTTPException) -> Response[bytes]:
     if isinstance(error.__cause__, SerializationException):
         return problem_response(400, "invalid_json", f"the body is not valid JSON: {error.detail}")
     status = error.status_code
+    headers: dict[str, str] = {}
     if status == 404:
         detail = f"no such endpoint: {request.method} {request.url.path} (see /schema)"
     elif status == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
+        allow = dict(error.headers or {}).get("allow", "")
+        headers["Allow"] = allow
+        allowed = [m.strip() for m in allow.split(",") if m.strip() and m.strip() != "OPTIONS"]
+        detail = (
+            f"{request.method} is not allowed on {request.url.path}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
+        )
+    elif status == 413:
+        return on_api_error(
+            request, body_too_large(request.app.state.ingress.settings.max_body_bytes)
+        )
     else:
         detail = str(error.detail)
-    return problem_response(status, _HTTP_CODES.get(status, "http_error"), detail)
+    response = problem_response(status, _HTTP_CODES.get(status, "http_error"), detail)
+    response.headers.update(headers)
+    return response
 
 
 def on_unexpected_error(request: Request, error: Exception) -> Response[bytes]:

@@ -5,24 +5,28 @@ Pure logic over a small `RegistryStore`; the NATS KV adapter lives in `store.py`
 
 import builtins
 import re
+import typing
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from msgspec import UNSET
 
 from contracts import subjects
 from contracts.registry import (
+    DEFAULT_SYNC_WAIT_SECONDS,
     AnnouncedFunction,
     ApiKey,
     ApiKeyView,
+    ApiTrigger,
     CreateFlow,
     CreateKey,
     CreateTrigger,
     CreateWorkspace,
     DeleteTrigger,
     Flow,
+    FlowSettings,
     GetFlow,
     GetTrigger,
     IssuedKey,
@@ -32,14 +36,23 @@ from contracts.registry import (
     ListFunctions,
     ListKeys,
     ListTriggers,
+    ManualTrigger,
+    NewApiTrigger,
+    NewManualTrigger,
+    NewScheduleTrigger,
     Problem,
     PythonFlowSettings,
     RevokeKey,
     RunnerAnnouncement,
     Schedule,
+    ScheduleBody,
+    ScheduleOptions,
+    SchedulePatch,
+    ScheduleTrigger,
     SetTriggerEnabled,
     Trigger,
-    TriggerType,
+    TriggerBase,
+    TriggerChanges,
     UpdateTrigger,
     Workspace,
     WorkspaceCreated,
@@ -129,25 +142,132 @@ def _check_url(url: str) -> None:
         )
 
 
-def _check_schedule(
-    trigger_type: TriggerType, schedule: Schedule | None, now: datetime | None = None
-) -> None:
-    """Refuse a schedule that cannot be used (with `now`: also one that can never fire again)."""
-    if trigger_type == "schedule":
-        if schedule is None:
+SCHEDULE_OPTIONS = frozenset(ScheduleOptions.__struct_fields__)
+"""Fields every schedule kind has; a change of `kind` keeps them (see `SchedulePatch`)."""
+_SCHEDULE_KINDS: dict[str, type[ScheduleBody]] = {
+    kind.__struct_config__.tag: kind  # type: ignore[misc]
+    for kind in typing.get_args(ScheduleBody)
+}
+SCHEDULE_EXAMPLE = '{"kind": "cron", "cron": "*/5 * * * *", "timezone": "UTC"}'
+
+
+def _as_record(value: msgspec.Struct, type_: Any) -> Any:
+    """A body's value as the record type it is stored as (the same JSON, the lenient class)."""
+    return msgspec.json.decode(msgspec.json.encode(value), type=type_)
+
+
+def _usable_schedule(schedule: Schedule, now: datetime | None) -> Schedule:
+    """`schedule` as a record; refused when it cannot be used (with `now`: also when it can
+    never fire again)."""
+    problem = cron.validate(schedule, now)
+    if problem is not None:
+        raise RegistryError(422, "invalid_schedule", problem)
+    record: Schedule = _as_record(schedule, Schedule)
+    return record
+
+
+def merge_schedule(current: Schedule | None, patch: SchedulePatch) -> Schedule:
+    """`patch` merged into `current` (RFC 7396), decoded and checked as a whole.
+
+    The fields given replace the stored ones; `null` removes one (back to its default); a new
+    `kind` drops the old kind's own fields and keeps the options common to every kind.
+    """
+    merged: dict[str, Any] = msgspec.to_builtins(current) if current is not None else {}
+    changes: dict[str, Any] = msgspec.to_builtins(patch)
+    if "kind" in changes and changes["kind"] != merged.get("kind"):
+        merged = {name: value for name, value in merged.items() if name in SCHEDULE_OPTIONS}
+    for name, value in changes.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    kind = _SCHEDULE_KINDS.get(merged.get("kind", ""))
+    if kind is None:
+        raise RegistryError(
+            422,
+            "invalid_schedule",
+            "`schedule.kind` is required for a new schedule (one of "
+            f"{', '.join(_SCHEDULE_KINDS)}), with that kind's fields, such as {SCHEDULE_EXAMPLE}",
+        )
+    fields = {"kind", *kind.__struct_fields__}
+    unknown = sorted(set(merged) - fields)
+    if unknown:
+        raise RegistryError(
+            422,
+            "invalid_schedule",
+            f"{_listed(unknown, 'schedule.')} not a field of a `{merged['kind']}` schedule "
+            f"(its fields: {', '.join(sorted(fields))}); to change the kind, give `kind` "
+            "with the new kind's fields",
+        )
+    try:
+        schedule: Schedule = msgspec.json.decode(msgspec.json.encode(merged), type=kind)
+    except msgspec.ValidationError as error:
+        where = str(error).replace("`$.", "`schedule.").replace("- at `$`", "")
+        raise RegistryError(
+            422,
+            "invalid_schedule",
+            f"the `{merged['kind']}` schedule this change makes is not valid: {where.strip()} "
+            f"(the schedule would be {msgspec.json.encode(merged).decode()})",
+        ) from error
+    return schedule
+
+
+def _listed(names: list[str], prefix: str = "") -> str:
+    """`` `a` is`` or `` `a`, `b` are`` (for messages)."""
+    quoted = ", ".join(f"`{prefix}{name}`" for name in names)
+    return f"{quoted} {'is' if len(names) == 1 else 'are'}"
+
+
+def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -> Trigger:
+    """`trigger` with `changes` applied, of the kind it is or becomes; refuses a change that
+    does not fit that kind."""
+    kind = trigger.type if changes.type is UNSET else changes.type
+    common: dict[str, Any] = {
+        name: getattr(trigger, name) for name in TriggerBase.__struct_fields__
+    }
+    if changes.flow_id is not UNSET:
+        common["flow_id"] = changes.flow_id
+    if changes.name is not UNSET:
+        common["name"] = _name(changes.name, "trigger")
+    if changes.overlap is not UNSET:
+        common["overlap"] = changes.overlap
+    common["version"] = trigger.version + 1
+    common["updated_at"] = now
+    if changes.sync_wait_seconds is not UNSET and kind != "api":
+        raise RegistryError(
+            422,
+            "unexpected_sync_wait",
+            f"`sync_wait_seconds` is a setting of API triggers; this trigger is a `{kind}` one",
+        )
+    if kind == "schedule":
+        stored = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None
+        if isinstance(changes.schedule, SchedulePatch):
+            # A schedule changed now must still fire; one left alone may have ended meanwhile.
+            schedule = _usable_schedule(merge_schedule(stored, changes.schedule), now)
+        elif stored is not None and changes.schedule is UNSET:
+            schedule = stored
+        else:
             raise RegistryError(
                 422,
                 "schedule_required",
-                "a schedule trigger needs a `schedule`, such as "
-                '{"kind": "cron", "cron": "*/5 * * * *", "timezone": "UTC"}',
+                "a schedule trigger needs a `schedule`, such as " + SCHEDULE_EXAMPLE,
             )
-        problem = cron.validate(schedule, now)
-        if problem is not None:
-            raise RegistryError(422, "invalid_schedule", problem)
-    elif schedule is not None:
+        return ScheduleTrigger(**common, schedule=schedule)
+    if isinstance(changes.schedule, SchedulePatch):
         raise RegistryError(
-            422, "unexpected_schedule", f"a `{trigger_type}` trigger takes no `schedule`"
+            422,
+            "unexpected_schedule",
+            f"a `{kind}` trigger takes no `schedule` (change `type` to `schedule` to give it one)",
         )
+    if kind == "api":
+        if changes.sync_wait_seconds is not UNSET:
+            sync_wait = changes.sync_wait_seconds
+        elif isinstance(trigger, ApiTrigger):
+            sync_wait = trigger.sync_wait_seconds
+        else:
+            sync_wait = DEFAULT_SYNC_WAIT_SECONDS
+        return ApiTrigger(**common, sync_wait_seconds=sync_wait)
+    return ManualTrigger(**common)
 
 
 class Registry:
@@ -231,7 +351,7 @@ class Registry:
         name = _name(request.flow.name, "flow")
         if not name:
             raise RegistryError(422, "invalid_name", "a flow needs a non-empty `name`")
-        settings = request.flow.settings
+        settings: FlowSettings = _as_record(request.flow.settings, FlowSettings)
         if isinstance(settings, PythonFlowSettings):
             await self._check_function(settings.function)
         else:
@@ -308,21 +428,25 @@ class Registry:
         new = request.trigger
         await self._flow(request.workspace_id, new.flow_id)
         now = self._clock()
-        _check_schedule(new.type, new.schedule, now)
-        trigger = Trigger(
-            id=new_id("trg"),
-            workspace_id=request.workspace_id,
-            flow_id=new.flow_id,
-            type=new.type,
-            name=_name(new.name, "trigger"),
-            enabled=new.enabled,
-            schedule=new.schedule,
-            overlap=new.overlap,
-            created_at=now,
-            updated_at=now,
-            paused_at=None if new.enabled else now,
-            sync_wait_seconds=new.sync_wait_seconds,
-        )
+        common: dict[str, Any] = {
+            "id": new_id("trg"),
+            "workspace_id": request.workspace_id,
+            "flow_id": new.flow_id,
+            "name": _name(new.name, "trigger"),
+            "enabled": new.enabled,
+            "overlap": new.overlap,
+            "created_at": now,
+            "updated_at": now,
+            "paused_at": None if new.enabled else now,
+        }
+        trigger: Trigger
+        match new:
+            case NewApiTrigger():
+                trigger = ApiTrigger(**common, sync_wait_seconds=new.sync_wait_seconds)
+            case NewScheduleTrigger():
+                trigger = ScheduleTrigger(**common, schedule=_usable_schedule(new.schedule, now))
+            case NewManualTrigger():
+                trigger = ManualTrigger(**common)
         await self._store.create(
             subjects.TRIGGERS_BUCKET, subjects.record_key(trigger.workspace_id, trigger.id), trigger
         )
@@ -344,29 +468,10 @@ class Registry:
         current = await self._trigger(request.workspace_id, request.trigger_id)
         if changes.flow_id is not UNSET and changes.flow_id != current.flow_id:
             await self._flow(request.workspace_id, changes.flow_id)
-        trigger_type = current.type if changes.type is UNSET else changes.type
-        schedule = current.schedule if changes.schedule is UNSET else changes.schedule
-        if trigger_type != "schedule" and changes.schedule is UNSET:
-            schedule = None  # changing a schedule trigger into another type drops its schedule
-        # A schedule given anew must still fire; one left alone may have ended meanwhile.
-        _check_schedule(
-            trigger_type, schedule, None if changes.schedule is UNSET else self._clock()
-        )
 
         def apply(trigger: Trigger) -> Trigger:
-            return msgspec.structs.replace(
-                trigger,
-                flow_id=trigger.flow_id if changes.flow_id is UNSET else changes.flow_id,
-                type=trigger_type,
-                name=trigger.name if changes.name is UNSET else _name(changes.name, "trigger"),
-                schedule=schedule,
-                overlap=trigger.overlap if changes.overlap is UNSET else changes.overlap,
-                sync_wait_seconds=trigger.sync_wait_seconds
-                if changes.sync_wait_seconds is UNSET
-                else changes.sync_wait_seconds,
-                version=trigger.version + 1,
-                updated_at=self._clock(),
-            )
+            # Merged into the record as it is now: a concurrent edit is never undone.
+            return _changed_trigger(trigger, changes, self._clock())
 
         return await self._update_trigger(request.workspace_id, request.trigger_id, apply)
 

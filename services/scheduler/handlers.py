@@ -44,7 +44,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from contracts.registry import Schedule, Trigger
+from contracts.registry import Schedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, FireStatus, ScheduleTick
 from services.scheduler import cron
@@ -129,7 +129,7 @@ class Starts(Protocol):
 
 def armed_schedule(trigger: Trigger | None) -> Schedule | None:
     """The schedule of a trigger the scheduler must keep a timer for, or None."""
-    if trigger is None or trigger.type != "schedule" or not trigger.enabled:
+    if not isinstance(trigger, ScheduleTrigger) or not trigger.enabled:
         return None
     return trigger.schedule
 
@@ -367,7 +367,7 @@ class Scheduler:
             and new_schedule is not None
             and old is not None
             and not old.enabled
-            and old.type == "schedule"
+            and isinstance(old, ScheduleTrigger)
             and old.schedule == new_schedule
         ):
             paused_at = new.paused_at or old.updated_at
@@ -582,7 +582,7 @@ class Scheduler:
         if run.trigger_id is None or run.scheduled_at is None:
             return
         trigger = self._triggers.get(run.trigger_id)
-        schedule = trigger.schedule if trigger is not None else None
+        schedule = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None
         zone_name = schedule.timezone if schedule is not None else "UTC"
         try:
             local = run.scheduled_at.astimezone(cron.zone_of(schedule) if schedule else UTC)
@@ -690,8 +690,8 @@ class Scheduler:
                 )
 
     def _entry(self, trigger: Trigger, decision: Decision, now: datetime) -> FireRecord:
+        assert isinstance(trigger, ScheduleTrigger)
         schedule = trigger.schedule
-        assert schedule is not None
         occurrence = decision.occurrence
         return FireRecord(
             trigger_id=trigger.id,
@@ -742,7 +742,7 @@ class Scheduler:
     @staticmethod
     def _tick(trigger: Trigger, occurrence: Occurrence) -> ScheduleTick:
         """The timer of `trigger`'s `occurrence` (its jitter added to when it goes off)."""
-        assert trigger.schedule is not None
+        assert isinstance(trigger, ScheduleTrigger)
         jitter = cron.jitter_offset(trigger.id, trigger.schedule.jitter)
         return ScheduleTick(
             trigger_id=trigger.id,

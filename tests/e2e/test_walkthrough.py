@@ -134,21 +134,30 @@ def test_a_per_second_schedule_trigger_starts_runs_until_it_is_paused(stack: Sta
         assert after == settled
 
 
-def test_run_now_starts_a_flow_through_a_manual_trigger(stack: Stack) -> None:
+def test_run_now_answers_like_an_api_trigger_call(stack: Stack) -> None:
     admin_key = create_workspace(stack, "manual")
     with stack.client(admin_key) as admin:
         flow_id = create_flow(admin, "add")
         trigger_id = admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "manual"}).json()[
             "id"
         ]
-        accepted = admin.post(f"/v1/triggers/{trigger_id}/run", json={"a": 2, "b": 3})
+        answered = admin.post(f"/v1/triggers/{trigger_id}/run", json={"a": 2, "b": 3})
+        accepted = admin.post(
+            f"/v1/triggers/{trigger_id}/run",
+            json={"a": 1, "b": 1},
+            headers={"Prefer": "respond-async"},
+        )
+
+        assert answered.status_code == 200, answered.text
+        assert (answered.json()["status"], answered.json()["result"]) == ("succeeded", 5)
         assert accepted.status_code == 202, accepted.text
+        assert accepted.headers["preference-applied"] == "respond-async"
         run_id = accepted.json()["run_id"]
         run = poll(
             lambda: admin.get(f"/v1/runs/{run_id}"),
             lambda r: r.status_code == 200 and r.json()["status"] == "succeeded",
         ).json()
-        assert run["result"] == 5
+        assert run["result"] == 2
         assert run["source"] == "manual"
 
 
@@ -209,7 +218,7 @@ def test_a_failing_flow_answers_a_failure_document_with_its_error(stack: Stack) 
         flow_id = create_flow(admin, "fail")
         admin.post("/v1/triggers", json={"flow_id": flow_id, "type": "api"})
         failed = admin.post(f"/trigger/{flow_id}", json={"message": "no cheese"})
-        assert failed.status_code == 500, failed.text
+        assert failed.status_code == 502, failed.text
         assert failed.headers["content-type"].startswith("application/problem+json")
         body = failed.json()
         assert (body["code"], body["run_status"]) == ("run_failed", "failed")

@@ -105,8 +105,10 @@ async def new_flow(client: HttpClient, ws: Workspace, name: str = "nightly") -> 
 async def new_trigger(
     client: HttpClient, ws: Workspace, flow_id: str, **fields: Any
 ) -> dict[str, Any]:
-    # No runner runs in these tests: API triggers answer 202 at once instead of waiting.
-    trigger = {"flow_id": flow_id, "type": "api", "sync_wait_seconds": 0, **fields}
+    trigger = {"flow_id": flow_id, "type": "api", **fields}
+    if trigger["type"] == "api":
+        # No runner runs in these tests: API triggers answer 202 at once instead of waiting.
+        trigger.setdefault("sync_wait_seconds", 0)
     body: dict[str, Any] = created(
         await client.post("/v1/triggers", json=trigger, headers=ws.admin)
     )
@@ -386,8 +388,16 @@ async def test_an_unknown_route_is_a_not_found_problem(client: HttpClient) -> No
     assert "/v1/nothing-here" in body["detail"]
 
 
-async def test_a_wrong_method_is_a_method_not_allowed_problem(client: HttpClient) -> None:
-    problem(await client.put("/v1/flows"), 405, "method_not_allowed")
+async def test_a_wrong_method_is_a_method_not_allowed_problem_with_an_allow_header(
+    client: HttpClient,
+) -> None:
+    response = await client.put("/v1/flows")
+
+    body = problem(response, 405, "method_not_allowed")
+    assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    assert "allowed: " in body["detail"]
+    assert "GET" in body["detail"].split("allowed: ")[1]
+    assert "POST" in body["detail"].split("allowed: ")[1]
 
 
 async def test_a_body_over_the_limit_is_body_too_large(client: HttpClient) -> None:
@@ -400,7 +410,110 @@ async def test_a_body_over_the_limit_is_body_too_large(client: HttpClient) -> No
         headers={**ws.admin, "content-type": "application/json"},
     )
 
-    problem(response, 413, "body_too_large")
+    body = problem(response, 413, "body_too_large")
+    assert "1048576 bytes" in body["detail"]
+    assert "MAX_BODY_BYTES" in body["detail"]
+
+
+async def test_a_management_body_over_the_limit_states_the_limit_and_its_setting(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+    too_large = b'{"name": "' + b"x" * 1_048_576 + b'"}'
+
+    response = await client.post(
+        "/v1/flows", content=too_large, headers={**ws.admin, "content-type": "application/json"}
+    )
+
+    body = problem(response, 413, "body_too_large")
+    assert "1048576 bytes" in body["detail"]
+    assert "MAX_BODY_BYTES" in body["detail"]
+
+
+async def test_an_empty_management_body_says_a_json_body_is_needed_and_what_it_holds(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+
+    response = await client.post(
+        "/v1/triggers", content=b"", headers={**ws.admin, "content-type": "application/json"}
+    )
+
+    detail = problem(response, 400, "invalid_request")["detail"]
+    assert detail.startswith("the request needs a JSON body")
+    assert "`flow_id`" in detail
+    assert "`type`" in detail
+    assert '"api", "schedule", "manual"' in detail
+
+
+async def test_an_unknown_field_is_refused_naming_it_and_the_allowed_ones(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+    flow_id = await new_flow(client, ws)
+
+    response = await client.post(
+        "/v1/triggers",
+        json={"flow_id": flow_id, "type": "api", "frequency": "daily", "cron": "x"},
+        headers=ws.admin,
+    )
+
+    detail = problem(response, 400, "invalid_request")["detail"]
+    assert "`frequency`, `cron`" in detail
+    assert "`sync_wait_seconds`" in detail  # the allowed fields of an API trigger
+    listed = await client.get("/v1/triggers", headers=ws.admin)
+    assert listed.json() == []
+
+
+async def test_an_unknown_field_in_a_nested_object_is_refused_with_its_path(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+    flow = {"name": "x", "settings": {"kind": "python", "function": "echo", "retries": 3}}
+
+    response = await client.post("/v1/flows", json=flow, headers=ws.admin)
+
+    detail = problem(response, 400, "invalid_request")["detail"]
+    assert "unknown field `retries` in `settings`" in detail
+    assert "`function`" in detail
+
+
+async def test_patching_enabled_is_refused_and_points_to_pause_and_resume(
+    client: HttpClient,
+) -> None:
+    ws, _, trigger = await startable_flow(client)
+
+    response = await client.patch(
+        f"/v1/triggers/{trigger['id']}", json={"enabled": False}, headers=ws.admin
+    )
+
+    detail = problem(response, 400, "invalid_request")["detail"]
+    assert "`enabled`" in detail
+    assert "/v1/triggers/{id}/pause" in detail
+    unchanged = await client.get(f"/v1/triggers/{trigger['id']}", headers=ws.admin)
+    assert unchanged.json() == trigger
+
+
+async def test_a_value_outside_an_enum_is_refused_listing_the_allowed_values(
+    client: HttpClient,
+) -> None:
+    ws, flow_id, trigger = await startable_flow(client)
+
+    in_body = await client.post(
+        "/v1/triggers", json={"flow_id": flow_id, "type": "webhook"}, headers=ws.admin
+    )
+    in_field = await client.patch(
+        f"/v1/triggers/{trigger['id']}", json={"overlap": "never"}, headers=ws.admin
+    )
+    in_query = await client.post(
+        f"/v1/triggers/{trigger['id']}/run?overlap=never", headers=ws.admin
+    )
+
+    assert '"api", "schedule", "manual"' in problem(in_body, 400, "invalid_request")["detail"]
+    for response in (in_field, in_query):
+        detail = problem(response, 400, "invalid_request")["detail"]
+        assert "cancel_previous" in detail
+        assert "buffer_one" in detail
 
 
 async def test_using_a_key_records_when_it_was_last_used(client: HttpClient) -> None:

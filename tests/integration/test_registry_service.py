@@ -22,8 +22,8 @@ from contracts.registry import (
     KeyUsed,
     ListFlows,
     ListKeys,
+    NewApiTrigger,
     NewFlow,
-    NewTrigger,
     NewWorkspace,
     PythonFlowSettings,
     Reply,
@@ -98,7 +98,7 @@ async def test_a_workspace_flow_and_trigger_are_created_and_stored_in_their_buck
     trigger = await ok(
         nc,
         subjects.TRIGGER_CREATE,
-        CreateTrigger(workspace_id=ws, trigger=NewTrigger(flow_id=flow.id, type="api")),
+        CreateTrigger(workspace_id=ws, trigger=NewApiTrigger(flow_id=flow.id)),
         Trigger,
     )
 
@@ -147,7 +147,7 @@ async def test_an_unknown_operation_under_registry_v1_is_unknown_operation(nc: C
 @pytest.mark.usefixtures("registry")
 async def test_a_refused_request_is_answered_with_the_problem(nc: Client) -> None:
     created = await new_workspace(nc)
-    new = NewTrigger(flow_id="flw_000000000000000000000", type="api")
+    new = NewApiTrigger(flow_id="flw_000000000000000000000")
 
     reply = await ask(
         nc,

@@ -181,3 +181,75 @@ async def test_a_per_second_schedule_shows_its_fires_in_the_ledger(client: HttpC
     assert {item["status"] for item in items} == {"started"}
     assert items[0]["scheduled_at"] > items[1]["scheduled_at"]
     assert all(item["run_id"].startswith("run_") for item in items)
+
+
+async def test_patching_a_schedule_changes_the_fields_given_and_keeps_the_others(
+    client: HttpClient,
+) -> None:
+    ws, trigger = await schedule_trigger(
+        client, {"kind": "cron", "cron": "* * * * *", "timezone": "Europe/Berlin", "jitter": 5}
+    )
+    url = f"/v1/triggers/{trigger['id']}"
+
+    new_cron = await client.patch(
+        url, json={"schedule": {"kind": "cron", "cron": "*/5 * * * *"}}, headers=ws.admin
+    )
+    hourly = await client.patch(
+        url, json={"schedule": {"kind": "hourly", "minute": 20}}, headers=ws.admin
+    )
+    minute = await client.patch(url, json={"schedule": {"minute": 40}}, headers=ws.admin)
+    reset = await client.patch(url, json={"schedule": {"timezone": None}}, headers=ws.admin)
+
+    assert created(new_cron)["schedule"] == {
+        "kind": "cron",
+        "cron": "*/5 * * * *",
+        "timezone": "Europe/Berlin",
+        "jitter": 5,
+    }
+    assert created(hourly)["schedule"] == {
+        "kind": "hourly",
+        "minute": 20,
+        "timezone": "Europe/Berlin",
+        "jitter": 5,
+    }
+    assert created(minute)["schedule"]["minute"] == 40
+    assert created(reset)["schedule"] == {"kind": "hourly", "minute": 40, "jitter": 5}
+    assert created(reset)["version"] == 5
+
+
+async def test_a_schedule_patch_with_a_field_of_another_kind_is_invalid_schedule(
+    client: HttpClient,
+) -> None:
+    ws, trigger = await schedule_trigger(client, {"kind": "cron", "cron": "* * * * *"})
+
+    response = await client.patch(
+        f"/v1/triggers/{trigger['id']}", json={"schedule": {"minute": 20}}, headers=ws.admin
+    )
+
+    detail = problem(response, 422, "invalid_schedule")["detail"]
+    assert "`schedule.minute`" in detail
+    assert "`cron` schedule" in detail
+
+
+async def test_an_api_trigger_becomes_a_schedule_trigger_with_a_complete_schedule(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+    trigger = await new_trigger(client, ws, await new_flow(client, ws))
+    url = f"/v1/triggers/{trigger['id']}"
+
+    without = await client.patch(url, json={"type": "schedule"}, headers=ws.admin)
+    became = await client.patch(
+        url,
+        json={"type": "schedule", "schedule": {"kind": "daily", "at": "09:30"}},
+        headers=ws.admin,
+    )
+    back = await client.patch(url, json={"type": "api"}, headers=ws.admin)
+
+    problem(without, 422, "schedule_required")
+    assert created(became)["type"] == "schedule"
+    assert created(became)["schedule"] == {"kind": "daily", "at": "09:30"}
+    assert "sync_wait_seconds" not in created(became)
+    assert created(back)["type"] == "api"
+    assert "schedule" not in created(back)
+    assert created(back)["sync_wait_seconds"] == 10.0

@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
-from contracts.registry import CronSchedule, Trigger
+from contracts.registry import CronSchedule, ScheduleTrigger, Trigger
 from contracts.runs import DeadLetter, FlowStart
 from contracts.scheduling import ScheduleTick
 from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
@@ -36,11 +36,10 @@ def now() -> datetime:
 
 
 def schedule_trigger(cron: str, **changes) -> Trigger:
-    trigger = Trigger(
+    trigger = ScheduleTrigger(
         id=new_id("trg"),
         workspace_id=new_id("wsp"),
         flow_id=new_id("flw"),
-        type="schedule",
         schedule=CronSchedule(cron=cron),
         created_at=now(),
         updated_at=now(),

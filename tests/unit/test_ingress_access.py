@@ -4,10 +4,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
-from contracts.registry import ApiKey, CronSchedule, Flow, KeyScope, PythonFlowSettings, Trigger
-from services.ingress import access
+from contracts.registry import (
+    ApiKey,
+    ApiTrigger,
+    CronSchedule,
+    Flow,
+    KeyScope,
+    ManualTrigger,
+    PythonFlowSettings,
+    ScheduleTrigger,
+    Trigger,
+)
+from contracts.runs import Run, RunStatus
+from services.ingress import access, handlers
 from services.ingress.problems import ApiError
 from shared import api_keys
 from shared.ids import new_id
@@ -39,14 +51,21 @@ def flow_in(workspace_id: str = WORKSPACE) -> Flow:
     )
 
 
-def trigger_of(flow: Flow, **fields: Any) -> Trigger:
-    return Trigger(
+TRIGGER_KINDS: dict[str, type[Trigger]] = {
+    "api": ApiTrigger,
+    "schedule": ScheduleTrigger,
+    "manual": ManualTrigger,
+}
+
+
+def trigger_of(flow: Flow, type: str = "api", **fields: Any) -> Trigger:
+    return TRIGGER_KINDS[type](
         id=new_id("trg"),
         workspace_id=flow.workspace_id,
         flow_id=flow.id,
         created_at=NOW,
         updated_at=NOW,
-        **{"type": "api", **fields},
+        **fields,
     )
 
 
@@ -201,3 +220,45 @@ def test_the_chosen_api_trigger_does_not_depend_on_the_listing_order() -> None:
     assert access.api_trigger_for(KEY, flow, [first, second]) == access.api_trigger_for(
         KEY, flow, [second, first]
     )
+
+
+def test_run_now_waits_as_long_as_an_api_trigger_would_and_ten_seconds_otherwise() -> None:
+    flow = flow_in()
+
+    waits = [
+        access.run_now_wait(trigger_of(flow, sync_wait_seconds=3.0)),
+        access.run_now_wait(trigger_of(flow, "manual")),
+        access.run_now_wait(trigger_of(flow, "schedule", schedule=CronSchedule(cron="* * * * *"))),
+    ]
+
+    assert waits == [3.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize(
+    ("run_status", "http_status", "code"),
+    [
+        ("failed", 502, "run_failed"),
+        ("timed_out", 504, "run_timed_out"),
+        ("cancelled", 409, "run_cancelled"),
+        ("skipped", 409, "run_skipped"),
+    ],
+)
+def test_a_run_that_ended_without_succeeding_is_answered_as_an_upstream_problem_not_a_500(
+    run_status: RunStatus, http_status: int, code: str
+) -> None:
+    run = Run(
+        id=new_id("run"),
+        workspace_id=WORKSPACE,
+        flow_id=new_id("flw"),
+        status=run_status,
+        source="api",
+        error="RuntimeError: no cheese",
+        queued_at=NOW,
+    )
+
+    response = handlers._answer(run, "http://x/v1/runs/r", {})
+
+    assert response.status_code == http_status
+    body = msgspec.json.decode(response.content)
+    assert (body["status"], body["code"], body["run_status"]) == (http_status, code, run_status)
+    assert (body["error"], body["status_url"]) == ("RuntimeError: no cheese", "http://x/v1/runs/r")

@@ -10,25 +10,34 @@ import pytest
 from contracts import subjects
 from contracts.registry import (
     ApiKey,
+    ApiTrigger,
     CreateFlow,
     CreateKey,
     CreateTrigger,
     CreateWorkspace,
     CronSchedule,
+    DailySchedule,
     DeleteTrigger,
     Flow,
     GetFlow,
     GetTrigger,
+    HourlySchedule,
     KeyUsed,
     ListFlows,
     ListKeys,
     ListTriggers,
+    ManualTrigger,
+    NewApiTrigger,
     NewFlow,
     NewKey,
+    NewManualTrigger,
+    NewScheduleTrigger,
     NewTrigger,
     NewWorkspace,
     PythonFlowSettings,
     RevokeKey,
+    SchedulePatch,
+    ScheduleTrigger,
     SetTriggerEnabled,
     Trigger,
     TriggerChanges,
@@ -82,8 +91,17 @@ async def flow(registry: Registry, workspace_id: str, function: str = "echo") ->
     return await registry.create_flow(CreateFlow(workspace_id=workspace_id, flow=new))
 
 
-async def trigger(registry: Registry, workspace_id: str, flow_id: str, **fields: Any) -> Trigger:
-    new = NewTrigger(flow_id=flow_id, **{"type": "api", **fields})
+NEW_TRIGGERS: dict[str, type[NewTrigger]] = {
+    "api": NewApiTrigger,
+    "schedule": NewScheduleTrigger,
+    "manual": NewManualTrigger,
+}
+
+
+async def trigger(
+    registry: Registry, workspace_id: str, flow_id: str, type: str = "api", **fields: Any
+) -> Trigger:
+    new = NEW_TRIGGERS[type](flow_id=flow_id, **fields)
     return await registry.create_trigger(CreateTrigger(workspace_id=workspace_id, trigger=new))
 
 
@@ -317,30 +335,54 @@ async def test_a_trigger_for_a_flow_of_another_workspace_is_flow_not_found(
     assert store.keys(subjects.TRIGGERS_BUCKET) == []
 
 
-async def test_a_schedule_trigger_without_a_schedule_is_schedule_required(
-    registry: Registry,
-) -> None:
-    ws = (await workspace(registry)).workspace.id
-    nightly = await flow(registry, ws)
+def test_a_schedule_trigger_body_without_a_schedule_is_refused_naming_the_field() -> None:
+    body = b'{"flow_id": "flw_1", "type": "schedule"}'
 
-    error = await refusal(trigger(registry, ws, nightly.id, type="schedule"))
-
-    assert (error.problem.status, error.problem.code) == (422, "schedule_required")
+    with pytest.raises(msgspec.ValidationError, match="`schedule`"):
+        msgspec.json.decode(body, type=NewTrigger)
 
 
 @pytest.mark.parametrize("trigger_type", ["api", "manual"])
-async def test_a_trigger_that_is_not_a_schedule_with_a_schedule_is_unexpected_schedule(
-    registry: Registry, trigger_type: str
+def test_a_trigger_body_that_is_not_a_schedule_with_a_schedule_is_refused(
+    trigger_type: str,
 ) -> None:
-    ws = (await workspace(registry)).workspace.id
-    nightly = await flow(registry, ws)
-
-    error = await refusal(
-        trigger(registry, ws, nightly.id, type=trigger_type, schedule=EVERY_FIVE_MINUTES)
+    body = msgspec.json.encode(
+        {"flow_id": "flw_1", "type": trigger_type, "schedule": EVERY_FIVE_MINUTES}
     )
 
-    assert (error.problem.status, error.problem.code) == (422, "unexpected_schedule")
-    assert trigger_type in error.problem.message
+    with pytest.raises(msgspec.ValidationError, match="unknown field `schedule`"):
+        msgspec.json.decode(body, type=NewTrigger)
+
+
+def test_records_stored_in_the_old_flat_shape_still_decode() -> None:
+    common = {
+        "id": "trg_1",
+        "workspace_id": "wsp_1",
+        "flow_id": "flw_1",
+        "name": "",
+        "enabled": True,
+        "overlap": "allow",
+        "version": 3,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }
+    api = {**common, "type": "api", "schedule": None, "sync_wait_seconds": 2.5}
+    schedule = {
+        **common,
+        "type": "schedule",
+        "sync_wait_seconds": 10.0,
+        "schedule": {"kind": "cron", "cron": "*/5 * * * *", "future_option": 1},
+    }
+    manual = {**common, "type": "manual", "schedule": None, "sync_wait_seconds": 10.0}
+
+    decoded = [
+        msgspec.json.decode(msgspec.json.encode(r), type=Trigger) for r in (api, schedule, manual)
+    ]
+
+    assert [type(t) for t in decoded] == [ApiTrigger, ScheduleTrigger, ManualTrigger]
+    assert decoded[0].sync_wait_seconds == 2.5
+    assert decoded[1].schedule == CronSchedule(cron="*/5 * * * *")
+    assert msgspec.json.decode(msgspec.json.encode(decoded[1]))["type"] == "schedule"
 
 
 @pytest.mark.parametrize(
@@ -396,12 +438,8 @@ async def test_moving_a_trigger_to_another_flow_of_the_workspace_keeps_the_rest(
         )
     )
 
-    assert (updated.flow_id, updated.name, updated.type, updated.version) == (
-        second.id,
-        "hook",
-        "api",
-        2,
-    )
+    assert isinstance(updated, ApiTrigger)
+    assert (updated.flow_id, updated.name, updated.version) == (second.id, "hook", 2)
     listed = await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=second.id))
     assert [t.id for t in listed] == [created.id]
     assert await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=first.id)) == []
@@ -437,7 +475,9 @@ async def test_changing_a_schedule_trigger_into_an_api_trigger_drops_its_schedul
         UpdateTrigger(workspace_id=ws, trigger_id=created.id, changes=TriggerChanges(type="api"))
     )
 
-    assert (updated.type, updated.schedule, updated.version) == ("api", None, 2)
+    assert isinstance(updated, ApiTrigger)
+    assert (updated.sync_wait_seconds, updated.version) == (10.0, 2)
+    assert "schedule" not in msgspec.json.decode(msgspec.json.encode(updated))
 
 
 async def test_changing_an_api_trigger_into_a_schedule_trigger_needs_a_schedule(
@@ -452,12 +492,17 @@ async def test_changing_an_api_trigger_into_a_schedule_trigger_needs_a_schedule(
     error = await refusal(registry.update_trigger(change))
     updated = await registry.update_trigger(
         msgspec.structs.replace(
-            change, changes=TriggerChanges(type="schedule", schedule=EVERY_FIVE_MINUTES)
+            change,
+            changes=TriggerChanges(
+                type="schedule",
+                schedule=SchedulePatch(kind="cron", cron="*/5 * * * *", timezone="Europe/Berlin"),
+            ),
         )
     )
 
     assert (error.problem.status, error.problem.code) == (422, "schedule_required")
-    assert (updated.type, updated.schedule) == ("schedule", EVERY_FIVE_MINUTES)
+    assert isinstance(updated, ScheduleTrigger)
+    assert updated.schedule == EVERY_FIVE_MINUTES
 
 
 async def test_an_invalid_schedule_change_leaves_the_trigger_as_it_was(
@@ -473,7 +518,7 @@ async def test_an_invalid_schedule_change_leaves_the_trigger_as_it_was(
             UpdateTrigger(
                 workspace_id=ws,
                 trigger_id=created.id,
-                changes=TriggerChanges(schedule=CronSchedule(cron="0 25 * * *")),
+                changes=TriggerChanges(schedule=SchedulePatch(cron="0 25 * * *")),
             )
         )
     )
@@ -620,7 +665,7 @@ OPERATIONS_ON_AN_ID: dict[str, Operation] = {
     ),
     "get flow": lambda r, ws, bad: r.get_flow(GetFlow(workspace_id=ws, flow_id=bad)),
     "trigger a flow": lambda r, ws, bad: r.create_trigger(
-        CreateTrigger(workspace_id=ws, trigger=NewTrigger(flow_id=bad, type="api"))
+        CreateTrigger(workspace_id=ws, trigger=NewApiTrigger(flow_id=bad))
     ),
     "get trigger": lambda r, ws, bad: r.get_trigger(GetTrigger(workspace_id=ws, trigger_id=bad)),
     "update trigger": lambda r, ws, bad: r.update_trigger(
@@ -652,7 +697,7 @@ async def test_an_id_that_is_not_an_id_is_not_found_rather_than_an_error(
 OPERATIONS_IN_A_WORKSPACE: dict[str, Operation] = {
     "get flow": lambda r, bad, flow_id: r.get_flow(GetFlow(workspace_id=bad, flow_id=flow_id)),
     "trigger a flow": lambda r, bad, flow_id: r.create_trigger(
-        CreateTrigger(workspace_id=bad, trigger=NewTrigger(flow_id=flow_id, type="api"))
+        CreateTrigger(workspace_id=bad, trigger=NewApiTrigger(flow_id=flow_id))
     ),
     "get trigger": lambda r, bad, _: r.get_trigger(
         GetTrigger(workspace_id=bad, trigger_id=new_id("trg"))
@@ -694,3 +739,146 @@ async def test_listing_with_a_wildcard_workspace_id_shows_no_workspace_s_records
         [[], [], []],
         [404, 404, 404],
     )
+
+
+# --- schedule changes are merges (RFC 7396) --------------------------------------------------
+
+
+async def changed_schedule_trigger(
+    registry: Registry, schedule: Any, changes: TriggerChanges
+) -> Any:
+    """The outcome of creating a schedule trigger with `schedule`, then applying `changes`."""
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(
+        registry, ws, (await flow(registry, ws)).id, type="schedule", schedule=schedule
+    )
+    return await outcome(
+        registry.update_trigger(
+            UpdateTrigger(workspace_id=ws, trigger_id=created.id, changes=changes)
+        )
+    )
+
+
+async def test_a_new_cron_expression_keeps_the_schedule_s_time_zone(registry: Registry) -> None:
+    berlin = CronSchedule(cron="0 9 * * *", timezone="Europe/Berlin", jitter=30)
+
+    updated = await changed_schedule_trigger(
+        registry,
+        berlin,
+        TriggerChanges(schedule=SchedulePatch(kind="cron", cron="*/5 * * * *")),
+    )
+
+    assert updated.schedule == CronSchedule(cron="*/5 * * * *", timezone="Europe/Berlin", jitter=30)
+
+
+async def test_a_schedule_change_naming_one_field_keeps_the_others(registry: Registry) -> None:
+    hourly = HourlySchedule(minute=5, timezone="Asia/Tokyo", misfire="skip")
+
+    updated = await changed_schedule_trigger(
+        registry, hourly, TriggerChanges(schedule=SchedulePatch(minute=20))
+    )
+
+    assert updated.schedule == HourlySchedule(minute=20, timezone="Asia/Tokyo", misfire="skip")
+
+
+async def test_null_resets_a_schedule_option_to_its_default(registry: Registry) -> None:
+    berlin = CronSchedule(cron="0 9 * * *", timezone="Europe/Berlin", jitter=30)
+
+    updated = await changed_schedule_trigger(
+        registry, berlin, TriggerChanges(schedule=SchedulePatch(timezone=None, jitter=None))
+    )
+
+    assert updated.schedule == CronSchedule(cron="0 9 * * *")
+
+
+async def test_a_new_kind_drops_the_old_kind_s_fields_and_keeps_the_common_options(
+    registry: Registry,
+) -> None:
+    daily = DailySchedule(at="09:30", timezone="America/New_York", dst_gap="skip")
+
+    updated = await changed_schedule_trigger(
+        registry, daily, TriggerChanges(schedule=SchedulePatch(kind="hourly", minute=15))
+    )
+
+    assert updated.schedule == HourlySchedule(
+        minute=15, timezone="America/New_York", dst_gap="skip"
+    )
+
+
+async def test_a_field_of_another_kind_is_invalid_schedule_naming_the_field_and_the_kind_s_fields(
+    registry: Registry,
+) -> None:
+    problem = await changed_schedule_trigger(
+        registry, EVERY_FIVE_MINUTES, TriggerChanges(schedule=SchedulePatch(minute=20))
+    )
+
+    assert (problem.status, problem.code) == (422, "invalid_schedule")
+    assert "`schedule.minute`" in problem.message
+    assert "`cron` schedule" in problem.message
+    assert "cron, dst_gap" in problem.message  # the kind's fields, listed
+
+
+async def test_removing_a_required_schedule_field_is_invalid_schedule_naming_it(
+    registry: Registry,
+) -> None:
+    problem = await changed_schedule_trigger(
+        registry, EVERY_FIVE_MINUTES, TriggerChanges(schedule=SchedulePatch(cron=None))
+    )
+
+    assert (problem.status, problem.code) == (422, "invalid_schedule")
+    assert "`cron`" in problem.message
+
+
+async def test_a_partial_schedule_for_a_trigger_that_had_none_needs_its_kind(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    created = await trigger(registry, ws, (await flow(registry, ws)).id)
+
+    problem = await outcome(
+        registry.update_trigger(
+            UpdateTrigger(
+                workspace_id=ws,
+                trigger_id=created.id,
+                changes=TriggerChanges(type="schedule", schedule=SchedulePatch(minute=5)),
+            )
+        )
+    )
+
+    assert (problem.status, problem.code) == (422, "invalid_schedule")
+    assert "`schedule.kind`" in problem.message
+
+
+async def test_sync_wait_seconds_on_a_trigger_that_is_not_an_api_one_is_unexpected_sync_wait(
+    registry: Registry,
+) -> None:
+    problem = await changed_schedule_trigger(
+        registry, EVERY_FIVE_MINUTES, TriggerChanges(sync_wait_seconds=5)
+    )
+
+    assert (problem.status, problem.code) == (422, "unexpected_sync_wait")
+
+
+async def test_a_trigger_that_becomes_an_api_trigger_gets_the_default_wait_or_the_one_given(
+    registry: Registry,
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    nightly = await flow(registry, ws)
+    manual = await trigger(registry, ws, nightly.id, type="manual")
+    other = await trigger(registry, ws, nightly.id, type="manual")
+
+    default = await registry.update_trigger(
+        UpdateTrigger(workspace_id=ws, trigger_id=manual.id, changes=TriggerChanges(type="api"))
+    )
+    given = await registry.update_trigger(
+        UpdateTrigger(
+            workspace_id=ws,
+            trigger_id=other.id,
+            changes=TriggerChanges(type="api", sync_wait_seconds=2),
+        )
+    )
+
+    assert isinstance(default, ApiTrigger)
+    assert default.sync_wait_seconds == 10.0
+    assert isinstance(given, ApiTrigger)
+    assert given.sync_wait_seconds == 2

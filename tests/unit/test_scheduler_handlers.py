@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from contracts.registry import CronSchedule, Trigger
+from contracts.registry import ApiTrigger, CronSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.app import at_header
@@ -95,14 +95,20 @@ class FakeStarts:
 
 
 def schedule_trigger(trigger_id: str = "trg_1", cron: str = "*/15 * * * *", **changes) -> Trigger:
-    trigger = Trigger(
+    trigger = ScheduleTrigger(
         id=trigger_id,
         workspace_id="wsp_1",
         flow_id="flw_1",
-        type="schedule",
         schedule=CronSchedule(cron=cron),
         created_at=NOW,
         updated_at=NOW,
+    )
+    return msgspec.structs.replace(trigger, **changes)
+
+
+def api_trigger(trigger_id: str, **changes) -> Trigger:
+    trigger = ApiTrigger(
+        id=trigger_id, workspace_id="wsp_1", flow_id="flw_1", created_at=NOW, updated_at=NOW
     )
     return msgspec.structs.replace(trigger, **changes)
 
@@ -154,8 +160,7 @@ async def test_reconcile_parks_the_next_fire_of_every_armed_schedule_trigger(wor
     world.triggers.by_id = {
         "trg_a": schedule_trigger("trg_a"),
         "trg_paused": schedule_trigger("trg_paused", enabled=False),
-        "trg_api": schedule_trigger("trg_api", type="api", schedule=None),
-        "trg_no_schedule": schedule_trigger("trg_no_schedule", schedule=None),
+        "trg_api": api_trigger("trg_api"),
     }
     await world.scheduler.reconcile()
     assert world.timers.parked_ticks == {
@@ -215,7 +220,7 @@ async def test_pausing_or_deleting_a_trigger_cancels_its_timer(world: World):
 
 async def test_a_trigger_that_is_not_a_schedule_never_touches_the_timers(world: World):
     await world.scheduler.reconcile()
-    await world.write(schedule_trigger("trg_api", type="api", schedule=None))
+    await world.write(api_trigger("trg_api"))
     await world.delete("trg_api")
     assert world.timers.parks == 0
     assert world.timers.cancels == []
@@ -266,7 +271,7 @@ async def test_the_same_tick_twice_gives_the_same_run_id_and_message_id(world: W
     [
         None,
         schedule_trigger("trg_1", enabled=False, version=2),
-        schedule_trigger("trg_1", type="api", schedule=None, version=2),
+        api_trigger("trg_1", version=2),
     ],
     ids=["deleted", "paused", "no longer a schedule"],
 )
