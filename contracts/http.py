@@ -1,6 +1,6 @@
 """HTTP bodies of the ingress that are not registry records (those live in `registry`)."""
 
-from typing import Any
+from typing import Any, Literal
 
 from msgspec import Struct
 
@@ -66,3 +66,12 @@ class RunNotSucceeded(Struct, frozen=True, kw_only=True):
     run_status: RunStatus
     status_url: str
     error: str | None = None
+
+
+class HealthStatus(Struct, frozen=True, kw_only=True):
+    """`GET /health`: `200` with `ok` once the ingress has loaded the registry's state and is
+    connected to NATS, else `503` with `starting`."""
+
+    status: Literal["ok", "starting"]
+    nats: bool
+    """Whether the ingress is connected to NATS right now."""

@@ -437,6 +437,36 @@ class TriggerChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sync_wait_seconds: SyncWait | UnsetType = UNSET
 
 
+# --- Pages of lists (keyset pagination by id: ids sort by creation time) --------------------
+
+DEFAULT_LIST_LIMIT = 50
+MAX_LIST_LIMIT = 500
+ListLimit = Annotated[int, Meta(ge=1, le=MAX_LIST_LIMIT)]
+
+
+class KeyPage(Struct, frozen=True, kw_only=True):
+    """`GET /v1/keys`: keys oldest first; pass `next_cursor` as `cursor` for the next page
+    (None: this is the last page)."""
+
+    items: list[ApiKeyView]
+    next_cursor: str | None = None
+
+
+class FlowPage(Struct, frozen=True, kw_only=True):
+    """`GET /v1/flows`: flows oldest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[Flow]
+    next_cursor: str | None = None
+
+
+class TriggerPage(Struct, frozen=True, kw_only=True):
+    """`GET /v1/triggers`: triggers oldest first; pass `next_cursor` as `cursor` for the next
+    page."""
+
+    items: list[Trigger]
+    next_cursor: str | None = None
+
+
 # --- Registry requests ---------------------------------------------------------------------
 
 
@@ -461,9 +491,12 @@ class CreateKey(Struct, frozen=True, kw_only=True):
 
 
 class ListKeys(Struct, frozen=True, kw_only=True):
-    """Reply: `list[ApiKeyView]`, oldest first."""
+    """Reply: `KeyPage`, oldest first."""
 
     workspace_id: str
+    limit: ListLimit = DEFAULT_LIST_LIMIT
+    cursor: str | None = None
+    """The `next_cursor` of the page before (the last id it held); None for the first page."""
 
 
 class RevokeKey(Struct, frozen=True, kw_only=True):
@@ -489,9 +522,11 @@ class CreateFlow(Struct, frozen=True, kw_only=True):
 
 
 class ListFlows(Struct, frozen=True, kw_only=True):
-    """Reply: `list[Flow]`, oldest first."""
+    """Reply: `FlowPage`, oldest first."""
 
     workspace_id: str
+    limit: ListLimit = DEFAULT_LIST_LIMIT
+    cursor: str | None = None
 
 
 class GetFlow(Struct, frozen=True, kw_only=True):
@@ -537,10 +572,12 @@ class CreateTrigger(Struct, frozen=True, kw_only=True):
 
 
 class ListTriggers(Struct, frozen=True, kw_only=True):
-    """Reply: `list[Trigger]`, oldest first, optionally only those of one flow."""
+    """Reply: `TriggerPage`, oldest first, optionally only those of one flow."""
 
     workspace_id: str
     flow_id: str | None = None
+    limit: ListLimit = DEFAULT_LIST_LIMIT
+    cursor: str | None = None
 
 
 class GetTrigger(Struct, frozen=True, kw_only=True):

@@ -8,6 +8,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 
 from contracts import subjects
 from services.ingress import docs, handlers, problems
@@ -56,7 +57,6 @@ def create_app(settings: IngressSettings) -> Litestar:
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
-            "admin": Provide(handlers.provide_admin),
         },
         exception_handlers={
             problems.ApiError: problems.on_api_error,
@@ -69,6 +69,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             version="1.0.0",
             path=docs.SCHEMA_PATH,
             render_plugins=docs.render_plugins(),
+            components=Components(security_schemes=docs.SECURITY_SCHEMES),
             description="Workspaces, API keys, flows, triggers and runs; `POST /trigger/{flow_id}`"
             " starts a flow through its API trigger.",
         ),

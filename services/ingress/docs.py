@@ -7,16 +7,30 @@ files are read here (found on disk, the package is never imported).
 """
 
 import importlib.util
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
+from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
     OpenAPIRenderPlugin,
     RedocRenderPlugin,
     SwaggerRenderPlugin,
 )
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
+
+from contracts.http import ProblemDetails, RunNotSucceeded, RunSucceeded, StartAccepted
+from services.ingress.problems import PROBLEM_JSON
 
 SCHEMA_PATH = "/schema"
 ASSETS_PATH = f"{SCHEMA_PATH}/assets"
@@ -66,3 +80,96 @@ def assets_router() -> Router:
         include_in_schema=False,
         name="docs-assets",
     )
+
+
+# --- What the document says of every route: security and the answers it can give ---------
+
+WORKSPACE_KEY = "workspaceKey"
+OPERATOR_TOKEN = "operatorToken"
+SECURITY_SCHEMES = {
+    WORKSPACE_KEY: SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="tpk_…",
+        description="A workspace API key (`tpk_…`): admin keys manage the workspace, trigger "
+        "keys may only call triggers and read runs.",
+    ),
+    OPERATOR_TOKEN: SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="The operator token the ingress was started with (`OPERATOR_TOKEN`).",
+    ),
+}
+BY_KEY: list[SecurityRequirement] = [{WORKSPACE_KEY: []}]
+BY_OPERATOR: list[SecurityRequirement] = [{OPERATOR_TOKEN: []}]
+
+_MEANINGS = {
+    400: "The request is malformed: `detail` names the field or parameter and what it may be.",
+    401: "No key, a malformed key (`malformed_key`) or a key that is not valid (`invalid_key`).",
+    403: "The key may not do this (`admin_key_required`, `no_api_trigger`, `operator_disabled`).",
+    404: "No such record in this key's workspace (another workspace's looks the same).",
+    409: "The record's state does not allow it (`trigger_paused`, `last_admin_key`, …); for a "
+    "start that waited, the run was cancelled (`run_cancelled`) or skipped by the overlap policy "
+    "(`run_skipped`), with the run's `run_id`, `run_status`, `status_url` and `error`.",
+    413: "The body is larger than `MAX_BODY_BYTES` (`detail` states the limit).",
+    422: "Well-formed but unusable values (`invalid_schedule`, `invalid_name`, …).",
+    503: "A service this call needs is not reachable (`registry_unavailable`, "
+    "`start_not_stored`): nothing changed; retry.",
+    504: "A service this call needs did not answer in time (`registry_timeout`): retry; for a "
+    "start that waited, the run timed out (`run_timed_out`), with the run's details as for 409.",
+}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """The problem documents (`application/problem+json`) a route may answer."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDetails,
+            media_type=PROBLEM_JSON,
+            description=_MEANINGS.get(status, HTTPStatus(status).phrase),
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+REGISTRY_ANSWERS = (400, 401, 403, 503, 504)
+"""What every management call through the registry may answer besides its own outcomes."""
+
+
+@dataclass
+class TakesAnyJson(Operation):
+    """An operation whose body is any JSON value, read raw by the handler (the flow's input):
+    documented here because the handler declares no `data` parameter."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            description="Any JSON value, the flow's input; no body is input `null`.",
+            required=False,
+            content={"application/json": OpenAPIMediaType(schema=Schema())},
+        )
+
+
+def run_answers(accepted_description: str) -> dict[int, ResponseSpec]:
+    """The answers of a start that may wait for its run: the result, a problem of the run, or
+    `202` when it did not end within the wait."""
+    return {
+        200: ResponseSpec(
+            data_container=RunSucceeded,
+            description="The run succeeded within the wait: its result.",
+            generate_examples=False,
+        ),
+        202: ResponseSpec(
+            data_container=StartAccepted,
+            description=accepted_description,
+            generate_examples=False,
+        ),
+        502: ResponseSpec(
+            data_container=RunNotSucceeded,
+            media_type=PROBLEM_JSON,
+            description="The run failed (`run_failed`): the flow failed, not the platform. "
+            "The run is not started again.",
+            generate_examples=False,
+        ),
+        **problems(409, 504),
+    }

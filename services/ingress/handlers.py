@@ -1,28 +1,38 @@
-"""HTTP endpoints: translate requests into registry calls or flow starts, and back."""
+"""HTTP endpoints, one Litestar controller per resource: each translates requests into registry
+calls or flow starts, and back. The paths, tags, security and guards of a resource are set once on
+its controller; what each route may answer is declared beside it, for the OpenAPI document."""
 
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, delete, get, patch, post
-from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from contracts import registry as api
 from contracts import subjects
-from contracts.http import RunNotSucceeded, RunPage, RunSucceeded, StartAccepted
+from contracts.http import HealthStatus, RunNotSucceeded, RunPage, RunSucceeded, StartAccepted
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import FirePage, SchedulePreview
-from services.ingress import access
+from services.ingress import access, docs
+from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
 from services.ingress.ledger import fire_page, read_ledger, schedule_preview
 from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large
 from services.ingress.state import Ingress
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
 
-Authorization = Annotated[str | None, HeaderParameter(name="Authorization", required=False)]
+Limit = Annotated[
+    int, QueryParameter(ge=1, le=api.MAX_LIST_LIMIT, description="Most items on one page")
+]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(description="The `next_cursor` of the page before; none for the first page"),
+]
 
 
 # --- dependencies ---------------------------------------------------------------------------
@@ -31,8 +41,14 @@ Authorization = Annotated[str | None, HeaderParameter(name="Authorization", requ
 async def provide_admin(
     request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
 ) -> ApiKey:
+    """The caller's key, which must be an admin key of its workspace."""
     key = await ingress.key_from(request.headers.get("authorization"))
     return access.require_admin(key)
+
+
+async def provide_key(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> ApiKey:
+    """The caller's key, of any scope."""
+    return await ingress.key_from(request.headers.get("authorization"))
 
 
 def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
@@ -40,152 +56,330 @@ def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
     return ingress
 
 
+class AdminController(Controller):
+    """A resource of the workspace managed with an admin key."""
+
+    security = BY_KEY
+    dependencies = {"admin": Provide(provide_admin)}
+
+
 # --- operator -------------------------------------------------------------------------------
 
 
-@post("/v1/workspaces", tags=["operator"], summary="Create a workspace and its first admin key")
-async def create_workspace(
-    data: JSONBody[api.NewWorkspace],
-    ingress: NamedDependency[Ingress],
-    authorization: Authorization,
-) -> api.WorkspaceCreated:
-    ingress.check_operator(authorization)
-    return await ingress.registry.call(
-        subjects.WORKSPACE_CREATE, api.CreateWorkspace(workspace=data), api.WorkspaceCreated
+class WorkspaceController(Controller):
+    path = "/v1/workspaces"
+    tags = ["operator"]
+    security = BY_OPERATOR
+
+    @post(
+        summary="Create a workspace and its first admin key (its secret is shown only here)",
+        responses=problems(400, 401, 403, 413, 422, 503, 504),
     )
+    async def create_workspace(
+        self,
+        data: JSONBody[api.NewWorkspace],
+        ingress: NamedDependency[Ingress],
+        request: Request[Any, Any, Any],
+    ) -> api.WorkspaceCreated:
+        ingress.check_operator(request.headers.get("authorization"))
+        return await ingress.registry.call(
+            subjects.WORKSPACE_CREATE, api.CreateWorkspace(workspace=data), api.WorkspaceCreated
+        )
 
 
 # --- keys -----------------------------------------------------------------------------------
 
 
-@get("/v1/keys", tags=["keys"], summary="List the workspace's API keys (no secrets)")
-async def list_keys(
-    ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> list[api.ApiKeyView]:
-    request = api.ListKeys(workspace_id=admin.workspace_id)
-    return await ingress.registry.call(subjects.KEY_LIST, request, list[api.ApiKeyView])
+class KeyController(AdminController):
+    path = "/v1/keys"
+    tags = ["keys"]
 
+    @get(
+        summary="List the workspace's API keys, oldest first (no secrets)",
+        responses=problems(*REGISTRY_ANSWERS),
+    )
+    async def list_keys(
+        self,
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        limit: Limit = api.DEFAULT_LIST_LIMIT,
+        cursor: Cursor = None,
+    ) -> api.KeyPage:
+        request = api.ListKeys(workspace_id=admin.workspace_id, limit=limit, cursor=cursor)
+        return await ingress.registry.call(subjects.KEY_LIST, request, api.KeyPage)
 
-@post("/v1/keys", tags=["keys"], summary="Create an API key (its secret is shown only here)")
-async def create_key(
-    data: JSONBody[api.NewKey], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.IssuedKey:
-    request = api.CreateKey(workspace_id=admin.workspace_id, key=data)
-    return await ingress.registry.call(subjects.KEY_CREATE, request, api.IssuedKey)
+    @post(
+        summary="Create an API key (its secret is shown only here)",
+        responses=problems(*REGISTRY_ANSWERS, 413, 422),
+    )
+    async def create_key(
+        self,
+        data: JSONBody[api.NewKey],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.IssuedKey:
+        request = api.CreateKey(workspace_id=admin.workspace_id, key=data)
+        return await ingress.registry.call(subjects.KEY_CREATE, request, api.IssuedKey)
 
-
-@delete("/v1/keys/{key_id:str}", status_code=200, tags=["keys"], summary="Revoke an API key")
-async def revoke_key(
-    key_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.ApiKeyView:
-    request = api.RevokeKey(workspace_id=admin.workspace_id, key_id=key_id)
-    revoked = await ingress.registry.call(subjects.KEY_REVOKE, request, api.ApiKeyView)
-    await ingress.directory.catch_up()  # once we answer, this ingress refuses the key
-    return revoked
+    @delete(
+        "/{key_id:str}",
+        status_code=200,
+        summary="Revoke an API key (the last admin key cannot be revoked)",
+        responses=problems(*REGISTRY_ANSWERS, 404, 409),
+    )
+    async def revoke_key(
+        self,
+        key_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.ApiKeyView:
+        request = api.RevokeKey(workspace_id=admin.workspace_id, key_id=key_id)
+        revoked = await ingress.registry.call(subjects.KEY_REVOKE, request, api.ApiKeyView)
+        await ingress.directory.catch_up()  # once we answer, this ingress refuses the key
+        return revoked
 
 
 # --- flows ----------------------------------------------------------------------------------
 
 
-@get("/v1/flows", tags=["flows"], summary="List the workspace's flows")
-async def list_flows(
-    ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> list[api.Flow]:
-    request = api.ListFlows(workspace_id=admin.workspace_id)
-    return await ingress.registry.call(subjects.FLOW_LIST, request, list[api.Flow])
+class FlowController(AdminController):
+    path = "/v1/flows"
+    tags = ["flows"]
+
+    @get(summary="List the workspace's flows, oldest first", responses=problems(*REGISTRY_ANSWERS))
+    async def list_flows(
+        self,
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        limit: Limit = api.DEFAULT_LIST_LIMIT,
+        cursor: Cursor = None,
+    ) -> api.FlowPage:
+        request = api.ListFlows(workspace_id=admin.workspace_id, limit=limit, cursor=cursor)
+        return await ingress.registry.call(subjects.FLOW_LIST, request, api.FlowPage)
+
+    @post(summary="Register a flow", responses=problems(*REGISTRY_ANSWERS, 413, 422))
+    async def create_flow(
+        self,
+        data: JSONBody[api.NewFlow],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Flow:
+        request = api.CreateFlow(workspace_id=admin.workspace_id, flow=data)
+        return await ingress.registry.call(subjects.FLOW_CREATE, request, api.Flow)
+
+    @get("/{flow_id:str}", summary="Get a flow", responses=problems(*REGISTRY_ANSWERS, 404))
+    async def get_flow(
+        self,
+        flow_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Flow:
+        request = api.GetFlow(workspace_id=admin.workspace_id, flow_id=flow_id)
+        return await ingress.registry.call(subjects.FLOW_GET, request, api.Flow)
 
 
-@post("/v1/flows", tags=["flows"], summary="Register a flow")
-async def create_flow(
-    data: JSONBody[api.NewFlow], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.Flow:
-    request = api.CreateFlow(workspace_id=admin.workspace_id, flow=data)
-    return await ingress.registry.call(subjects.FLOW_CREATE, request, api.Flow)
+class FlowFunctionController(AdminController):
+    path = "/v1/flow-functions"
+    tags = ["flows"]
 
-
-@get("/v1/flows/{flow_id:str}", tags=["flows"], summary="Get a flow")
-async def get_flow(
-    flow_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.Flow:
-    request = api.GetFlow(workspace_id=admin.workspace_id, flow_id=flow_id)
-    return await ingress.registry.call(subjects.FLOW_GET, request, api.Flow)
-
-
-@get(
-    "/v1/flow-functions",
-    tags=["flows"],
-    summary="List the flow functions the running runners serve (what python flows may use)",
-)
-async def list_flow_functions(
-    ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> list[api.AnnouncedFunction]:
-    return await ingress.registry.call(
-        subjects.FUNCTION_LIST, api.ListFunctions(), list[api.AnnouncedFunction]
+    @get(
+        summary="List the flow functions the running runners serve (what python flows may use)",
+        responses=problems(*REGISTRY_ANSWERS),
     )
+    async def list_flow_functions(
+        self, ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
+    ) -> list[api.AnnouncedFunction]:
+        return await ingress.registry.call(
+            subjects.FUNCTION_LIST, api.ListFunctions(), list[api.AnnouncedFunction]
+        )
 
 
 # --- triggers -------------------------------------------------------------------------------
 
 
-@get("/v1/triggers", tags=["triggers"], summary="List triggers, optionally of one flow")
-async def list_triggers(
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-    flow_id: FromQuery[str | None] = None,
-) -> list[api.Trigger]:
-    request = api.ListTriggers(workspace_id=admin.workspace_id, flow_id=flow_id)
-    return await ingress.registry.call(subjects.TRIGGER_LIST, request, list[api.Trigger])
+class TriggerController(AdminController):
+    path = "/v1/triggers"
+    tags = ["triggers"]
+
+    @get(
+        summary="List triggers, oldest first, optionally of one flow",
+        responses=problems(*REGISTRY_ANSWERS),
+    )
+    async def list_triggers(
+        self,
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        flow_id: FromQuery[str | None] = None,
+        limit: Limit = api.DEFAULT_LIST_LIMIT,
+        cursor: Cursor = None,
+    ) -> api.TriggerPage:
+        request = api.ListTriggers(
+            workspace_id=admin.workspace_id, flow_id=flow_id, limit=limit, cursor=cursor
+        )
+        return await ingress.registry.call(subjects.TRIGGER_LIST, request, api.TriggerPage)
+
+    @post(summary="Create a trigger", responses=problems(*REGISTRY_ANSWERS, 404, 413, 422))
+    async def create_trigger(
+        self,
+        data: JSONBody[api.NewTrigger],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Trigger:
+        request = api.CreateTrigger(workspace_id=admin.workspace_id, trigger=data)
+        return await ingress.registry.call(subjects.TRIGGER_CREATE, request, api.Trigger)
+
+    @get("/{trigger_id:str}", summary="Get a trigger", responses=problems(*REGISTRY_ANSWERS, 404))
+    async def get_trigger(
+        self,
+        trigger_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Trigger:
+        return await _trigger(ingress, admin, trigger_id)
+
+    @patch(
+        "/{trigger_id:str}",
+        summary="Edit a trigger: the fields given change (a schedule is merged, RFC 7396)",
+        responses=problems(*REGISTRY_ANSWERS, 404, 413, 422),
+    )
+    async def update_trigger(
+        self,
+        trigger_id: FromPath[str],
+        data: JSONBody[api.TriggerChanges],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Trigger:
+        request = api.UpdateTrigger(
+            workspace_id=admin.workspace_id, trigger_id=trigger_id, changes=data
+        )
+        updated = await ingress.registry.call(subjects.TRIGGER_UPDATE, request, api.Trigger)
+        await ingress.directory.catch_up()
+        return updated
+
+    @delete(
+        "/{trigger_id:str}",
+        status_code=200,
+        summary="Delete a trigger",
+        responses=problems(*REGISTRY_ANSWERS, 404),
+    )
+    async def delete_trigger(
+        self,
+        trigger_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Trigger:
+        request = api.DeleteTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+        deleted = await ingress.registry.call(subjects.TRIGGER_DELETE, request, api.Trigger)
+        await ingress.directory.catch_up()
+        return deleted
+
+    @post(
+        "/{trigger_id:str}/pause",
+        status_code=200,
+        summary="Pause a trigger",
+        responses=problems(*REGISTRY_ANSWERS, 404),
+    )
+    async def pause_trigger(
+        self,
+        trigger_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Trigger:
+        return await _set_enabled(ingress, admin, trigger_id, enabled=False)
+
+    @post(
+        "/{trigger_id:str}/resume",
+        status_code=200,
+        summary="Resume a trigger",
+        responses=problems(*REGISTRY_ANSWERS, 404),
+    )
+    async def resume_trigger(
+        self,
+        trigger_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.Trigger:
+        return await _set_enabled(ingress, admin, trigger_id, enabled=True)
+
+    @get(
+        "/{trigger_id:str}/preview",
+        summary="The next N occurrences of a schedule trigger, in its time zone and in UTC",
+        responses=problems(*REGISTRY_ANSWERS, 404, 409, 422),
+    )
+    async def preview_trigger(
+        self,
+        trigger_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        count: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+    ) -> SchedulePreview:
+        return schedule_preview(await _trigger(ingress, admin, trigger_id), count)
+
+    @get(
+        "/{trigger_id:str}/fires",
+        summary="A schedule trigger's ledger: every fire and non-fire with its reason, newest "
+        "first",
+        responses=problems(*REGISTRY_ANSWERS, 404),
+    )
+    async def list_trigger_fires(
+        self,
+        trigger_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> FirePage:
+        trigger = await _trigger(ingress, admin, trigger_id)
+        entries = await read_ledger(ingress.js, trigger.workspace_id, trigger.id)
+        return fire_page(entries, limit, cursor)
+
+    @post(
+        "/{trigger_id:str}/run",
+        summary="Run now: start the trigger's flow once, whatever its type or state, and answer "
+        "like POST /trigger/{flow_id} (the result within the wait, else 202; Prefer applies)",
+        status_code=202,
+        operation_class=docs.TakesAnyJson,
+        responses={
+            **problems(*REGISTRY_ANSWERS, 404, 413),
+            **docs.run_answers("The start is stored; the run did not end within the wait."),
+        },
+    )
+    async def run_trigger_now(
+        self,
+        trigger_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        overlap: Annotated[
+            OverlapPolicy | None,
+            QueryParameter(description="Overlap policy for this start instead of the trigger's"),
+        ] = None,
+    ) -> Response[StartAccepted]:
+        flow_input = await _json_body(request, ingress)
+        trigger = await _trigger(ingress, admin, trigger_id)
+        wait, applied = access.sync_wait(
+            request.headers.get("prefer"), access.run_now_wait(trigger), api.MAX_SYNC_WAIT_SECONDS
+        )
+        return await _start(
+            request,
+            ingress,
+            trigger,
+            "manual",
+            flow_input,
+            overlap=overlap,
+            wait=wait,
+            applied=applied,
+        )
 
 
-@post("/v1/triggers", tags=["triggers"], summary="Create a trigger")
-async def create_trigger(
-    data: JSONBody[api.NewTrigger],
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-) -> api.Trigger:
-    request = api.CreateTrigger(workspace_id=admin.workspace_id, trigger=data)
-    return await ingress.registry.call(subjects.TRIGGER_CREATE, request, api.Trigger)
-
-
-@get("/v1/triggers/{trigger_id:str}", tags=["triggers"], summary="Get a trigger")
-async def get_trigger(
-    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.Trigger:
+async def _trigger(ingress: Ingress, admin: ApiKey, trigger_id: str) -> api.Trigger:
     request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
     return await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
 
 
-@patch("/v1/triggers/{trigger_id:str}", tags=["triggers"], summary="Edit a trigger")
-async def update_trigger(
-    trigger_id: FromPath[str],
-    data: JSONBody[api.TriggerChanges],
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-) -> api.Trigger:
-    request = api.UpdateTrigger(
-        workspace_id=admin.workspace_id, trigger_id=trigger_id, changes=data
-    )
-    updated = await ingress.registry.call(subjects.TRIGGER_UPDATE, request, api.Trigger)
-    await ingress.directory.catch_up()
-    return updated
-
-
-@delete("/v1/triggers/{trigger_id:str}", status_code=200, tags=["triggers"], summary="Delete")
-async def delete_trigger(
-    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.Trigger:
-    request = api.DeleteTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
-    deleted = await ingress.registry.call(subjects.TRIGGER_DELETE, request, api.Trigger)
-    await ingress.directory.catch_up()
-    return deleted
-
-
 async def _set_enabled(
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-    trigger_id: str,
-    enabled: bool,
-) -> Any:
+    ingress: Ingress, admin: ApiKey, trigger_id: FromPath[str], enabled: bool
+) -> api.Trigger:
     request = api.SetTriggerEnabled(
         workspace_id=admin.workspace_id, trigger_id=trigger_id, enabled=enabled
     )
@@ -194,139 +388,77 @@ async def _set_enabled(
     return trigger
 
 
-@post("/v1/triggers/{trigger_id:str}/pause", status_code=200, tags=["triggers"], summary="Pause")
-async def pause_trigger(
-    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.Trigger:
-    trigger: api.Trigger = await _set_enabled(ingress, admin, trigger_id, enabled=False)
-    return trigger
-
-
-@post("/v1/triggers/{trigger_id:str}/resume", status_code=200, tags=["triggers"], summary="Resume")
-async def resume_trigger(
-    trigger_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> api.Trigger:
-    trigger: api.Trigger = await _set_enabled(ingress, admin, trigger_id, enabled=True)
-    return trigger
-
-
-@get(
-    "/v1/triggers/{trigger_id:str}/preview",
-    tags=["triggers"],
-    summary="The next N occurrences of a schedule trigger, in its time zone and in UTC",
-)
-async def preview_trigger(
-    trigger_id: FromPath[str],
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-    count: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
-) -> SchedulePreview:
-    request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
-    trigger = await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
-    return schedule_preview(trigger, count)
-
-
-@get(
-    "/v1/triggers/{trigger_id:str}/fires",
-    tags=["triggers"],
-    summary="A schedule trigger's ledger: every fire and non-fire with its reason, newest first",
-)
-async def list_trigger_fires(
-    trigger_id: FromPath[str],
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-    cursor: FromQuery[str | None] = None,
-) -> FirePage:
-    request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
-    trigger = await ingress.registry.call(subjects.TRIGGER_GET, request, api.Trigger)
-    entries = await read_ledger(ingress.js, trigger.workspace_id, trigger.id)
-    return fire_page(entries, limit, cursor)
-
-
-@post(
-    "/v1/triggers/{trigger_id:str}/run",
-    tags=["triggers"],
-    summary="Run now: start the trigger's flow once, whatever its type or state, and answer "
-    "like POST /trigger/{flow_id} (the result within the wait, else 202; Prefer applies)",
-    status_code=202,
-)
-async def run_trigger_now(
-    trigger_id: FromPath[str],
-    request: Request[Any, Any, Any],
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-    overlap: Annotated[
-        OverlapPolicy | None,
-        QueryParameter(description="Overlap policy for this start instead of the trigger's"),
-    ] = None,
-) -> Response[bytes]:
-    flow_input = await _json_body(request, ingress)
-    get_request = api.GetTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
-    trigger = await ingress.registry.call(subjects.TRIGGER_GET, get_request, api.Trigger)
-    wait, applied = access.sync_wait(
-        request.headers.get("prefer"), access.run_now_wait(trigger), api.MAX_SYNC_WAIT_SECONDS
-    )
-    return await _start(
-        request, ingress, trigger, "manual", flow_input, overlap=overlap, wait=wait, applied=applied
-    )
-
-
 # --- runs -----------------------------------------------------------------------------------
 
 
-@get("/v1/runs", tags=["runs"], summary="List runs, newest first")
-async def list_runs(
-    ingress: NamedDependency[Ingress],
-    admin: NamedDependency[ApiKey],
-    flow_id: FromQuery[str | None] = None,
-    trigger_id: FromQuery[str | None] = None,
-    status: FromQuery[RunStatus | None] = None,
-    since: Annotated[
-        datetime | None, QueryParameter(description="Only runs queued at or after this time")
-    ] = None,
-    until: Annotated[
-        datetime | None, QueryParameter(description="Only runs queued before this time")
-    ] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-    cursor: FromQuery[str | None] = None,
-) -> RunPage:
-    since, until = _aware(since), _aware(until)
-    runs = [
-        run
-        for run in await ingress.runs_of(admin.workspace_id)
-        if (flow_id is None or run.flow_id == flow_id)
-        and (trigger_id is None or run.trigger_id == trigger_id)
-        and (status is None or run.status == status)
-        and (since is None or run.queued_at >= since)
-        and (until is None or run.queued_at < until)
-        and (cursor is None or run.id < cursor)
-    ]
-    page = runs[:limit]
-    next_cursor = page[-1].id if len(runs) > limit else None
-    return RunPage(items=page, next_cursor=next_cursor)
+class RunController(Controller):
+    path = "/v1/runs"
+    tags = ["runs"]
+    security = BY_KEY
 
+    @get(
+        summary="List runs, newest first",
+        dependencies={"admin": Provide(provide_admin)},
+        responses=problems(400, 401, 403, 503, 504),
+    )
+    async def list_runs(
+        self,
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        flow_id: FromQuery[str | None] = None,
+        trigger_id: FromQuery[str | None] = None,
+        status: FromQuery[RunStatus | None] = None,
+        since: Annotated[
+            datetime | None, QueryParameter(description="Only runs queued at or after this time")
+        ] = None,
+        until: Annotated[
+            datetime | None, QueryParameter(description="Only runs queued before this time")
+        ] = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> RunPage:
+        since, until = _aware(since), _aware(until)
+        runs = [
+            run
+            for run in await ingress.runs_of(admin.workspace_id)
+            if (flow_id is None or run.flow_id == flow_id)
+            and (trigger_id is None or run.trigger_id == trigger_id)
+            and (status is None or run.status == status)
+            and (since is None or run.queued_at >= since)
+            and (until is None or run.queued_at < until)
+            and (cursor is None or run.id < cursor)
+        ]
+        page = runs[:limit]
+        next_cursor = page[-1].id if len(runs) > limit else None
+        return RunPage(items=page, next_cursor=next_cursor)
 
-@get("/v1/runs/{run_id:str}", tags=["runs"], summary="Get a run (any key of the workspace)")
-async def get_run(
-    run_id: FromPath[str], ingress: NamedDependency[Ingress], authorization: Authorization
-) -> Run:
-    key = await ingress.key_from(authorization)
-    return await ingress.run(key.workspace_id, run_id)
+    @get(
+        "/{run_id:str}",
+        summary="Get a run (any key of the workspace): the status URL of a start",
+        dependencies={"key": Provide(provide_key)},
+        responses=problems(400, 401, 404, 503, 504),
+    )
+    async def get_run(
+        self, run_id: FromPath[str], ingress: NamedDependency[Ingress], key: NamedDependency[ApiKey]
+    ) -> Run:
+        return await ingress.run(key.workspace_id, run_id)
 
-
-@post(
-    "/v1/runs/{run_id:str}/cancel",
-    status_code=200,
-    tags=["runs"],
-    summary="Cancel a queued or running run",
-)
-async def cancel_run(
-    run_id: FromPath[str], ingress: NamedDependency[Ingress], admin: NamedDependency[ApiKey]
-) -> Run:
-    if not is_valid_id(run_id):
-        raise ApiError(404, "run_not_found", f"no run {run_id!r} in this workspace")
-    return await ingress.cancel(admin.workspace_id, run_id)
+    @post(
+        "/{run_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a queued or running run",
+        dependencies={"admin": Provide(provide_admin)},
+        responses=problems(400, 401, 403, 404, 409, 503, 504),
+    )
+    async def cancel_run(
+        self,
+        run_id: FromPath[str],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> Run:
+        if not is_valid_id(run_id):
+            raise ApiError(404, "run_not_found", f"no run {run_id!r} in this workspace")
+        return await ingress.cancel(admin.workspace_id, run_id)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -343,9 +475,20 @@ def _aware(moment: datetime | None) -> datetime | None:
     "/trigger/{flow_id:str}",
     tags=["trigger"],
     summary="Start a flow through its API trigger; the JSON body is the flow's input",
+    description="Answers with the run's result when it ends within the trigger's "
+    "`sync_wait_seconds` (or `Prefer: wait=N`), else `202` with the run id and status URL; "
+    "`Prefer: respond-async` answers `202` at once. `Idempotency-Key` makes retries safe.",
     status_code=202,
+    security=BY_KEY,
+    operation_class=docs.TakesAnyJson,
+    responses={
+        **problems(400, 401, 403, 404, 413, 503),
+        **docs.run_answers("The start is stored; the run did not end within the wait."),
+    },
 )
-async def trigger_flow(flow_id: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
+async def trigger_flow(
+    flow_id: FromPath[str], request: Request[Any, Any, Any]
+) -> Response[StartAccepted]:
     # The hot path: no dependency injection (it costs a fifth of the handler's own time).
     ingress: Ingress = request.app.state.ingress
     key = await ingress.key_from(request.headers.get("authorization"))
@@ -386,13 +529,11 @@ async def trigger_flow(flow_id: FromPath[str], request: Request[Any, Any, Any]) 
     )
 
 
-async def _json_body(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> Any:
+async def _json_body(request: Request[Any, Any, Any], ingress: Ingress) -> Any:
     return (await _read_json_body(request, ingress))[1]
 
 
-async def _read_json_body(
-    request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
-) -> tuple[bytes, Any]:
+async def _read_json_body(request: Request[Any, Any, Any], ingress: Ingress) -> tuple[bytes, Any]:
     """The raw body and its JSON value (None for an empty body)."""
     body = await request.body()
     if len(body) > ingress.settings.max_body_bytes:
@@ -417,7 +558,7 @@ async def _start(
     applied: str | None = None,
     run_id: str | None = None,
     repeated: bool = False,
-) -> Response[bytes]:
+) -> Response[Any]:
     """Publish the start; answer `202` at once (`wait` 0), or wait for the run to end.
 
     A repeated Idempotency-Key (`repeated`) publishes the same start again: harmless (the
@@ -472,7 +613,7 @@ _NOT_SUCCEEDED: dict[str, tuple[int, str]] = {
 }
 
 
-def _answer(run: Run, status_url: str, headers: dict[str, str]) -> Response[bytes]:
+def _answer(run: Run, status_url: str, headers: dict[str, str]) -> Response[Any]:
     """The synchronous answer for a run that ended: its result, or a failure document."""
     if run.status == "succeeded":
         body = RunSucceeded(
@@ -504,37 +645,32 @@ def _answer(run: Run, status_url: str, headers: dict[str, str]) -> Response[byte
 # --- operations -----------------------------------------------------------------------------
 
 
-@get("/health", tags=["operations"], summary="Ready once the registry state is loaded")
-async def health(ingress: NamedDependency[Ingress]) -> Response[bytes]:
-    ready = ingress.directory.ready and ingress.nc.is_connected
-    body = {"status": "ok" if ready else "starting", "nats": ingress.nc.is_connected}
-    return Response(
-        content=encode(body), status_code=200 if ready else 503, media_type="application/json"
-    )
+@get(
+    "/health",
+    tags=["operations"],
+    summary="Ready once the registry state is loaded (503 while starting or without NATS)",
+    responses={
+        503: ResponseSpec(
+            data_container=HealthStatus,
+            description="Starting, or NATS is not reachable",
+            generate_examples=False,
+        )
+    },
+)
+async def health(ingress: NamedDependency[Ingress]) -> Response[HealthStatus]:
+    connected = ingress.nc.is_connected
+    ready = ingress.directory.ready and connected
+    body = HealthStatus(status="ok" if ready else "starting", nats=connected)
+    return Response(content=body, status_code=200 if ready else 503)
 
 
 ROUTES = [
-    create_workspace,
-    list_keys,
-    create_key,
-    revoke_key,
-    list_flows,
-    create_flow,
-    get_flow,
-    list_triggers,
-    create_trigger,
-    get_trigger,
-    update_trigger,
-    delete_trigger,
-    pause_trigger,
-    resume_trigger,
-    preview_trigger,
-    list_trigger_fires,
-    run_trigger_now,
-    list_runs,
-    get_run,
-    cancel_run,
-    list_flow_functions,
+    WorkspaceController,
+    KeyController,
+    FlowController,
+    FlowFunctionController,
+    TriggerController,
+    RunController,
     trigger_flow,
     health,
 ]

@@ -7,7 +7,7 @@ import builtins
 import re
 import typing
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -26,10 +26,12 @@ from contracts.registry import (
     CreateWorkspace,
     DeleteTrigger,
     Flow,
+    FlowPage,
     FlowSettings,
     GetFlow,
     GetTrigger,
     IssuedKey,
+    KeyPage,
     KeyScope,
     KeyUsed,
     ListFlows,
@@ -53,6 +55,7 @@ from contracts.registry import (
     Trigger,
     TriggerBase,
     TriggerChanges,
+    TriggerPage,
     UpdateTrigger,
     Workspace,
     WorkspaceCreated,
@@ -105,6 +108,58 @@ class RegistryStore(Protocol):
 
     async def list_all(self, bucket: str) -> builtins.list[AnnouncedFunction]:
         """Every announced function (the only bucket listed whole)."""
+
+
+class Listed(Protocol):
+    """What a record needs to be paged: its creation time and its id."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+L = TypeVar("L", bound=Listed)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def page_of(
+    records: builtins.list[L], cursor: str | None, limit: int
+) -> tuple[builtins.list[L], str | None]:
+    """One page of `records`, oldest first: the first `limit` after `cursor`, and the cursor of
+    the next page (None when this one is the last).
+
+    The cursor is a position (creation time to the microsecond, then id), not an offset:
+    records created or deleted meanwhile never shift a page, and a cursor whose record was
+    deleted still works.
+    """
+    after = _position_from(cursor) if cursor is not None else None
+    ordered = sorted(records, key=_position)
+    if after is not None:
+        ordered = [record for record in ordered if _position(record) > after]
+    page = ordered[:limit]
+    if len(ordered) <= limit:
+        return page, None
+    micros, record_id = _position(page[-1])
+    return page, f"{micros}.{record_id}"
+
+
+def _position(record: Listed) -> tuple[int, str]:
+    return (record.created_at - _EPOCH) // _MICROSECOND, record.id
+
+
+def _position_from(cursor: str) -> tuple[int, str]:
+    micros, _, record_id = cursor.partition(".")
+    if not micros.isdigit() or not is_valid_id(record_id):
+        raise RegistryError(
+            400,
+            "invalid_cursor",
+            f"cursor {cursor!r} is not one this API gave: pass the `next_cursor` of the page "
+            "before, or no cursor for the first page",
+        )
+    return int(micros), record_id
 
 
 def _now() -> datetime:
@@ -309,11 +364,12 @@ class Registry:
         )
         return IssuedKey(key=_view(key), secret=secret)
 
-    async def list_keys(self, request: ListKeys) -> list[ApiKeyView]:
+    async def list_keys(self, request: ListKeys) -> KeyPage:
         if not is_valid_id(request.workspace_id):
-            return []
+            return KeyPage(items=[])
         keys = await self._store.list(subjects.API_KEYS_BUCKET, request.workspace_id, ApiKey)
-        return [_view(key) for key in sorted(keys, key=lambda k: (k.created_at, k.id))]
+        page, next_cursor = page_of(keys, request.cursor, request.limit)
+        return KeyPage(items=[_view(key) for key in page], next_cursor=next_cursor)
 
     async def revoke_key(self, request: RevokeKey) -> ApiKeyView:
         storage_key = subjects.record_key(request.workspace_id, request.key_id)
@@ -373,11 +429,12 @@ class Registry:
         )
         return flow
 
-    async def list_flows(self, request: ListFlows) -> list[Flow]:
+    async def list_flows(self, request: ListFlows) -> FlowPage:
         if not is_valid_id(request.workspace_id):
-            return []
+            return FlowPage(items=[])
         flows = await self._store.list(subjects.FLOWS_BUCKET, request.workspace_id, Flow)
-        return sorted(flows, key=lambda f: (f.created_at, f.id))
+        page, next_cursor = page_of(flows, request.cursor, request.limit)
+        return FlowPage(items=page, next_cursor=next_cursor)
 
     async def get_flow(self, request: GetFlow) -> Flow:
         return await self._flow(request.workspace_id, request.flow_id)
@@ -452,13 +509,14 @@ class Registry:
         )
         return trigger
 
-    async def list_triggers(self, request: ListTriggers) -> list[Trigger]:
+    async def list_triggers(self, request: ListTriggers) -> TriggerPage:
         if not is_valid_id(request.workspace_id):
-            return []
+            return TriggerPage(items=[])
         triggers = await self._store.list(subjects.TRIGGERS_BUCKET, request.workspace_id, Trigger)
         if request.flow_id is not None:
             triggers = [t for t in triggers if t.flow_id == request.flow_id]
-        return sorted(triggers, key=lambda t: (t.created_at, t.id))
+        page, next_cursor = page_of(triggers, request.cursor, request.limit)
+        return TriggerPage(items=page, next_cursor=next_cursor)
 
     async def get_trigger(self, request: GetTrigger) -> Trigger:
         return await self._trigger(request.workspace_id, request.trigger_id)

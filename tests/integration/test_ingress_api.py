@@ -168,8 +168,10 @@ async def test_the_walkthrough_from_a_workspace_to_a_stored_flow_start(
 
     keys = await client.get("/v1/keys", headers=ws.admin)
     assert keys.status_code == 200
-    assert {key["id"] for key in keys.json()} == {ws.admin_key_id, issued.json()["key"]["id"]}
-    for key in keys.json():
+    assert keys.json()["next_cursor"] is None
+    listed = keys.json()["items"]
+    assert {key["id"] for key in listed} == {ws.admin_key_id, issued.json()["key"]["id"]}
+    for key in listed:
         assert "secret" not in key
         assert "digest" not in key
     assert trigger_secret not in keys.text
@@ -462,7 +464,7 @@ async def test_an_unknown_field_is_refused_naming_it_and_the_allowed_ones(
     assert "`frequency`, `cron`" in detail
     assert "`sync_wait_seconds`" in detail  # the allowed fields of an API trigger
     listed = await client.get("/v1/triggers", headers=ws.admin)
-    assert listed.json() == []
+    assert listed.json() == {"items": [], "next_cursor": None}
 
 
 async def test_an_unknown_field_in_a_nested_object_is_refused_with_its_path(
@@ -527,7 +529,7 @@ async def test_using_a_key_records_when_it_was_last_used(client: HttpClient) -> 
 
     deadline = asyncio.get_running_loop().time() + DEADLINE
     while True:
-        listed = (await client.get("/v1/keys", headers=ws.admin)).json()
+        listed = (await client.get("/v1/keys", headers=ws.admin)).json()["items"]
         [used] = [k for k in listed if k["id"] == key["key"]["id"]]
         if used["last_used_at"] is not None:
             break
@@ -561,7 +563,7 @@ async def test_editing_a_trigger_changes_its_flow_and_name_and_bumps_its_version
     fetched = await client.get(f"/v1/triggers/{trigger['id']}", headers=ws.admin)
     assert fetched.json() == edited
     listed = await client.get("/v1/triggers", params={"flow_id": second_flow}, headers=ws.admin)
-    assert [t["id"] for t in listed.json()] == [trigger["id"]]
+    assert [t["id"] for t in listed.json()["items"]] == [trigger["id"]]
     assert (await client.post(f"/trigger/{second_flow}", headers=ws.admin)).status_code == 202
     problem(await client.post(f"/trigger/{first_flow}", headers=ws.admin), 403, "no_api_trigger")
 
@@ -842,3 +844,40 @@ async def test_an_http_flow_is_registered_with_its_request_and_limits(client: Ht
     assert created_flow["settings"]["method"] == "PUT"
     assert (created_flow["retries"], created_flow["concurrency"]) == (2, 3)
     problem(await client.post("/v1/flows", json=bad, headers=ws.admin), 422, "invalid_url")
+
+
+async def test_lists_come_in_pages_that_follow_one_another_by_cursor(client: HttpClient) -> None:
+    ws = await new_workspace(client)
+    flow_id = await new_flow(client, ws)
+    made = [
+        created(
+            await client.post(
+                "/v1/triggers", json={"flow_id": flow_id, "type": "manual"}, headers=ws.admin
+            )
+        )["id"]
+        for _ in range(5)
+    ]
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await client.get("/v1/triggers", params=params, headers=ws.admin)
+        assert page.status_code == 200, page.text
+        assert len(page.json()["items"]) <= 2
+        seen += [t["id"] for t in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == made
+    problem(
+        await client.get("/v1/triggers", params={"limit": 501}, headers=ws.admin),
+        400,
+        "invalid_request",
+    )
+    problem(
+        await client.get("/v1/flows", params={"cursor": "not-a-cursor"}, headers=ws.admin),
+        400,
+        "invalid_cursor",
+    )

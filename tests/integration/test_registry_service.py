@@ -14,11 +14,12 @@ from nats.js import JetStreamContext
 from contracts import subjects
 from contracts.registry import (
     ApiKey,
-    ApiKeyView,
     CreateFlow,
     CreateTrigger,
     CreateWorkspace,
     Flow,
+    FlowPage,
+    KeyPage,
     KeyUsed,
     ListFlows,
     ListKeys,
@@ -165,9 +166,9 @@ async def test_a_refused_request_is_answered_with_the_problem(nc: Client) -> Non
 async def test_a_wildcard_workspace_id_lists_no_other_workspace_s_flows(nc: Client) -> None:
     theirs = await new_flow(nc, (await new_workspace(nc, "globex")).workspace.id)
 
-    reply = await ask(nc, subjects.FLOW_LIST, ListFlows(workspace_id="*"), list[Flow])
+    reply = await ask(nc, subjects.FLOW_LIST, ListFlows(workspace_id="*"), FlowPage)
 
-    listed = reply.ok or []
+    listed = reply.ok.items if reply.ok else []
     assert theirs.id not in [flow.id for flow in listed]
     assert reply.error is None or reply.error.status == 404
 
@@ -218,8 +219,8 @@ async def test_key_used_published_without_a_reply_moves_last_used_at(nc: Client)
     )
 
     async def last_used_at_moved() -> bool:
-        keys = await ok(nc, subjects.KEY_LIST, ListKeys(workspace_id=ws), list[ApiKeyView])
-        return keys[0].last_used_at == used_at
+        keys = await ok(nc, subjects.KEY_LIST, ListKeys(workspace_id=ws), KeyPage)
+        return keys.items[0].last_used_at == used_at
 
     await eventually(last_used_at_moved, "last_used_at to be recorded")
 
@@ -235,4 +236,4 @@ async def test_a_reply_decodes_with_a_generic_reply_of_the_result_type(nc: Clien
     body = msgspec.json.decode(msg.data)
     assert set(body) == {"ok", "error"}
     assert body["error"] is None
-    assert [key["id"] for key in body["ok"]] == [created.admin_key.key.id]
+    assert [key["id"] for key in body["ok"]["items"]] == [created.admin_key.key.id]

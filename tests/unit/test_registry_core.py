@@ -143,7 +143,7 @@ async def test_keys_are_listed_without_secrets_or_digests(registry: Registry) ->
         CreateKey(workspace_id=ws, key=NewKey(name="", scope="admin"))
     )
 
-    keys = await registry.list_keys(ListKeys(workspace_id=ws))
+    keys = (await registry.list_keys(ListKeys(workspace_id=ws))).items
 
     assert {(k.id, k.name, k.scope) for k in keys} == {
         (created.admin_key.key.id, "admin", "admin"),
@@ -164,7 +164,7 @@ async def test_keys_of_one_workspace_are_not_listed_in_another(registry: Registr
     acme = await workspace(registry, "acme")
     await workspace(registry, "globex")
 
-    keys = await registry.list_keys(ListKeys(workspace_id=acme.workspace.id))
+    keys = (await registry.list_keys(ListKeys(workspace_id=acme.workspace.id))).items
 
     assert [k.id for k in keys] == [acme.admin_key.key.id]
 
@@ -188,7 +188,7 @@ async def test_a_revoked_key_is_removed_and_no_longer_listed(
 
     assert revoked == ci.key
     assert store.raw(subjects.API_KEYS_BUCKET, subjects.record_key(ws, ci.key.id)) is None
-    listed = await registry.list_keys(ListKeys(workspace_id=ws))
+    listed = (await registry.list_keys(ListKeys(workspace_id=ws))).items
     assert [k.id for k in listed] == [created.admin_key.key.id]
 
 
@@ -218,7 +218,9 @@ async def test_an_admin_key_can_be_revoked_once_another_admin_key_exists(
 
     await registry.revoke_key(RevokeKey(workspace_id=ws, key_id=created.admin_key.key.id))
 
-    assert [k.id for k in await registry.list_keys(ListKeys(workspace_id=ws))] == [spare.key.id]
+    assert [k.id for k in (await registry.list_keys(ListKeys(workspace_id=ws))).items] == [
+        spare.key.id
+    ]
 
 
 async def test_revoking_a_key_of_another_workspace_is_key_not_found(registry: Registry) -> None:
@@ -245,7 +247,7 @@ async def test_key_used_only_moves_last_used_at_forward(
     await registry.key_used(KeyUsed(workspace_id=ws, key_id=key_id, used_at=later))
     await registry.key_used(KeyUsed(workspace_id=ws, key_id=key_id, used_at=earlier))
 
-    [listed] = await registry.list_keys(ListKeys(workspace_id=ws))
+    [listed] = (await registry.list_keys(ListKeys(workspace_id=ws))).items
     assert listed.last_used_at == later
 
 
@@ -279,7 +281,7 @@ async def test_a_flow_is_stored_under_its_workspace(
     assert created.created_at == clock.now
     assert store.keys(subjects.FLOWS_BUCKET) == [subjects.record_key(ws, created.id)]
     assert await registry.get_flow(GetFlow(workspace_id=ws, flow_id=created.id)) == created
-    assert await registry.list_flows(ListFlows(workspace_id=ws)) == [created]
+    assert (await registry.list_flows(ListFlows(workspace_id=ws))).items == [created]
 
 
 async def test_a_flow_whose_function_is_not_a_name_is_invalid_function(
@@ -440,9 +442,11 @@ async def test_moving_a_trigger_to_another_flow_of_the_workspace_keeps_the_rest(
 
     assert isinstance(updated, ApiTrigger)
     assert (updated.flow_id, updated.name, updated.version) == (second.id, "hook", 2)
-    listed = await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=second.id))
+    listed = (await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=second.id))).items
     assert [t.id for t in listed] == [created.id]
-    assert await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=first.id)) == []
+    assert (
+        await registry.list_triggers(ListTriggers(workspace_id=ws, flow_id=first.id))
+    ).items == []
 
 
 async def test_moving_a_trigger_to_a_flow_of_another_workspace_is_flow_not_found(
@@ -643,9 +647,11 @@ async def test_records_made_in_the_same_millisecond_are_still_listed_oldest_firs
         clock.advance(0.0002)
         triggers.append((await trigger(registry, ws, flows[0], name=name)).id)
 
-    assert [k.id for k in await registry.list_keys(ListKeys(workspace_id=ws))] == keys
-    assert [f.id for f in await registry.list_flows(ListFlows(workspace_id=ws))] == flows
-    assert [t.id for t in await registry.list_triggers(ListTriggers(workspace_id=ws))] == triggers
+    assert [k.id for k in (await registry.list_keys(ListKeys(workspace_id=ws))).items] == keys
+    assert [f.id for f in (await registry.list_flows(ListFlows(workspace_id=ws))).items] == flows
+    assert [
+        t.id for t in (await registry.list_triggers(ListTriggers(workspace_id=ws))).items
+    ] == triggers
 
 
 # --- ids that are not ids -------------------------------------------------------------------
@@ -735,7 +741,7 @@ async def test_listing_with_a_wildcard_workspace_id_shows_no_workspace_s_records
         await outcome(registry.list_triggers(ListTriggers(workspace_id=bad))),
     ]
 
-    assert [o if o == [] else getattr(o, "status", o) for o in outcomes] in (
+    assert [getattr(o, "items", getattr(o, "status", o)) for o in outcomes] in (
         [[], [], []],
         [404, 404, 404],
     )
@@ -882,3 +888,59 @@ async def test_a_trigger_that_becomes_an_api_trigger_gets_the_default_wait_or_th
     assert default.sync_wait_seconds == 10.0
     assert isinstance(given, ApiTrigger)
     assert given.sync_wait_seconds == 2
+
+
+async def test_a_long_list_comes_in_pages_that_follow_one_another_by_cursor(
+    registry: Registry, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    flow_ids = []
+    for _ in range(7):
+        clock.advance(0.001)
+        flow_ids.append((await flow(registry, ws)).id)
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await registry.list_flows(ListFlows(workspace_id=ws, limit=3, cursor=cursor))
+        pages += 1
+        seen += [f.id for f in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert seen == flow_ids
+    assert pages == 3
+
+
+@pytest.mark.parametrize("cursor", ["", "x", "12.", "12.*", "-1.flw_0mx5b3cazm4ll8xtms7lt"])
+async def test_a_cursor_the_api_never_gave_is_refused_with_what_to_pass(
+    registry: Registry, cursor: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+
+    with pytest.raises(RegistryError) as refused:
+        await registry.list_flows(ListFlows(workspace_id=ws, cursor=cursor))
+
+    assert refused.value.problem.status == 400
+    assert refused.value.problem.code == "invalid_cursor"
+    assert "next_cursor" in refused.value.problem.message
+
+
+async def test_a_page_cursor_still_works_after_its_record_is_gone(
+    registry: Registry, clock: FixedClock
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    keys = []
+    for n in range(3):
+        clock.advance(0.001)
+        keys.append(await registry.create_key(CreateKey(workspace_id=ws, key=NewKey(name=f"{n}"))))
+    first = await registry.list_keys(ListKeys(workspace_id=ws, limit=2))
+    assert first.next_cursor is not None
+
+    await registry.revoke_key(RevokeKey(workspace_id=ws, key_id=first.items[-1].id))
+    rest = await registry.list_keys(ListKeys(workspace_id=ws, limit=2, cursor=first.next_cursor))
+
+    assert [k.id for k in rest.items] == [keys[1].key.id, keys[2].key.id]
+    assert rest.next_cursor is None
