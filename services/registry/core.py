@@ -44,8 +44,7 @@ from contracts.registry import (
     Workspace,
     WorkspaceCreated,
 )
-from services.scheduler import cron
-from shared import api_keys
+from shared import api_keys, schedules
 from shared.ids import is_valid_id, new_id
 
 R = TypeVar("R", bound=msgspec.Struct)
@@ -141,7 +140,7 @@ def _check_schedule(
                 "a schedule trigger needs a `schedule`, such as "
                 '{"kind": "cron", "cron": "*/5 * * * *", "timezone": "UTC"}',
             )
-        problem = cron.validate(schedule, now)
+        problem = schedules.validate(schedule, now)
         if problem is not None:
             raise RegistryError(422, "invalid_schedule", problem)
     elif schedule is not None:

@@ -31,7 +31,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, CroniterError, croniter
+from croniter import (  # type: ignore[import-untyped]  # croniter ships no type hints
+    CroniterBadDateError,
+    CroniterError,
+    croniter,
+)
 
 from contracts.registry import (
     CronSchedule,
