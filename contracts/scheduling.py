@@ -6,7 +6,7 @@ from typing import Literal
 from msgspec import Struct
 
 TickSkip = Literal["dst_gap", "dst_repeat", "after_end"]
-"""Why a parked occurrence is not a fire (see `services.scheduler.cron`)."""
+"""Why a parked occurrence is not a fire (see `shared.schedules`)."""
 
 
 class ScheduleTick(Struct, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from contracts import subjects
 from contracts.registry import ScheduleTrigger, Trigger
 from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePreview
 from services.ingress.problems import ApiError
-from services.scheduler import cron
+from shared import schedules
 from shared.codec import decoder
 
 READ_TIMEOUT = 2.0
@@ -80,11 +80,11 @@ def schedule_preview(trigger: Trigger, count: int, now: datetime | None = None) 
     if not isinstance(trigger, ScheduleTrigger):
         raise ApiError(409, "not_a_schedule", f"trigger {trigger.id} is a `{trigger.type}` trigger")
     schedule = trigger.schedule
-    jitter = cron.jitter_offset(trigger.id, schedule.jitter)
+    jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
     moment = now or datetime.now(UTC)
     try:
-        found = cron.preview(schedule, moment, count)
-    except cron.InvalidSchedule as error:
+        found = schedules.preview(schedule, moment, count)
+    except schedules.InvalidSchedule as error:
         raise ApiError(422, "invalid_schedule", str(error)) from error
     return SchedulePreview(
         trigger_id=trigger.id,

@@ -60,8 +60,7 @@ from contracts.registry import (
     Workspace,
     WorkspaceCreated,
 )
-from services.scheduler import cron
-from shared import api_keys
+from shared import api_keys, schedules
 from shared.ids import is_valid_id, new_id
 
 R = TypeVar("R", bound=msgspec.Struct)
@@ -214,7 +213,7 @@ def _as_record(value: msgspec.Struct, type_: Any) -> Any:
 def _usable_schedule(schedule: Schedule, now: datetime | None) -> Schedule:
     """`schedule` as a record; refused when it cannot be used (with `now`: also when it can
     never fire again)."""
-    problem = cron.validate(schedule, now)
+    problem = schedules.validate(schedule, now)
     if problem is not None:
         raise RegistryError(422, "invalid_schedule", problem)
     record: Schedule = _as_record(schedule, Schedule)

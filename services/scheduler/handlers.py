@@ -47,12 +47,12 @@ from nats.js import JetStreamContext
 from contracts.registry import Schedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, FireStatus, ScheduleTick
-from services.scheduler import cron
-from services.scheduler.cron import Occurrence
+from shared import schedules
 from shared.broker import reject
 from shared.codec import decode
 from shared.ids import derived_id
 from shared.pull import delivery
+from shared.schedules import Occurrence
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def scan_due(
     """
     listed = [first]
     last = first.scheduled_at
-    iterator = cron.occurrences(schedule, max(after, first.scheduled_at))
+    iterator = schedules.occurrences(schedule, max(after, first.scheduled_at))
     for occurrence in iterator:
         if occurrence.scheduled_at + jitter > now:
             return Due(listed, upcoming=occurrence)
@@ -222,7 +222,7 @@ def scan_due(
     tail: deque[Occurrence] = deque(maxlen=MAX_CATCH_UP + 1)
     upcoming: Occurrence | None = None
     upcoming_known = True
-    for count, occurrence in enumerate(cron.occurrences(schedule, tail_from)):
+    for count, occurrence in enumerate(schedules.occurrences(schedule, tail_from)):
         if occurrence.scheduled_at + jitter > now:
             upcoming = occurrence
             break
@@ -462,8 +462,8 @@ class Scheduler:
         if schedule is None:
             return
         resumed_at = trigger.resumed_at or trigger.updated_at
-        jitter = cron.jitter_offset(trigger.id, schedule.jitter)
-        first = next(iter(cron.occurrences(schedule, paused_at)), None)
+        jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
+        first = next(iter(schedules.occurrences(schedule, paused_at)), None)
         if first is None or first.scheduled_at + jitter > resumed_at:
             return
         due = scan_due(schedule, first.scheduled_at, resumed_at, jitter, first=first)
@@ -520,7 +520,7 @@ class Scheduler:
                 # The current version's timer may have lost a race with this older one.
                 await self.ensure_parked(tick.trigger_id)
             return "stale"
-        jitter = cron.jitter_offset(trigger.id, schedule.jitter)
+        jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
         due_at = tick.scheduled_at + jitter
         now = self._clock()
         early = (due_at - now).total_seconds()
@@ -528,7 +528,7 @@ class Scheduler:
             now = due_at  # decided as of its due time, which is when it starts
         first = Occurrence(
             tick.scheduled_at,
-            tick.scheduled_at.astimezone(cron.zone_of(schedule)),
+            tick.scheduled_at.astimezone(schedules.zone_of(schedule)),
             skip=tick.skip,
             note=tick.note,
         )
@@ -585,8 +585,8 @@ class Scheduler:
         schedule = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None
         zone_name = schedule.timezone if schedule is not None else "UTC"
         try:
-            local = run.scheduled_at.astimezone(cron.zone_of(schedule) if schedule else UTC)
-        except cron.InvalidSchedule:
+            local = run.scheduled_at.astimezone(schedules.zone_of(schedule) if schedule else UTC)
+        except schedules.InvalidSchedule:
             local = run.scheduled_at.astimezone(UTC)
         await self._ledger.record(
             FireRecord(
@@ -718,11 +718,11 @@ class Scheduler:
         schedule = armed_schedule(trigger)
         if trigger is None or schedule is None:
             return False
-        jitter = cron.jitter_offset(trigger_id, schedule.jitter)
+        jitter = schedules.jitter_offset(trigger_id, schedule.jitter)
         now = self._clock()
         if after + jitter < now:
             after = now - jitter
-        occurrence = next(iter(cron.occurrences(schedule, after)), None)
+        occurrence = next(iter(schedules.occurrences(schedule, after)), None)
         if occurrence is None:
             log.debug("trigger %s has no occurrence after %s", trigger_id, after.isoformat())
             return False
@@ -743,7 +743,7 @@ class Scheduler:
     def _tick(trigger: Trigger, occurrence: Occurrence) -> ScheduleTick:
         """The timer of `trigger`'s `occurrence` (its jitter added to when it goes off)."""
         assert isinstance(trigger, ScheduleTrigger)
-        jitter = cron.jitter_offset(trigger.id, trigger.schedule.jitter)
+        jitter = schedules.jitter_offset(trigger.id, trigger.schedule.jitter)
         return ScheduleTick(
             trigger_id=trigger.id,
             trigger_version=trigger.version,

@@ -1,11 +1,11 @@
-"""Cron time math of the scheduler, with fixed datetimes (no clock, no broker)."""
+"""Cron time math of schedules, with fixed datetimes (no clock, no broker)."""
 
 from datetime import UTC, datetime
 
 import pytest
 
 from contracts.registry import CronSchedule
-from services.scheduler.cron import InvalidSchedule, next_fire, occurrences, validate
+from shared.schedules import InvalidSchedule, next_fire, occurrences, validate
 
 
 def at(text: str) -> datetime:

@@ -14,7 +14,7 @@ from contracts.registry import (
     Schedule,
     WeeklySchedule,
 )
-from services.scheduler.cron import jitter_offset, occurrences, preview, validate
+from shared.schedules import jitter_offset, occurrences, preview, validate
 
 
 def at(text: str) -> datetime:
