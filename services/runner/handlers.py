@@ -170,7 +170,7 @@ class RunBook:
         # One event per status and attempt: a retried publish is stored once.
         event_id = f"{run.id}.{run.status}.{run.attempt}.{len(run.attempts)}"
         await self._nc.publish(
-            subjects.run_event(run.workspace_id, run.id),
+            subjects.run_event(run.workspace_id, run.id, run.status),
             event_payload(run, value),
             headers={MSG_ID: event_id},
         )
@@ -341,6 +341,10 @@ class StartFlow:
             start: FlowStart = decode(msg.data, FlowStart)
         except msgspec.DecodeError as error:
             await reject(self._js, msg, f"not a valid FlowStart: {error}", SERVICE)
+            return
+        misfiled = misfiled_start(msg.subject, start)
+        if misfiled:
+            await reject(self._js, msg, misfiled, SERVICE)
             return
         ids = ("run_id", "workspace_id", "flow_id")
         invalid = [name for name in ids if not _ID.fullmatch(getattr(start, name))]
@@ -605,6 +609,21 @@ class StartFlow:
             return found[0], found[1], False
         await self._book.publish(record)
         return record, revision, True
+
+
+def misfiled_start(subject: str, start: FlowStart) -> str:
+    """Why a start may not be run from `subject` (empty: it may): a `flow.v1.start.<ws>`
+    subject must name the start's own workspace, since a NATS permission on that subject is
+    what scopes an outside publisher to its workspace. The deprecated `flow.start` names none."""
+    if subject == subjects.FLOW_START_UNVERSIONED:
+        return ""
+    workspace_id = subjects.flow_start_workspace(subject)
+    if workspace_id == start.workspace_id:
+        return ""
+    return (
+        f"the start is for workspace {start.workspace_id!r} but was published to {subject!r}; "
+        f"publish it to {subjects.flow_start(start.workspace_id)!r}"
+    )
 
 
 def _is_duplicate(record: Run, seen: Delivery) -> bool:

@@ -5,6 +5,7 @@ The test plays the registry by writing trigger records into the triggers bucket,
 """
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from contracts.runs import DeadLetter, FlowStart
 from contracts.scheduling import ScheduleTick
 from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
+from shared.broker import stream_configs
 from shared.codec import decode, encode
 from shared.ids import new_id
 
@@ -129,7 +131,7 @@ async def registry(js: JetStreamContext) -> AsyncIterator[Registry]:
 @pytest.fixture
 async def starts(nc: Client) -> AsyncIterator[StartLog]:
     log = StartLog()
-    subscription = await nc.subscribe(subjects.FLOW_START, cb=log.record)
+    subscription = await nc.subscribe(subjects.FLOW_STARTS, cb=log.record)
     await nc.flush()
     yield log
     await subscription.unsubscribe()
@@ -363,3 +365,32 @@ async def test_starting_brings_an_older_tick_consumer_up_to_date(
         await app.stop()
     assert info.config.ack_wait == settings.tick_ack_wait + settings.timer_lead
     assert info.config.max_ack_pending == TICKS_PENDING
+
+
+async def test_starting_narrows_an_older_run_events_consumer_to_skipped_runs(
+    nats_url: str, js: JetStreamContext
+):
+    # As an earlier version left it: every run event, decoded to find the few skipped ones,
+    # on the stream's unversioned subjects (starting brings the stream up to date too).
+    (events,) = (c for c in stream_configs() if c.name == subjects.RUN_EVENTS_STREAM)
+    await js.update_stream(events.evolve(subjects=["run.event.>"]))
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER)
+    await js.add_consumer(
+        subjects.RUN_EVENTS_STREAM,
+        ConsumerConfig(
+            durable_name=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
+            filter_subject="run.event.>",
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    app = create_app(SchedulerSettings(nats_url=nats_url))
+    await app.start()
+    try:
+        info = await js.consumer_info(
+            subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER
+        )
+    finally:
+        await app.stop()
+    assert info.config.filter_subject == "run.v1.event.*.*.skipped"

@@ -7,11 +7,19 @@ import msgspec
 import pytest
 from nats.aio.msg import Msg
 
+from contracts import subjects
 from contracts.runs import FlowStart, RunEvent
 from services.runner.executor import begin, queued
-from services.runner.handlers import FRESH_FOR, InProgress, event_payload, runs_unrecorded
+from services.runner.handlers import (
+    FRESH_FOR,
+    InProgress,
+    event_payload,
+    misfiled_start,
+    runs_unrecorded,
+)
 from shared.codec import decode, encode
 from shared.ids import new_id
+from tests.unit.fakes import subject_matches
 
 
 class FakeMsg:
@@ -103,3 +111,26 @@ def test_an_event_built_around_the_encoded_record_is_the_encoded_run_event(statu
     )
     assert event_payload(run, encode(run)) == encode(RunEvent(run=run))
     assert decode(event_payload(run, encode(run)), RunEvent).run == run
+
+
+def test_a_start_on_its_own_workspace_s_subject_or_the_deprecated_one_may_run() -> None:
+    start = FlowStart(run_id="run_1", workspace_id="ws_1", flow_id="flw_1")
+    assert misfiled_start(subjects.flow_start("ws_1"), start) == ""
+    assert misfiled_start(subjects.FLOW_START_UNVERSIONED, start) == ""
+
+
+def test_a_start_on_another_workspace_s_subject_is_refused_with_the_right_subject() -> None:
+    start = FlowStart(run_id="run_1", workspace_id="ws_1", flow_id="flw_1")
+    assert misfiled_start(subjects.flow_start("ws_2"), start) == (
+        "the start is for workspace 'ws_1' but was published to 'flow.v1.start.ws_2'; "
+        "publish it to 'flow.v1.start.ws_1'"
+    )
+
+
+def test_a_run_event_subject_ends_with_the_status_so_filters_can_pick_one() -> None:
+    skipped = subjects.run_event("ws_1", "run_1", "skipped")
+    succeeded = subjects.run_event("ws_1", "run_1", "succeeded")
+    assert subject_matches(subjects.RUN_EVENTS_SKIPPED, skipped)
+    assert not subject_matches(subjects.RUN_EVENTS_SKIPPED, succeeded)
+    assert subject_matches(subjects.run_events("ws_1", "run_1"), succeeded)
+    assert not subject_matches(subjects.run_events("ws_1", "run_2"), succeeded)
