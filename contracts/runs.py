@@ -96,7 +96,7 @@ class Run(Struct, frozen=True, kw_only=True):
     """When a run waiting to be tried again (status `queued`, an `error` set) will be."""
     overlap: OverlapPolicy = "allow"
     start_sequence: int | None = None
-    """Stream sequence of the `flow.start` message that owns the run: another message with the
+    """Stream sequence of the `FlowStart` message that owns the run: another message with the
     same run id is a duplicate, not a redelivery."""
 
 

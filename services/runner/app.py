@@ -1,4 +1,4 @@
-"""`create_app`: all of the runner's wiring, and the loop that pulls `flow.start` messages."""
+"""`create_app`: all of the runner's wiring, and the loop that pulls flow start messages."""
 
 import asyncio
 import contextlib
@@ -33,7 +33,7 @@ PULL_EXPIRES = 0.5
 
 
 class RunnerApp:
-    """The runner service: a flows mirror, a pull consumer on `flow.start`, run cancellation
+    """The runner service: a flows mirror, a pull consumer on `FLOW_STARTS`, run cancellation
     and announcements of its flow functions."""
 
     def __init__(self, settings: RunnerSettings, *, clock: Clock, functions: FlowRegistry) -> None:
