@@ -21,8 +21,8 @@ from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.registry import CronSchedule, Trigger
-from contracts.runs import DeadLetter, FlowStart
-from contracts.scheduling import ScheduleTick
+from contracts.runs import DeadLetter, FlowStart, Run, RunEvent
+from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
 from shared.broker import stream_configs
@@ -394,3 +394,44 @@ async def test_starting_narrows_an_older_run_events_consumer_to_skipped_runs(
     finally:
         await app.stop()
     assert info.config.filter_subject == "run.v1.event.*.*.skipped"
+
+
+async def test_a_run_the_runner_skipped_reaches_the_ledger_from_its_versioned_event_subject(
+    nats_url: str, nc: Client, js: JetStreamContext
+):
+    workspace_id, trigger_id = new_id("ws"), new_id("trg")
+    scheduled_at = datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    app = await started_scheduler(nats_url)
+    try:
+        for status in ("queued", "skipped"):
+            run = Run(
+                id=new_id("run"),
+                workspace_id=workspace_id,
+                flow_id=new_id("flw"),
+                status=status,  # type: ignore[arg-type]
+                source="schedule",
+                trigger_id=trigger_id,
+                error="skipped by the overlap policy skip" if status == "skipped" else None,
+                scheduled_at=scheduled_at,
+                queued_at=now(),
+            )
+            await js.publish(
+                subjects.run_event(workspace_id, run.id, status), encode(RunEvent(run=run))
+            )
+        fires = subjects.schedule_fire(workspace_id, trigger_id)
+
+        async def recorded() -> bool:
+            try:
+                await js.get_last_msg(subjects.SCHEDULE_FIRES_STREAM, fires)
+            except NotFoundError:
+                return False
+            return True
+
+        await poll(recorded, timeout=5, what="the ledger entry")
+    finally:
+        await app.stop()
+    entries = (await js.stream_info(subjects.SCHEDULE_FIRES_STREAM, subjects_filter=fires)).state
+    assert entries.subjects == {fires: 1}
+    stored = await js.get_last_msg(subjects.SCHEDULE_FIRES_STREAM, fires)
+    entry = decode(stored.data or b"", FireRecord)
+    assert (entry.status, entry.run_id) == ("overlap_skipped", run.id)
