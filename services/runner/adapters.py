@@ -7,7 +7,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -15,7 +14,13 @@ from contracts import subjects
 from contracts.registry import Flow, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, AbortRun, Run, RunEvent, RunSlots
 from contracts.subjects import RUNS_BUCKET
-from services.runner.core import Decision, decide_concurrency, decide_overlap, without
+from services.runner.core import (
+    Decision,
+    StartMessage,
+    decide_concurrency,
+    decide_overlap,
+    without,
+)
 from shared import jetstream
 from shared.codec import decode, encode
 from shared.kv import read_one
@@ -37,14 +42,14 @@ class InProgress:
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._messages: dict[int, Msg] = {}
+        self._messages: dict[int, StartMessage] = {}
 
-    def keep(self, msg: Msg) -> None:
+    def keep(self, msg: StartMessage) -> None:
         """Keep `msg` in progress until `release` (a method pair, not a context manager: this
         is on every run's path)."""
         self._messages[id(msg)] = msg
 
-    def release(self, msg: Msg) -> None:
+    def release(self, msg: StartMessage) -> None:
         self._messages.pop(id(msg), None)
 
     async def beat(self) -> None:

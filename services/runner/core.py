@@ -74,6 +74,9 @@ class StartMessage(Protocol):
     async def nak(self, delay: float | None = None) -> None:
         """Hand the message back, to be delivered again after `delay` seconds."""
 
+    async def in_progress(self) -> None:
+        """Tell JetStream the message is still being worked on (see `KeepAlive`)."""
+
 
 class KeepAlive(Protocol):
     """Keeps a message from being redelivered while its run goes on (in-progress acks)."""
@@ -557,8 +560,9 @@ class StartRuns:
                 return None
             if unrecorded is not None:
                 revision = unrecorded.revision
-                if unrecorded.writing is not None and not unrecorded.writing.done():
-                    unrecorded.writing.cancel()
+                writing = unrecorded.writing
+                if writing is not None and not writing.done():
+                    writing.cancel()
             if revision is not None:
                 with contextlib.suppress(Exception):
                     await self._store.swap(key, interrupted(running, self._clock()), revision)

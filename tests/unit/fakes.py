@@ -238,6 +238,9 @@ class StartMessageLog:
     async def nak(self, delay: float | None = None) -> None:
         self.naks.append(delay)
 
+    async def in_progress(self) -> None:
+        pass
+
 
 class KeepAliveLog:
     """`KeepAlive` that only remembers which messages it keeps."""

@@ -120,7 +120,7 @@ class Runner:
         """Deliver the start (by default not keyed by its run id: not on the fast path)."""
         msg = StartMessageLog()
         seen = Delivery(sequence, delivered, self.clock.now.timestamp())
-        await self.starts.start(msg, start, flow, seen, msg_id)  # type: ignore[arg-type]
+        await self.starts.start(msg, start, flow, seen, msg_id)
         return msg
 
     def record(self, start: FlowStart) -> Run:
@@ -134,7 +134,7 @@ def runner() -> Runner:
     return Runner()
 
 
-async def test_a_fresh_start_runs_at_once_and_writes_only_its_final_record(runner: Runner):
+async def test_a_fresh_start_runs_at_once_and_writes_only_its_final_record(runner: Runner) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow, "hello")
 
@@ -151,7 +151,7 @@ async def test_a_fresh_start_runs_at_once_and_writes_only_its_final_record(runne
 
 async def test_a_start_that_is_not_fresh_records_its_run_running_before_it_runs(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow, "hello")
 
@@ -162,7 +162,7 @@ async def test_a_start_that_is_not_fresh_records_its_run_running_before_it_runs(
     assert msg.acked == 1
 
 
-async def test_a_second_message_for_a_run_another_message_owns_runs_nothing(runner: Runner):
+async def test_a_second_message_for_a_run_another_message_owns_runs_nothing(runner: Runner) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow)
     now = runner.clock.now
@@ -179,7 +179,7 @@ async def test_a_second_message_for_a_run_another_message_owns_runs_nothing(runn
 
 async def test_a_duplicate_start_of_a_finished_run_publishes_its_final_event_again(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow, "once")
     await runner.deliver(start, flow, sequence=1, msg_id=start.run_id)
@@ -194,7 +194,7 @@ async def test_a_duplicate_start_of_a_finished_run_publishes_its_final_event_aga
 
 async def test_a_redelivery_after_a_lost_attempt_records_it_lost_and_runs_a_new_one(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow, "again")
     now = runner.clock.now
@@ -212,7 +212,7 @@ async def test_a_redelivery_after_a_lost_attempt_records_it_lost_and_runs_a_new_
 
 async def test_a_run_that_lost_too_many_attempts_is_failed_without_running_again(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow)
     now = runner.clock.now
@@ -233,7 +233,7 @@ async def test_a_run_that_lost_too_many_attempts_is_failed_without_running_again
 
 async def test_a_failed_attempt_with_retries_left_is_handed_back_until_its_backoff_ends(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("fail", retries=1, retry_backoff_seconds=4.0)
     start = runner.start_of(flow)
 
@@ -263,7 +263,7 @@ async def test_a_failed_attempt_with_retries_left_is_handed_back_until_its_backo
 
 async def test_a_run_waits_queued_while_its_flow_s_slots_are_full_and_runs_once_one_is_free(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo", concurrency=1)
     start = runner.start_of(flow, "my turn")
     slots = f"flow.{WS}.{flow.id}"
@@ -286,7 +286,7 @@ async def test_a_run_waits_queued_while_its_flow_s_slots_are_full_and_runs_once_
 
 async def test_a_start_of_a_trigger_with_overlap_skip_is_skipped_while_another_run_goes(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow, trigger_id="trg_1", overlap="skip")
     runner.admission.slots[f"trigger.{WS}.trg_1"] = RunSlots(active=["run_other"])
@@ -305,7 +305,7 @@ async def test_a_start_of_a_trigger_with_overlap_skip_is_skipped_while_another_r
 
 async def test_a_cancelled_queued_run_is_final_and_its_next_delivery_does_not_run_it(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("echo", concurrency=1)
     start = runner.start_of(flow)
     runner.admission.slots[f"flow.{WS}.{flow.id}"] = RunSlots(active=["run_other"])
@@ -324,12 +324,12 @@ async def test_a_cancelled_queued_run_is_final_and_its_next_delivery_does_not_ru
 
 async def test_cancelling_a_running_run_stops_its_flow_and_acknowledges_its_start(
     runner: Runner,
-):
+) -> None:
     flow = flow_of("wait")
     start = runner.start_of(flow)
     msg = StartMessageLog()
     seen = Delivery(1, 1, runner.clock.now.timestamp())
-    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, None))  # type: ignore[arg-type]
+    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, None))
     await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
     assert msg.kept
 
@@ -343,7 +343,7 @@ async def test_cancelling_a_running_run_stops_its_flow_and_acknowledges_its_star
     assert runner.events.statuses(start.run_id) == ["running", "cancelled"]
 
 
-async def test_only_a_queued_or_running_run_can_be_cancelled(runner: Runner):
+async def test_only_a_queued_or_running_run_can_be_cancelled(runner: Runner) -> None:
     flow = flow_of("echo")
     start = runner.start_of(flow)
     await runner.deliver(start, flow, msg_id=start.run_id)
