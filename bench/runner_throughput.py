@@ -39,7 +39,11 @@ async def publish_starts(js: JetStreamContext, flow: Flow, count: int) -> None:
         ]
         await asyncio.gather(
             *(
-                js.publish(subjects.FLOW_START, encode(s), headers={"Nats-Msg-Id": s.run_id})
+                js.publish(
+                    subjects.flow_start(s.workspace_id),
+                    encode(s),
+                    headers={"Nats-Msg-Id": s.run_id},
+                )
                 for s in batch
             )
         )

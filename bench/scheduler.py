@@ -105,7 +105,7 @@ class Lags:
         taken out of the stream)."""
         lags = cls()
         subscription = await js.pull_subscribe(
-            subjects.FLOW_START,
+            subjects.FLOW_STARTS,
             stream=subjects.FLOW_STARTS_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, mem_storage=True),
         )
@@ -177,7 +177,7 @@ async def scheduler_spread(nc: Client, env: dict[str, str], logs: Path, n: int, 
     await write_triggers(nc, triggers)
     print(f"  wrote {n} triggers in {time.monotonic() - began:.1f}s")
     lags = Lags()
-    sub = await nc.subscribe(subjects.FLOW_START, cb=lags.record)
+    sub = await nc.subscribe(subjects.FLOW_STARTS, cb=lags.record)
     server = start_module("scheduler", "services.scheduler", env, logs, ROOT)
     try:
         up = await wait_up(server, 300)
@@ -237,7 +237,7 @@ async def scheduler_herd(nc: Client, env: dict[str, str], logs: Path, h: int, re
         for r in range(replicas)
     ]
     lags = Lags()
-    sub = await nc.subscribe(subjects.FLOW_START, cb=lags.record)
+    sub = await nc.subscribe(subjects.FLOW_STARTS, cb=lags.record)
     try:
         for server in servers:
             await wait_up(server, 120)
@@ -293,7 +293,7 @@ async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
     async def publish(index: int, scheduled: datetime) -> None:
         start = flow_start(everything[index], scheduled, now())
         await js.publish(
-            subjects.FLOW_START,
+            subjects.flow_start(start.workspace_id),
             encode(start),
             headers={"Nats-Msg-Id": fire_key(start.run_id, scheduled)},
         )

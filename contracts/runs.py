@@ -17,14 +17,18 @@ TERMINAL_STATUSES: frozenset[str] = frozenset(
 class FlowStart(Struct, frozen=True, kw_only=True):
     """A request to run a flow once: the public way to start a flow.
 
-    Subject: `flow.start` (JetStream stream `FLOW_STARTS`, work-queue retention).
+    Subject: `flow.v1.start.<workspace_id>` (`subjects.flow_start`; JetStream stream
+    `FLOW_STARTS`, work-queue retention). The subject's workspace must be `workspace_id`: it
+    is what a NATS permission scopes an outside publisher to. The unversioned `flow.start` is
+    deprecated: still stored and run as before for one more version.
     Published by: the ingress (API triggers, Run now), the scheduler (schedule ticks) and any
     other service that wants a flow run (`source="external"`). Publish it with JetStream and
     the header `Nats-Msg-Id: <run_id>` so a retried publish is stored once.
     Consumed by: the runner, through the durable consumer `runner` shared by all replicas.
     Delivery: at least once; the runner keeps exactly one run record per `run_id`. A message
-    that does not decode, or names a flow that does not exist in `workspace_id`, is
-    terminated and recorded with its reason under `deadletter.flow.start`.
+    that does not decode, names a flow that does not exist in `workspace_id`, or came on
+    another workspace's subject is terminated and recorded with its reason under
+    `deadletter.<its subject>`.
     """
 
     run_id: str
@@ -92,7 +96,7 @@ class Run(Struct, frozen=True, kw_only=True):
     """When a run waiting to be tried again (status `queued`, an `error` set) will be."""
     overlap: OverlapPolicy = "allow"
     start_sequence: int | None = None
-    """Stream sequence of the `flow.start` message that owns the run: another message with the
+    """Stream sequence of the `FlowStart` message that owns the run: another message with the
     same run id is a duplicate, not a redelivery."""
 
 
@@ -146,10 +150,14 @@ class IdempotentStart(Struct, frozen=True, kw_only=True):
 class RunEvent(Struct, frozen=True, kw_only=True):
     """A run changed status.
 
-    Subject: `run.event.<workspace_id>.<run_id>` (stream `RUN_EVENTS`, kept one day).
+    Subject: `run.v1.event.<workspace_id>.<run_id>.<status>` (`subjects.run_event`; stream
+    `RUN_EVENTS`, kept one day), `run.status` being the status the run reached: one wildcard
+    follows a run (`subjects.run_events`), and a consumer can filter a status on the server.
     Published by: the runner, after the run record is committed and before the start is
-    acknowledged, without waiting for JetStream's answer. Consumed by: anyone following runs
-    (the ingress for synchronous answers, dashboards). Delivery: best effort, at most once
+    acknowledged, without waiting for JetStream's answer. Consumed by: anyone following runs:
+    the ingress for synchronous answers (a core subscription to one run), the scheduler's
+    durable consumer `scheduler_ledger` (only `run.v1.event.*.*.skipped`, for its fire
+    ledger), dashboards. Delivery: best effort, at most once
     per status change (an event lost to a runner crash or a disconnection is not sent again),
     except that a duplicate start of a finished run publishes its final event again. The run
     record (KV bucket `runs`) is the truth: a reader that misses an event reads the record.

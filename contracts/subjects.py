@@ -1,11 +1,32 @@
 """Every NATS subject, stream, consumer and KV bucket name the trigger plane uses."""
 
 # --- Flow starts: the public way into the runner -------------------------------------------
-FLOW_START = "flow.start"
-"""JetStream subject for `FlowStart` messages (stream `FLOW_STARTS`)."""
+FLOW_START_PREFIX = "flow.v1.start"
+FLOW_STARTS = f"{FLOW_START_PREFIX}.*"
+"""Every workspace's `FlowStart` subject (stream `FLOW_STARTS`)."""
+FLOW_START_UNVERSIONED = "flow.start"
+"""Deprecated: the subject `FlowStart`s went to before `flow.v1.start.<workspace_id>`.
+
+`FLOW_STARTS` still stores it and the runner still runs its starts, so outside publishers keep
+working for one more version; it carries no workspace, so no NATS permission can scope it.
+"""
 FLOW_STARTS_STREAM = "FLOW_STARTS"
 RUNNER_CONSUMER = "runner"
 """Durable pull consumer on `FLOW_STARTS` shared by every runner replica."""
+
+
+def flow_start(workspace_id: str) -> str:
+    """JetStream subject of the `FlowStart`s of one workspace: the workspace is in the subject
+    so that a NATS permission can let an outside publisher start flows of its workspace only."""
+    return f"{FLOW_START_PREFIX}.{workspace_id}"
+
+
+def flow_start_workspace(subject: str) -> str | None:
+    """The workspace id a `flow_start` subject names; None for any other subject (the
+    unversioned `flow.start` among them)."""
+    prefix, _, workspace_id = subject.rpartition(".")
+    return workspace_id if prefix == FLOW_START_PREFIX else None
+
 
 # --- Dead letters -------------------------------------------------------------------------
 DEAD_LETTER_PREFIX = "deadletter"
@@ -18,13 +39,21 @@ def dead_letter(source_subject: str) -> str:
 
 
 # --- Runs ---------------------------------------------------------------------------------
-RUN_EVENT_PREFIX = "run.event"
+RUN_EVENT_PREFIX = "run.v1.event"
 RUN_EVENTS_STREAM = "RUN_EVENTS"
+RUN_EVENTS_SKIPPED = f"{RUN_EVENT_PREFIX}.*.*.skipped"
+"""Every workspace's events of runs that were skipped (by an overlap policy)."""
 
 
-def run_event(workspace_id: str, run_id: str) -> str:
-    """Subject of the `RunEvent`s of one run."""
-    return f"{RUN_EVENT_PREFIX}.{workspace_id}.{run_id}"
+def run_event(workspace_id: str, run_id: str, status: str) -> str:
+    """Subject of the `RunEvent` of one run reaching `status`: the status is the last token,
+    so a consumer can filter on it on the server (`RUN_EVENTS_SKIPPED`)."""
+    return f"{RUN_EVENT_PREFIX}.{workspace_id}.{run_id}.{status}"
+
+
+def run_events(workspace_id: str, run_id: str) -> str:
+    """Subject filter of every `RunEvent` of one run, whatever its status."""
+    return f"{RUN_EVENT_PREFIX}.{workspace_id}.{run_id}.*"
 
 
 # --- Runner request/reply API and broadcasts -----------------------------------------------

@@ -91,7 +91,8 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=subjects.FLOW_STARTS_STREAM,
-            subjects=[subjects.FLOW_START],
+            # The unversioned subject is deprecated; kept one more version for outside publishers.
+            subjects=[subjects.FLOW_STARTS, subjects.FLOW_START_UNVERSIONED],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=replicas,
@@ -158,7 +159,12 @@ def bucket_configs(replicas: int = 1) -> list[KeyValueConfig]:
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create (or bring up to date) every stream and bucket; safe for every replica to call."""
+    """Create (or bring up to date) every stream and bucket; safe for every replica to call.
+
+    A stream an older version created with other settings (the unversioned subjects of
+    `FLOW_STARTS` and `RUN_EVENTS`, for instance) is updated in place: the server refuses to
+    create it again with a different configuration, and `update_stream` takes the new one.
+    """
     for config in stream_configs(replicas):
         try:
             await js.add_stream(config)

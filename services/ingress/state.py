@@ -91,7 +91,7 @@ class Ingress:
         """Store the start durably in JetStream (deduplicated on the run id)."""
         try:
             await self.js.publish(
-                subjects.FLOW_START,
+                subjects.flow_start(start.workspace_id),
                 encode(start),
                 stream=subjects.FLOW_STARTS_STREAM,
                 headers={"Nats-Msg-Id": start.run_id},
@@ -106,7 +106,7 @@ class Ingress:
 
     async def follow(self, workspace_id: str, run_id: str) -> Subscription:
         """Subscribe to a run's events; do it before publishing its start, so none is missed."""
-        return await self.nc.subscribe(subjects.run_event(workspace_id, run_id))
+        return await self.nc.subscribe(subjects.run_events(workspace_id, run_id))
 
     async def wait_for_end(
         self, events: Subscription, workspace_id: str, run_id: str, wait: float

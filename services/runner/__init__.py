@@ -1,1 +1,1 @@
-"""The runner: consumes `flow.start`, runs the flow's Python function once, records the run."""
+"""The runner: consumes `flow.v1.start.<workspace>`, runs each flow once, records the run."""

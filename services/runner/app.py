@@ -1,4 +1,4 @@
-"""`create_app`: all of the runner's wiring, and the loop that pulls `flow.start` messages."""
+"""`create_app`: all of the runner's wiring, and the loop that pulls flow start messages."""
 
 import asyncio
 import contextlib
@@ -12,10 +12,18 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts import subjects
 from contracts.registry import Flow, RunnerAnnouncement
-from services.runner.admission import Admission
+from services.runner.adapters import (
+    FlowLookup,
+    InProgress,
+    KvAdmission,
+    KvRunStore,
+    NatsAborts,
+    NatsRunEvents,
+)
+from services.runner.core import CancelRuns, StartRuns
 from services.runner.executor import Clock, utc_now
 from services.runner.flows import FlowRegistry, flows
-from services.runner.handlers import SERVICE, CancelRuns, RunBook, StartFlow
+from services.runner.handlers import SERVICE, CancelRequests, StartFlow
 from services.runner.http_flows import HttpFlows, parse_networks
 from services.runner.settings import RunnerSettings
 from shared.broker import bucket, connect, ensure_topology
@@ -33,7 +41,7 @@ PULL_EXPIRES = 0.5
 
 
 class RunnerApp:
-    """The runner service: a flows mirror, a pull consumer on `flow.start`, run cancellation
+    """The runner service: a flows mirror, a pull consumer on `FLOW_STARTS`, run cancellation
     and announcements of its flow functions."""
 
     def __init__(self, settings: RunnerSettings, *, clock: Clock, functions: FlowRegistry) -> None:
@@ -56,31 +64,34 @@ class RunnerApp:
         mirror = KvMirror(flows_bucket, Flow)
         self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
-        book = RunBook(nc, await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))
-        cancel_runs = CancelRuns(nc, book, self._clock)
-        admission = Admission(
+        store = KvRunStore(await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))
+        events = NatsRunEvents(nc)
+        cancel_runs = CancelRuns(store, events, NatsAborts(nc), self._clock)
+        admission = KvAdmission(
             await bucket(js, subjects.RUN_SLOTS_BUCKET),
-            book.is_finished,
+            store.is_finished,
             cancel_runs.cancel_quietly,
         )
         cancel_runs.admission = admission
         self._http = HttpFlows(parse_networks(self._settings.runner_http_allowed_networks))
-        start_flow = StartFlow(
-            js=js,
-            book=book,
-            flows=flows_bucket,
-            mirror=mirror,
+        # A third of the ack wait: a beat may be late by one interval and still be in time.
+        in_progress = InProgress(self._settings.runner_ack_wait / 3)
+        starts = StartRuns(
+            store=store,
+            events=events,
+            admission=admission,
+            keep_alive=in_progress,
             functions=self._functions,
             clock=self._clock,
-            admission=admission,
             runner_id=self.runner_id,
             http=self._http,
-            in_progress_interval=self._settings.runner_ack_wait / 3,
             record_running_after=self._settings.runner_record_running_after,
         )
+        start_flow = StartFlow(js=js, flows=FlowLookup(flows_bucket, mirror), starts=starts)
+        cancel_requests = CancelRequests(cancel_runs)
         self._subscriptions = [
             await nc.subscribe(
-                subjects.RUN_CANCEL, queue=subjects.RUNNER_QUEUE, cb=cancel_runs.on_request
+                subjects.RUN_CANCEL, queue=subjects.RUNNER_QUEUE, cb=cancel_requests.on_request
             ),
             await nc.subscribe(subjects.RUN_ABORT, cb=start_flow.on_abort),
         ]
@@ -92,9 +103,7 @@ class RunnerApp:
                 ack_wait=self._settings.runner_ack_wait,
             ),
         )
-        self._loops.append(
-            asyncio.create_task(supervised("in-progress acks", start_flow.in_progress.beat))
-        )
+        self._loops.append(asyncio.create_task(supervised("in-progress acks", in_progress.beat)))
         consume = functools.partial(self._consume, nc, start_flow)
         self._consumer_loop = asyncio.create_task(supervised("flow.start consumer", consume))
         self._loops.append(asyncio.create_task(supervised("announcements", self._announce)))

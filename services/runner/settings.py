@@ -16,7 +16,7 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     runner_flows: str = ""
     """Comma-separated modules to import for their flows, such as `mypkg.flows,other.flows`."""
     runner_concurrency: AtLeastOne = 16
-    """How many `flow.start` messages one replica works on at the same time."""
+    """How many flow start messages one replica works on at the same time."""
     runner_ack_wait: Positive = 30.0
     """Seconds JetStream waits for an ack or an in-progress beat before it hands a start to
     another replica (runs beat every third of it). Give every replica the same value: the last

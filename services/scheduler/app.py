@@ -145,13 +145,14 @@ class JetStreamTimers:
 
 
 class JetStreamStarts:
-    """`Starts` as JetStream publishes to `flow.start`, de-duplicated by `Nats-Msg-Id`."""
+    """`Starts` as JetStream publishes to `flow.v1.start.<ws>`, de-duplicated by `Nats-Msg-Id`."""
 
     def __init__(self, writer: jetstream.Writer) -> None:
         self._writer = writer
 
     async def publish(self, start: FlowStart, msg_id: str) -> None:
-        await self._writer.publish(subjects.FLOW_START, encode(start), {"Nats-Msg-Id": msg_id})
+        subject = subjects.flow_start(start.workspace_id)
+        await self._writer.publish(subject, encode(start), {"Nats-Msg-Id": msg_id})
 
 
 class JetStreamLedger:
@@ -177,7 +178,7 @@ def run_events_consumer_config() -> ConsumerConfig:
     """The durable consumer the scheduler replicas share to see runs skipped by overlap."""
     return ConsumerConfig(
         durable_name=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
-        filter_subject=f"{subjects.RUN_EVENT_PREFIX}.>",
+        filter_subject=subjects.RUN_EVENTS_SKIPPED,
         deliver_policy=DeliverPolicy.NEW,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=RUN_EVENT_ACK_WAIT,
@@ -296,11 +297,15 @@ class SchedulerApp:
         # pending limit reaches a deployment whose consumer an older version created.
         await js.add_consumer(subjects.SCHEDULES_STREAM, tick_consumer_config(settings))
         try:
-            await js.consumer_info(
+            info = await js.consumer_info(
                 subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER
             )
         except NotFoundError:
             await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
+        else:
+            if info.config.filter_subject != subjects.RUN_EVENTS_SKIPPED:
+                # An older version's consumer sees every run event: narrow it in place.
+                await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
 
     async def _follow_run_events(self) -> None:
         """Turn runs of schedule fires skipped by overlap into ledger entries (supervised)."""
@@ -308,7 +313,7 @@ class SchedulerApp:
         assert self._scheduler is not None
         js, scheduler = self._js, self._scheduler
         subscription = await js.pull_subscribe(
-            f"{subjects.RUN_EVENT_PREFIX}.>",
+            subjects.RUN_EVENTS_SKIPPED,
             durable=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
             stream=subjects.RUN_EVENTS_STREAM,
             config=run_events_consumer_config(),

@@ -178,7 +178,9 @@ def test_a_flow_start_published_straight_onto_nats_runs_like_an_http_start(stack
         async def publish() -> None:
             nc = await nats.connect(stack.nats_url)
             await nc.jetstream().publish(
-                subjects.FLOW_START, encode(start), headers={"Nats-Msg-Id": start.run_id}
+                subjects.flow_start(start.workspace_id),
+                encode(start),
+                headers={"Nats-Msg-Id": start.run_id},
             )
             await nc.drain()
 

@@ -125,7 +125,7 @@ async def startable_flow(client: HttpClient) -> tuple[Workspace, str, dict[str, 
 @pytest.fixture
 async def flow_starts(nc: Client) -> AsyncIterator[Subscription]:
     """A core subscription to `flow.start`: it sees every start without consuming the queue."""
-    subscription = await nc.subscribe(subjects.FLOW_START)
+    subscription = await nc.subscribe(subjects.FLOW_STARTS)
     yield subscription
     await subscription.unsubscribe()
 
@@ -745,7 +745,7 @@ async def test_an_idempotent_retry_after_a_lost_response_returns_the_original_ru
     start = await start_of(flow_starts, first.json()["run_id"])
     assert start.input == {"order": 1234}
     # Both publishes carried the run id as Nats-Msg-Id: the stream stored the start once.
-    stored = await js.get_last_msg(subjects.FLOW_STARTS_STREAM, subjects.FLOW_START)
+    stored = await js.get_last_msg(subjects.FLOW_STARTS_STREAM, subjects.FLOW_STARTS)
     assert decode(stored.data or b"", FlowStart).run_id == first.json()["run_id"]
 
 

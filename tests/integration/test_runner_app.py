@@ -23,6 +23,7 @@ from services.runner.app import RunnerApp, create_app
 from services.runner.executor import begin, queued
 from services.runner.flows import FlowContext, FlowRegistry
 from services.runner.settings import RunnerSettings
+from shared import broker
 from shared.codec import decode, encode
 from shared.ids import new_id
 
@@ -97,13 +98,22 @@ def start_of(flow: Flow, input: Any = None, run_id: str | None = None) -> FlowSt
     )
 
 
-async def publish(js: JetStreamContext, body: FlowStart | bytes, msg_id: str | None = None) -> int:
-    """Publish a start (or any body) on `flow.start`; return its stream sequence."""
+async def publish(
+    js: JetStreamContext,
+    body: FlowStart | bytes,
+    msg_id: str | None = None,
+    subject: str | None = None,
+) -> int:
+    """Publish a start (or any body) on its workspace's `flow.v1.start.<ws>` (or `subject`);
+    return its stream sequence."""
     if isinstance(body, FlowStart):
         msg_id = msg_id or body.run_id
+        subject = subject or subjects.flow_start(body.workspace_id)
         body = encode(body)
     ack = await js.publish(
-        subjects.FLOW_START, body, headers={"Nats-Msg-Id": msg_id or new_id("msg")}
+        subject or subjects.flow_start("ws_unknown"),
+        body,
+        headers={"Nats-Msg-Id": msg_id or new_id("msg")},
     )
     return ack.seq
 
@@ -178,7 +188,7 @@ async def test_a_fresh_run_that_needs_no_admission_and_ends_at_once_gets_one_wri
 ) -> None:
     flow = await put_flow(js, "echo")
     start = start_of(flow, "hi")
-    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
 
     await publish(js, start)
 
@@ -194,7 +204,7 @@ async def test_a_fresh_run_still_going_after_a_moment_is_recorded_running_then_f
 ) -> None:
     flow = await put_flow(js, "nap")
     start = start_of(flow, 0.4)
-    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
 
     await publish(js, start)
 
@@ -217,7 +227,7 @@ async def test_a_fresh_start_of_a_run_recorded_meanwhile_drops_its_result_unpubl
     runs = await js.key_value(subjects.RUNS_BUCKET)
     key = subjects.run_key(flow.workspace_id, start.run_id)
     await runs.create(key, encode(theirs))
-    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
 
     sequence = await publish(js, start)
 
@@ -251,7 +261,7 @@ async def test_a_run_that_waits_for_admission_is_queued_first(
 ) -> None:
     flow = await put_flow(js, "echo")
     start = msgspec.structs.replace(start_of(flow, "hi"), trigger_id=new_id("trg"), overlap="skip")
-    events = await nc.subscribe(subjects.run_event(flow.workspace_id, start.run_id))
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
 
     await publish(js, start)
 
@@ -276,7 +286,7 @@ async def test_a_failing_flow_is_recorded_as_failed_with_its_error(
 async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_runs(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
-    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_START))
+    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_STARTS))
     marker = new_id("marker")
     flow = await put_flow(js, "echo")
 
@@ -299,7 +309,7 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_runs(
 async def test_a_message_for_an_unknown_flow_is_dead_lettered_with_its_reason(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
-    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_START))
+    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_STARTS))
     workspace_id, flow_id, run_id = new_id("ws"), new_id("flow"), new_id("run")
     start = FlowStart(run_id=run_id, workspace_id=workspace_id, flow_id=flow_id)
 
@@ -307,7 +317,7 @@ async def test_a_message_for_an_unknown_flow_is_dead_lettered_with_its_reason(
 
     letter = await dead_letter_with(letters, run_id)
     assert letter.reason == f"unknown flow {flow_id} in workspace {workspace_id}"
-    assert letter.subject == subjects.FLOW_START
+    assert letter.subject == subjects.flow_start(workspace_id)
     assert letter.headers["Nats-Msg-Id"] == run_id
     await letters.unsubscribe()
 
@@ -315,7 +325,7 @@ async def test_a_message_for_an_unknown_flow_is_dead_lettered_with_its_reason(
 async def test_a_flow_of_another_workspace_is_unknown(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
-    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_START))
+    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_STARTS))
     flow = await put_flow(js, "count")
     other_workspace = new_id("ws")
     start = FlowStart(run_id=new_id("run"), workspace_id=other_workspace, flow_id=flow.id)
@@ -327,6 +337,60 @@ async def test_a_flow_of_another_workspace_is_unknown(
     await handled(js, sequence)
     assert calls[start.run_id] == 0
     await letters.unsubscribe()
+
+
+async def test_a_start_published_to_another_workspace_s_subject_is_dead_lettered_unrun(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_STARTS))
+    flow = await put_flow(js, "count")
+    start = start_of(flow)
+    intruder = new_id("ws")
+
+    sequence = await publish(js, start, subject=subjects.flow_start(intruder))
+
+    letter = await dead_letter_with(letters, start.run_id)
+    assert letter.subject == subjects.flow_start(intruder)
+    assert letter.reason == (
+        f"the start is for workspace {flow.workspace_id!r} but was published to "
+        f"{subjects.flow_start(intruder)!r}; publish it to "
+        f"{subjects.flow_start(flow.workspace_id)!r}"
+    )
+    await handled(js, sequence)
+    assert calls[start.run_id] == 0
+    await letters.unsubscribe()
+
+
+async def test_a_start_on_the_deprecated_unversioned_subject_still_runs(
+    js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "echo")
+    start = start_of(flow, "from an old publisher")
+
+    await publish(js, start, subject=subjects.FLOW_START_UNVERSIONED)
+
+    assert (await finished_run(js, flow.workspace_id, start.run_id)).result == (
+        "from an old publisher"
+    )
+
+
+async def test_the_topology_brings_the_unversioned_streams_of_an_older_version_up_to_date(
+    js: JetStreamContext,
+) -> None:
+    # As an earlier version left them: one unversioned subject each.
+    (starts, events) = (
+        next(c for c in broker.stream_configs() if c.name == name)
+        for name in (subjects.FLOW_STARTS_STREAM, subjects.RUN_EVENTS_STREAM)
+    )
+    await js.update_stream(starts.evolve(subjects=["flow.start"]))
+    await js.update_stream(events.evolve(subjects=["run.event.>"]))
+
+    await broker.ensure_topology(js)
+
+    info = await js.stream_info(subjects.FLOW_STARTS_STREAM)
+    assert info.config.subjects == ["flow.v1.start.*", "flow.start"]
+    info = await js.stream_info(subjects.RUN_EVENTS_STREAM)
+    assert info.config.subjects == ["run.v1.event.>"]
 
 
 async def test_the_same_start_published_twice_at_once_runs_once(
@@ -367,7 +431,7 @@ async def test_a_run_left_running_by_a_runner_that_died_is_started_again_as_a_ne
     await publish(js, start)
     # Play a runner that took the message, recorded the run as running, then died.
     dying = await js.pull_subscribe(
-        subjects.FLOW_START, durable=subjects.RUNNER_CONSUMER, stream=subjects.FLOW_STARTS_STREAM
+        subjects.FLOW_STARTS, durable=subjects.RUNNER_CONSUMER, stream=subjects.FLOW_STARTS_STREAM
     )
     while True:
         (msg,) = await dying.fetch(1, timeout=DEADLINE)

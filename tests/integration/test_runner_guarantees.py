@@ -188,7 +188,7 @@ async def test_an_attempt_longer_than_the_flow_timeout_is_timed_out(
 async def test_a_poison_message_is_dead_lettered_once_and_never_redelivered(
     nats_url: str, nc: Client, js: JetStreamContext
 ) -> None:
-    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_START))
+    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_STARTS))
     marker = new_id("poison")
     async with runner(nats_url, runner_ack_wait=0.5):
         sequence = await publish(js, f"poison {marker}".encode())

@@ -99,7 +99,7 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
         if run.status in TERMINAL_STATUSES:
             finals[run.id].add(run.status)
 
-    events = await nc.subscribe(subjects.run_event(flow.workspace_id, "*"), cb=on_event)
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, "*"), cb=on_event)
     # A runner announces its functions once its consumer loop runs: the sign it is taking work.
     consuming: set[str] = set()
 
@@ -124,7 +124,11 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
         ]
         acks = await asyncio.gather(
             *(
-                js.publish(subjects.FLOW_START, encode(s), headers={"Nats-Msg-Id": s.run_id})
+                js.publish(
+                    subjects.flow_start(s.workspace_id),
+                    encode(s),
+                    headers={"Nats-Msg-Id": s.run_id},
+                )
                 for s in starts
             )
         )

@@ -5,6 +5,7 @@ The test plays the registry by writing trigger records into the triggers bucket,
 """
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -20,10 +21,11 @@ from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.registry import CronSchedule, ScheduleTrigger, Trigger
-from contracts.runs import DeadLetter, FlowStart
-from contracts.scheduling import ScheduleTick
+from contracts.runs import DeadLetter, FlowStart, Run, RunEvent
+from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
+from shared.broker import stream_configs
 from shared.codec import decode, encode
 from shared.ids import new_id
 
@@ -128,7 +130,7 @@ async def registry(js: JetStreamContext) -> AsyncIterator[Registry]:
 @pytest.fixture
 async def starts(nc: Client) -> AsyncIterator[StartLog]:
     log = StartLog()
-    subscription = await nc.subscribe(subjects.FLOW_START, cb=log.record)
+    subscription = await nc.subscribe(subjects.FLOW_STARTS, cb=log.record)
     await nc.flush()
     yield log
     await subscription.unsubscribe()
@@ -362,3 +364,73 @@ async def test_starting_brings_an_older_tick_consumer_up_to_date(
         await app.stop()
     assert info.config.ack_wait == settings.tick_ack_wait + settings.timer_lead
     assert info.config.max_ack_pending == TICKS_PENDING
+
+
+async def test_starting_narrows_an_older_run_events_consumer_to_skipped_runs(
+    nats_url: str, js: JetStreamContext
+):
+    # As an earlier version left it: every run event, decoded to find the few skipped ones,
+    # on the stream's unversioned subjects (starting brings the stream up to date too).
+    (events,) = (c for c in stream_configs() if c.name == subjects.RUN_EVENTS_STREAM)
+    await js.update_stream(events.evolve(subjects=["run.event.>"]))
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER)
+    await js.add_consumer(
+        subjects.RUN_EVENTS_STREAM,
+        ConsumerConfig(
+            durable_name=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
+            filter_subject="run.event.>",
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    app = create_app(SchedulerSettings(nats_url=nats_url))
+    await app.start()
+    try:
+        info = await js.consumer_info(
+            subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER
+        )
+    finally:
+        await app.stop()
+    assert info.config.filter_subject == "run.v1.event.*.*.skipped"
+
+
+async def test_a_run_the_runner_skipped_reaches_the_ledger_from_its_versioned_event_subject(
+    nats_url: str, nc: Client, js: JetStreamContext
+):
+    workspace_id, trigger_id = new_id("ws"), new_id("trg")
+    scheduled_at = datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    app = await started_scheduler(nats_url)
+    try:
+        for status in ("queued", "skipped"):
+            run = Run(
+                id=new_id("run"),
+                workspace_id=workspace_id,
+                flow_id=new_id("flw"),
+                status=status,  # type: ignore[arg-type]
+                source="schedule",
+                trigger_id=trigger_id,
+                error="skipped by the overlap policy skip" if status == "skipped" else None,
+                scheduled_at=scheduled_at,
+                queued_at=now(),
+            )
+            await js.publish(
+                subjects.run_event(workspace_id, run.id, status), encode(RunEvent(run=run))
+            )
+        fires = subjects.schedule_fire(workspace_id, trigger_id)
+
+        async def recorded() -> bool:
+            try:
+                await js.get_last_msg(subjects.SCHEDULE_FIRES_STREAM, fires)
+            except NotFoundError:
+                return False
+            return True
+
+        await poll(recorded, timeout=5, what="the ledger entry")
+    finally:
+        await app.stop()
+    entries = (await js.stream_info(subjects.SCHEDULE_FIRES_STREAM, subjects_filter=fires)).state
+    assert entries.subjects == {fires: 1}
+    stored = await js.get_last_msg(subjects.SCHEDULE_FIRES_STREAM, fires)
+    entry = decode(stored.data or b"", FireRecord)
+    assert (entry.status, entry.run_id) == ("overlap_skipped", run.id)

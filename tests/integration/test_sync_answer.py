@@ -9,7 +9,7 @@ from contracts import subjects
 from contracts.runs import TERMINAL_STATUSES, Run
 from services.ingress.settings import IngressSettings
 from services.ingress.state import Ingress
-from services.runner.handlers import RunBook
+from services.runner.adapters import NatsRunEvents
 from tests.integration.test_runner_app import put_flow, start_of, started_runner
 
 
@@ -17,13 +17,15 @@ from tests.integration.test_runner_app import put_flow, start_of, started_runner
 def final_events_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runners publish every run event except the final ones (as if the runner crashed
     right after committing the final record)."""
-    publish = RunBook.publish
+    publish = NatsRunEvents.publish
 
-    async def publish_unless_final(self: RunBook, run: Run, value: bytes | None = None) -> None:
+    async def publish_unless_final(
+        self: NatsRunEvents, run: Run, value: bytes | None = None
+    ) -> None:
         if run.status not in TERMINAL_STATUSES:
             await publish(self, run, value)
 
-    monkeypatch.setattr(RunBook, "publish", publish_unless_final)
+    monkeypatch.setattr(NatsRunEvents, "publish", publish_unless_final)
 
 
 async def ingress_of(nats_url: str, nc: Client, js: JetStreamContext) -> Ingress:

@@ -1,4 +1,5 @@
-"""Fakes for unit tests: an in-memory `RegistryStore` that behaves like JetStream KV, a clock."""
+"""Fakes for unit tests: in-memory stores that behave like JetStream KV (the registry's, the
+runner's runs and slots), recording publishers and messages, a clock."""
 
 import builtins
 import re
@@ -8,8 +9,10 @@ from typing import TypeVar
 
 import msgspec
 
-from contracts.registry import AnnouncedFunction
+from contracts.registry import AnnouncedFunction, Flow, OverlapPolicy
+from contracts.runs import Run, RunSlots
 from services.registry.core import AlreadyExists
+from services.runner.core import Decision, decide_concurrency, decide_overlap, without
 from shared.codec import decode, encode
 
 R = TypeVar("R", bound=msgspec.Struct)
@@ -119,3 +122,131 @@ class FixedClock:
     def advance(self, seconds: float) -> datetime:
         self.now += timedelta(seconds=seconds)
         return self.now
+
+
+# --- The runner's core ----------------------------------------------------------------------
+
+
+class InMemoryRunStore:
+    """`RunStore` over a dictionary of encoded records with revisions, like the `runs` bucket:
+    `create` fails when the key exists, `swap` only over the current revision."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[bytes, int]] = {}
+        self.revision = 0
+        self.writes = 0
+
+    def get(self, key: str) -> Run | None:
+        """The stored record, for assertions."""
+        found = self.records.get(key)
+        return decode(found[0], Run) if found is not None else None
+
+    async def read(self, key: str) -> tuple[Run, int] | None:
+        found = self.records.get(key)
+        return (decode(found[0], Run), found[1]) if found is not None else None
+
+    async def create(self, key: str, run: Run, value: bytes | None = None) -> int | None:
+        if key in self.records:
+            return None
+        return self._write(key, value or encode(run))
+
+    async def swap(
+        self, key: str, run: Run, revision: int, value: bytes | None = None
+    ) -> tuple[int | None, Run | None]:
+        found = self.records.get(key)
+        if found is None or found[1] != revision:
+            return None, decode(found[0], Run) if found is not None else None
+        return self._write(key, value or encode(run)), None
+
+    def _write(self, key: str, value: bytes) -> int:
+        self.revision += 1
+        self.writes += 1
+        self.records[_check_key(key)] = (value, self.revision)
+        return self.revision
+
+
+class RecordingEvents:
+    """`RunEvents` that keeps every published run (and checks a given value is the run)."""
+
+    def __init__(self) -> None:
+        self.published: list[Run] = []
+
+    async def publish(self, run: Run, value: bytes | None = None) -> None:
+        assert value is None or decode(value, Run) == run
+        self.published.append(run)
+
+    def statuses(self, run_id: str) -> list[str]:
+        return [run.status for run in self.published if run.id == run_id]
+
+
+class InMemoryAdmission:
+    """`Admission` over dictionaries of `RunSlots`, deciding as the real one does (with the
+    core's `decide_overlap` and `decide_concurrency`), without conflicts to retry."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, RunSlots] = {}
+
+    async def admit(
+        self,
+        workspace_id: str,
+        run_id: str,
+        flow: Flow,
+        trigger_id: str | None,
+        policy: OverlapPolicy,
+    ) -> Decision:
+        if trigger_id is not None and policy != "allow":
+            key = f"trigger.{workspace_id}.{trigger_id}"
+            decision = decide_overlap(self.slots.get(key, RunSlots()), run_id, policy, trigger_id)
+            self.slots[key] = decision.slots
+            if decision.verdict != "admitted":
+                return decision
+        if flow.concurrency is not None:
+            key = f"flow.{workspace_id}.{flow.id}"
+            decision = decide_concurrency(self.slots.get(key, RunSlots()), run_id, flow.concurrency)
+            self.slots[key] = decision.slots
+            return decision
+        return Decision("admitted", RunSlots())
+
+    async def release(
+        self, workspace_id: str, run_id: str, flow_id: str, trigger_id: str | None
+    ) -> None:
+        for key in (f"flow.{workspace_id}.{flow_id}", f"trigger.{workspace_id}.{trigger_id}"):
+            if key in self.slots:
+                self.slots[key] = without(self.slots[key], run_id)
+
+
+class RecordingAborts:
+    def __init__(self) -> None:
+        self.aborted: list[tuple[str, str]] = []
+
+    async def abort(self, workspace_id: str, run_id: str) -> None:
+        self.aborted.append((workspace_id, run_id))
+
+
+class StartMessageLog:
+    """A start's message: what the core did with it (`acked`, or the delays it was handed
+    back with), and whether it is being kept in progress."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.naks: list[float | None] = []
+        self.kept = False
+
+    async def ack(self) -> None:
+        self.acked += 1
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naks.append(delay)
+
+    async def in_progress(self) -> None:
+        pass
+
+
+class KeepAliveLog:
+    """`KeepAlive` that only remembers which messages it keeps."""
+
+    def keep(self, msg: StartMessageLog) -> None:
+        msg.kept = True
+
+    def release(self, msg: StartMessageLog) -> None:
+        msg.kept = False

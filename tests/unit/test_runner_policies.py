@@ -5,7 +5,7 @@ from typing import Any
 
 from contracts.registry import Flow, PythonFlowSettings
 from contracts.runs import FlowStart, Run, RunSlots
-from services.runner.admission import decide_concurrency, decide_overlap, without
+from services.runner.core import decide_concurrency, decide_overlap, without
 from services.runner.executor import (
     MAX_LOST_ATTEMPTS,
     begin,

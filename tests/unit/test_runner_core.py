@@ -1,0 +1,358 @@
+"""The runner's start and cancel decisions, over in-memory fakes and a clock that stands still."""
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from contracts import subjects
+from contracts.registry import Flow, OverlapPolicy, Problem, PythonFlowSettings
+from contracts.runs import FlowStart, Run, RunSlots
+from services.runner.core import ADMISSION_RETRY, CancelRuns, StartRuns
+from services.runner.executor import MAX_LOST_ATTEMPTS, begin, queued
+from services.runner.flows import FlowContext, FlowRegistry
+from shared.ids import new_id
+from shared.pull import Delivery
+from tests.unit.fakes import (
+    FixedClock,
+    InMemoryAdmission,
+    InMemoryRunStore,
+    KeepAliveLog,
+    RecordingAborts,
+    RecordingEvents,
+    StartMessageLog,
+)
+
+WS = "ws_1"
+calls: Counter[str] = Counter()
+"""How often a flow function ran, per run id."""
+going: dict[str, asyncio.Event] = {}
+"""Set when the `wait` flow of a run has started."""
+released: dict[str, asyncio.Event] = {}
+"""The `wait` flow of a run returns once its event is set."""
+
+functions = FlowRegistry()
+
+
+@functions.flow("echo")
+async def echo(input: Any, context: FlowContext) -> Any:
+    calls[context.run_id] += 1
+    return input
+
+
+@functions.flow("fail")
+async def fail(input: Any, context: FlowContext) -> Any:
+    calls[context.run_id] += 1
+    raise RuntimeError("the cheese ran out")
+
+
+@functions.flow("wait")
+async def wait(input: Any, context: FlowContext) -> Any:
+    calls[context.run_id] += 1
+    going.setdefault(context.run_id, asyncio.Event()).set()
+    await released.setdefault(context.run_id, asyncio.Event()).wait()
+    return "released"
+
+
+def flow_of(function: str, **limits: Any) -> Flow:
+    return Flow(
+        id=new_id("flw"),
+        workspace_id=WS,
+        name=function,
+        settings=PythonFlowSettings(function=function),
+        created_at=FixedClock().now,
+        **limits,
+    )
+
+
+class Runner:
+    """The core with fakes around it; `deliver` plays JetStream delivering a start."""
+
+    def __init__(self) -> None:
+        self.clock = FixedClock()
+        self.store = InMemoryRunStore()
+        self.events = RecordingEvents()
+        self.admission = InMemoryAdmission()
+        self.aborts = RecordingAborts()
+        self.cancel_runs = CancelRuns(self.store, self.events, self.aborts, self.clock)
+        self.cancel_runs.admission = self.admission
+        self.starts = StartRuns(
+            store=self.store,
+            events=self.events,
+            admission=self.admission,
+            keep_alive=KeepAliveLog(),  # type: ignore[arg-type]
+            functions=functions,
+            clock=self.clock,
+            runner_id="rnr_test",
+            record_running_after=60.0,
+            rng=lambda: 0.5,
+        )
+
+    def start_of(
+        self,
+        flow: Flow,
+        input: Any = None,
+        *,
+        trigger_id: str | None = None,
+        overlap: OverlapPolicy = "allow",
+    ) -> FlowStart:
+        """A start whose run id was made just now."""
+        run_id = new_id("run", now_ms=int(self.clock.now.timestamp() * 1000))
+        return FlowStart(
+            run_id=run_id,
+            workspace_id=WS,
+            flow_id=flow.id,
+            input=input,
+            trigger_id=trigger_id,
+            overlap=overlap,
+        )
+
+    async def deliver(
+        self,
+        start: FlowStart,
+        flow: Flow,
+        *,
+        sequence: int = 1,
+        delivered: int = 1,
+        msg_id: str | None = "another-message-id",
+    ) -> StartMessageLog:
+        """Deliver the start (by default not keyed by its run id: not on the fast path)."""
+        msg = StartMessageLog()
+        seen = Delivery(sequence, delivered, self.clock.now.timestamp())
+        await self.starts.start(msg, start, flow, seen, msg_id)
+        return msg
+
+    def record(self, start: FlowStart) -> Run:
+        run = self.store.get(subjects.run_key(start.workspace_id, start.run_id))
+        assert run is not None
+        return run
+
+
+@pytest.fixture
+def runner() -> Runner:
+    return Runner()
+
+
+async def test_a_fresh_start_runs_at_once_and_writes_only_its_final_record(runner: Runner) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "hello")
+
+    msg = await runner.deliver(start, flow, sequence=7, msg_id=start.run_id)
+
+    run = runner.record(start)
+    assert (run.status, run.result, run.start_sequence) == ("succeeded", "hello", 7)
+    assert runner.store.writes == 1
+    assert runner.events.statuses(start.run_id) == ["succeeded"]
+    assert msg.acked == 1
+    assert msg.naks == []
+    assert not msg.kept
+
+
+async def test_a_start_that_is_not_fresh_records_its_run_running_before_it_runs(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "hello")
+
+    msg = await runner.deliver(start, flow, delivered=2, msg_id=start.run_id)
+
+    assert runner.record(start).status == "succeeded"
+    assert runner.events.statuses(start.run_id) == ["running", "succeeded"]
+    assert msg.acked == 1
+
+
+async def test_a_second_message_for_a_run_another_message_owns_runs_nothing(runner: Runner) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow)
+    now = runner.clock.now
+    owned = begin(queued(start, now, sequence=3), now, "rnr_other")  # running at another replica
+    await runner.store.create(subjects.run_key(WS, start.run_id), owned)
+
+    msg = await runner.deliver(start, flow, sequence=4)
+
+    assert msg.acked == 1
+    assert calls[start.run_id] == 0
+    assert runner.record(start) == owned
+    assert runner.events.published == []
+
+
+async def test_a_duplicate_start_of_a_finished_run_publishes_its_final_event_again(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "once")
+    await runner.deliver(start, flow, sequence=1, msg_id=start.run_id)
+
+    # Published again after the duplicate window: not fresh, so it reads the record first.
+    msg = await runner.deliver(start, flow, sequence=2)
+
+    assert msg.acked == 1
+    assert calls[start.run_id] == 1
+    assert runner.events.statuses(start.run_id) == ["succeeded", "succeeded"]
+
+
+async def test_a_redelivery_after_a_lost_attempt_records_it_lost_and_runs_a_new_one(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "again")
+    now = runner.clock.now
+    died = begin(queued(start, now, sequence=5), now, "rnr_dead")
+    await runner.store.create(subjects.run_key(WS, start.run_id), died)
+    runner.clock.advance(30)  # the ack wait
+
+    msg = await runner.deliver(start, flow, sequence=5, delivered=2)
+
+    run = runner.record(start)
+    assert (run.status, run.attempt, run.result) == ("succeeded", 2, "again")
+    assert [attempt.outcome for attempt in run.attempts] == ["lost", "succeeded"]
+    assert msg.acked == 1
+
+
+async def test_a_run_that_lost_too_many_attempts_is_failed_without_running_again(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow)
+    now = runner.clock.now
+    record = queued(start, now, sequence=5)
+    for _ in range(MAX_LOST_ATTEMPTS):  # each runner died during its attempt
+        record = begin(record, now, "rnr_dead")
+    await runner.store.create(subjects.run_key(WS, start.run_id), record)
+
+    msg = await runner.deliver(start, flow, sequence=5, delivered=MAX_LOST_ATTEMPTS + 1)
+
+    run = runner.record(start)
+    assert run.status == "failed"
+    assert run.error is not None
+    assert "lost" in run.error
+    assert calls[start.run_id] == 0
+    assert msg.acked == 1
+
+
+async def test_a_failed_attempt_with_retries_left_is_handed_back_until_its_backoff_ends(
+    runner: Runner,
+) -> None:
+    flow = flow_of("fail", retries=1, retry_backoff_seconds=4.0)
+    start = runner.start_of(flow)
+
+    first = await runner.deliver(start, flow, delivered=1)
+    # Equal jitter with rng 0.5: half of 4 s fixed, a quarter of it random.
+    assert first.naks == [3.0]
+    assert first.acked == 0
+    waiting = runner.record(start)
+    assert waiting.status == "queued"
+    assert waiting.retry_at is not None
+    assert (waiting.retry_at - runner.clock.now).total_seconds() == 3.0
+
+    early = await runner.deliver(start, flow, delivered=2)  # back before its retry is due
+    assert early.naks == [3.0]
+    assert calls[start.run_id] == 1
+
+    runner.clock.advance(3.0)
+    last = await runner.deliver(start, flow, delivered=3)
+
+    run = runner.record(start)
+    assert run.status == "failed"
+    assert [attempt.outcome for attempt in run.attempts] == ["failed", "failed"]
+    assert last.acked == 1
+    assert calls[start.run_id] == 2
+    assert runner.events.statuses(start.run_id) == ["running", "queued", "running", "failed"]
+
+
+async def test_a_run_waits_queued_while_its_flow_s_slots_are_full_and_runs_once_one_is_free(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo", concurrency=1)
+    start = runner.start_of(flow, "my turn")
+    slots = f"flow.{WS}.{flow.id}"
+    runner.admission.slots[slots] = RunSlots(active=["run_other"])
+
+    full = await runner.deliver(start, flow, delivered=1)
+
+    assert full.naks == [ADMISSION_RETRY * (0.5 + 0.5)]
+    assert full.acked == 0
+    assert runner.record(start).status == "queued"
+    assert calls[start.run_id] == 0
+
+    await runner.admission.release(WS, "run_other", flow.id, None)
+    free = await runner.deliver(start, flow, delivered=2)
+
+    assert runner.record(start).result == "my turn"
+    assert free.acked == 1
+    assert runner.admission.slots[slots] == RunSlots()  # its slot given back
+
+
+async def test_a_start_of_a_trigger_with_overlap_skip_is_skipped_while_another_run_goes(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, trigger_id="trg_1", overlap="skip")
+    runner.admission.slots[f"trigger.{WS}.trg_1"] = RunSlots(active=["run_other"])
+
+    msg = await runner.deliver(start, flow)
+
+    run = runner.record(start)
+    assert run.status == "skipped"
+    assert run.error == (
+        "skipped by the overlap policy skip of trigger trg_1: run run_other was still going"
+    )
+    assert runner.events.statuses(start.run_id) == ["queued", "skipped"]
+    assert calls[start.run_id] == 0
+    assert msg.acked == 1
+
+
+async def test_a_cancelled_queued_run_is_final_and_its_next_delivery_does_not_run_it(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo", concurrency=1)
+    start = runner.start_of(flow)
+    runner.admission.slots[f"flow.{WS}.{flow.id}"] = RunSlots(active=["run_other"])
+    await runner.deliver(start, flow)  # queued, waiting for a slot
+
+    cancelled = await runner.cancel_runs.cancel(WS, start.run_id, "not needed any more")
+
+    assert isinstance(cancelled, Run)
+    assert (cancelled.status, cancelled.error) == ("cancelled", "not needed any more")
+    assert runner.record(start) == cancelled
+    assert runner.aborts.aborted == [(WS, start.run_id)]
+    msg = await runner.deliver(start, flow, delivered=2)
+    assert msg.acked == 1
+    assert calls[start.run_id] == 0
+
+
+async def test_cancelling_a_running_run_stops_its_flow_and_acknowledges_its_start(
+    runner: Runner,
+) -> None:
+    flow = flow_of("wait")
+    start = runner.start_of(flow)
+    msg = StartMessageLog()
+    seen = Delivery(1, 1, runner.clock.now.timestamp())
+    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, None))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    assert msg.kept
+
+    await runner.cancel_runs.cancel(WS, start.run_id, "stop it")
+    runner.starts.abort(WS, start.run_id)  # the abort broadcast reaching this replica
+    await asyncio.wait_for(handling, timeout=2)
+
+    assert runner.record(start).status == "cancelled"
+    assert msg.acked == 1
+    assert not msg.kept
+    assert runner.events.statuses(start.run_id) == ["running", "cancelled"]
+
+
+async def test_only_a_queued_or_running_run_can_be_cancelled(runner: Runner) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow)
+    await runner.deliver(start, flow, msg_id=start.run_id)
+
+    finished = await runner.cancel_runs.cancel(WS, start.run_id, "too late")
+    unknown = await runner.cancel_runs.cancel(WS, "run_nobody", "never was")
+
+    assert isinstance(finished, Problem)
+    assert finished.code == "run_finished"
+    assert isinstance(unknown, Problem)
+    assert unknown.code == "run_not_found"
+    assert runner.aborts.aborted == []
