@@ -22,7 +22,8 @@ from contracts import subjects
 from contracts.registry import CronSchedule, Trigger
 from contracts.runs import DeadLetter, FlowStart
 from contracts.scheduling import ScheduleTick
-from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
+from services.scheduler.adapters import TICKS_PENDING
+from services.scheduler.app import SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
 from shared.codec import decode, encode
 from shared.ids import new_id
