@@ -39,7 +39,7 @@ from bench.processes import Server, start_module, start_nats, stop_all
 from contracts import subjects
 from contracts.registry import CronSchedule, OnceSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart
-from services.scheduler.handlers import fire_key, flow_start
+from services.scheduler.core import fire_key, flow_start
 from shared import broker
 from shared.codec import decoder, encode
 from shared.ids import new_id

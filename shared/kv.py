@@ -5,19 +5,16 @@ import logging
 from typing import TypeVar
 
 import msgspec
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from shared.codec import decoder
+from shared.stream_read import read_subject
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-FETCH_BATCH = 1000
-INACTIVE_THRESHOLD = 30.0
-"""Seconds after which the server removes a reading consumer this process failed to delete."""
 
 
 async def read_one(kv: KeyValue, key: str, type_: type[R]) -> tuple[R, int] | None:
@@ -32,44 +29,27 @@ async def read_one(kv: KeyValue, key: str, type_: type[R]) -> tuple[R, int] | No
     return value, entry.revision or 0
 
 
-async def read_prefix(kv: KeyValue, prefix: str | None, type_: type[R]) -> list[R]:
-    """The current value of every key under `prefix.` (None: every key); undecodable values
-    are logged and skipped.
+def bucket_stream(bucket: str) -> str:
+    """The stream that holds KV bucket `bucket` (JetStream's naming rule)."""
+    return f"KV_{bucket}"
 
-    A pull consumer counts what it has to deliver when it is created (one message per key), so
-    the read ends exactly after that many. A KV watch cannot be used for this: nats-py marks
-    the end of its replay from a count taken after delivery has begun, and under load it marks
-    the end before the first entry, so a list comes back empty.
-    """
-    js, stream = kv._js, kv._stream
-    subject = f"$KV.{kv._name}.{prefix}.>" if prefix else f"$KV.{kv._name}.>"
-    consumer = await js.add_consumer(
-        stream,
-        ConsumerConfig(
-            filter_subject=subject,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=INACTIVE_THRESHOLD,
-            mem_storage=True,
-        ),
-    )
+
+async def read_prefix(
+    js: JetStreamContext, bucket: str, prefix: str | None, type_: type[R]
+) -> list[R]:
+    """The current value of every key of `bucket` under `prefix.` (None: every key), read with
+    a counted consumer (`read_subject`); undecodable values are logged and skipped."""
+    subject = f"$KV.{bucket}.{prefix}.>" if prefix else f"$KV.{bucket}.>"
     decode = decoder(type_).decode
     records: list[R] = []
-    remaining = consumer.num_pending or 0
-    try:
-        if remaining:
-            subscription = await js.pull_subscribe_bind(stream=stream, name=consumer.name)
-            while remaining > 0:
-                for msg in await subscription.fetch(min(remaining, FETCH_BATCH), timeout=5):
-                    remaining -= 1
-                    if (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE) or not msg.data:
-                        continue
-                    try:
-                        records.append(decode(msg.data))
-                    except msgspec.DecodeError as error:
-                        log.error("skipping undecodable %s: %s", msg.subject, error)
-            await subscription.unsubscribe()
-    finally:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, consumer.name)
+    reads = read_subject(js, bucket_stream(bucket), subject, last_per_subject=True)
+    async with contextlib.aclosing(reads) as batches:
+        async for batch in batches:
+            for msg in batch:
+                if (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE) or not msg.data:
+                    continue
+                try:
+                    records.append(decode(msg.data))
+                except msgspec.DecodeError as error:
+                    log.error("skipping undecodable %s: %s", msg.subject, error)
     return records

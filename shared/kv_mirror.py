@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.codec import decoder
+from shared.kv import bucket_stream
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +28,21 @@ class KvMirror(Generic[V]):
 
     def __init__(
         self,
-        kv: KeyValue,
+        js: JetStreamContext,
+        bucket: str,
         value_type: type[V],
         on_change: Callable[[str, V | None, V | None], None] | None = None,
         key_of: Callable[[str], str] = str,
         stall_check: float = 2.0,
     ) -> None:
-        """`key_of` maps a bucket key to the mirror's key (by default the same); every
-        `stall_check` seconds the watch is checked for having stopped (see `follow`)."""
-        self._kv = kv
+        """Mirror KV bucket `bucket`; `key_of` maps a bucket key to the mirror's key (by
+        default the same); every `stall_check` seconds the watch is checked for having stopped
+        (see `follow`)."""
+        # The context and the stream are kept here, not read off nats-py's KeyValue (whose
+        # `_js` and `_stream` are private): the stall check and `catch_up` read the stream.
+        self._js = js
+        self._bucket = bucket
+        self._stream = bucket_stream(bucket)
         self._stall_check = stall_check
         self._received = 0
         """Highest revision the current or an earlier watch delivered (replay included)."""
@@ -62,7 +70,7 @@ class KvMirror(Generic[V]):
         For the rare path where a miss may only mean "not seen yet" (a key used a moment after
         it was created); the hot path never waits. Returns False on timeout.
         """
-        info = await self._kv._js.stream_info(self._kv._stream)
+        info = await self._js.stream_info(self._stream)
         target = info.state.last_seq
         deadline = asyncio.get_running_loop().time() + timeout
         while self._revision < target or not self.ready.is_set():
@@ -93,7 +101,7 @@ class KvMirror(Generic[V]):
                     watch.result()  # re-raise what ended it
                     return
                 if await self._stalled():
-                    log.warning("the watch of %s stalled; starting a new one", self._kv._name)
+                    log.warning("the watch of %s stalled; starting a new one", self._bucket)
                     return
         finally:
             watch.cancel()
@@ -103,7 +111,7 @@ class KvMirror(Generic[V]):
     async def _stalled(self) -> bool:
         received, before = self._received, self._received_at_last_check
         self._received_at_last_check = received
-        info = await self._kv._js.stream_info(self._kv._stream)
+        info = await self._js.stream_info(self._stream)
         last = info.state.last_seq
         if last <= received or received != before:
             return False
@@ -114,10 +122,11 @@ class KvMirror(Generic[V]):
         # nats-py can put its end-of-replay marker before the replay (it counts what is pending
         # after delivery has begun), so the replay also waits for the newest write that existed
         # when the watch started.
-        info = await self._kv._js.stream_info(self._kv._stream)
+        info = await self._js.stream_info(self._stream)
         replay_until = info.state.last_seq
         newest_exists: bool | None = None
-        watcher = await self._kv.watchall()
+        kv = await self._js.key_value(self._bucket)
+        watcher = await kv.watchall()
         replay: dict[str, V] | None = {}
         replay_revision = 0
         marker_seen = False
@@ -162,12 +171,12 @@ class KvMirror(Generic[V]):
         try:
             return key, self._decoder.decode(entry.value), True
         except msgspec.DecodeError as error:
-            log.error("skipping undecodable %s/%s: %s", self._kv._name, entry.key, error)
+            log.error("skipping undecodable %s/%s: %s", self._bucket, entry.key, error)
             return key, None, False
 
     async def _exists(self, sequence: int) -> bool:
         try:
-            await self._kv._js.get_msg(self._kv._stream, seq=sequence)
+            await self._js.get_msg(self._stream, seq=sequence)
         except NotFoundError:
             return False
         return True

@@ -1,4 +1,4 @@
-"""Keep long-running loops alive: a loop that fails or ends is logged and started again."""
+"""Keep work going through failures: retried with capped backoff until it is done, or for ever."""
 
 import asyncio
 import contextlib
@@ -20,15 +20,39 @@ async def supervised(
     nats-py subscriptions and watchers can stop after a server restart without raising; a loop
     that returns is treated like one that failed.
     """
+    await _with_backoff(name, loop, initial_backoff, max_backoff, done_when_returns=False)
+
+
+async def retried(
+    name: str,
+    work: Callable[[], Awaitable[None]],
+    *,
+    initial_backoff: float = 0.1,
+    max_backoff: float = 5.0,
+) -> None:
+    """Run `work()` until it returns, retrying it with capped backoff while it fails."""
+    await _with_backoff(name, work, initial_backoff, max_backoff, done_when_returns=True)
+
+
+async def _with_backoff(
+    name: str,
+    work: Callable[[], Awaitable[None]],
+    initial_backoff: float,
+    max_backoff: float,
+    *,
+    done_when_returns: bool,
+) -> None:
     backoff = initial_backoff
     while True:
         try:
-            await loop()
+            await work()
+            if done_when_returns:
+                return
             log.warning("%s ended; restarting", name)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s failed; restarting in %.1fs", name, backoff)
+            log.exception("%s failed; retrying in %.1fs", name, backoff)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)
 

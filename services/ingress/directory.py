@@ -21,9 +21,9 @@ class Directory:
     async def open(self, js: JetStreamContext) -> None:
         """Create the mirrors (run each one's `follow` under supervision)."""
         self.mirrors = [
-            KvMirror(await js.key_value(subjects.API_KEYS_BUCKET), ApiKey, self._on_key),
-            KvMirror(await js.key_value(subjects.FLOWS_BUCKET), Flow, self._on_flow),
-            KvMirror(await js.key_value(subjects.TRIGGERS_BUCKET), Trigger, self._on_trigger),
+            KvMirror(js, subjects.API_KEYS_BUCKET, ApiKey, self._on_key),
+            KvMirror(js, subjects.FLOWS_BUCKET, Flow, self._on_flow),
+            KvMirror(js, subjects.TRIGGERS_BUCKET, Trigger, self._on_trigger),
         ]
 
     @property

@@ -1,12 +1,10 @@
 """Reading a schedule trigger's ledger (`schedule.fire.<ws>.<trigger>`) and its preview."""
 
-import asyncio
 import contextlib
 from datetime import UTC, datetime
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts import subjects
@@ -15,49 +13,29 @@ from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePrev
 from services.ingress.problems import ApiError
 from shared import schedules
 from shared.codec import decoder
+from shared.stream_read import read_subject
 
 READ_TIMEOUT = 2.0
 """Seconds to wait for the stored entries of one trigger."""
 
 
 async def read_ledger(js: JetStreamContext, workspace_id: str, trigger_id: str) -> list[FireRecord]:
-    """Every stored entry of the trigger (at most `LEDGER_ENTRIES_PER_TRIGGER`), oldest first."""
+    """Every stored entry of the trigger (at most `LEDGER_ENTRIES_PER_TRIGGER`), oldest first;
+    what came within `READ_TIMEOUT` if the rest is slow to come."""
     subject = subjects.schedule_fire(workspace_id, trigger_id)
-    try:
-        info = await js.stream_info(subjects.SCHEDULE_FIRES_STREAM, subjects_filter=subject)
-    except NotFoundError:
-        return []
-    expected = (info.state.subjects or {}).get(subject, 0)
-    if not expected:
-        return []
-    subscription = await js.pull_subscribe(
-        subject,
-        stream=subjects.SCHEDULE_FIRES_STREAM,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
-            mem_storage=True,
-        ),
-    )
     decode = decoder(FireRecord).decode
     entries: list[FireRecord] = []
-    deadline = asyncio.get_running_loop().time() + READ_TIMEOUT
+    reads = read_subject(
+        js, subjects.SCHEDULE_FIRES_STREAM, subject, timeout=READ_TIMEOUT, partial=True
+    )
     try:
-        while len(entries) < expected:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
-            try:
-                messages = await subscription.fetch(expected - len(entries), timeout=remaining)
-            except TimeoutError:
-                break
-            for message in messages:
-                with contextlib.suppress(msgspec.DecodeError):
-                    entries.append(decode(message.data))
-    finally:
-        with contextlib.suppress(Exception):
-            await subscription.unsubscribe()
+        async with contextlib.aclosing(reads) as batches:
+            async for batch in batches:
+                for message in batch:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        entries.append(decode(message.data))
+    except NotFoundError:
+        return []  # no ledger stream yet: nothing was ever decided
     return entries
 
 

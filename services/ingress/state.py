@@ -199,6 +199,6 @@ class Ingress:
 
     async def runs_of(self, workspace_id: str) -> list[Run]:
         """Every run of a workspace, newest first."""
-        runs = await read_prefix(self.runs, workspace_id, Run)
+        runs = await read_prefix(self.js, subjects.RUNS_BUCKET, workspace_id, Run)
         runs.sort(key=lambda r: r.id, reverse=True)
         return runs

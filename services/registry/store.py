@@ -44,8 +44,7 @@ class KvRegistryStore:
         return found[0] if found is not None else None
 
     async def list(self, bucket: str, prefix: str, type_: type[R]) -> list[R]:
-        kv = await self._kv(bucket)
-        return await read_prefix(kv, prefix, type_)
+        return await read_prefix(self._js, bucket, prefix, type_)
 
     async def update(
         self, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
@@ -75,5 +74,4 @@ class KvRegistryStore:
         await kv.put(key, encode(value))
 
     async def list_all(self, bucket: str) -> builtins.list[AnnouncedFunction]:
-        kv = await self._kv(bucket)
-        return await read_prefix(kv, None, AnnouncedFunction)
+        return await read_prefix(self._js, bucket, None, AnnouncedFunction)

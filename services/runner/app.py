@@ -61,7 +61,7 @@ class RunnerApp:
         js = nc.jetstream()
         await ensure_topology(js, self._settings.nats_replicas)
         flows_bucket = await bucket(js, subjects.FLOWS_BUCKET)
-        mirror = KvMirror(flows_bucket, Flow)
+        mirror = KvMirror(js, subjects.FLOWS_BUCKET, Flow)
         self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
         store = KvRunStore(await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))

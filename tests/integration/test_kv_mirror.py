@@ -26,19 +26,23 @@ Change = tuple[str, Item | None, Item | None]
 
 
 @pytest.fixture
-async def bucket(js: JetStreamContext) -> AsyncIterator[KeyValue]:
-    name = f"test_mirror_{uuid.uuid4().hex[:12]}"
-    kv = await js.create_key_value(KeyValueConfig(bucket=name, history=1))
+def bucket_name() -> str:
+    return f"test_mirror_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def bucket(js: JetStreamContext, bucket_name: str) -> AsyncIterator[KeyValue]:
+    kv = await js.create_key_value(KeyValueConfig(bucket=bucket_name, history=1))
     yield kv
-    await js.delete_key_value(name)
+    await js.delete_key_value(bucket_name)
 
 
 class Following:
     """A mirror whose `follow` runs under supervision, as the services run it."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str) -> None:
         self.changes: list[Change] = []
-        self.mirror = KvMirror(kv, Item, lambda *change: self.changes.append(change))
+        self.mirror = KvMirror(js, bucket, Item, lambda *change: self.changes.append(change))
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -54,11 +58,13 @@ class Following:
 
 
 @pytest.fixture
-async def following(bucket: KeyValue) -> AsyncIterator[Callable[[], Following]]:
+async def following(
+    bucket: KeyValue, js: JetStreamContext, bucket_name: str
+) -> AsyncIterator[Callable[[], Following]]:
     started: list[Following] = []
 
     def follow() -> Following:
-        mirror = Following(bucket)
+        mirror = Following(js, bucket_name)
         mirror.start()
         started.append(mirror)
         return mirror
@@ -114,9 +120,9 @@ async def test_a_mirror_of_an_empty_bucket_becomes_ready_and_empty(
 
 
 async def test_a_mirror_is_not_ready_and_cannot_catch_up_before_it_follows(
-    bucket: KeyValue,
+    bucket: KeyValue, js: JetStreamContext, bucket_name: str
 ) -> None:
-    mirror = KvMirror(bucket, Item)
+    mirror = KvMirror(js, bucket_name, Item)
 
     assert not mirror.ready.is_set()
     assert not await mirror.catch_up(timeout=0.05)

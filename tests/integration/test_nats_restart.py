@@ -65,7 +65,7 @@ async def test_a_mirror_sees_writes_made_after_the_server_restarted(
     js = client.jetstream()
     kv = await js.create_key_value(KeyValueConfig(bucket="restart_test", history=1))
     await kv.put("before", b'"one"')
-    mirror: KvMirror[str] = KvMirror(kv, str, stall_check=0.3)
+    mirror: KvMirror[str] = KvMirror(js, "restart_test", str, stall_check=0.3)
     follower = asyncio.create_task(supervised("test mirror", mirror.follow))
     try:
         await eventually(lambda: mirror.get("before") == "one")

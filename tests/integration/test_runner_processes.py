@@ -155,7 +155,7 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
     assert third.poll() is None, runners.logs()
     await events.unsubscribe()
 
-    runs = await read_prefix(await js.key_value(subjects.RUNS_BUCKET), flow.workspace_id, Run)
+    runs = await read_prefix(js, subjects.RUNS_BUCKET, flow.workspace_id, Run)
     assert sorted(r.id for r in runs) == sorted(ledger), "one run record per accepted start"
     assert {r.status for r in runs} == {"succeeded"}
     assert all(finals[run_id] == {"succeeded"} for run_id in ledger), "one final status each"

@@ -23,7 +23,8 @@ from contracts import subjects
 from contracts.registry import CronSchedule, ScheduleTrigger, Trigger
 from contracts.runs import DeadLetter, FlowStart, Run, RunEvent
 from contracts.scheduling import FireRecord, ScheduleTick
-from services.scheduler.app import TICKS_PENDING, SchedulerApp, create_app
+from services.scheduler.adapters import TICKS_PENDING
+from services.scheduler.app import SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
 from shared.broker import stream_configs
 from shared.codec import decode, encode

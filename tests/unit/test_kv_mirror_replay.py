@@ -31,23 +31,25 @@ class EarlyMarkerWatch:
 
 
 class FakeBucket:
-    """Just what KvMirror reads of a nats-py KeyValue."""
+    """Just what KvMirror reads of JetStream for one bucket: the stream and its watch."""
 
     def __init__(self, values: dict[str, bytes]) -> None:
-        self._name = "fake"
-        self._stream = "KV_fake"
         self.entries = [
             KeyValue.Entry("fake", key, value, revision, 0, None, None)
             for revision, (key, value) in enumerate(values.items(), start=1)
         ]
 
-        async def stream_info(_: str) -> Any:
-            return SimpleNamespace(state=SimpleNamespace(last_seq=len(self.entries)))
+    async def stream_info(self, stream: str) -> Any:
+        assert stream == "KV_fake"
+        return SimpleNamespace(state=SimpleNamespace(last_seq=len(self.entries)))
 
-        async def get_msg(_: str, seq: int) -> Any:
-            return self.entries[seq - 1]
+    async def get_msg(self, stream: str, seq: int) -> Any:
+        assert stream == "KV_fake"
+        return self.entries[seq - 1]
 
-        self._js = SimpleNamespace(stream_info=stream_info, get_msg=get_msg)
+    async def key_value(self, bucket: str) -> "FakeBucket":
+        assert bucket == "fake"
+        return self
 
     async def watchall(self) -> EarlyMarkerWatch:
         return EarlyMarkerWatch(list(self.entries))
@@ -55,7 +57,7 @@ class FakeBucket:
 
 async def test_a_mirror_is_ready_only_once_the_replay_has_really_arrived() -> None:
     bucket = FakeBucket({"a": b'"one"', "b": b'"two"', "c": b'"three"'})
-    mirror: KvMirror[str] = KvMirror(bucket, str)  # type: ignore[arg-type]
+    mirror: KvMirror[str] = KvMirror(bucket, "fake", str)  # type: ignore[arg-type]
     follower = asyncio.create_task(mirror.follow())
     try:
         await asyncio.wait_for(mirror.ready.wait(), 5)
@@ -66,7 +68,7 @@ async def test_a_mirror_is_ready_only_once_the_replay_has_really_arrived() -> No
 
 
 async def test_an_empty_bucket_is_ready_at_the_marker() -> None:
-    mirror: KvMirror[str] = KvMirror(FakeBucket({}), str)  # type: ignore[arg-type]
+    mirror: KvMirror[str] = KvMirror(FakeBucket({}), "fake", str)  # type: ignore[arg-type]
     follower = asyncio.create_task(mirror.follow())
     try:
         await asyncio.wait_for(mirror.ready.wait(), 5)

@@ -9,8 +9,8 @@ import pytest
 from contracts.registry import ApiTrigger, CronSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, ScheduleTick
-from services.scheduler.app import at_header
-from services.scheduler.handlers import Scheduler, fire_key
+from services.scheduler.adapters import at_header
+from services.scheduler.core import Scheduler, fire_key
 from shared.ids import derived_id
 
 NOW = datetime(2026, 1, 1, 10, 0, 0, 250_000, tzinfo=UTC)
@@ -83,7 +83,7 @@ class FakeLedger:
         return [(e.scheduled_at.strftime("%H:%M:%S"), e.status) for e in self.entries]
 
 
-class FakeStarts:
+class FakeStartPublisher:
     def __init__(self) -> None:
         self.published: list[tuple[FlowStart, str]] = []
         self.failing = False
@@ -120,7 +120,7 @@ class World:
         self.clock = FakeClock()
         self.triggers = FakeTriggers()
         self.timers = FakeTimers()
-        self.starts = FakeStarts()
+        self.starts = FakeStartPublisher()
         self.ledger = FakeLedger()
         self.scheduler = Scheduler(
             self.triggers,
@@ -323,7 +323,7 @@ async def test_a_trigger_edited_while_its_tick_fires_keeps_the_timer_of_the_new_
     await world.scheduler.reconcile()
     await world.write(schedule_trigger("trg_1"))
 
-    class EditingStarts(FakeStarts):
+    class EditingStarts(FakeStartPublisher):
         async def publish(self, start: FlowStart, msg_id: str) -> None:
             await super().publish(start, msg_id)
             await world.write(schedule_trigger("trg_1", cron="0 12 * * *", version=2))

@@ -1,0 +1,278 @@
+"""The scheduler's NATS side: timers in the SCHEDULES stream, the ledger and `flow.v1.start`
+writes, the shared consumers, the tick puller and the run-event loop.
+
+`JetStreamTimers`, `JetStreamStartPublisher` and `JetStreamLedger` implement the core's
+`Timers`, `StartPublisher` and `Ledger`; the loops hand each message to a handler
+(`handlers.py`) and know nothing of what it means.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts import subjects
+from contracts.runs import FlowStart
+from contracts.scheduling import FireRecord, ScheduleTick
+from services.scheduler.core import ledger_entry_id
+from services.scheduler.settings import SchedulerSettings
+from shared import jetstream
+from shared.codec import decode, decoder, encode
+from shared.pull import Puller
+from shared.stream_read import read_subject
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 5.0
+"""Seconds one fetch of run events or parked timers waits for messages before it is renewed."""
+RUN_EVENT_ACK_WAIT = 30.0
+PUBLISH_TIMEOUT = 5.0
+"""Seconds a publish waits for its JetStream acknowledgement before the work is retried."""
+TICKS_PENDING = 100_000
+"""Most ticks the replicas together hold unacknowledged (the server's default is 1,000, less
+than one herd held until its due second)."""
+
+
+def at_header(goes_off_at: datetime) -> str:
+    """`@at` value of a timer: RFC 3339 UTC to the millisecond (the server's timers go off
+    within a millisecond or two of it), rounded up so it never goes off before `goes_off_at`."""
+    moment = goes_off_at.astimezone(UTC)
+    if moment.microsecond % 1000:
+        moment += timedelta(microseconds=1000 - moment.microsecond % 1000)
+    return f"@at {moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+class JetStreamTimers:
+    """`Timers` as NATS message schedules: one `@at` message per trigger on its timer subject.
+
+    The server republishes the due message to the trigger's tick subject `lead` seconds before
+    the tick's due time (the scheduler holds it until then); the stream keeps one message per
+    subject, so parking replaces the previous timer.
+    """
+
+    def __init__(self, js: JetStreamContext, writer: jetstream.Writer, lead: float = 0.0) -> None:
+        self._js = js
+        self._writer = writer
+        self.lead = timedelta(seconds=lead)
+
+    async def park(self, tick: ScheduleTick) -> None:
+        await self._writer.publish(
+            subjects.schedule_timer(tick.trigger_id),
+            encode(tick),
+            headers={
+                "Nats-Schedule": at_header((tick.due_at or tick.scheduled_at) - self.lead),
+                "Nats-Schedule-Target": subjects.schedule_tick(tick.trigger_id),
+            },
+        )
+
+    async def parked(self, trigger_id: str) -> ScheduleTick | None:
+        return await self._last(subjects.schedule_timer(trigger_id))
+
+    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
+        return await self._last(subjects.schedule_tick(trigger_id))
+
+    async def _last(self, subject: str) -> ScheduleTick | None:
+        try:
+            stored = await self._js.get_last_msg(subjects.SCHEDULES_STREAM, subject)
+        except NotFoundError:
+            return None
+        try:
+            tick: ScheduleTick = decode(stored.data or b"", ScheduleTick)
+        except msgspec.DecodeError:
+            return None  # parking a fresh timer replaces it
+        return tick
+
+    async def head_versions(self) -> dict[str, int]:
+        # The newest message of every timer and tick subject (one each), read once.
+        timers: dict[str, int] = {}
+        ticks: dict[str, int] = {}
+        decode_tick = decoder(ScheduleTick).decode
+        reads = read_subject(
+            self._js,
+            subjects.SCHEDULES_STREAM,
+            ">",  # every subject of the stream: the timers and the ticks
+            last_per_subject=True,
+            timeout=FETCH_TIMEOUT,
+            partial=True,  # timers went off while we read: their ticks park anew
+        )
+        async with contextlib.aclosing(reads) as batches:
+            async for batch in batches:
+                for message in batch:
+                    try:
+                        tick: ScheduleTick = decode_tick(message.data)
+                    except msgspec.DecodeError:
+                        continue  # parking a fresh timer replaces it
+                    gone_off = message.subject.startswith(subjects.SCHEDULE_TICK_PREFIX)
+                    (ticks if gone_off else timers)[tick.trigger_id] = tick.trigger_version
+        return ticks | timers
+
+    async def cancel(self, trigger_id: str) -> None:
+        # The tick subject is purged too so that a deleted trigger leaves nothing behind.
+        for subject in (subjects.schedule_timer(trigger_id), subjects.schedule_tick(trigger_id)):
+            await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
+
+
+class JetStreamStartPublisher:
+    """`StartPublisher` as JetStream publishes to `flow.v1.start.<ws>`, de-duplicated by
+    `Nats-Msg-Id`."""
+
+    def __init__(self, writer: jetstream.Writer) -> None:
+        self._writer = writer
+
+    async def publish(self, start: FlowStart, msg_id: str) -> None:
+        subject = subjects.flow_start(start.workspace_id)
+        await self._writer.publish(subject, encode(start), {"Nats-Msg-Id": msg_id})
+
+
+class JetStreamLedger:
+    """`Ledger` as JetStream publishes to the trigger's `schedule.fire.<ws>.<trigger>` subject.
+
+    The publish is awaited (PubAck) so a decision the scheduler acts on is stored; the message
+    id (`ledger_entry_id`) makes replicas' identical decisions, and retried ticks, one entry.
+    """
+
+    def __init__(self, writer: jetstream.Writer) -> None:
+        self._writer = writer
+
+    async def record(self, entry: FireRecord) -> None:
+        await self._writer.publish(
+            subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
+            encode(entry),
+            {"Nats-Msg-Id": ledger_entry_id(entry)},
+        )
+
+
+def run_events_consumer_config() -> ConsumerConfig:
+    """The durable consumer the scheduler replicas share to see runs skipped by overlap."""
+    return ConsumerConfig(
+        durable_name=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
+        filter_subject=subjects.RUN_EVENTS_SKIPPED,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=RUN_EVENT_ACK_WAIT,
+    )
+
+
+def tick_consumer_config(settings: SchedulerSettings) -> ConsumerConfig:
+    """The durable pull consumer every scheduler replica shares to receive due ticks.
+
+    A tick in the hands of a replica that dies comes back `tick_ack_wait` after its due time
+    (it is delivered up to `timer_lead` before it). Held ticks are unacknowledged, so a herd
+    of them needs room: `TICKS_PENDING`.
+    """
+    return ConsumerConfig(
+        durable_name=subjects.SCHEDULER_CONSUMER,
+        filter_subject=f"{subjects.SCHEDULE_TICK_PREFIX}.>",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.tick_ack_wait + settings.timer_lead,
+        max_ack_pending=TICKS_PENDING,
+    )
+
+
+async def ensure_consumers(js: JetStreamContext, settings: SchedulerSettings) -> None:
+    """Create the tick and run-event consumers the replicas share (safe for each to call)."""
+    # Created, or updated in place (the server's create-or-update), so a new ack wait or
+    # pending limit reaches a deployment whose consumer an older version created.
+    await js.add_consumer(subjects.SCHEDULES_STREAM, tick_consumer_config(settings))
+    try:
+        info = await js.consumer_info(
+            subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER
+        )
+    except NotFoundError:
+        await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
+    else:
+        if info.config.filter_subject != subjects.RUN_EVENTS_SKIPPED:
+            # An older version's consumer sees every run event: narrow it in place.
+            await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
+
+
+async def follow_run_events(js: JetStreamContext, handle: Callable[[Msg], Awaitable[None]]) -> None:
+    """Hand every run event to `handle`, one after the other (run it under `supervised`)."""
+    subscription = await js.pull_subscribe(
+        subjects.RUN_EVENTS_SKIPPED,
+        durable=subjects.SCHEDULER_RUN_EVENTS_CONSUMER,
+        stream=subjects.RUN_EVENTS_STREAM,
+        config=run_events_consumer_config(),
+    )
+    try:
+        while True:
+            try:
+                messages = await subscription.fetch(256, timeout=FETCH_TIMEOUT)
+            except TimeoutError:
+                continue
+            for message in messages:
+                await handle(message)
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
+
+
+TickHandler = Callable[[Msg, Callable[[], None]], Coroutine[Any, Any, None]]
+"""Handles one tick message; calls its second argument when it starts to hold the tick."""
+
+
+class TickPuller:
+    """Pulls due ticks from the shared consumer and handles each in its own task.
+
+    Ticks are handled as they come, up to `limit` at once: the next pull does not wait for the
+    slowest tick of the previous one, and the publishes of every tick in hand share the
+    connection (pipelined) instead of taking turns. A tick held until its due time gives its
+    place up (the consumer's pending limit bounds those). `in_flight` holds every tick's task;
+    they are not cancelled with the pull loop, so stopping lets the ticks in hand finish
+    instead of leaving them unacknowledged until the ack wait runs out.
+    """
+
+    def __init__(self, nc: Client, handle: TickHandler, *, batch: int, limit: int) -> None:
+        self._nc = nc
+        self._handle = handle
+        self._batch = batch
+        self._limit = limit
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Pull until cancelled (run it under `supervised`)."""
+        limit, batch = self._limit, self._batch
+        tasks = self.in_flight
+        busy: set[asyncio.Task[None]] = set()
+        handle = self._handle
+
+        def free(task: asyncio.Task[Any] | None) -> None:
+            busy.discard(task)
+            puller.freed.set()
+
+        def held() -> None:  # called by a tick's own task as it starts to wait
+            free(asyncio.current_task())
+
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            free(task)
+
+        def dispatch(message: Msg) -> None:
+            task = asyncio.get_running_loop().create_task(handle(message, held))
+            tasks.add(task)
+            busy.add(task)
+            task.add_done_callback(done)
+
+        puller = Puller(
+            self._nc,
+            subjects.SCHEDULES_STREAM,
+            subjects.SCHEDULER_CONSUMER,
+            capacity=lambda: min(batch, limit - len(busy)),
+            dispatch=dispatch,
+        )
+        await puller.run()
+
+    async def finish(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the ticks in hand."""
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=timeout)

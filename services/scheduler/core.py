@@ -1,0 +1,876 @@
+"""The scheduler's core: one timer parked per armed schedule trigger, ticks turned into starts.
+
+The decisions are pure functions of plain values (`judge_tick`, `plan_tick`, `plan_pause`,
+`decide`, `ledger_entries`, `next_tick`, `trigger_change`, `overlap_skip_entry`). `Scheduler`
+applies them through four small Protocols (`TriggerStore`, `Timers`, `StartPublisher`,
+`Ledger`) and an injected clock, so all of it is tested with fakes and no broker. The NATS
+implementations of the Protocols are in `adapters.py`; `handlers.py` turns messages into calls.
+
+Consistency rules, all of which make repeated or reordered work harmless:
+
+- Every write reads the trigger's *current* state from the store right before it, under a
+  per-trigger lock, so a timer is never parked for a version this process knows to be old.
+- Every replica reacts to every trigger change (parking the same timer twice just replaces it);
+  if replicas race, the tick carries the trigger version and a stale tick never starts a flow.
+- A start is published with `Nats-Msg-Id = <trigger id>:<scheduled time>` and a run id derived
+  from the same, so a retried tick or two replicas handling it stay one run.
+- Every decision about an occurrence (started, missed, skipped and why) goes to the trigger's
+  ledger with `Nats-Msg-Id = <trigger id>:<scheduled time>:<status>`: replicas that decide the
+  same thing store it once.
+
+Missed fires. Only one timer per trigger is parked, so when every replica was down the server
+still delivers that one (late) tick and nothing else. The replica that gets it lists every
+occurrence from the tick's up to now and decides them at once: an occurrence handled within
+`misfire_after` of its due time (or a redelivered tick, whose first delivery was on time) is a
+normal fire; the rest are missed and the trigger's misfire policy decides which of them start.
+Resuming a paused trigger decides the occurrences of the pause the same way.
+
+Early ticks. Timers go off a little before their due time (the scheduler's `TIMER_LEAD`). The
+replica that gets such a tick decides it at once, holds it, and publishes the start at the due
+time: the start's lag is then the time to publish, not the time to deliver and decide every
+tick due in that second. A trigger edited, paused or deleted while its tick is held is judged
+again at the due time, so the held tick of an old version never fires.
+"""
+
+import asyncio
+import functools
+import logging
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from contracts.registry import Schedule, ScheduleTrigger, Trigger
+from contracts.runs import FlowStart, Run
+from contracts.scheduling import FireRecord, FireStatus, ScheduleTick
+from shared import schedules
+from shared.ids import derived_id
+from shared.schedules import Occurrence
+from shared.supervise import retried
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+"""Returns the current time as an aware datetime."""
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits the given number of seconds (`asyncio.sleep`; tests advance a fake clock instead)."""
+
+TickStanding = Literal["current", "stale", "store_behind"]
+"""What a tick is to the known trigger: of its current armed version, of an older version or a
+disarmed trigger, or of a version newer than the local trigger store has seen yet."""
+TickOutcome = Literal["started", "stale", "store_behind"]
+"""What `Scheduler.fire` did: published a start, dropped a stale tick, or could not judge the
+tick yet because the local trigger store has not caught up with the tick's trigger version."""
+
+MAX_LISTED = 1000
+"""Most missed occurrences one decision lists one by one from the oldest; the ones after are
+summarised in one ledger entry, except the most recent (which the misfire policy may start)."""
+MAX_CATCH_UP = 100
+"""Most missed fires `run_all` starts at once (the most recent ones)."""
+
+
+def now_utc() -> datetime:
+    """The wall clock, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class TriggerStore(Protocol):
+    """Read access to the current triggers (in production: a `KvMirror` of the triggers bucket)."""
+
+    def get(self, key: str) -> Trigger | None: ...
+
+    def values(self) -> Iterator[Trigger]: ...
+
+
+class Timers(Protocol):
+    """One parked timer per trigger: parking replaces the trigger's previous timer."""
+
+    lead: timedelta
+    """How long before its due time a parked timer goes off."""
+
+    async def park(self, tick: ScheduleTick) -> None:
+        """Park `tick` until `lead` before its due time, replacing the trigger's earlier timer."""
+
+    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
+        """The trigger's timer that went off last (its tick, handled or not), or None."""
+
+    async def parked(self, trigger_id: str) -> ScheduleTick | None:
+        """The trigger's parked timer, or None if there is none."""
+
+    async def head_versions(self) -> dict[str, int]:
+        """The head of every trigger's chain of timers, as trigger id -> the trigger version it
+        was computed from: its parked timer, or where none is parked, its timer that went off
+        last (a tick in flight, whose handler parks the next one; or the schedule's end)."""
+
+    async def cancel(self, trigger_id: str) -> None:
+        """Remove the trigger's timer (and any tick of it not yet handled)."""
+
+
+class Ledger(Protocol):
+    """Where decisions about occurrences go (in production: the `SCHEDULE_FIRES` stream)."""
+
+    async def record(self, entry: FireRecord) -> None:
+        """Store `entry`; the same trigger, time and status twice is stored once."""
+
+
+class StartPublisher(Protocol):
+    """Where flow starts go (in production: JetStream `flow.v1.start.<ws>`, awaiting the PubAck)."""
+
+    async def publish(self, start: FlowStart, msg_id: str) -> None:
+        """Store `start` durably; a second publish with the same `msg_id` is stored once."""
+
+
+def armed_schedule(trigger: Trigger | None) -> Schedule | None:
+    """The schedule of a trigger the scheduler must keep a timer for, or None."""
+    if not isinstance(trigger, ScheduleTrigger) or not trigger.enabled:
+        return None
+    return trigger.schedule
+
+
+def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
+    """The identity of one fire: the `Nats-Msg-Id` of its start and the seed of its run id."""
+    return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
+
+
+@functools.lru_cache(maxsize=4096)  # a fire's start and its ledger entry both need it
+def fire_run_id(trigger_id: str, scheduled_at: datetime) -> str:
+    """The run id of the fire at `scheduled_at` (the same on every replica and every retry)."""
+    scheduled_ms = int(scheduled_at.timestamp() * 1000)
+    return derived_id("run", scheduled_ms, fire_key(trigger_id, scheduled_at).encode())
+
+
+def flow_start(trigger: Trigger, scheduled_at: datetime, requested_at: datetime) -> FlowStart:
+    """The start of `trigger`'s flow for the fire at `scheduled_at` (same fire, same run id)."""
+    return FlowStart(
+        run_id=fire_run_id(trigger.id, scheduled_at),
+        workspace_id=trigger.workspace_id,
+        flow_id=trigger.flow_id,
+        input=None,
+        source="schedule",
+        trigger_id=trigger.id,
+        scheduled_at=scheduled_at,
+        requested_at=requested_at,
+        overlap=trigger.overlap,
+    )
+
+
+_SKIP_STATUS: dict[str, FireStatus] = {
+    "dst_gap": "dst_gap",
+    "dst_repeat": "dst_repeat",
+    "after_end": "ended",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What becomes of one occurrence: its ledger status and reason, and whether it starts."""
+
+    occurrence: Occurrence
+    status: FireStatus
+    reason: str
+
+    @property
+    def starts(self) -> bool:
+        return self.status in ("started", "caught_up")
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """The occurrences due by now, in order: listed ones, and how many were only summarised."""
+
+    listed: list[Occurrence]
+    unlisted: int = 0
+    unlisted_from: datetime | None = None
+    unlisted_until: datetime | None = None
+    upcoming: Occurrence | None = None
+    """The first occurrence not yet due (the next timer to park), or None when there is none
+    (or, with `upcoming_known` False, when the scan stopped before finding it)."""
+    upcoming_known: bool = True
+
+
+def scan_due(
+    schedule: Schedule, after: datetime, now: datetime, jitter: timedelta, *, first: Occurrence
+) -> Due:
+    """`first` and every occurrence after `after` that is due (time plus jitter) by `now`.
+
+    Bounded work: the oldest `MAX_LISTED` are listed, then the most recent `MAX_CATCH_UP + 1`
+    (all the misfire policy can start); what lies between is only counted.
+    """
+    listed = [first]
+    last = first.scheduled_at
+    iterator = schedules.occurrences(schedule, max(after, first.scheduled_at))
+    for occurrence in iterator:
+        if occurrence.scheduled_at + jitter > now:
+            return Due(listed, upcoming=occurrence)
+        listed.append(occurrence)
+        last = occurrence.scheduled_at
+        if len(listed) >= MAX_LISTED:
+            break
+    else:
+        return Due(listed)
+    # Too many: jump close to now, keeping the most recent ones for the misfire policy.
+    spacing = max((last - first.scheduled_at) / max(len(listed) - 1, 1), timedelta(seconds=1))
+    tail_from = max(last, now - jitter - spacing * (MAX_CATCH_UP + 2))
+    skipped_from = last
+    tail: deque[Occurrence] = deque(maxlen=MAX_CATCH_UP + 1)
+    upcoming: Occurrence | None = None
+    upcoming_known = True
+    for count, occurrence in enumerate(schedules.occurrences(schedule, tail_from)):
+        if occurrence.scheduled_at + jitter > now:
+            upcoming = occurrence
+            break
+        if count > 10 * MAX_LISTED:
+            upcoming_known = False
+            break
+        tail.append(occurrence)
+    unlisted_until = tail[0].scheduled_at if tail else now
+    between = max(int((unlisted_until - skipped_from) / spacing) - 1, 1)
+    return Due(
+        [*listed, *tail],
+        unlisted=between,
+        unlisted_from=skipped_from,
+        unlisted_until=unlisted_until,
+        upcoming=upcoming,
+        upcoming_known=upcoming_known,
+    )
+
+
+def decide(
+    due: list[Occurrence],
+    *,
+    schedule: Schedule,
+    now: datetime,
+    jitter: timedelta,
+    misfire_after: timedelta | None,
+    on_time: frozenset[datetime] = frozenset(),
+    missed_status: FireStatus = "missed",
+    why_missed: str = "no scheduler was running",
+) -> list[Decision]:
+    """Decide every due occurrence: fire it, record it as a non-fire, or let the misfire
+    policy choose among the missed ones (pure; the unit tests pin every branch).
+
+    An occurrence is on time when handled within `misfire_after` of its due time (or listed in
+    `on_time`); `misfire_after=None` makes every occurrence missed (a resumed pause).
+    """
+    decisions: dict[datetime, Decision] = {}
+    missed: list[Occurrence] = []
+    for occurrence in due:
+        if occurrence.skip is not None:
+            decisions[occurrence.scheduled_at] = Decision(
+                occurrence, _SKIP_STATUS[occurrence.skip], occurrence.note
+            )
+            continue
+        late = now - (occurrence.scheduled_at + jitter)
+        if occurrence.scheduled_at in on_time or (
+            misfire_after is not None and late <= misfire_after
+        ):
+            decisions[occurrence.scheduled_at] = Decision(occurrence, "started", "on time")
+        else:
+            missed.append(occurrence)
+    window_start = now - timedelta(seconds=schedule.catch_up_window)
+    eligible = [occurrence for occurrence in missed if occurrence.scheduled_at >= window_start]
+    match schedule.misfire:
+        case "skip":
+            chosen: list[Occurrence] = []
+        case "run_once":
+            chosen = eligible[-1:]
+        case "run_all":
+            chosen = eligible[-MAX_CATCH_UP:]
+    chosen_times = {occurrence.scheduled_at for occurrence in chosen}
+    most_recent = chosen[-1].scheduled_at.isoformat() if chosen else ""
+    for occurrence in missed:
+        late_by = _seconds(now - occurrence.scheduled_at - jitter)
+        context = f"missed: {why_missed} (late by {late_by})"
+        if occurrence.scheduled_at in chosen_times:
+            status: FireStatus = "caught_up"
+            reason = f"{context}; started by misfire policy {schedule.misfire}"
+        elif schedule.misfire == "skip":
+            status, reason = missed_status, f"{context}; misfire policy skip"
+        elif occurrence.scheduled_at < window_start:
+            status = missed_status
+            reason = f"{context}; older than the catch-up window of {schedule.catch_up_window}s"
+        elif schedule.misfire == "run_once":
+            status = missed_status
+            reason = f"{context}; misfire policy run_once started only {most_recent}"
+        else:
+            status = missed_status
+            reason = f"{context}; run_all starts at most the {MAX_CATCH_UP} most recent"
+        decisions[occurrence.scheduled_at] = Decision(occurrence, status, reason)
+    return [decisions[occurrence.scheduled_at] for occurrence in due]
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{delta.total_seconds():.1f}s"
+
+
+# --- Pure decisions about ticks, timers, pauses and trigger changes -------------------------
+
+
+def tick_of(trigger: Trigger, occurrence: Occurrence) -> ScheduleTick:
+    """The timer of `trigger`'s `occurrence` (its jitter added to when it goes off)."""
+    assert isinstance(trigger, ScheduleTrigger)
+    jitter = schedules.jitter_offset(trigger.id, trigger.schedule.jitter)
+    return ScheduleTick(
+        trigger_id=trigger.id,
+        trigger_version=trigger.version,
+        scheduled_at=occurrence.scheduled_at,
+        due_at=occurrence.scheduled_at + jitter if jitter else None,
+        skip=occurrence.skip,
+        note=occurrence.note,
+    )
+
+
+def next_tick(trigger: Trigger | None, after: datetime, now: datetime) -> ScheduleTick | None:
+    """The timer to park for `trigger`: its next occurrence after `after` that is not yet due
+    (an occurrence already due is left behind); None if the trigger is not armed or its
+    schedule is over."""
+    schedule = armed_schedule(trigger)
+    if trigger is None or schedule is None:
+        return None
+    jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
+    if after + jitter < now:
+        after = now - jitter
+    occurrence = next(iter(schedules.occurrences(schedule, after)), None)
+    if occurrence is None:
+        log.debug("trigger %s has no occurrence after %s", trigger.id, after.isoformat())
+        return None
+    return tick_of(trigger, occurrence)
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerChange:
+    """What a change of a trigger asks of the scheduler: its timer made to match the trigger
+    (parked anew or cancelled), after deciding the fires of a pause it was resumed from."""
+
+    paused_at: datetime | None = None
+    """When the pause the trigger was resumed from began, or None when it was not resumed."""
+
+
+def trigger_change(old: Trigger | None, new: Trigger | None) -> TriggerChange | None:
+    """What the change from `old` to `new` asks of the scheduler; None when its timer stays."""
+    new_schedule, old_schedule = armed_schedule(new), armed_schedule(old)
+    if new_schedule is None and old_schedule is None:
+        return None
+    if (
+        new is not None
+        and old is not None
+        and new_schedule == old_schedule
+        and new.version == old.version
+    ):
+        return None
+    if (
+        new is not None
+        and new_schedule is not None
+        and old is not None
+        and not old.enabled
+        and isinstance(old, ScheduleTrigger)
+        and old.schedule == new_schedule
+    ):
+        return TriggerChange(paused_at=new.paused_at or old.updated_at)
+    return TriggerChange()
+
+
+def judge_tick(tick: ScheduleTick, trigger: Trigger | None) -> TickStanding:
+    """Whether `tick` is of `trigger`'s current armed version (`trigger` as the local store
+    knows it, None when it does not)."""
+    if trigger is not None and tick.trigger_version > trigger.version:
+        return "store_behind"
+    if (
+        armed_schedule(trigger) is None
+        or trigger is None
+        or trigger.version != tick.trigger_version
+    ):
+        return "stale"
+    return "current"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The decisions about a trigger's due occurrences, as of `now`."""
+
+    due: Due
+    decisions: list[Decision]
+    now: datetime
+    hold: float = 0.0
+    """Seconds to wait before carrying it out (a tick that went off before its due time)."""
+
+
+def plan_tick(
+    trigger: Trigger,
+    tick: ScheduleTick,
+    now: datetime,
+    *,
+    misfire_after: timedelta,
+    redelivered: bool = False,
+) -> Plan:
+    """Decide a current tick and every other occurrence of its trigger due by now.
+
+    A tick that went off before its due time is decided as of its due time, when it starts
+    (`hold` says how long until then). A `redelivered` tick (a replica received it before, and
+    died or failed) counts as on time however late it now is, so a crash loses no fire.
+    """
+    assert isinstance(trigger, ScheduleTrigger)
+    schedule = trigger.schedule
+    jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
+    due_at = tick.scheduled_at + jitter
+    hold = (due_at - now).total_seconds()
+    if hold > 0:
+        now = due_at
+    first = Occurrence(
+        tick.scheduled_at,
+        tick.scheduled_at.astimezone(schedules.zone_of(schedule)),
+        skip=tick.skip,
+        note=tick.note,
+    )
+    due = scan_due(schedule, tick.scheduled_at, now, jitter, first=first)
+    decisions = decide(
+        due.listed,
+        schedule=schedule,
+        now=now,
+        jitter=jitter,
+        misfire_after=misfire_after,
+        on_time=frozenset({tick.scheduled_at}) if redelivered else frozenset(),
+    )
+    return Plan(due, decisions, now, max(hold, 0.0))
+
+
+def plan_pause(trigger: Trigger, paused_at: datetime) -> Plan | None:
+    """Decide the occurrences due while `trigger` was paused (from `paused_at` until it was
+    resumed): recorded as `paused`, or started by the misfire policy; None if there were none.
+    """
+    schedule = armed_schedule(trigger)
+    if schedule is None:
+        return None
+    resumed_at = trigger.resumed_at or trigger.updated_at
+    jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
+    first = next(iter(schedules.occurrences(schedule, paused_at)), None)
+    if first is None or first.scheduled_at + jitter > resumed_at:
+        return None
+    due = scan_due(schedule, first.scheduled_at, resumed_at, jitter, first=first)
+    decisions = decide(
+        due.listed,
+        schedule=schedule,
+        now=resumed_at,
+        jitter=jitter,
+        misfire_after=None,
+        missed_status="paused",
+        why_missed="the trigger was paused",
+    )
+    return Plan(due, decisions, resumed_at)
+
+
+def starts_of(
+    trigger: Trigger, decisions: list[Decision], requested_at: datetime
+) -> list[tuple[FlowStart, str]]:
+    """The starts `decisions` make, each with its message id (`fire_key`)."""
+    return [
+        (
+            flow_start(trigger, decision.occurrence.scheduled_at, requested_at),
+            fire_key(trigger.id, decision.occurrence.scheduled_at),
+        )
+        for decision in decisions
+        if decision.starts
+    ]
+
+
+def ledger_entries(
+    trigger: Trigger, decisions: list[Decision], due: Due, now: datetime
+) -> list[FireRecord]:
+    """One ledger entry per decision; occurrences `due` only counted are summarised in the
+    entry of the last one listed from the oldest."""
+    assert isinstance(trigger, ScheduleTrigger)
+    schedule = trigger.schedule
+    entries = [
+        FireRecord(
+            trigger_id=trigger.id,
+            workspace_id=trigger.workspace_id,
+            flow_id=trigger.flow_id,
+            trigger_version=trigger.version,
+            scheduled_at=decision.occurrence.scheduled_at,
+            local_time=decision.occurrence.local.isoformat(),
+            timezone=schedule.timezone,
+            status=decision.status,
+            reason=decision.reason,
+            run_id=fire_run_id(trigger.id, decision.occurrence.scheduled_at),
+            recorded_at=now,
+        )
+        for decision in decisions
+    ]
+    if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
+        last_listed = entries[MAX_LISTED - 1]
+        entries[MAX_LISTED - 1] = msgspec.structs.replace(
+            last_listed,
+            reason=last_listed.reason + f"; about {due.unlisted} more missed fires until"
+            f" {due.unlisted_until.isoformat()} are not listed one by one",
+        )
+    return entries
+
+
+def ledger_entry_id(entry: FireRecord) -> str:
+    """The `Nats-Msg-Id` of a ledger entry: replicas deciding the same store it once."""
+    return f"{fire_key(entry.trigger_id, entry.scheduled_at)}:{entry.status}"
+
+
+def overlap_skip_entry(run: Run, trigger: Trigger | None, now: datetime) -> FireRecord | None:
+    """The ledger entry of a schedule fire whose run the runner skipped by overlap policy
+    (`trigger` as known now, None if deleted); None for any other run."""
+    if run.source != "schedule" or run.status != "skipped":
+        return None
+    if run.trigger_id is None or run.scheduled_at is None:
+        return None
+    schedule = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None
+    zone_name = schedule.timezone if schedule is not None else "UTC"
+    try:
+        local = run.scheduled_at.astimezone(schedules.zone_of(schedule) if schedule else UTC)
+    except schedules.InvalidSchedule:
+        local = run.scheduled_at.astimezone(UTC)
+    return FireRecord(
+        trigger_id=run.trigger_id,
+        workspace_id=run.workspace_id,
+        flow_id=run.flow_id,
+        trigger_version=trigger.version if trigger is not None else 0,
+        scheduled_at=run.scheduled_at.astimezone(UTC),
+        local_time=local.isoformat(),
+        timezone=zone_name,
+        status="overlap_skipped",
+        reason=run.error or "skipped by the trigger's overlap policy",
+        run_id=run.id,
+        recorded_at=now,
+    )
+
+
+# --- The scheduler: the decisions applied through the Protocols -----------------------------
+
+
+class Scheduler:
+    """Keeps the parked timers in line with the triggers and turns due ticks into decisions.
+
+    Each tick lists the trigger's occurrences due by now, decides them (`plan_tick`), stores
+    the starts, records every decision in the ledger, then parks the next occurrence.
+    """
+
+    def __init__(
+        self,
+        triggers: TriggerStore,
+        timers: Timers,
+        starts: StartPublisher,
+        *,
+        ledger: Ledger,
+        clock: Clock = now_utc,
+        sleep: Sleep = asyncio.sleep,
+        concurrency: int = 512,
+        misfire_after: float = 10.0,
+    ) -> None:
+        self._triggers = triggers
+        self._timers = timers
+        self._starts = starts
+        self._ledger = ledger
+        self._clock = clock
+        self._sleep = sleep
+        self._concurrency = concurrency
+        self._misfire_after = timedelta(seconds=misfire_after)
+        self._following = False
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- Following trigger changes ---------------------------------------------------------
+
+    def on_trigger_change(self, key: str, old: Trigger | None, new: Trigger | None) -> None:
+        """Store callback (sync): re-park or cancel the trigger's timer in the background.
+
+        Ignored until `reconcile` has started: the first replay of the store is reconciled
+        against the parked timers instead, so a restart does not re-park every timer. A resume
+        (paused before, armed now, same schedule) also decides the occurrences of the pause.
+        """
+        if not self._following:
+            return
+        change = trigger_change(old, new)
+        if change is None:
+            return
+        if change.paused_at is not None and new is not None:
+            resumed, paused_at = new, change.paused_at
+            self._spawn(
+                retried(
+                    f"deciding the pause of trigger {key}",
+                    lambda: self.catch_up_pause(resumed, paused_at),
+                )
+            )
+        self._spawn(retried(f"updating the timer of trigger {key}", lambda: self.sync(key)))
+
+    async def sync(self, trigger_id: str) -> None:
+        """Make the trigger's timer match its current state: park a fresh one, or cancel it."""
+        async with self._lock(trigger_id):
+            if not await self._park_current(trigger_id, self._clock()):
+                await self._timers.cancel(trigger_id)
+
+    async def reconcile(self) -> None:
+        """Park a timer for every armed trigger that has none, or one of an older version.
+
+        A trigger whose timer went off with no newer one parked has its tick in flight: held
+        until its due time, waiting for a replica, or held by a replica that died (it comes
+        back after the ack wait). That tick decides everything due since and parks the next
+        timer; parking one here too would start a second chain of timers beside it.
+
+        A trigger with no timer at all that was resumed from a pause was resumed while no
+        scheduler ran (a replica that sees a resume parks a timer at once): the fires of that
+        pause are decided first, as a live replica would have (`catch_up_pause`).
+
+        Timers of triggers that were deleted or paused while no scheduler ran are not looked
+        for: such a timer fires once more, its tick is recognised as stale and dropped, and it
+        is never parked again. That costs one wasted tick instead of listing every timer.
+        """
+        self._following = True
+        # One pass over every parked timer rather than a lookup per trigger; a timer that goes
+        # off meanwhile has its tick handled, which parks the next one.
+        parked = await self._timers.head_versions()
+        trigger_ids = iter(
+            [
+                trigger.id
+                for trigger in self._triggers.values()
+                if armed_schedule(trigger) and parked.get(trigger.id) != trigger.version
+            ]
+        )
+        failures: list[str] = []
+
+        async def work() -> None:
+            for trigger_id in trigger_ids:
+                trigger = self._triggers.get(trigger_id)
+                headless = trigger_id not in parked
+                try:
+                    if (
+                        headless
+                        and trigger is not None
+                        and trigger.paused_at is not None
+                        and trigger.resumed_at is not None
+                    ):
+                        # Before parking: a failure parks nothing, so the next start decides
+                        # the pause again instead of finding a timer and leaving it undecided.
+                        await self.catch_up_pause(trigger, trigger.paused_at)
+                    async with self._lock(trigger_id):
+                        # No timer or tick at all: none of it can have gone off.
+                        await self._park_current(
+                            trigger_id, self._clock(), may_have_gone_off=not headless
+                        )
+                except Exception:
+                    log.exception("could not park the timer of trigger %s", trigger_id)
+                    failures.append(trigger_id)
+
+        await asyncio.gather(*(work() for _ in range(self._concurrency)))
+        if failures:
+            raise RuntimeError(f"could not park the timers of {len(failures)} triggers")
+
+    async def ensure_parked(self, trigger_id: str) -> None:
+        """Park the trigger's timer unless one of its current version is already parked."""
+        async with self._lock(trigger_id):
+            if armed_schedule(self._triggers.get(trigger_id)) is None:
+                return
+            parked = await self._timers.parked(trigger_id)
+            trigger = self._triggers.get(trigger_id)  # may have changed while we waited
+            if (
+                parked is not None
+                and trigger is not None
+                and parked.trigger_version == trigger.version
+            ):
+                return
+            await self._park_current(trigger_id, self._clock())
+
+    async def catch_up_pause(self, trigger: Trigger, paused_at: datetime) -> None:
+        """Decide the occurrences due while `trigger` was paused (`plan_pause`) and carry the
+        decisions out.
+
+        Every replica that sees the resume runs this; the decisions are the same, and the
+        start's and the ledger's message ids make them count once.
+        """
+        plan = plan_pause(trigger, paused_at)
+        if plan is None:
+            return
+        await self._carry_out(trigger, plan, starts_of(trigger, plan.decisions, plan.now))
+
+    # --- Ticks -----------------------------------------------------------------------------
+
+    async def fire(
+        self,
+        tick: ScheduleTick,
+        *,
+        redelivered: bool = False,
+        on_hold: Callable[[], None] | None = None,
+    ) -> TickOutcome:
+        """Handle a tick: decide it and every other occurrence due by now, park the next
+        timer; or drop a stale tick.
+
+        A tick that arrives before its due time is decided at once and held until then
+        (`on_hold` is called when the hold begins); the trigger is checked again when it ends.
+        `redelivered` says a replica received this tick before (see `plan_tick`).
+        Raises when a start could not be stored; the caller retries the tick later, which the
+        fire key makes harmless.
+        """
+        trigger = self._triggers.get(tick.trigger_id)
+        match judge_tick(tick, trigger):
+            case "store_behind":
+                assert trigger is not None
+                log.info(
+                    "tick of trigger %s is from version %d, newer than the known %d; retrying",
+                    tick.trigger_id,
+                    tick.trigger_version,
+                    trigger.version,
+                )
+                return "store_behind"
+            case "stale":
+                log.info(
+                    "dropping stale tick of trigger %s (version %d) for %s",
+                    tick.trigger_id,
+                    tick.trigger_version,
+                    tick.scheduled_at.isoformat(),
+                )
+                if armed_schedule(trigger) is not None:
+                    # The current version's timer may have lost a race with this older one.
+                    await self.ensure_parked(tick.trigger_id)
+                return "stale"
+        assert trigger is not None
+        plan = plan_tick(
+            trigger,
+            tick,
+            self._clock(),
+            misfire_after=self._misfire_after,
+            redelivered=redelivered,
+        )
+        # Built before a tick is held, so that its due time costs only the publish.
+        starts = starts_of(trigger, plan.decisions, plan.now)
+        if plan.hold > 0:
+            if on_hold is not None:
+                on_hold()
+            await self._sleep(plan.hold)
+            if self._triggers.get(tick.trigger_id) is not trigger:
+                # Changed while held: judged again (now due, so it is not held twice).
+                return await self.fire(tick, redelivered=redelivered)
+        # The start is stored first, then the ledger entries and the next timer, and the
+        # caller acks the tick only once all of them are acknowledged: a failed start parks
+        # nothing (a parked timer would replace the tick before its retry) and records
+        # nothing it did not do.
+        await self._carry_out(trigger, plan, starts, then=self._park_next(trigger, tick, plan.due))
+        return "started"
+
+    async def _park_next(self, trigger: Trigger, tick: ScheduleTick, due: Due) -> None:
+        """Park the occurrence after those `fire` decided, unless the trigger changed meanwhile
+        (its change parks the timer of the new version) or the schedule is over."""
+        if tick.skip == "after_end":
+            return  # nothing more to park: the schedule is over
+        async with self._lock(trigger.id):
+            current = self._triggers.get(trigger.id)
+            if current is None or current.version != tick.trigger_version:
+                return
+            if not due.upcoming_known:
+                await self._park_current(trigger.id, due.listed[-1].scheduled_at)
+                return
+            if due.upcoming is not None:
+                # Even if it fell due while the start was stored, it is parked (and goes off
+                # at once), so a busy scheduler fires it late rather than never.
+                await self._timers.park(tick_of(trigger, due.upcoming))
+
+    async def record_overlap_skip(self, run: Run) -> None:
+        """Ledger entry for a schedule fire whose run the runner skipped by overlap policy."""
+        trigger = self._triggers.get(run.trigger_id) if run.trigger_id is not None else None
+        entry = overlap_skip_entry(run, trigger, self._clock())
+        if entry is not None:
+            await self._ledger.record(entry)
+
+    # --- Life cycle ------------------------------------------------------------------------
+
+    async def settle(self, timeout: float | None = None) -> None:
+        """Wait for the background timer updates; cancel those still running after `timeout`."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # --- Internals -------------------------------------------------------------------------
+
+    async def _carry_out(
+        self,
+        trigger: Trigger,
+        plan: Plan,
+        starts: list[tuple[FlowStart, str]],
+        *,
+        then: Coroutine[Any, Any, None] | None = None,
+    ) -> None:
+        """Store the `starts` of `plan` (raising if one fails), then record every decision
+        and run `then`: after the one ledger write of the usual tick, concurrently with the
+        many of a catch-up."""
+        publishes = [self._starts.publish(start, msg_id) for start, msg_id in starts]
+        try:
+            if len(publishes) == 1:
+                await publishes[0]  # the usual case: no task to wrap it in
+            else:
+                await asyncio.gather(*publishes)
+        except BaseException:
+            if then is not None:
+                then.close()  # never started: nothing to undo
+            raise
+        due = plan.due
+        if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
+            log.warning(
+                "trigger %s missed about %d more fires between %s and %s",
+                trigger.id,
+                due.unlisted,
+                due.unlisted_from.isoformat(),
+                due.unlisted_until.isoformat(),
+            )
+        entries = ledger_entries(trigger, plan.decisions, due, self._clock())
+        records = [self._ledger.record(entry) for entry in entries]
+        if len(records) == 1:  # the usual case: one after the other costs no tasks
+            await records[0]
+            if then is not None:
+                await then
+        else:
+            await asyncio.gather(*records, *([then] if then is not None else []))
+        for decision in plan.decisions:
+            if decision.status != "started":
+                log.info(
+                    "trigger %s fire at %s: %s (%s)",
+                    trigger.id,
+                    decision.occurrence.scheduled_at.isoformat(),
+                    decision.status,
+                    decision.reason,
+                )
+
+    async def _park_current(
+        self, trigger_id: str, after: datetime, *, may_have_gone_off: bool = True
+    ) -> bool:
+        """Park the trigger's next occurrence after `after` that is not yet due (`next_tick`);
+        False if the trigger is not armed or its schedule is over. `may_have_gone_off=False`
+        (the caller knows the trigger has no tick) skips the look for a timer of it that went
+        off. Call with the trigger's lock held."""
+        now = self._clock()
+        tick = next_tick(self._triggers.get(trigger_id), after, now)
+        if tick is None:
+            return False
+        # A timer that would go off at once may already have gone off (its tick is held until
+        # its due time, or waits for a replica): whoever handles that tick parks the next one.
+        goes_off_at = (tick.due_at or tick.scheduled_at) - self._timers.lead
+        if (
+            may_have_gone_off
+            and goes_off_at <= now
+            and await self._timers.last_gone_off(trigger_id) == tick
+        ):
+            return True
+        await self._timers.park(tick)
+        return True
+
+    def _lock(self, trigger_id: str) -> asyncio.Lock:
+        lock = self._locks.get(trigger_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[trigger_id] = lock
+        return lock
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
