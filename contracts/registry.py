@@ -442,6 +442,8 @@ class TriggerChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 500
 ListLimit = Annotated[int, Meta(ge=1, le=MAX_LIST_LIMIT)]
+CURSOR_PATTERN = r"^[0-9]{1,20}\.[a-z]{2,4}_[0-9a-z]{21}$"
+"""A page's `next_cursor`: the creation time (microseconds) and the id of its last record."""
 
 
 class KeyPage(Struct, frozen=True, kw_only=True):

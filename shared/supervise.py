@@ -34,6 +34,35 @@ async def retried(
     await _with_backoff(name, work, initial_backoff, max_backoff, done_when_returns=True)
 
 
+async def retried_within(
+    name: str,
+    work: Callable[[], Awaitable[None]],
+    budget: float,
+    *,
+    initial_backoff: float = 0.05,
+    max_backoff: float = 1.0,
+) -> None:
+    """Run `work()` until it returns, retrying it with capped backoff while it fails, for at
+    most `budget` seconds; then the last failure is raised. For work a caller waits on (an
+    HTTP request), through faults that pass within seconds (a JetStream leader election)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    backoff = initial_backoff
+    while True:
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            log.warning("%s failed (%s: %s); retrying", name, type(error).__name__, error)
+            await asyncio.sleep(min(backoff, left))
+            backoff = min(backoff * 2, max_backoff)
+
+
 async def _with_backoff(
     name: str,
     work: Callable[[], Awaitable[None]],

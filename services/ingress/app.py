@@ -12,9 +12,8 @@ from litestar.openapi.spec import Components
 
 from contracts import subjects
 from services.ingress import docs, handlers, problems
-from services.ingress.directory import Directory
+from services.ingress.adapters import Directory, Ingress
 from services.ingress.settings import IngressSettings
-from services.ingress.state import Ingress
 from shared import broker
 from shared.settings import from_environment
 from shared.supervise import supervised

@@ -18,11 +18,11 @@ from contracts.http import HealthStatus, RunNotSucceeded, RunPage, RunSucceeded,
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import FirePage, SchedulePreview
-from services.ingress import access, docs
+from services.ingress import core, docs
+from services.ingress.adapters import Ingress, read_ledger
+from services.ingress.core import fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
-from services.ingress.ledger import fire_page, read_ledger, schedule_preview
 from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large
-from services.ingress.state import Ingress
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
 
@@ -31,7 +31,23 @@ Limit = Annotated[
 ]
 Cursor = Annotated[
     str | None,
+    QueryParameter(
+        description="The `next_cursor` of the page before; none for the first page",
+        pattern=api.CURSOR_PATTERN,
+    ),
+]
+"""The position after which a page of keys, flows or triggers starts."""
+OpaqueCursor = Annotated[
+    str | None,
     QueryParameter(description="The `next_cursor` of the page before; none for the first page"),
+]
+"""The cursor of runs and ledger entries (their own position format)."""
+Moment = Annotated[
+    str | None,
+    QueryParameter(
+        format="date-time",
+        description="An RFC 3339 time, such as 2026-12-01T09:30:00Z (UTC without an offset)",
+    ),
 ]
 
 
@@ -43,7 +59,7 @@ async def provide_admin(
 ) -> ApiKey:
     """The caller's key, which must be an admin key of its workspace."""
     key = await ingress.key_from(request.headers.get("authorization"))
-    return access.require_admin(key)
+    return core.require_admin(key)
 
 
 async def provide_key(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> ApiKey:
@@ -56,7 +72,28 @@ def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
     return ingress
 
 
-class AdminController(Controller):
+async def answer_options(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """`OPTIONS` on a controller's path lists every method of the path in `Allow`.
+
+    Litestar's own answer lists only the methods of the first handler registered for a path
+    (it is built before the controller's other handlers join the route).
+    """
+    if request.method != "OPTIONS":
+        return None
+    path = next(iter(request.route_handler.paths))
+    methods = next(
+        (route.methods for route in request.app.routes if route.path == path), {"OPTIONS"}
+    )
+    return Response(content=None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
+
+
+class ResourceController(Controller):
+    """The routes of one resource (paths, tags and security set once per class)."""
+
+    before_request = answer_options
+
+
+class AdminController(ResourceController):
     """A resource of the workspace managed with an admin key."""
 
     security = BY_KEY
@@ -66,7 +103,7 @@ class AdminController(Controller):
 # --- operator -------------------------------------------------------------------------------
 
 
-class WorkspaceController(Controller):
+class WorkspaceController(ResourceController):
     path = "/v1/workspaces"
     tags = ["operator"]
     security = BY_OPERATOR
@@ -327,7 +364,7 @@ class TriggerController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
         limit: Limit = 50,
-        cursor: Cursor = None,
+        cursor: OpaqueCursor = None,
     ) -> FirePage:
         trigger = await _trigger(ingress, admin, trigger_id)
         entries = await read_ledger(ingress.js, trigger.workspace_id, trigger.id)
@@ -357,8 +394,8 @@ class TriggerController(AdminController):
     ) -> Response[StartAccepted]:
         flow_input = await _json_body(request, ingress)
         trigger = await _trigger(ingress, admin, trigger_id)
-        wait, applied = access.sync_wait(
-            request.headers.get("prefer"), access.run_now_wait(trigger), api.MAX_SYNC_WAIT_SECONDS
+        wait, applied = core.sync_wait(
+            request.headers.get("prefer"), core.run_now_wait(trigger), api.MAX_SYNC_WAIT_SECONDS
         )
         return await _start(
             request,
@@ -391,7 +428,7 @@ async def _set_enabled(
 # --- runs -----------------------------------------------------------------------------------
 
 
-class RunController(Controller):
+class RunController(ResourceController):
     path = "/v1/runs"
     tags = ["runs"]
     security = BY_KEY
@@ -408,24 +445,21 @@ class RunController(Controller):
         flow_id: FromQuery[str | None] = None,
         trigger_id: FromQuery[str | None] = None,
         status: FromQuery[RunStatus | None] = None,
-        since: Annotated[
-            datetime | None, QueryParameter(description="Only runs queued at or after this time")
-        ] = None,
-        until: Annotated[
-            datetime | None, QueryParameter(description="Only runs queued before this time")
-        ] = None,
+        since: Moment = None,
+        until: Moment = None,
         limit: Limit = 50,
-        cursor: Cursor = None,
+        cursor: OpaqueCursor = None,
     ) -> RunPage:
-        since, until = _aware(since), _aware(until)
+        """Runs queued at or after `since` and before `until`, newest first."""
+        start, end = _moment("since", since), _moment("until", until)
         runs = [
             run
             for run in await ingress.runs_of(admin.workspace_id)
             if (flow_id is None or run.flow_id == flow_id)
             and (trigger_id is None or run.trigger_id == trigger_id)
             and (status is None or run.status == status)
-            and (since is None or run.queued_at >= since)
-            and (until is None or run.queued_at < until)
+            and (start is None or run.queued_at >= start)
+            and (end is None or run.queued_at < end)
             and (cursor is None or run.id < cursor)
         ]
         page = runs[:limit]
@@ -461,11 +495,19 @@ class RunController(Controller):
         return await ingress.cancel(admin.workspace_id, run_id)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """Times without a zone are UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+def _moment(name: str, text: str | None) -> datetime | None:
+    """A query parameter's RFC 3339 time (UTC without an offset); a number is not a time."""
+    if text is None:
+        return None
+    try:
+        moment = msgspec.convert(text, datetime)
+    except msgspec.ValidationError as error:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"`{name}` {text!r} is not a time: use RFC 3339, such as 2026-12-01T09:30:00Z",
+        ) from error
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # --- the API trigger ------------------------------------------------------------------------
@@ -494,18 +536,14 @@ async def trigger_flow(
     key = await ingress.key_from(request.headers.get("authorization"))
     directory = ingress.directory
     try:
-        trigger = access.api_trigger_for(
-            key, directory.flow(flow_id), directory.triggers_of(flow_id)
-        )
+        trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))
     except ApiError as error:
-        if error.code not in access.MAYBE_STALE:
+        if error.code not in core.MAYBE_STALE:
             raise
         await directory.catch_up()
-        trigger = access.api_trigger_for(
-            key, directory.flow(flow_id), directory.triggers_of(flow_id)
-        )
+        trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))
     body, flow_input = await _read_json_body(request, ingress)
-    wait, applied = access.sync_wait(
+    wait, applied = core.sync_wait(
         request.headers.get("prefer"), trigger.sync_wait_seconds, api.MAX_SYNC_WAIT_SECONDS
     )
     idempotency_key = request.headers.get("idempotency-key")

@@ -96,9 +96,11 @@ def on_http_error(request: Request, error: HTTPException) -> Response[bytes]:
     if status == 404:
         detail = f"no such endpoint: {request.method} {request.url.path} (see /schema)"
     elif status == 405:
-        allow = dict(error.headers or {}).get("allow", "")
-        headers["Allow"] = allow
-        allowed = [m.strip() for m in allow.split(",") if m.strip() and m.strip() != "OPTIONS"]
+        methods = sorted(
+            m.strip() for m in dict(error.headers or {}).get("allow", "").split(",") if m.strip()
+        )
+        headers["Allow"] = ", ".join(methods)
+        allowed = [m for m in methods if m != "OPTIONS"]
         detail = (
             f"{request.method} is not allowed on {request.url.path}; "
             f"allowed: {', '.join(allowed) or 'none'}"

@@ -20,3 +20,6 @@ class IngressSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds to wait for a registry reply before answering 504."""
     max_body_bytes: int = 1_048_576
     """Largest accepted request body (the flow input of a trigger call)."""
+    store_retry_seconds: float = 10.0
+    """How long storing a start is retried (a JetStream leader election takes 5-7 s) before
+    the call answers `503 start_not_stored`."""

@@ -11,7 +11,7 @@ from contracts import subjects
 from services.registry.core import Registry
 from services.registry.handlers import answer, routes
 from services.registry.settings import RegistrySettings
-from services.registry.store import KvRegistryStore
+from services.registry.adapters import KvRegistryStore
 from shared import broker
 
 log = logging.getLogger(__name__)

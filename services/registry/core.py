@@ -1,6 +1,6 @@
 """The registry's rules: what may be created or changed, and what each record looks like.
 
-Pure logic over a small `RegistryStore`; the NATS KV adapter lives in `store.py`.
+Pure logic over a small `RegistryStore`; the NATS KV adapter lives in `adapters.py`.
 """
 
 import builtins
@@ -15,6 +15,7 @@ from msgspec import UNSET
 
 from contracts import subjects
 from contracts.registry import (
+    CURSOR_PATTERN,
     DEFAULT_SYNC_WAIT_SECONDS,
     AnnouncedFunction,
     ApiKey,
@@ -122,6 +123,7 @@ class Listed(Protocol):
 L = TypeVar("L", bound=Listed)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 def page_of(
@@ -151,7 +153,7 @@ def _position(record: Listed) -> tuple[int, str]:
 
 def _position_from(cursor: str) -> tuple[int, str]:
     micros, _, record_id = cursor.partition(".")
-    if not micros.isdigit() or not is_valid_id(record_id):
+    if _CURSOR.fullmatch(cursor) is None:
         raise RegistryError(
             400,
             "invalid_cursor",

@@ -1,5 +1,6 @@
 """The whole stack (`python -m services`, what `make run` runs) on free ports, for e2e tests."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,9 +32,9 @@ class Stack:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def running_stack(data: Path) -> Iterator[Stack]:
+    """`python -m services` (what `make run` runs) on free ports, its data under `data`."""
     log = data / "stack.log"
     http_port = nats_server.free_port()
     nats_port = nats_server.free_port()
@@ -76,3 +77,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running

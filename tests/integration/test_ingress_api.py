@@ -876,8 +876,36 @@ async def test_lists_come_in_pages_that_follow_one_another_by_cursor(client: Htt
         400,
         "invalid_request",
     )
-    problem(
+    detail = problem(
         await client.get("/v1/flows", params={"cursor": "not-a-cursor"}, headers=ws.admin),
         400,
-        "invalid_cursor",
-    )
+        "invalid_request",
+    )["detail"]
+    assert "cursor" in detail
+
+
+async def test_options_and_a_wrong_method_list_every_method_of_the_path(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+
+    options = await client.options("/v1/triggers/trg_0000000000000000000000", headers=ws.admin)
+    wrong = await client.put("/v1/flows", headers=ws.admin)
+
+    assert options.status_code == 204
+    assert options.headers["allow"] == "DELETE, GET, OPTIONS, PATCH"
+    problem(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "GET, OPTIONS, POST"
+
+
+async def test_a_time_filter_that_is_not_an_rfc_3339_time_is_refused(client: HttpClient) -> None:
+    ws = await new_workspace(client)
+
+    detail = problem(
+        await client.get("/v1/runs", params={"until": "0.5"}, headers=ws.admin),
+        400,
+        "invalid_request",
+    )["detail"]
+
+    assert "`until`" in detail
+    assert "RFC 3339" in detail

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 
 from contracts.registry import CronSchedule, IntervalSchedule, MisfirePolicy, Trigger
 from contracts.scheduling import FireRecord
-from services.ingress.ledger import read_ledger
+from services.ingress.adapters import read_ledger
 from services.scheduler.app import SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
 from tests.integration.test_scheduler_timers import (

@@ -7,8 +7,8 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 from contracts.runs import TERMINAL_STATUSES, Run
+from services.ingress.adapters import Ingress
 from services.ingress.settings import IngressSettings
-from services.ingress.state import Ingress
 from services.runner.adapters import NatsRunEvents
 from tests.integration.test_runner_app import put_flow, start_of, started_runner
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.ingress.access import sync_wait
+from services.ingress.core import sync_wait
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The registry's records in JetStream KV: one bucket per record type, one writer (us)."""
+"""The registry's NATS side: its records in JetStream KV, one bucket per record type, with
+one writer (us)."""
 
 import builtins
 from collections.abc import Callable

@@ -1,10 +1,22 @@
-"""Who may do what: pure decisions over the directory, raising `ApiError`s that say why."""
+"""The ingress's decisions, pure (no NATS, no HTTP framework): who may do what, how long a start
+waits for its run, and how a ledger or a schedule preview is paged and shown. Refusals are
+`ApiError`s that say why.
+"""
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from contracts.registry import DEFAULT_SYNC_WAIT_SECONDS, ApiKey, ApiTrigger, Flow, Trigger
+from contracts.registry import (
+    DEFAULT_SYNC_WAIT_SECONDS,
+    ApiKey,
+    ApiTrigger,
+    Flow,
+    ScheduleTrigger,
+    Trigger,
+)
+from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePreview
 from services.ingress.problems import ApiError
-from shared import api_keys
+from shared import api_keys, schedules
 
 MAYBE_STALE = frozenset({"invalid_key", "flow_not_found", "no_api_trigger", "trigger_paused"})
 """Refusals that can come from a directory a few milliseconds behind the registry."""
@@ -100,3 +112,50 @@ def sync_wait(prefer: str | None, default: float, limit: float) -> tuple[float, 
         return min(default, limit), None
     applied = min(wait, limit)
     return applied, f"wait={applied:g}"
+
+
+# --- the ledger and the preview of a schedule trigger ------------------------------------
+
+
+def fire_page(entries: list[FireRecord], limit: int, cursor: str | None) -> FirePage:
+    """Newest occurrence first (a later decision on the same occurrence before an earlier one);
+    `cursor` is the `next_cursor` of the previous page."""
+    ordered = sorted(
+        enumerate(entries), key=lambda pair: (pair[1].scheduled_at, pair[0]), reverse=True
+    )
+    keyed = [(f"{entry.scheduled_at.isoformat()}|{index:06d}", entry) for index, entry in ordered]
+    if cursor is not None:
+        keyed = [(key, entry) for key, entry in keyed if key < cursor]
+    page = keyed[:limit]
+    next_cursor = page[-1][0] if len(keyed) > limit else None
+    return FirePage(items=[entry for _, entry in page], next_cursor=next_cursor)
+
+
+def schedule_preview(trigger: Trigger, count: int, now: datetime | None = None) -> SchedulePreview:
+    """The trigger's next `count` occurrences, with their local and UTC times."""
+    if not isinstance(trigger, ScheduleTrigger):
+        raise ApiError(409, "not_a_schedule", f"trigger {trigger.id} is a `{trigger.type}` trigger")
+    schedule = trigger.schedule
+    jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
+    moment = now or datetime.now(UTC)
+    try:
+        found = schedules.preview(schedule, moment, count)
+    except schedules.InvalidSchedule as error:
+        raise ApiError(422, "invalid_schedule", str(error)) from error
+    return SchedulePreview(
+        trigger_id=trigger.id,
+        timezone=schedule.timezone,
+        jitter_seconds=int(jitter.total_seconds()),
+        enabled=trigger.enabled,
+        fires=[
+            PreviewFire(
+                scheduled_at=occurrence.scheduled_at,
+                local_time=occurrence.local.isoformat(),
+                fires_at=occurrence.scheduled_at + jitter,
+                fires=occurrence.skip is None,
+                skip=occurrence.skip,
+                note=occurrence.note,
+            )
+            for occurrence in found
+        ],
+    )

@@ -19,7 +19,7 @@ from contracts.registry import (
     Trigger,
 )
 from contracts.runs import Run, RunStatus
-from services.ingress import access, handlers
+from services.ingress import core, handlers
 from services.ingress.problems import ApiError
 from shared import api_keys
 from shared.ids import new_id
@@ -85,7 +85,7 @@ DIRECTORY = {KEY.digest: KEY}
 
 @pytest.mark.parametrize("header", [None, ""])
 def test_a_missing_header_is_missing_key(header: str | None) -> None:
-    error = refusal_of(access.authenticate, header, DIRECTORY.get)
+    error = refusal_of(core.authenticate, header, DIRECTORY.get)
 
     assert (error.status, error.code) == (401, "missing_key")
     assert "Authorization: Bearer" in error.detail
@@ -95,38 +95,38 @@ def test_a_missing_header_is_missing_key(header: str | None) -> None:
     "header", [f"Basic {SECRET}", f"Token {SECRET}", SECRET, "Bearer ", "Bearer"]
 )
 def test_a_header_that_is_not_a_bearer_token_is_missing_key(header: str) -> None:
-    error = refusal_of(access.authenticate, header, DIRECTORY.get)
+    error = refusal_of(core.authenticate, header, DIRECTORY.get)
 
     assert (error.status, error.code) == (401, "missing_key")
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_the_bearer_scheme_is_case_insensitive(scheme: str) -> None:
-    assert access.authenticate(f"{scheme} {SECRET}", DIRECTORY.get) == KEY
+    assert core.authenticate(f"{scheme} {SECRET}", DIRECTORY.get) == KEY
 
 
 def test_a_mistyped_key_is_malformed_key_not_a_revoked_one() -> None:
     mistyped = SECRET[:10] + ("x" if SECRET[10] != "x" else "y") + SECRET[11:]
-    error = refusal_of(access.authenticate, f"Bearer {mistyped}", DIRECTORY.get)
+    error = refusal_of(core.authenticate, f"Bearer {mistyped}", DIRECTORY.get)
 
     assert (error.status, error.code) == (401, "malformed_key")
     assert "tpk_" in error.detail
 
 
 def test_a_well_formed_key_nobody_issued_is_invalid_key() -> None:
-    error = refusal_of(access.authenticate, f"Bearer {api_keys.generate()}", DIRECTORY.get)
+    error = refusal_of(core.authenticate, f"Bearer {api_keys.generate()}", DIRECTORY.get)
 
     assert (error.status, error.code) == (401, "invalid_key")
 
 
 def test_a_valid_key_authenticates_as_its_record() -> None:
-    assert access.authenticate(f"Bearer {SECRET}", DIRECTORY.get) == KEY
+    assert core.authenticate(f"Bearer {SECRET}", DIRECTORY.get) == KEY
 
 
 def test_a_malformed_key_may_not_be_explained_by_a_stale_directory_but_an_unknown_one_may() -> None:
-    assert "malformed_key" not in access.MAYBE_STALE
-    assert "missing_key" not in access.MAYBE_STALE
-    assert "invalid_key" in access.MAYBE_STALE
+    assert "malformed_key" not in core.MAYBE_STALE
+    assert "missing_key" not in core.MAYBE_STALE
+    assert "invalid_key" in core.MAYBE_STALE
 
 
 # --- scopes ---------------------------------------------------------------------------------
@@ -135,11 +135,11 @@ def test_a_malformed_key_may_not_be_explained_by_a_stale_directory_but_an_unknow
 def test_an_admin_key_is_admin() -> None:
     admin = key_for(api_keys.generate(), scope="admin")
 
-    assert access.require_admin(admin) == admin
+    assert core.require_admin(admin) == admin
 
 
 def test_a_trigger_key_is_refused_with_admin_key_required_naming_its_prefix() -> None:
-    error = refusal_of(access.require_admin, KEY)
+    error = refusal_of(core.require_admin, KEY)
 
     assert (error.status, error.code) == (403, "admin_key_required")
     assert KEY.prefix in error.detail
@@ -152,14 +152,14 @@ def test_a_flow_with_an_enabled_api_trigger_may_be_started() -> None:
     flow = flow_in()
     hook = trigger_of(flow)
 
-    assert access.api_trigger_for(KEY, flow, [hook]) == hook
+    assert core.api_trigger_for(KEY, flow, [hook]) == hook
 
 
 def test_a_foreign_workspace_s_flow_looks_exactly_like_a_missing_one() -> None:
     foreign = flow_in(OTHER_WORKSPACE)
 
-    missing = refusal_of(access.api_trigger_for, KEY, None, [])
-    hidden = refusal_of(access.api_trigger_for, KEY, foreign, [trigger_of(foreign)])
+    missing = refusal_of(core.api_trigger_for, KEY, None, [])
+    hidden = refusal_of(core.api_trigger_for, KEY, foreign, [trigger_of(foreign)])
 
     assert (missing.status, missing.code) == (404, "flow_not_found")
     assert (hidden.status, hidden.code, hidden.detail) == (
@@ -173,7 +173,7 @@ def test_a_foreign_workspace_s_flow_looks_exactly_like_a_missing_one() -> None:
 def test_a_flow_without_an_api_trigger_is_no_api_trigger_with_how_to_add_one() -> None:
     flow = flow_in()
 
-    error = refusal_of(access.api_trigger_for, KEY, flow, [])
+    error = refusal_of(core.api_trigger_for, KEY, flow, [])
 
     assert (error.status, error.code) == (403, "no_api_trigger")
     assert flow.id in error.detail
@@ -187,7 +187,7 @@ def test_schedule_and_manual_triggers_do_not_make_a_flow_startable_over_the_api(
         trigger_of(flow, type="manual"),
     ]
 
-    error = refusal_of(access.api_trigger_for, KEY, flow, others)
+    error = refusal_of(core.api_trigger_for, KEY, flow, others)
 
     assert error.code == "no_api_trigger"
 
@@ -196,7 +196,7 @@ def test_a_paused_api_trigger_is_trigger_paused_naming_the_trigger() -> None:
     flow = flow_in()
     paused = trigger_of(flow, enabled=False)
 
-    error = refusal_of(access.api_trigger_for, KEY, flow, [paused])
+    error = refusal_of(core.api_trigger_for, KEY, flow, [paused])
 
     assert (error.status, error.code) == (409, "trigger_paused")
     assert paused.id in error.detail
@@ -210,14 +210,14 @@ def test_one_enabled_api_trigger_among_several_is_enough() -> None:
     schedule = trigger_of(flow, type="schedule", schedule=CronSchedule(cron="* * * * *"))
 
     for order in [[*paused, enabled, schedule], [enabled, *paused], [schedule, *paused, enabled]]:
-        assert access.api_trigger_for(KEY, flow, order) == enabled
+        assert core.api_trigger_for(KEY, flow, order) == enabled
 
 
 def test_the_chosen_api_trigger_does_not_depend_on_the_listing_order() -> None:
     flow = flow_in()
     first, second = trigger_of(flow), trigger_of(flow)
 
-    assert access.api_trigger_for(KEY, flow, [first, second]) == access.api_trigger_for(
+    assert core.api_trigger_for(KEY, flow, [first, second]) == core.api_trigger_for(
         KEY, flow, [second, first]
     )
 
@@ -226,9 +226,9 @@ def test_run_now_waits_as_long_as_an_api_trigger_would_and_ten_seconds_otherwise
     flow = flow_in()
 
     waits = [
-        access.run_now_wait(trigger_of(flow, sync_wait_seconds=3.0)),
-        access.run_now_wait(trigger_of(flow, "manual")),
-        access.run_now_wait(trigger_of(flow, "schedule", schedule=CronSchedule(cron="* * * * *"))),
+        core.run_now_wait(trigger_of(flow, sync_wait_seconds=3.0)),
+        core.run_now_wait(trigger_of(flow, "manual")),
+        core.run_now_wait(trigger_of(flow, "schedule", schedule=CronSchedule(cron="* * * * *"))),
     ]
 
     assert waits == [3.0, 10.0, 10.0]

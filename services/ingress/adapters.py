@@ -1,0 +1,327 @@
+"""The ingress's NATS side: what it holds while it runs (its connection, the directory of
+registry state, the registry and runner clients) and how it stores starts, follows runs and
+reads the ledger. Errors that reach a caller become `ApiError`s here.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from contracts import subjects
+from contracts.registry import ApiKey, Flow, KeyUsed, Trigger
+from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
+from contracts.scheduling import FireRecord
+from services.ingress import core
+from services.ingress.problems import ApiError
+from services.ingress.settings import IngressSettings
+from shared.codec import decode, decoder, encode
+from shared.ids import is_valid_id
+from shared.kv import read_one, read_prefix
+from shared.kv_mirror import KvMirror
+from shared.rpc import RemoteProblem, ServiceClient, ServiceTimeout, ServiceUnavailable
+from shared.stream_read import read_subject
+from shared.supervise import retried_within
+
+T = TypeVar("T")
+
+
+class ServiceCalls:
+    """A service's request/reply API, its errors as the `ApiError`s the HTTP API answers:
+    the service's own problem, `503 <service>_unavailable`, `504 <service>_timeout`."""
+
+    def __init__(self, client: ServiceClient) -> None:
+        self._client = client
+
+    async def call(self, subject: str, request: msgspec.Struct, result: type[T]) -> T:
+        service = self._client.service
+        try:
+            return await self._client.call(subject, request, result)
+        except RemoteProblem as error:
+            raise ApiError.from_problem(error.problem) from error
+        except ServiceUnavailable as error:
+            raise ApiError(503, f"{service}_unavailable", f"{error}; retry later") from error
+        except ServiceTimeout as error:
+            raise ApiError(504, f"{service}_timeout", str(error)) from error
+
+    async def tell(self, subject: str, event: msgspec.Struct) -> None:
+        await self._client.tell(subject, event)
+
+
+# --- the directory: registry state in memory, for the hot path ----------------------------
+
+
+class Directory:
+    """The ingress's local, read-only view of registry state, fed by watching the registry's
+    KV buckets: the hot path's questions (whose key is this? whose flow? which API triggers?)
+    are dictionary lookups, never a round trip."""
+
+    def __init__(self) -> None:
+        self._key_by_digest: dict[str, ApiKey] = {}
+        self._flow_by_id: dict[str, Flow] = {}
+        self._triggers_by_flow: dict[str, dict[str, Trigger]] = {}
+        self.mirrors: list[KvMirror[ApiKey] | KvMirror[Flow] | KvMirror[Trigger]] = []
+
+    async def open(self, js: JetStreamContext) -> None:
+        """Create the mirrors (run each one's `follow` under supervision)."""
+        self.mirrors = [
+            KvMirror(js, subjects.API_KEYS_BUCKET, ApiKey, self._on_key),
+            KvMirror(js, subjects.FLOWS_BUCKET, Flow, self._on_flow),
+            KvMirror(js, subjects.TRIGGERS_BUCKET, Trigger, self._on_trigger),
+        ]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.mirrors) and all(m.ready.is_set() for m in self.mirrors)
+
+    async def catch_up(self, timeout: float = 1.0) -> None:
+        """Wait until every write the registry made before now is visible here."""
+        for mirror in self.mirrors:
+            await mirror.catch_up(timeout)
+
+    def key(self, digest: str) -> ApiKey | None:
+        return self._key_by_digest.get(digest)
+
+    def flow(self, flow_id: str) -> Flow | None:
+        return self._flow_by_id.get(flow_id)
+
+    def triggers_of(self, flow_id: str) -> list[Trigger]:
+        return list(self._triggers_by_flow.get(flow_id, {}).values())
+
+    def _on_key(self, _: str, old: ApiKey | None, new: ApiKey | None) -> None:
+        if old is not None:
+            self._key_by_digest.pop(old.digest, None)
+        if new is not None:
+            self._key_by_digest[new.digest] = new
+
+    def _on_flow(self, _: str, old: Flow | None, new: Flow | None) -> None:
+        if old is not None:
+            self._flow_by_id.pop(old.id, None)
+        if new is not None:
+            self._flow_by_id[new.id] = new
+
+    def _on_trigger(self, _: str, old: Trigger | None, new: Trigger | None) -> None:
+        if old is not None:
+            self._triggers_by_flow.get(old.flow_id, {}).pop(old.id, None)
+        if new is not None:
+            self._triggers_by_flow.setdefault(new.flow_id, {})[new.id] = new
+
+
+# --- the ledger of a schedule trigger --------------------------------------------------------
+
+READ_TIMEOUT = 2.0
+"""Seconds to wait for the stored entries of one trigger."""
+
+
+async def read_ledger(js: JetStreamContext, workspace_id: str, trigger_id: str) -> list[FireRecord]:
+    """Every stored entry of the trigger (at most `LEDGER_ENTRIES_PER_TRIGGER`), oldest first;
+    what came within `READ_TIMEOUT` if the rest is slow to come."""
+    subject = subjects.schedule_fire(workspace_id, trigger_id)
+    decode = decoder(FireRecord).decode
+    entries: list[FireRecord] = []
+    reads = read_subject(
+        js, subjects.SCHEDULE_FIRES_STREAM, subject, timeout=READ_TIMEOUT, partial=True
+    )
+    try:
+        async with contextlib.aclosing(reads) as batches:
+            async for batch in batches:
+                for message in batch:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        entries.append(decode(message.data))
+    except NotFoundError:
+        return []  # no ledger stream yet: nothing was ever decided
+    return entries
+
+
+# --- the ingress's connection and what it does with it -------------------------------------
+
+KEY_TOUCH_INTERVAL = 60.0
+"""Seconds between two `last used` reports for the same key."""
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class Ingress:
+    def __init__(
+        self,
+        settings: IngressSettings,
+        nc: Client,
+        directory: Directory,
+        runs: KeyValue,
+        idempotency: KeyValue | None = None,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.directory = directory
+        self.runs = runs
+        self.idempotency = idempotency
+        self.registry = ServiceCalls(ServiceClient(nc, "registry", settings.registry_timeout))
+        self.runner = ServiceCalls(ServiceClient(nc, "runner", settings.registry_timeout))
+        self._touched: dict[str, float] = {}
+        self.background: set[asyncio.Task[None]] = set()
+
+    # --- authentication --------------------------------------------------------------------
+
+    async def key_from(self, authorization: str | None) -> ApiKey:
+        try:
+            key = core.authenticate(authorization, self.directory.key)
+        except ApiError as error:
+            if error.code not in core.MAYBE_STALE:
+                raise
+            await self.directory.catch_up()
+            key = core.authenticate(authorization, self.directory.key)
+        self._note_use(key)
+        return key
+
+    def check_operator(self, authorization: str | None) -> None:
+        expected = self.settings.operator_token
+        if not expected:
+            raise ApiError(
+                403, "operator_disabled", "set OPERATOR_TOKEN on the ingress to create workspaces"
+            )
+        secret = core.bearer_secret(authorization)
+        if not secrets.compare_digest(secret.encode(), expected.encode()):
+            raise ApiError(401, "invalid_operator_token", "the operator token is not valid")
+
+    def _note_use(self, key: ApiKey) -> None:
+        now = time.monotonic()
+        if now - self._touched.get(key.id, -KEY_TOUCH_INTERVAL) < KEY_TOUCH_INTERVAL:
+            return
+        self._touched[key.id] = now
+        event = KeyUsed(workspace_id=key.workspace_id, key_id=key.id, used_at=datetime.now(UTC))
+        task = asyncio.create_task(self.registry.tell(subjects.KEY_TOUCH, event))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # --- starting flows --------------------------------------------------------------------
+
+    async def start(self, start: FlowStart) -> None:
+        """Store the start durably in JetStream (deduplicated on the run id), retrying for up to
+        `store_retry_seconds` through faults that pass (a leader election, a reconnect): a
+        repeated publish with the same `Nats-Msg-Id` stores it once."""
+
+        async def publish() -> None:
+            await self.js.publish(
+                subjects.flow_start(start.workspace_id),
+                encode(start),
+                stream=subjects.FLOW_STARTS_STREAM,
+                headers={"Nats-Msg-Id": start.run_id},
+            )
+
+        try:
+            await retried_within(
+                f"storing start {start.run_id}", publish, self.settings.store_retry_seconds
+            )
+        except Exception as error:
+            raise ApiError(
+                503,
+                "start_not_stored",
+                f"the start could not be stored ({type(error).__name__}) within "
+                f"{self.settings.store_retry_seconds:g}s; nothing was started, retry",
+            ) from error
+
+    async def follow(self, workspace_id: str, run_id: str) -> Subscription:
+        """Subscribe to a run's events; do it before publishing its start, so none is missed."""
+        return await self.nc.subscribe(subjects.run_events(workspace_id, run_id))
+
+    async def wait_for_end(
+        self, events: Subscription, workspace_id: str, run_id: str, wait: float
+    ) -> Run | None:
+        """The run's final record if it ends within `wait` seconds, else its latest (or None)."""
+        latest: Run | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (left := deadline - loop.time()) > 0:
+            try:
+                msg = await events.next_msg(timeout=left)
+            except (NatsTimeoutError, TimeoutError):
+                break
+            try:
+                latest = decode(msg.data, RunEvent).run
+            except msgspec.DecodeError:
+                continue
+            if latest is not None and latest.status in TERMINAL_STATUSES:
+                return latest
+        # An event may have gone to a runner's crash: the record is the truth.
+        return await self.find_run(workspace_id, run_id) or latest
+
+    async def find_run(self, workspace_id: str, run_id: str) -> Run | None:
+        found = await read_one(self.runs, subjects.run_key(workspace_id, run_id), Run)
+        return found[0] if found is not None else None
+
+    async def claim_idempotency_key(
+        self, workspace_id: str, key: str, flow_id: str, body: bytes, run_id: str
+    ) -> tuple[str, bool]:
+        """The run id for this key: `(run_id, False)` for a new key, `(the original run id,
+        True)` for a repeated one with the same flow and body; a different body is refused."""
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ApiError(
+                400,
+                "invalid_idempotency_key",
+                f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+            )
+        assert self.idempotency is not None
+        storage_key = f"{workspace_id}.{hashlib.sha256(key.encode()).hexdigest()}"
+        digest = hashlib.sha256(body).hexdigest()
+        record = IdempotentStart(
+            run_id=run_id, flow_id=flow_id, body_digest=digest, created_at=datetime.now(UTC)
+        )
+        try:
+            try:
+                await self.idempotency.create(storage_key, encode(record))
+                return run_id, False
+            except KeyWrongLastSequenceError:
+                pass
+            entry = await self.idempotency.get(storage_key)
+        except Exception as error:  # NATS trouble: nothing was started
+            raise ApiError(
+                503,
+                "start_not_stored",
+                f"the Idempotency-Key could not be stored ({type(error).__name__}); nothing was "
+                "started, retry with the same key",
+            ) from error
+        original: IdempotentStart = decode(entry.value or b"", IdempotentStart)
+        if original.flow_id != flow_id or original.body_digest != digest:
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                f"Idempotency-Key {key!r} was used at {original.created_at.isoformat()} for run "
+                f"{original.run_id} with a different "
+                f"{'flow' if original.flow_id != flow_id else 'body'}; use a new key for a new "
+                "request",
+            )
+        return original.run_id, True
+
+    async def cancel(self, workspace_id: str, run_id: str) -> Run:
+        request = CancelRun(workspace_id=workspace_id, run_id=run_id)
+        return await self.runner.call(subjects.RUN_CANCEL, request, Run)
+
+    # --- runs ------------------------------------------------------------------------------
+
+    async def run(self, workspace_id: str, run_id: str) -> Run:
+        run = await self.find_run(workspace_id, run_id) if is_valid_id(run_id) else None
+        if run is None:
+            raise ApiError(
+                404,
+                "run_not_found",
+                f"no run {run_id!r} in this workspace (a start accepted a moment ago appears "
+                "once a runner has received it)",
+            )
+        return run
+
+    async def runs_of(self, workspace_id: str) -> list[Run]:
+        """Every run of a workspace, newest first."""
+        runs = await read_prefix(self.js, subjects.RUNS_BUCKET, workspace_id, Run)
+        runs.sort(key=lambda r: r.id, reverse=True)
+        return runs
