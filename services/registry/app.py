@@ -8,10 +8,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts import subjects
+from services.registry.adapters import KvRegistryStore
 from services.registry.core import Registry
 from services.registry.handlers import answer, routes
 from services.registry.settings import RegistrySettings
-from services.registry.adapters import KvRegistryStore
 from shared import broker
 
 log = logging.getLogger(__name__)
