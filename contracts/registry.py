@@ -14,6 +14,9 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 T = TypeVar("T")
 
+MAX_NAME_LENGTH = 200
+Name = Annotated[str, Meta(max_length=MAX_NAME_LENGTH)]
+"""A name given in a request body (at most 200 characters)."""
 KeyScope = Literal["admin", "trigger"]
 """`admin` keys manage the workspace and may also trigger; `trigger` keys only call triggers."""
 TriggerType = Literal["api", "schedule", "manual"]
@@ -366,20 +369,20 @@ new `TriggerBase` subclass with its own tag and settings, added here and to `New
 class NewWorkspace(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /v1/workspaces`."""
 
-    name: str
+    name: Name
 
 
 class NewKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /v1/keys`."""
 
-    name: str
+    name: Name
     scope: KeyScope = "trigger"
 
 
 class NewFlow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /v1/flows` (see `Flow` for the fields)."""
 
-    name: str
+    name: Name
     settings: FlowSettingsBody
     timeout_seconds: FlowTimeout = 300.0
     retries: FlowRetries = 0
@@ -393,7 +396,7 @@ class NewTriggerBase(
     """What the body of `POST /v1/triggers` has for every kind (tagged by `type`)."""
 
     flow_id: str
-    name: str = ""
+    name: Name = ""
     enabled: bool = True
     overlap: OverlapPolicy = "allow"
 
@@ -431,7 +434,7 @@ class TriggerChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     flow_id: str | UnsetType = UNSET
     type: TriggerType | UnsetType = UNSET
-    name: str | UnsetType = UNSET
+    name: Name | UnsetType = UNSET
     schedule: SchedulePatch | None | UnsetType = UNSET
     overlap: OverlapPolicy | UnsetType = UNSET
     sync_wait_seconds: SyncWait | UnsetType = UNSET

@@ -43,14 +43,16 @@ async def retried_within(
     max_backoff: float = 1.0,
 ) -> None:
     """Run `work()` until it returns, retrying it with capped backoff while it fails, for at
-    most `budget` seconds; then the last failure is raised. For work a caller waits on (an
-    HTTP request), through faults that pass within seconds (a JetStream leader election)."""
+    most `budget` seconds in all (an attempt still going when the budget ends is cancelled);
+    then the last failure is raised (`TimeoutError` for a cancelled attempt). For work a caller
+    waits on (an HTTP request), through faults that pass within seconds (a leader election)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     backoff = initial_backoff
     while True:
         try:
-            await work()
+            async with asyncio.timeout_at(deadline):
+                await work()
             return
         except asyncio.CancelledError:
             raise

@@ -51,7 +51,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             await asyncio.gather(*loops, return_exceptions=True)
             await nc.drain()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*handlers.ROUTES, docs.assets_router()],
         lifespan=[connected],
         dependencies={
@@ -75,6 +75,8 @@ def create_app(settings: IngressSettings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
+    docs.close_strict_bodies(app)
+    return app
 
 
 def create_app_from_environment() -> Litestar:

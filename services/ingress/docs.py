@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
+import msgspec
+from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -29,6 +32,7 @@ from litestar.openapi.spec import (
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
+from contracts import http, registry
 from contracts.http import ProblemDetails, RunNotSucceeded, RunSucceeded, StartAccepted
 from services.ingress.problems import PROBLEM_JSON
 
@@ -173,3 +177,48 @@ def run_answers(accepted_description: str) -> dict[int, ResponseSpec]:
         ),
         **problems(409, 504),
     }
+
+
+_BOUNDS = {
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "exclusiveMinimum": "exclusive_minimum",
+    "exclusiveMaximum": "exclusive_maximum",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+}
+"""JSON Schema bounds msgspec states, by the name of Litestar's `Schema` attribute."""
+
+
+def close_strict_bodies(app: Litestar) -> None:
+    """Make the document say of every request body what the server enforces, where Litestar's
+    schema of a msgspec Struct leaves it out: `additionalProperties: false` for a body that
+    refuses unknown fields, and bounds of 0 (`ge=0`) or of optional PATCH fields, which it
+    drops. The bounds are msgspec's own JSON Schema of the struct."""
+    openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    schemas = openapi.components.schemas or {}
+    for module in (registry, http):
+        for name, value in vars(module).items():
+            strict = (
+                isinstance(value, type)
+                and issubclass(value, msgspec.Struct)
+                and value.__struct_config__.forbid_unknown_fields
+            )
+            schema = schemas.get(name)
+            if not strict or not isinstance(schema, Schema):
+                continue
+            schema.additional_properties = False
+            _copy_bounds(value, schema)
+
+
+def _copy_bounds(struct: type[msgspec.Struct], schema: Schema) -> None:
+    own = msgspec.json.schema(struct)
+    properties = own.get("$defs", {}).get(struct.__name__, own).get("properties", {})
+    for field, stated in (schema.properties or {}).items():
+        if not isinstance(stated, Schema):
+            continue
+        for key, attribute in _BOUNDS.items():
+            bound = properties.get(field, {}).get(key)
+            if bound is not None:
+                setattr(stated, attribute, bound)

@@ -17,6 +17,7 @@ from contracts import subjects
 from contracts.registry import (
     CURSOR_PATTERN,
     DEFAULT_SYNC_WAIT_SECONDS,
+    MAX_NAME_LENGTH,
     AnnouncedFunction,
     ApiKey,
     ApiKeyView,
@@ -66,7 +67,6 @@ from shared.ids import is_valid_id, new_id
 
 R = TypeVar("R", bound=msgspec.Struct)
 
-MAX_NAME_LENGTH = 200
 BUILTIN_FUNCTIONS = frozenset({"echo", "sleep", "add", "fail"})
 """Flow functions every runner serves (`services.runner.builtin_flows`): accepted even before
 any runner has announced them, so flows can be set up before the runners start."""

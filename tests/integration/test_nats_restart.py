@@ -7,49 +7,14 @@ friends); these tests restart a server of their own, so the shared session serve
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
-from shared import broker, nats_server
 from shared.kv_mirror import KvMirror
 from shared.supervise import supervised
-
-
-class RestartableServer:
-    def __init__(self, store: Path) -> None:
-        self.port = nats_server.free_port()
-        self.store = store
-        self.process = nats_server.start(self.port, store)
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def restart(self) -> None:
-        self.stop()
-        self.process = nats_server.start(self.port, self.store)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RestartableServer]:
-    running = RestartableServer(tmp_path / "nats")
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(server: RestartableServer) -> AsyncIterator[Client]:
-    nc = await broker.connect(server.url, "restart-test")
-    yield nc
-    await nc.close()
+from tests.integration.conftest import RestartableServer
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -60,9 +25,9 @@ async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
 
 
 async def test_a_mirror_sees_writes_made_after_the_server_restarted(
-    server: RestartableServer, client: Client
+    own_server: RestartableServer, own_client: Client
 ) -> None:
-    js = client.jetstream()
+    js = own_client.jetstream()
     kv = await js.create_key_value(KeyValueConfig(bucket="restart_test", history=1))
     await kv.put("before", b'"one"')
     mirror: KvMirror[str] = KvMirror(js, "restart_test", str, stall_check=0.3)
@@ -70,8 +35,8 @@ async def test_a_mirror_sees_writes_made_after_the_server_restarted(
     try:
         await eventually(lambda: mirror.get("before") == "one")
 
-        await asyncio.to_thread(server.restart)
-        await eventually(lambda: client.is_connected)
+        await asyncio.to_thread(own_server.restart)
+        await eventually(lambda: own_client.is_connected)
         await kv.put("after", b'"two"')
 
         await eventually(lambda: mirror.get("after") == "two")

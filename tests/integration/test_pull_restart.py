@@ -9,53 +9,17 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from shared import broker, nats_server
 from shared.pull import Puller
+from tests.integration.conftest import RestartableServer
 
 BACKLOG = 100_000
 WINDOW = 5_000
 SLOTS = 256
-
-
-class RestartableServer:
-    def __init__(self, store: Path) -> None:
-        self.port = nats_server.free_port()
-        self.store = store
-        self.process = nats_server.start(self.port, store)
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def restart(self) -> None:
-        self.stop()
-        self.process = nats_server.start(self.port, self.store)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RestartableServer]:
-    running = RestartableServer(tmp_path / "nats")
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(server: RestartableServer) -> AsyncIterator[Client]:
-    nc = await broker.connect(server.url, "pull-restart-test")
-    yield nc
-    await nc.close()
 
 
 async def set_largest_pull(client: Client, stream: str, largest: int) -> None:
@@ -113,9 +77,9 @@ class AckingWorker:
 
 
 async def test_the_drain_rate_recovers_after_the_server_restarts_under_a_backlog(
-    server: RestartableServer, client: Client
+    own_server: RestartableServer, own_client: Client
 ) -> None:
-    js = client.jetstream()
+    js = own_client.jetstream()
     await js.add_stream(StreamConfig(name="BACKLOG", subjects=["backlog"]))
     await js.add_consumer(
         "BACKLOG",
@@ -126,7 +90,7 @@ async def test_the_drain_rate_recovers_after_the_server_restarts_under_a_backlog
 
     worker = AckingWorker()
     puller = worker.puller = Puller(
-        client, "BACKLOG", "workers", capacity=worker.capacity, dispatch=worker.dispatch
+        own_client, "BACKLOG", "workers", capacity=worker.capacity, dispatch=worker.dispatch
     )
     pulling = asyncio.create_task(puller.run())
     try:
@@ -134,9 +98,9 @@ async def test_the_drain_rate_recovers_after_the_server_restarts_under_a_backlog
         before = await worker.rate_over(2 * WINDOW)
         assert before > 0
 
-        await asyncio.to_thread(server.restart)
+        await asyncio.to_thread(own_server.restart)
         deadline = time.monotonic() + 15
-        while not client.is_connected:
+        while not own_client.is_connected:
             assert time.monotonic() < deadline, "the client never reconnected"
             await asyncio.sleep(0.05)
         # The request in flight at the restart is given up after its expiry; then the pace
@@ -155,24 +119,24 @@ async def test_the_drain_rate_recovers_after_the_server_restarts_under_a_backlog
 
 
 async def test_the_pace_comes_back_once_the_server_stops_refusing_pull_requests(
-    server: RestartableServer, client: Client
+    own_server: RestartableServer, own_client: Client
 ) -> None:
-    js = client.jetstream()
+    js = own_client.jetstream()
     await js.add_stream(StreamConfig(name="REFUSED", subjects=["refused"]))
-    await set_largest_pull(client, "REFUSED", 0)
+    await set_largest_pull(own_client, "REFUSED", 0)
     await asyncio.gather(*[js.publish_async("refused", b"x") for _ in range(BACKLOG // 2)])
     # A consumer that allows smaller pulls than ours refuses each of them with a 409.
-    await set_largest_pull(client, "REFUSED", SLOTS // 4)
+    await set_largest_pull(own_client, "REFUSED", SLOTS // 4)
 
     worker = AckingWorker()
     puller = worker.puller = Puller(
-        client, "REFUSED", "workers", capacity=worker.capacity, dispatch=worker.dispatch
+        own_client, "REFUSED", "workers", capacity=worker.capacity, dispatch=worker.dispatch
     )
     pulling = asyncio.create_task(puller.run())
     try:
         await asyncio.sleep(1.0)
         assert worker.acked == 0
-        await set_largest_pull(client, "REFUSED", 0)
+        await set_largest_pull(own_client, "REFUSED", 0)
         await asyncio.sleep(1.0)  # the loop's pause after the last refusal
         rate = await worker.rate(1.0)
         # Sleeping after every full batch, as it did, the loop acked under 2 * SLOTS a second.
