@@ -47,21 +47,39 @@ class FlowStart(Struct, frozen=True, kw_only=True):
 
 
 AttemptOutcome = Literal[
-    "running", "succeeded", "failed", "timed_out", "cancelled", "lost", "interrupted"
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "lost",
+    "interrupted",
+    "superseded",
 ]
-"""`lost`: the runner stopped (crash, kill) during the attempt; `interrupted`: its runner shut
-down gracefully and handed the run back before it finished."""
+"""How an attempt ended, as far as the record knows.
+
+`superseded`: its runner went silent for the ack wait (died, paused, or cut off from NATS), so
+the start went to another runner, which began the attempt named in `superseded_by`; whether
+this one ever finished is unknown. A runner that comes back and finishes an attempt that was
+taken over writes its real outcome here (`superseded_by` stays) while the run is not final yet,
+and otherwise drops its result with a log line. `interrupted`: its runner shut down gracefully
+and handed the run back before it finished. `lost`: written by earlier versions for what is now
+`superseded`.
+"""
 
 
 class Attempt(Struct, frozen=True, kw_only=True):
-    """One try of a run on one runner."""
+    """One execution of a run on one runner."""
 
     number: int
     runner_id: str = ""
+    """The runner that made this attempt."""
     started_at: datetime
     finished_at: datetime | None = None
     outcome: AttemptOutcome = "running"
     error: str | None = None
+    superseded_by: int | None = None
+    """The number of the attempt that took this one over (see `AttemptOutcome`)."""
 
 
 class Run(Struct, frozen=True, kw_only=True):

@@ -11,9 +11,17 @@ Exactly one final record per run id, however messages are redelivered or duplica
   `running` once it has run `record_running_after` seconds, or its final record if it ends
   sooner, both written with a `create`, so a duplicate that got there first wins and this
   start's work is dropped (see `runs_unrecorded`);
-- a message is acknowledged only once the run's final record is committed; a runner that dies
-  leaves the message unacknowledged, and JetStream hands it to another replica after the ack
-  wait, which records the lost attempt and starts a new one;
+- a message is acknowledged only once the run's final record is committed; a runner that goes
+  silent (dies, is paused, loses NATS) leaves the message unacknowledged, and JetStream hands it
+  to another replica after the ack wait, which records the silent attempt `superseded` and
+  starts a new one;
+- every execution is an attempt of its runner, told truthfully: a runner whose attempt was taken
+  over writes how it really ended into its own attempt while the run is not final, never over
+  the newer attempt, and otherwise drops its result with a log line; either way it leaves the
+  message to the runner that took it over, and starts nothing more for that run (`settle`);
+- a write of what an attempt made of the run that fails (NATS down, a leader election) is
+  retried with the same compare-and-swap while the message is kept in progress, rather than
+  handed back to run again;
 - another message for the same run id (a retried publish outside the dedup window) is a
   duplicate: it is acknowledged without doing anything;
 - a long run keeps its message alive with in-progress acks, so it is never redelivered while
@@ -29,9 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import msgspec
+
 from contracts import subjects
 from contracts.registry import Flow, OverlapPolicy, Problem
-from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunSlots
+from contracts.runs import TERMINAL_STATUSES, Attempt, FlowStart, Run, RunSlots
 from services.runner.executor import (
     Clock,
     HttpCaller,
@@ -55,6 +65,11 @@ ADMISSION_RETRY = 0.3
 MAX_WRITE_CONFLICTS = 10
 RECORD_RUNNING_AFTER = 0.1
 """Seconds a fresh start runs before its `running` record is written (`runs_unrecorded`)."""
+WRITE_RETRY_FOR = 300.0
+"""Seconds a runner retries writing what an attempt made of its run while the write fails."""
+WRITE_RETRY_FIRST = 0.05
+WRITE_RETRY_MAX = 1.0
+"""First and longest pause between two tries of such a write, in seconds."""
 FRESH_FOR = START_DUPLICATE_WINDOW.total_seconds() / 2
 """A start stored within this many seconds of its run id's making cannot have a stored twin
 with the same `Nats-Msg-Id`: JetStream would have dropped it (half the window: clock skew)."""
@@ -265,6 +280,64 @@ def takes_slots(flow: Flow, trigger_id: str | None, policy: OverlapPolicy) -> bo
     return flow.concurrency is not None or (trigger_id is not None and policy != "allow")
 
 
+Settled = Literal["committed", "ended", "another_start", "taken_over", "rewrite", "amend"]
+
+
+def settle(
+    mine: Run, ours: Attempt | None, current: Run, sequence: int
+) -> tuple[Settled, Run | None]:
+    """What the record `current`, found instead of the one this runner expected, means for its
+    write `mine` (of its attempt `ours`, None when `mine` ends no attempt of this runner),
+    made for the start with stream sequence `sequence`; with the record to write instead, if any.
+
+    - `committed`: `current` is `mine` (written, its answer lost);
+    - `ended`: the run is final (cancelled, or ended by the attempt that took ours over): drop;
+    - `another_start`: another start of the run owns it (fast path): drop;
+    - `rewrite`: `ours` is still the running attempt (our own earlier write, its answer lost,
+      or an earlier attempt's runner wrote its outcome): `mine` over `current`'s earlier attempts;
+    - `amend`: `ours` was taken over and the run is not final: `current` with the real outcome
+      of `ours`, and nothing else changed;
+    - `taken_over`: `ours` was taken over and there is nothing (more) to write.
+    """
+    if current == mine:
+        return "committed", None
+    if current.status in TERMINAL_STATUSES:
+        return "ended", None
+    if current.start_sequence not in (None, sequence):
+        return "another_start", None
+    index = _index_of(current.attempts, ours)
+    mine_index = _index_of(mine.attempts, ours)
+    if ours is None or index is None or mine_index is None:
+        return "taken_over", None
+    recorded, ended = current.attempts[index], mine.attempts[mine_index]
+    if recorded.outcome == "running" and index == len(current.attempts) - 1:
+        attempts = [*current.attempts[:index], *mine.attempts[mine_index:]]
+        return "rewrite", msgspec.structs.replace(mine, attempts=attempts)
+    if recorded.outcome not in ("superseded", "lost") or ended.outcome == "running":
+        return "taken_over", None
+    told = msgspec.structs.replace(
+        recorded, outcome=ended.outcome, finished_at=ended.finished_at, error=ended.error
+    )
+    attempts = list(current.attempts)
+    attempts[index] = told
+    return "amend", msgspec.structs.replace(current, attempts=attempts)
+
+
+def _index_of(attempts: list[Attempt], ours: Attempt | None) -> int | None:
+    """Where attempt `ours` is in `attempts` (its number, runner and start tell it apart)."""
+    if ours is None:
+        return None
+    for index in range(len(attempts) - 1, -1, -1):
+        attempt = attempts[index]
+        if (attempt.number, attempt.runner_id, attempt.started_at) == (
+            ours.number,
+            ours.runner_id,
+            ours.started_at,
+        ):
+            return index
+    return None
+
+
 # --- Cancelling ---------------------------------------------------------------------------
 
 
@@ -322,7 +395,7 @@ class Unrecorded:
     """A run started before its record exists (`runs_unrecorded`), and what became of
     the `running` record written once it has run a while."""
 
-    __slots__ = ("key", "owner", "revision", "running", "task", "writing")
+    __slots__ = ("key", "owner", "preempted", "revision", "running", "task", "writing")
 
     def __init__(self, key: str, running: Run) -> None:
         self.key = key
@@ -333,13 +406,10 @@ class Unrecorded:
         """Writing the `running` record (started once the run has gone on for a while)."""
         self.revision: int | None = None
         """The `running` record's revision, once written."""
+        self.preempted = False
+        """Whether another start (or delivery) of the run got its record in first."""
         self.owner: Run | None = None
-        """The record another start of the run wrote first (then this one's work is dropped)."""
-
-    @property
-    def preempted(self) -> bool:
-        """Whether another start of the run got its record in first."""
-        return self.writing is not None and self.writing.done() and self.revision is None
+        """The record it wrote (then this one's work is dropped)."""
 
 
 class StartRuns:
@@ -358,6 +428,7 @@ class StartRuns:
         http: HttpCaller | None = None,
         record_running_after: float = RECORD_RUNNING_AFTER,
         fresh_for: float = FRESH_FOR,
+        write_retry_for: float = WRITE_RETRY_FOR,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._store = store
@@ -370,6 +441,7 @@ class StartRuns:
         self._http = http
         self._record_running_after = record_running_after
         self._fresh_for = fresh_for
+        self._write_retry_for = write_retry_for
         self._rng = rng
         self._working: dict[str, asyncio.Task[None]] = {}
         """The tasks running a flow, by run key."""
@@ -432,16 +504,22 @@ class StartRuns:
                 return
             if decision.verdict == "skip":
                 skipped = finish(record, "skipped", self._clock(), error=decision.reason)
-                await self._commit_final(msg, key, skipped, revision, flow, sequence)
+                await self._commit(msg, key, skipped, revision, flow, sequence)
                 return
 
         running = begin(record, self._clock(), self._runner_id)
         if running.status in TERMINAL_STATUSES:  # too many lost attempts
-            await self._commit_final(msg, key, running, revision, flow, sequence)
+            await self._commit(msg, key, running, revision, flow, sequence)
             return
-        running_revision, current = await self._store.swap(key, running, revision)
+        running_revision, _ = await self._store.swap(key, running, revision)
         if running_revision is None:
-            await self._lost_the_record(msg, key, current)
+            # Nothing ran yet: whatever changed the record (a cancellation, another delivery
+            # that began an attempt) decides, and this delivery gives way.
+            found = await self._current(key)
+            if found is None:
+                raise RuntimeError(f"run {key} exists and does not")
+            verdict, _ = settle(running, None, found, sequence)
+            await self._gave_way(msg, key, verdict, found, None, running)
             return
         await self._events.publish(running)
         await self._attempt(msg, key, running, running_revision, flow, sequence)
@@ -467,26 +545,158 @@ class StartRuns:
         flow: Flow,
         sequence: int,
     ) -> None:
-        """Commit what the attempt `finished` made of the run, over `revision` (None: the run
-        has no record yet, so this creates it)."""
+        """Commit what this runner's attempt `finished` made of the run, over `revision`
+        (None: the run has no record yet, so this creates it)."""
         record, delay = conclude(finished, flow, self._rng)
-        if delay is None:
-            await self._commit_final(msg, key, record, revision, flow, sequence)
+        ours = finished.attempts[-1] if finished.attempts else None
+        await self._commit(msg, key, record, revision, flow, sequence, ours, delay)
+
+    async def _commit(
+        self,
+        msg: StartMessage,
+        key: str,
+        record: Run,
+        revision: int | None,
+        flow: Flow,
+        sequence: int,
+        ours: Attempt | None = None,
+        delay: float | None = None,
+    ) -> None:
+        """Commit `record` over `revision` (None: create it) and publish its event; then
+        acknowledge the message if the record is final, or hand it back for `delay` seconds
+        (a retry). `ours`: the attempt of this runner that `record` ends, if any."""
+        value = encode(record) if delay is None else None  # once, for the record and its event
+        verdict, written = await self._write(msg, key, record, revision, sequence, ours, value)
+        if verdict != "committed":
+            await self._gave_way(msg, key, verdict, written, ours, record)
             return
-        if revision is None:
-            if await self._store.create(key, record) is None:
-                await self._preempted(msg, key, await self._current(key), sequence)
-                return
+        await self._events.publish(written, value if written is record else None)
+        if delay is not None:
+            log.info(
+                "run %s attempt %d %s; retry in %.1fs",
+                key,
+                written.attempt,
+                written.attempts[-1].outcome if written.attempts else written.status,
+                delay,
+            )
+            await msg.nak(delay=delay)
+            return
+        if takes_slots(flow, written.trigger_id, written.overlap):
+            await self._admission.release(
+                written.workspace_id, written.id, written.flow_id, written.trigger_id
+            )
+        log.info("run %s %s (attempt %d)", key, written.status, written.attempt)
+        await msg.ack()
+
+    async def _write(
+        self,
+        msg: StartMessage,
+        key: str,
+        mine: Run,
+        revision: int | None,
+        sequence: int,
+        ours: Attempt | None,
+        value: bytes | None,
+    ) -> tuple[Settled, Run]:
+        """Write `mine` over `revision` (None: create it): `committed` and the record written
+        (`mine`, or `mine` over earlier attempts' news), or why not and the record found.
+
+        A write that fails (no answer: NATS down, a leader election) is tried again with the
+        same compare-and-swap for up to `write_retry_for` seconds, the message kept in
+        progress meanwhile: the attempt's work is done, and handing the message back would run
+        it again. A write that was stored although its answer was lost is known by the record
+        being `mine` (`settle`).
+        """
+        record, expected, amending = mine, revision, False
+        conflicts = 0
+        deadline: float | None = None
+        pause = WRITE_RETRY_FIRST
+        try:
+            while True:
+                try:
+                    if expected is None:
+                        written = await self._store.create(
+                            key, record, value if record is mine else None
+                        )
+                    else:
+                        written, _ = await self._store.swap(
+                            key, record, expected, value if record is mine else None
+                        )
+                    if written is not None:
+                        return ("taken_over" if amending else "committed"), record
+                    found = await self._store.read(key)
+                except Exception as error:
+                    now = asyncio.get_running_loop().time()
+                    if deadline is None:
+                        deadline = now + self._write_retry_for
+                        self._keep_alive.keep(msg)  # released by `_execute`: keep it again
+                    if now >= deadline:
+                        raise
+                    log.warning(
+                        "could not write run %s (%s: %s); trying again",
+                        key,
+                        type(error).__name__,
+                        error,
+                    )
+                    await asyncio.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, WRITE_RETRY_MAX)
+                    continue
+                if found is None:
+                    raise RuntimeError(f"run {key} has no record any more")
+                current, current_revision = found
+                if current == record:  # stored, its answer lost
+                    return ("taken_over" if amending else "committed"), record
+                verdict, rewrite = settle(mine, ours, current, sequence)
+                if rewrite is None:
+                    return verdict, current
+                conflicts += 1
+                if conflicts > MAX_WRITE_CONFLICTS:
+                    raise RuntimeError(f"run {key} keeps changing while this runner writes it")
+                record, expected, amending = rewrite, current_revision, verdict == "amend"
+        finally:
+            if deadline is not None:
+                self._keep_alive.release(msg)
+
+    async def _gave_way(
+        self,
+        msg: StartMessage,
+        key: str,
+        verdict: Settled,
+        current: Run,
+        ours: Attempt | None,
+        mine: Run,
+    ) -> None:
+        """Leave the run to whoever changed its record (`settle`'s `verdict`), say so in the
+        log, and acknowledge the message unless the run goes on elsewhere."""
+        told = ""
+        if ours is not None:
+            index = _index_of(current.attempts, ours)
+            recorded = current.attempts[index] if index is not None else None
+            ended = mine.attempts[-1].outcome if mine.attempts else mine.status
+            if recorded is not None and recorded.superseded_by is not None:
+                told = f"attempt {ours.number} was taken over by attempt {recorded.superseded_by}"
+            else:
+                told = f"attempt {ours.number} was taken over by another runner's attempt"
+            if recorded is not None and recorded.outcome == ended:
+                told += f"; its outcome ({ended}) is recorded as this attempt's"
+            else:
+                told += f"; dropping its result ({ended})"
+        if verdict == "ended":
+            # Final meanwhile: cancelled, or ended by the attempt that took ours over.
+            log.info("run %s was %s meanwhile; %s", key, current.status, told or "dropping")
+            await msg.ack()
+        elif verdict == "another_start":
+            log.info("run %s belongs to another start; dropping this one's result", key)
+            await msg.ack()
         else:
-            retry_revision, current = await self._store.swap(key, record, revision)
-            if retry_revision is None:
-                await self._lost_the_record(msg, key, current)
-                return
-        await self._events.publish(record)
-        log.info(
-            "run %s attempt %d %s; retry in %.1fs", key, finished.attempt, finished.status, delay
-        )
-        await msg.nak(delay=delay)
+            # Another delivery of this message owns the run now (ours outlived its ack wait):
+            # its ack is the one that counts, and this runner starts nothing more for it.
+            log.warning(
+                "run %s: %s; leaving it to attempt %d",
+                key,
+                told or "another runner's attempt took it over",
+                current.attempt,
+            )
 
     async def _run_unrecorded(
         self, msg: StartMessage, key: str, start: FlowStart, sequence: int, flow: Flow
@@ -505,7 +715,14 @@ class StartRuns:
         if run.writing is not None:
             await run.writing  # the record it writes decides between create and swap
         if run.preempted:
-            await self._preempted(msg, key, run.owner, sequence)
+            ours = run.running.attempts[-1]
+            if run.owner is None:
+                verdict: Settled = "another_start"
+                owner = run.running
+            else:
+                verdict, _ = settle(run.running, ours, run.owner, sequence)
+                owner = run.owner
+            await self._gave_way(msg, key, verdict, owner, ours, finished or run.running)
             return
         if finished is None:  # cancelled on request: the record is final already
             await msg.ack()
@@ -517,13 +734,24 @@ class StartRuns:
 
     async def _write_running(self, run: Unrecorded) -> None:
         """Write the `running` record of a run that is taking a while; if another start of
-        the run has a record already, that one owns the run: stop this one's flow."""
-        revision = await self._store.create(run.key, run.running)
-        if revision is not None:
-            run.revision = revision
-            await self._events.publish(run.running)
+        the run has a record already, that one owns the run: stop this one's flow. A write
+        that fails leaves the run unrecorded until its end (its final write settles it)."""
+        try:
+            revision = await self._store.create(run.key, run.running)
+            if revision is not None:
+                run.revision = revision
+                await self._events.publish(run.running)
+                return
+            run.owner = await self._current(run.key)
+        except Exception as error:
+            log.warning(
+                "could not write the running record of run %s (%s: %s); its final one will be",
+                run.key,
+                type(error).__name__,
+                error,
+            )
             return
-        run.owner = await self._current(run.key)
+        run.preempted = True
         log.info("run %s belongs to another start; stopping this one's flow", run.key)
         work = self._working.get(run.key)
         if work is not None and work is run.task:  # still running the flow
@@ -572,60 +800,6 @@ class StartRuns:
             if self._working.get(key) is task:
                 del self._working[key]
                 self._aborted.discard(key)
-
-    async def _commit_final(
-        self,
-        msg: StartMessage,
-        key: str,
-        final: Run,
-        revision: int | None,
-        flow: Flow,
-        sequence: int,
-    ) -> None:
-        """Commit the final record over `revision` (None: create it), publish its event and
-        acknowledge the message."""
-        value = encode(final)  # once, for the record and its event
-        if revision is None:
-            if await self._store.create(key, final, value) is None:
-                await self._preempted(msg, key, await self._current(key), sequence)
-                return
-        else:
-            committed, current = await self._store.swap(key, final, revision, value)
-            if committed is None:
-                await self._lost_the_record(msg, key, current)
-                return
-        await self._events.publish(final, value)
-        if takes_slots(flow, final.trigger_id, final.overlap):
-            await self._admission.release(
-                final.workspace_id, final.id, final.flow_id, final.trigger_id
-            )
-        log.info("run %s %s (attempt %d)", key, final.status, final.attempt)
-        await msg.ack()
-
-    async def _lost_the_record(self, msg: StartMessage, key: str, current: Run | None) -> None:
-        """Someone else changed the record first: a cancellation (final) or another attempt."""
-        if current is not None and current.status in TERMINAL_STATUSES:
-            log.info("run %s was %s meanwhile; dropping this attempt", key, current.status)
-            await msg.ack()
-            return
-        # Another delivery of this message took over (ours outlived its ack wait): it owns
-        # the run now, and its ack is the one that counts.
-        log.warning("run %s was taken over by another attempt; leaving it to that one", key)
-
-    async def _preempted(
-        self, msg: StartMessage, key: str, current: Run | None, sequence: int
-    ) -> None:
-        """A start that ran before its record existed found one when it wrote: the start
-        that wrote it owns the run, and this one's work is dropped unpublished."""
-        if (
-            current is not None
-            and current.status not in TERMINAL_STATUSES
-            and current.start_sequence == sequence
-        ):
-            await self._lost_the_record(msg, key, current)  # our own message, redelivered
-            return
-        log.info("run %s belongs to another start; dropping this one's result", key)
-        await msg.ack()
 
     async def _current(self, key: str) -> Run | None:
         found = await self._store.read(key)

@@ -25,8 +25,9 @@ HttpCaller = Callable[[HttpFlowSettings, Run], Awaitable[Any]]
 """Makes an HTTP flow's request for a running record; returns the result or raises."""
 
 MAX_LOST_ATTEMPTS = 3
-"""Attempts a run may lose to runners that die under it before it is failed: a flow that
-kills its runner every time must not take the next runner down forever."""
+"""Attempts a run may lose to takeovers (their runners went silent: died, paused, cut off)
+before it is failed: a flow that kills its runner every time must not take the next runner down
+forever."""
 MAX_RETRY_DELAY = 300.0
 """Cap of the exponential backoff between retries, in seconds."""
 
@@ -56,28 +57,42 @@ def queued(start: FlowStart, now: datetime, sequence: int | None = None) -> Run:
 def begin(record: Run, now: datetime, runner_id: str = "") -> Run:
     """The record of a new attempt starting.
 
-    Starting a run that is still `running` means its runner died: that attempt is `lost`.
-    After `MAX_LOST_ATTEMPTS` lost attempts the run is failed instead (check the status).
+    Starting a run that is still `running` means its start came back: its runner went silent
+    for the ack wait (died, paused, or cut off from NATS). That attempt is `superseded` by the
+    new one; whether it finished is for its runner to say, if it comes back (`AttemptOutcome`).
+    After `MAX_LOST_ATTEMPTS` such attempts the run is failed instead (check the status).
     """
     attempts = list(record.attempts)
+    taken_over: int | None = None
     if record.status == "running":
-        if attempts and attempts[-1].outcome == "running":
-            attempts[-1] = msgspec.structs.replace(
-                attempts[-1],
-                outcome="lost",
-                error="the runner stopped during this attempt",
-            )
-        elif not attempts:  # a record written before attempts were kept
-            attempts.append(
-                Attempt(number=record.attempt, started_at=record.started_at or now, outcome="lost")
-            )
-    lost = sum(1 for attempt in attempts if attempt.outcome == "lost")
+        if not attempts:  # a record written before attempts were kept
+            attempts.append(Attempt(number=record.attempt, started_at=record.started_at or now))
+        if attempts[-1].outcome == "running":
+            taken_over = len(attempts) - 1
+    lost = sum(1 for a in attempts if a.outcome in ("lost", "superseded"))
+    number = len(attempts) + 1
+    if taken_over is not None:
+        lost += 1
+        gone = attempts[taken_over]
+        silent = (
+            f"runner {gone.runner_id or '(unknown)'} went silent for the ack wait (stopped, "
+            "paused or cut off from NATS)"
+        )
+        giving_up = lost >= MAX_LOST_ATTEMPTS
+        attempts[taken_over] = msgspec.structs.replace(
+            gone,
+            outcome="superseded",
+            superseded_by=None if giving_up else number,
+            error=silent if giving_up else f"{silent}; attempt {number} took over",
+        )
     if lost >= MAX_LOST_ATTEMPTS:
-        error = f"{lost} attempts were lost to runners that stopped during them; giving up"
+        error = (
+            f"{lost} attempts were taken over after their runners went silent during them; "
+            "giving up"
+        )
         return finish(
             msgspec.structs.replace(record, attempts=attempts), "failed", now, error=error
         )
-    number = len(attempts) + 1
     attempts.append(Attempt(number=number, runner_id=runner_id, started_at=now))
     return msgspec.structs.replace(
         record,

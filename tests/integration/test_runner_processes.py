@@ -1,4 +1,5 @@
-"""Runners as processes under load: killed, stopped and added while 1,000 runs are in flight."""
+"""Runners as processes under load: killed, stopped and added while 1,000 runs are in flight,
+and paused (SIGSTOP) past the ack wait while they hold runs."""
 
 import asyncio
 import os
@@ -59,6 +60,10 @@ class Runners:
 
     def logs(self) -> str:
         return "\n".join(path.read_text() for path in sorted(self._logs.glob("runner-*.log")))
+
+    def log_of(self, index: int) -> str:
+        """The log of the `index`th runner started."""
+        return (self._logs / f"runner-{index}.log").read_text()
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -161,7 +166,81 @@ async def test_every_accepted_start_ends_in_exactly_one_final_run_while_runners_
     assert all(finals[run_id] == {"succeeded"} for run_id in ledger), "one final status each"
     # The killed runner's runs in flight were taken over by the others: as new attempts when
     # they were recorded running (the others are run again from scratch).
-    lost = [r for r in runs if any(a.outcome == "lost" for a in r.attempts)]
-    assert lost, "the killed runner had no run in flight"
-    assert all(r.attempts[-1].outcome == "succeeded" for r in lost)
+    taken_over = [r for r in runs if any(a.outcome == "superseded" for a in r.attempts)]
+    assert taken_over, "the killed runner had no run in flight"
+    assert all(r.attempts[-1].outcome == "succeeded" for r in taken_over)
     assert "Traceback" not in runners.logs()
+
+
+PAUSED_RUNS = 20
+"""Fewer than one runner's concurrency: the paused runner holds every one of them."""
+
+
+async def test_a_runner_paused_past_the_ack_wait_leaves_one_final_run_and_truthful_attempts(
+    nc: Client, js: JetStreamContext, runners: Runners
+) -> None:
+    flow = await put_flow(js, "nap")
+    finals: dict[str, list[str]] = defaultdict(list)
+    running: set[str] = set()
+
+    async def on_event(msg: Msg) -> None:
+        run: Run = decode(msg.data, RunEvent).run
+        if run.status in TERMINAL_STATUSES:
+            finals[run.id].append(run.status)
+        elif run.status == "running":
+            running.add(run.id)
+
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, "*"), cb=on_event)
+    announced: list[str] = []
+
+    async def on_announcement(msg: Msg) -> None:
+        runner_id = decode(msg.data, RunnerAnnouncement).runner_id
+        if runner_id not in announced:
+            announced.append(runner_id)
+
+    announcements = await nc.subscribe(subjects.RUNNER_ANNOUNCE, cb=on_announcement)
+    paused = runners.start()
+    await wait_until(lambda: len(announced) >= 1, 60, "the first runner to take work")
+    ledger = [new_id("run") for _ in range(PAUSED_RUNS)]
+    for run_id in ledger:  # flows of 1 s, recorded running after 0.1 s
+        start = FlowStart(
+            run_id=run_id, workspace_id=flow.workspace_id, flow_id=flow.id, input={"seconds": 1}
+        )
+        await js.publish(
+            subjects.flow_start(start.workspace_id), encode(start), headers={"Nats-Msg-Id": run_id}
+        )
+    await wait_until(lambda: running >= set(ledger), 20, "every run to be recorded running")
+
+    # Paused mid-flow for longer than the ack wait: its starts go to the other runner.
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        taker = runners.start()
+        await wait_until(lambda: len(finals) >= PAUSED_RUNS, 30, "the takeover to finish them")
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    # Woken, the paused runner finishes its flows and finds every run taken over and final.
+    await wait_until(
+        lambda: all(run_id in runners.log_of(0) for run_id in ledger),
+        15,
+        "the woken runner to account for each of its runs",
+    )
+    await asyncio.sleep(0.5)  # time for a wrong final event or record, had there been one
+    await announcements.unsubscribe()
+    await events.unsubscribe()
+
+    paused_id, taker_id = announced[:2]
+    runs = {r.id: r for r in await read_prefix(js, subjects.RUNS_BUCKET, flow.workspace_id, Run)}
+    assert sorted(runs) == sorted(ledger), "one run record per accepted start"
+    assert all(finals[run_id] == ["succeeded"] for run_id in ledger), "one final status each"
+    for run in runs.values():
+        told = [(a.number, a.runner_id, a.outcome, a.superseded_by) for a in run.attempts]
+        assert run.status == "succeeded", told
+        # The paused runner did not die: its attempt is not "lost" but superseded, naming the
+        # attempt that took over; the taker's attempt is the one that ended the run.
+        assert told == [(1, paused_id, "superseded", 2), (2, taker_id, "succeeded", None)], told
+        assert f"{flow.workspace_id}.{run.id}" in runners.log_of(0)
+    logs = runners.log_of(0)
+    assert "taken over" in logs, logs
+    assert "Traceback" not in runners.logs()
+    assert paused.poll() is None, runners.logs()
+    assert taker.poll() is None, runners.logs()

@@ -165,6 +165,39 @@ class InMemoryRunStore:
         return self.revision
 
 
+class FlakyRunStore(InMemoryRunStore):
+    """`InMemoryRunStore` whose next `failures` writes raise, as writes do while NATS is down or
+    electing a leader. With `landed`, a failing write is stored first and only its answer is
+    lost (the server took it, the connection dropped before the reply)."""
+
+    def __init__(self, failures: int = 0, *, landed: bool = False) -> None:
+        super().__init__()
+        self.failures = failures
+        self.landed = landed
+        self.failed = 0
+
+    async def create(self, key: str, run: Run, value: bytes | None = None) -> int | None:
+        if self.failures:
+            if self.landed:
+                await super().create(key, run, value)
+            self._fail()
+        return await super().create(key, run, value)
+
+    async def swap(
+        self, key: str, run: Run, revision: int, value: bytes | None = None
+    ) -> tuple[int | None, Run | None]:
+        if self.failures:
+            if self.landed:
+                await super().swap(key, run, revision, value)
+            self._fail()
+        return await super().swap(key, run, revision, value)
+
+    def _fail(self) -> None:
+        self.failures -= 1
+        self.failed += 1
+        raise ConnectionError("no answer from NATS")
+
+
 class RecordingEvents:
     """`RunEvents` that keeps every published run (and checks a given value is the run)."""
 

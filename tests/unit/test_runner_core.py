@@ -1,6 +1,7 @@
 """The runner's start and cancel decisions, over in-memory fakes and a clock that stands still."""
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any
 
@@ -10,12 +11,13 @@ from contracts import subjects
 from contracts.registry import Flow, OverlapPolicy, Problem, PythonFlowSettings
 from contracts.runs import FlowStart, Run, RunSlots
 from services.runner.core import ADMISSION_RETRY, CancelRuns, StartRuns
-from services.runner.executor import MAX_LOST_ATTEMPTS, begin, queued
+from services.runner.executor import MAX_LOST_ATTEMPTS, begin, finish, queued
 from services.runner.flows import FlowContext, FlowRegistry
 from shared.ids import new_id
 from shared.pull import Delivery
 from tests.unit.fakes import (
     FixedClock,
+    FlakyRunStore,
     InMemoryAdmission,
     InMemoryRunStore,
     KeepAliveLog,
@@ -69,9 +71,9 @@ def flow_of(function: str, **limits: Any) -> Flow:
 class Runner:
     """The core with fakes around it; `deliver` plays JetStream delivering a start."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: InMemoryRunStore | None = None) -> None:
         self.clock = FixedClock()
-        self.store = InMemoryRunStore()
+        self.store = store or InMemoryRunStore()
         self.events = RecordingEvents()
         self.admission = InMemoryAdmission()
         self.aborts = RecordingAborts()
@@ -85,6 +87,20 @@ class Runner:
             functions=functions,
             clock=self.clock,
             runner_id="rnr_test",
+            record_running_after=60.0,
+            rng=lambda: 0.5,
+        )
+
+    def other(self, runner_id: str) -> StartRuns:
+        """Another replica's core over the same bucket, slots and events."""
+        return StartRuns(
+            store=self.store,
+            events=self.events,
+            admission=self.admission,
+            keep_alive=KeepAliveLog(),  # type: ignore[arg-type]
+            functions=functions,
+            clock=self.clock,
+            runner_id=runner_id,
             record_running_after=60.0,
             rng=lambda: 0.5,
         )
@@ -192,7 +208,7 @@ async def test_a_duplicate_start_of_a_finished_run_publishes_its_final_event_aga
     assert runner.events.statuses(start.run_id) == ["succeeded", "succeeded"]
 
 
-async def test_a_redelivery_after_a_lost_attempt_records_it_lost_and_runs_a_new_one(
+async def test_a_redelivery_after_a_silent_runner_records_its_attempt_superseded_and_runs_a_new_one(
     runner: Runner,
 ) -> None:
     flow = flow_of("echo")
@@ -206,7 +222,11 @@ async def test_a_redelivery_after_a_lost_attempt_records_it_lost_and_runs_a_new_
 
     run = runner.record(start)
     assert (run.status, run.attempt, run.result) == ("succeeded", 2, "again")
-    assert [attempt.outcome for attempt in run.attempts] == ["lost", "succeeded"]
+    assert [(a.runner_id, a.outcome) for a in run.attempts] == [
+        ("rnr_dead", "superseded"),
+        ("rnr_test", "succeeded"),
+    ]
+    assert run.attempts[0].superseded_by == 2
     assert msg.acked == 1
 
 
@@ -226,7 +246,7 @@ async def test_a_run_that_lost_too_many_attempts_is_failed_without_running_again
     run = runner.record(start)
     assert run.status == "failed"
     assert run.error is not None
-    assert "lost" in run.error
+    assert "taken over" in run.error
     assert calls[start.run_id] == 0
     assert msg.acked == 1
 
@@ -356,3 +376,154 @@ async def test_only_a_queued_or_running_run_can_be_cancelled(runner: Runner) -> 
     assert isinstance(unknown, Problem)
     assert unknown.code == "run_not_found"
     assert runner.aborts.aborted == []
+
+
+# --- Takeovers and writes that fail: every execution is an attempt, told truthfully -------
+
+
+async def until(condition: Any, what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def attempts_of(run: Run) -> list[tuple[int, str, str, int | None]]:
+    return [(a.number, a.runner_id, a.outcome, a.superseded_by) for a in run.attempts]
+
+
+async def test_a_runner_taken_over_records_its_finished_attempt_as_its_own_beside_the_newer_one(
+    runner: Runner,
+) -> None:
+    flow = flow_of("wait")
+    start = runner.start_of(flow, "hi")
+    first = asyncio.create_task(runner.deliver(start, flow, sequence=5))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    # Its runner went silent for the ack wait (paused): JetStream gave the start to another.
+    runner.clock.advance(30)
+    second_msg = StartMessageLog()
+    redelivered = Delivery(5, 2, runner.clock.now.timestamp())
+    second = asyncio.create_task(
+        runner.other("rnr_b").start(second_msg, start, flow, redelivered, None)
+    )
+    await until(lambda: runner.record(start).attempt == 2, "the other runner's attempt")
+
+    released[start.run_id].set()  # both flows finish; the silent runner commits first
+    first_msg = await asyncio.wait_for(first, timeout=2)
+    await asyncio.wait_for(second, timeout=2)
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("succeeded", "released")
+    assert attempts_of(run) == [(1, "rnr_test", "succeeded", 2), (2, "rnr_b", "succeeded", None)]
+    assert calls[start.run_id] == 2  # at least once: both ran it, and the record says so
+    # The start's message is the other runner's now: only its ack counts.
+    assert (first_msg.acked, first_msg.naks) == (0, [])
+    assert second_msg.acked == 1
+    assert runner.events.statuses(start.run_id) == ["running", "running", "succeeded"]
+
+
+async def test_a_runner_taken_over_by_a_run_that_ended_meanwhile_drops_its_result(
+    runner: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    flow = flow_of("wait")
+    start = runner.start_of(flow, "late")
+    first = asyncio.create_task(runner.deliver(start, flow, sequence=5))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    key = subjects.run_key(WS, start.run_id)
+    # Another runner took over after the ack wait and finished the run.
+    running, revision = await runner.store.read(key) or (None, 0)
+    assert running is not None
+    runner.clock.advance(30)
+    took_over = begin(running, runner.clock.now, "rnr_b")
+    done = finish(took_over, "succeeded", runner.clock.advance(1), result="theirs")
+    assert (await runner.store.swap(key, done, revision))[0] is not None
+
+    released[start.run_id].set()
+    await asyncio.wait_for(first, timeout=2)
+
+    run = runner.record(start)
+    assert run == done, "the final record is never written over"
+    assert attempts_of(run) == [(1, "rnr_test", "superseded", 2), (2, "rnr_b", "succeeded", None)]
+    assert any(
+        start.run_id in r.getMessage() and "dropping" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_a_taken_over_runner_whose_write_fails_a_while_starts_no_new_work() -> None:
+    runner = Runner(FlakyRunStore())
+    flow = flow_of("wait")
+    start = runner.start_of(flow, "mine")
+    first = asyncio.create_task(runner.deliver(start, flow, sequence=5))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    key = subjects.run_key(WS, start.run_id)
+    running, revision = await runner.store.read(key) or (None, 0)
+    assert running is not None
+    runner.clock.advance(30)
+    took_over = begin(running, runner.clock.now, "rnr_b")  # still running at the other runner
+    assert (await runner.store.swap(key, took_over, revision))[0] is not None
+    runner.store.failures = 1  # NATS drops the first try of the final write
+
+    released[start.run_id].set()
+    msg = await asyncio.wait_for(first, timeout=5)
+
+    run = runner.record(start)
+    assert run.status == "running"
+    assert run.attempts[1] == took_over.attempts[1], "the newer attempt is never written over"
+    assert attempts_of(run) == [(1, "rnr_test", "succeeded", 2), (2, "rnr_b", "running", None)]
+    # Neither acknowledged (the other runner's ack counts) nor handed back for a new attempt.
+    assert (msg.acked, msg.naks) == (0, [])
+
+
+async def test_a_fresh_run_whose_final_write_fails_while_nats_is_down_is_retried_until_stored() -> (
+    None
+):
+    runner = Runner(FlakyRunStore(failures=2))
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "once")
+
+    msg = await runner.deliver(start, flow, msg_id=start.run_id)  # the fast path
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("succeeded", "once")
+    assert attempts_of(run) == [(1, "rnr_test", "succeeded", None)]
+    assert calls[start.run_id] == 1
+    assert (msg.acked, msg.naks) == (1, [])
+    assert runner.events.statuses(start.run_id) == ["succeeded"]
+
+
+async def test_a_final_write_stored_but_unanswered_is_known_as_this_runner_s_own() -> None:
+    runner = Runner(FlakyRunStore(failures=1, landed=True))
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "once")
+
+    msg = await runner.deliver(start, flow, msg_id=start.run_id)
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("succeeded", "once")
+    assert attempts_of(run) == [(1, "rnr_test", "succeeded", None)]
+    assert (msg.acked, msg.naks) == (1, [])
+    assert runner.events.statuses(start.run_id) == ["succeeded"]
+
+
+async def test_a_running_run_whose_final_write_fails_a_while_is_recorded_once_and_not_lost() -> (
+    None
+):
+    store = FlakyRunStore()
+    runner = Runner(store)
+    flow = flow_of("wait")
+    start = runner.start_of(flow, "slow")
+    handling = asyncio.create_task(runner.deliver(start, flow, sequence=5))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    store.failures = 2
+
+    released[start.run_id].set()
+    msg = await asyncio.wait_for(handling, timeout=5)
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("succeeded", "released")
+    assert attempts_of(run) == [(1, "rnr_test", "succeeded", None)]
+    assert store.failed == 2
+    assert (msg.acked, msg.naks) == (1, [])
+    assert runner.events.statuses(start.run_id) == ["running", "succeeded"]

@@ -200,5 +200,8 @@ def test_beginning_a_run_left_running_by_a_dead_runner_is_a_new_attempt() -> Non
     assert again.status == "running"
     assert again.attempt == 2
     assert again.started_at == T0  # the run's first start; each attempt keeps its own
-    assert [a.outcome for a in again.attempts] == ["lost", "running"]
+    assert [(a.outcome, a.superseded_by) for a in again.attempts] == [
+        ("superseded", 2),
+        ("running", None),
+    ]
     assert again.attempts[1].started_at == T0 + timedelta(minutes=1)

@@ -75,7 +75,7 @@ def test_a_failed_attempt_without_retries_left_fails_the_run_with_its_duration()
     assert [a.outcome for a in record.attempts] == ["failed", "failed"]
 
 
-def test_a_run_whose_runners_keep_dying_is_failed_after_the_lost_attempts_limit() -> None:
+def test_a_run_whose_runners_keep_going_silent_is_failed_after_the_lost_attempts_limit() -> None:
     record = running()
     for _ in range(MAX_LOST_ATTEMPTS - 1):
         record = begin(record, T0)
@@ -85,8 +85,8 @@ def test_a_run_whose_runners_keep_dying_is_failed_after_the_lost_attempts_limit(
 
     assert record.status == "failed"
     assert record.error is not None
-    assert "lost" in record.error
-    assert [a.outcome for a in record.attempts] == ["lost"] * MAX_LOST_ATTEMPTS
+    assert "taken over" in record.error
+    assert [a.outcome for a in record.attempts] == ["superseded"] * MAX_LOST_ATTEMPTS
 
 
 async def test_an_attempt_over_the_flow_timeout_is_timed_out() -> None:
