@@ -61,9 +61,10 @@ class FireRecord(Struct, frozen=True, kw_only=True):
 
     Subject: `schedule.fire.<workspace_id>.<trigger_id>` (stream `SCHEDULE_FIRES`, the newest
     1,000 per trigger, kept 30 days). Published by: the scheduler only, with `Nats-Msg-Id`
-    `<trigger_id>:<scheduled_at>:<status>`, so replicas that make the same decision store it
-    once. Consumed by: the ingress (`GET /v1/triggers/{id}/fires`) and anyone following fires.
-    Delivery: at least once.
+    `<trigger_id>:<scheduled_at>:decided` (`:overlap_skipped` for the runner's overlap skip),
+    so an occurrence has one decision however many replicas or retries decide it. Consumed
+    by: the ingress (`GET /v1/triggers/{id}/fires`) and anyone following fires. Delivery: at
+    least once.
     """
 
     trigger_id: str

@@ -154,6 +154,12 @@ def schedule_tick(trigger_id: str) -> str:
     return f"{SCHEDULE_TICK_PREFIX}.{trigger_id}"
 
 
+def schedule_chain(trigger_id: str) -> str:
+    """Both subjects of a trigger's chain of timers, its timer and its tick: the newest message
+    on them is the chain's head, and parking compares-and-sets on their last sequence."""
+    return f"schedule.*.{trigger_id}"
+
+
 # --- The schedule ledger (stream; the scheduler is the only writer) ------------------------
 SCHEDULE_FIRES_STREAM = "SCHEDULE_FIRES"
 SCHEDULE_FIRE_PREFIX = "schedule.fire"

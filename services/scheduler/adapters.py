@@ -18,12 +18,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from contracts import subjects
 from contracts.runs import FlowStart
 from contracts.scheduling import FireRecord, ScheduleTick
-from services.scheduler.core import ledger_entry_id
+from services.scheduler.core import ledger_entry_id, supersedes
 from services.scheduler.settings import SchedulerSettings
 from shared import jetstream
 from shared.codec import decode, decoder, encode
@@ -37,6 +37,12 @@ FETCH_TIMEOUT = 5.0
 RUN_EVENT_ACK_WAIT = 30.0
 PUBLISH_TIMEOUT = 5.0
 """Seconds a publish waits for its JetStream acknowledgement before the work is retried."""
+PARK_ATTEMPTS = 10
+"""Most times a park is refused because the chain moved before it gives up (each refusal means
+another replica or a timer moved it; the head is read again every time)."""
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""Names the subjects (wildcards allowed) whose last sequence `Nats-Expected-Last-Subject-
+Sequence` is checked against, instead of the published subject alone (nats-server 2.11+)."""
 TICKS_PENDING = 100_000
 """Most ticks the replicas together hold unacknowledged (the server's default is 1,000, less
 than one herd held until its due second)."""
@@ -56,7 +62,10 @@ class JetStreamTimers:
 
     The server republishes the due message to the trigger's tick subject `lead` seconds before
     the tick's due time (the scheduler holds it until then); the stream keeps one message per
-    subject, so parking replaces the previous timer.
+    subject, so parking replaces the previous timer. The newest message on the two subjects
+    (`subjects.schedule_chain`) is the head of the trigger's chain: parking publishes with the
+    head's sequence as `Nats-Expected-Last-Subject-Sequence` over both subjects, so a timer
+    parked, or going off, meanwhile makes the server refuse it and the head is judged again.
     """
 
     def __init__(self, js: JetStreamContext, writer: jetstream.Writer, lead: float = 0.0) -> None:
@@ -64,32 +73,48 @@ class JetStreamTimers:
         self._writer = writer
         self.lead = timedelta(seconds=lead)
 
-    async def park(self, tick: ScheduleTick) -> None:
-        await self._writer.publish(
-            subjects.schedule_timer(tick.trigger_id),
-            encode(tick),
-            headers={
-                "Nats-Schedule": at_header((tick.due_at or tick.scheduled_at) - self.lead),
-                "Nats-Schedule-Target": subjects.schedule_tick(tick.trigger_id),
-            },
-        )
+    async def park(self, tick: ScheduleTick, *, seen: int | None = None) -> bool:
+        trigger_id = tick.trigger_id
+        headers = {
+            "Nats-Schedule": at_header((tick.due_at or tick.scheduled_at) - self.lead),
+            "Nats-Schedule-Target": subjects.schedule_tick(trigger_id),
+            EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: subjects.schedule_chain(trigger_id),
+        }
+        payload = encode(tick)
+        expected = seen
+        for _ in range(PARK_ATTEMPTS):
+            if expected is None:
+                head, expected = await self._head(trigger_id)
+                if head is not None and not supersedes(tick, head):
+                    return False
+            headers[jetstream.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+            try:
+                await self._writer.publish(subjects.schedule_timer(trigger_id), payload, headers)
+            except KeyWrongLastSequenceError:
+                expected = None  # the chain moved: judge its new head
+                continue
+            return True
+        raise RuntimeError(f"the timers of trigger {trigger_id} kept moving while parking")
 
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
-        return await self._last(subjects.schedule_timer(trigger_id))
+        tick, _ = await self._last(subjects.schedule_timer(trigger_id))
+        return tick
 
-    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
-        return await self._last(subjects.schedule_tick(trigger_id))
+    async def _head(self, trigger_id: str) -> tuple[ScheduleTick | None, int]:
+        """The head of the trigger's chain (its parked timer, or its tick that went off last)
+        and its stream sequence (0 when the trigger has neither)."""
+        return await self._last(subjects.schedule_chain(trigger_id))
 
-    async def _last(self, subject: str) -> ScheduleTick | None:
+    async def _last(self, subject: str) -> tuple[ScheduleTick | None, int]:
         try:
             stored = await self._js.get_last_msg(subjects.SCHEDULES_STREAM, subject)
         except NotFoundError:
-            return None
+            return None, 0
         try:
             tick: ScheduleTick = decode(stored.data or b"", ScheduleTick)
         except msgspec.DecodeError:
-            return None  # parking a fresh timer replaces it
-        return tick
+            return None, stored.seq or 0  # parking a fresh timer replaces it
+        return tick, stored.seq or 0
 
     async def head_versions(self) -> dict[str, int]:
         # The newest message of every timer and tick subject (one each), read once.
@@ -137,11 +162,24 @@ class JetStreamLedger:
     """`Ledger` as JetStream publishes to the trigger's `schedule.fire.<ws>.<trigger>` subject.
 
     The publish is awaited (PubAck) so a decision the scheduler acts on is stored; the message
-    id (`ledger_entry_id`) makes replicas' identical decisions, and retried ticks, one entry.
+    id (`ledger_entry_id`) makes every decision about one occurrence one entry.
     """
 
-    def __init__(self, writer: jetstream.Writer) -> None:
+    def __init__(self, js: JetStreamContext, writer: jetstream.Writer) -> None:
+        self._js = js
         self._writer = writer
+
+    async def last_decided(self, workspace_id: str, trigger_id: str) -> datetime | None:
+        subject = subjects.schedule_fire(workspace_id, trigger_id)
+        try:
+            stored = await self._js.get_last_msg(subjects.SCHEDULE_FIRES_STREAM, subject)
+        except NotFoundError:
+            return None
+        try:
+            entry: FireRecord = decode(stored.data or b"", FireRecord)
+        except msgspec.DecodeError:
+            return None
+        return entry.scheduled_at
 
     async def record(self, entry: FireRecord) -> None:
         await self._writer.publish(

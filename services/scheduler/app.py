@@ -79,7 +79,7 @@ class SchedulerApp:
             mirror,
             adapters.JetStreamTimers(js, writer, settings.timer_lead),
             adapters.JetStreamStartPublisher(writer),
-            ledger=adapters.JetStreamLedger(writer),
+            ledger=adapters.JetStreamLedger(js, writer),
             clock=self._clock,
             misfire_after=settings.misfire_after,
         )

@@ -10,29 +10,47 @@ Consistency rules, all of which make repeated or reordered work harmless:
 
 - Every write reads the trigger's *current* state from the store right before it, under a
   per-trigger lock, so a timer is never parked for a version this process knows to be old.
-- Every replica reacts to every trigger change (parking the same timer twice just replaces it);
-  if replicas race, the tick carries the trigger version and a stale tick never starts a flow.
+- Every replica reacts to every trigger change (a timer its trigger's chain already holds is
+  not parked twice); if replicas race, the tick carries the trigger version and a stale tick
+  never starts a flow.
 - A start is published with `Nats-Msg-Id = <trigger id>:<scheduled time>` and a run id derived
   from the same, so a retried tick or two replicas handling it stay one run.
-- Every decision about an occurrence (started, missed, skipped and why) goes to the trigger's
-  ledger with `Nats-Msg-Id = <trigger id>:<scheduled time>:<status>`: replicas that decide the
-  same thing store it once.
+- Timers never move backwards. A trigger's timers form one chain: each tick, once handled,
+  parks the occurrence after it. Parking is a compare-and-set on the chain's position in the
+  stream (`Timers.park`), and a timer is parked only if it supersedes the chain's head
+  (`supersedes`: a newer trigger version, or a later occurrence of the same version), so a
+  replica that wakes from a pause cannot put back an occurrence the others already passed.
+- One decision per occurrence. Every decision (started, missed, skipped and why) goes to the
+  trigger's ledger with a message id that names the occurrence, not the status
+  (`ledger_entry_id`), so a second decision about it is dropped by the stream; and a tick that
+  may have been decided elsewhere (redelivered, or late enough to be missed) first drops the
+  occurrences the trigger's ledger already holds: a tick whose every occurrence was decided is
+  acknowledged with no entry.
+- A decision is carried out until stored: the ledger entries of a tick are retried until the
+  stream takes them (a JetStream leader election fails writes for seconds), and the next timer
+  is parked only after all of them, so a tick is never replaced before its decisions are kept.
 
 Missed fires. Only one timer per trigger is parked, so when every replica was down the server
 still delivers that one (late) tick and nothing else. The replica that gets it lists every
 occurrence from the tick's up to now and decides them at once: an occurrence handled within
-`misfire_after` of its due time (or a redelivered tick, whose first delivery was on time) is a
-normal fire; the rest are missed and the trigger's misfire policy decides which of them start.
-Resuming a paused trigger decides the occurrences of the pause the same way.
+`misfire_after` of its due time is a normal fire; the rest are missed and the trigger's misfire
+policy decides which of them start. Lateness is measured when the tick is handled, however many
+times it was delivered: a replica killed with SIGKILL has its ticks redelivered `TICK_ACK_WAIT`
+after their due time, below `misfire_after`, so they still fire on time, while a tick held
+through a whole outage is missed like the rest of it. Resuming a paused trigger decides the
+occurrences of the pause the same way.
 
 Early ticks. Timers go off a little before their due time (the scheduler's `TIMER_LEAD`). The
 replica that gets such a tick decides it at once, holds it, and publishes the start at the due
 time: the start's lag is then the time to publish, not the time to deliver and decide every
 tick due in that second. A trigger edited, paused or deleted while its tick is held is judged
-again at the due time, so the held tick of an old version never fires.
+again at the due time, so the held tick of an old version never fires; a hold that ends well
+after the due time (the process was paused or starved) is decided again as of when it ends.
 """
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import logging
 import weakref
@@ -62,15 +80,24 @@ Sleep = Callable[[float], Awaitable[None]]
 TickStanding = Literal["current", "stale", "store_behind"]
 """What a tick is to the known trigger: of its current armed version, of an older version or a
 disarmed trigger, or of a version newer than the local trigger store has seen yet."""
-TickOutcome = Literal["started", "stale", "store_behind"]
-"""What `Scheduler.fire` did: published a start, dropped a stale tick, or could not judge the
-tick yet because the local trigger store has not caught up with the tick's trigger version."""
+TickOutcome = Literal["started", "decided_before", "stale", "store_behind"]
+"""What `Scheduler.fire` did: decided the tick (and published its starts), found every
+occurrence it covers already in the ledger (another replica, or an earlier delivery of the same
+tick, decided them), dropped a stale tick, or could not judge the tick yet because the local
+trigger store has not caught up with the tick's trigger version."""
 
 MAX_LISTED = 1000
 """Most missed occurrences one decision lists one by one from the oldest; the ones after are
 summarised in one ledger entry, except the most recent (which the misfire policy may start)."""
 MAX_CATCH_UP = 100
 """Most missed fires `run_all` starts at once (the most recent ones)."""
+LATE_WAKE = timedelta(seconds=1)
+"""A tick whose hold ends more than this after its due time (the process was paused or
+starved while holding it) is decided again as of when the hold ended."""
+RECORD_BACKOFF = 0.1
+"""Seconds before the first retry of a ledger entry the stream did not take; doubled on each
+failure up to `RECORD_MAX_BACKOFF`."""
+RECORD_MAX_BACKOFF = 2.0
 
 
 def now_utc() -> datetime:
@@ -87,16 +114,24 @@ class TriggerStore(Protocol):
 
 
 class Timers(Protocol):
-    """One parked timer per trigger: parking replaces the trigger's previous timer."""
+    """One parked timer per trigger: parking replaces the trigger's previous timer.
+
+    A trigger's timers form a chain whose head is its parked timer or, once that went off, its
+    tick. `park` moves the head forward only (`supersedes`), atomically with respect to every
+    other replica parking or any timer going off meanwhile.
+    """
 
     lead: timedelta
     """How long before its due time a parked timer goes off."""
 
-    async def park(self, tick: ScheduleTick) -> None:
-        """Park `tick` until `lead` before its due time, replacing the trigger's earlier timer."""
+    async def park(self, tick: ScheduleTick, *, seen: int | None = None) -> bool:
+        """Park `tick` until `lead` before its due time, replacing the trigger's earlier timer,
+        if it supersedes the chain's head; True if parked, False if the head is as new or newer
+        (another replica parked it, or its timer already went off).
 
-    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
-        """The trigger's timer that went off last (its tick, handled or not), or None."""
+        `seen` is the chain position the caller knows to be the head (the stream sequence of
+        the tick it handles; 0 for a trigger with no timer and no tick at all): tried first, it
+        saves reading the head, which is read only when the chain has moved since."""
 
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         """The trigger's parked timer, or None if there is none."""
@@ -114,7 +149,11 @@ class Ledger(Protocol):
     """Where decisions about occurrences go (in production: the `SCHEDULE_FIRES` stream)."""
 
     async def record(self, entry: FireRecord) -> None:
-        """Store `entry`; the same trigger, time and status twice is stored once."""
+        """Store `entry`; a second decision about the same occurrence is dropped
+        (`ledger_entry_id`). Raises when it could not be stored."""
+
+    async def last_decided(self, workspace_id: str, trigger_id: str) -> datetime | None:
+        """The occurrence of the trigger's newest ledger entry, or None when it has none."""
 
 
 class StartPublisher(Protocol):
@@ -129,6 +168,15 @@ def armed_schedule(trigger: Trigger | None) -> Schedule | None:
     if not isinstance(trigger, ScheduleTrigger) or not trigger.enabled:
         return None
     return trigger.schedule
+
+
+def supersedes(tick: ScheduleTick, head: ScheduleTick) -> bool:
+    """Whether parking `tick` moves its trigger's chain of timers forward from `head`: it is of
+    a newer trigger version, or a later occurrence of the same version. Parking a tick that does
+    not would fire an occurrence twice, or one the chain has passed (decided long ago)."""
+    if tick.trigger_version != head.trigger_version:
+        return tick.trigger_version > head.trigger_version
+    return tick.scheduled_at > head.scheduled_at
 
 
 def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
@@ -246,15 +294,15 @@ def decide(
     now: datetime,
     jitter: timedelta,
     misfire_after: timedelta | None,
-    on_time: frozenset[datetime] = frozenset(),
     missed_status: FireStatus = "missed",
     why_missed: str = "no scheduler was running",
 ) -> list[Decision]:
     """Decide every due occurrence: fire it, record it as a non-fire, or let the misfire
     policy choose among the missed ones (pure; the unit tests pin every branch).
 
-    An occurrence is on time when handled within `misfire_after` of its due time (or listed in
-    `on_time`); `misfire_after=None` makes every occurrence missed (a resumed pause).
+    An occurrence is on time when handled within `misfire_after` of its due time (`now` is when
+    it is handled, whatever brought it); `misfire_after=None` makes every occurrence missed (a
+    resumed pause).
     """
     decisions: dict[datetime, Decision] = {}
     missed: list[Occurrence] = []
@@ -265,9 +313,7 @@ def decide(
             )
             continue
         late = now - (occurrence.scheduled_at + jitter)
-        if occurrence.scheduled_at in on_time or (
-            misfire_after is not None and late <= misfire_after
-        ):
+        if misfire_after is not None and late <= misfire_after:
             decisions[occurrence.scheduled_at] = Decision(occurrence, "started", "on time")
         else:
             missed.append(occurrence)
@@ -398,6 +444,21 @@ class Plan:
     hold: float = 0.0
     """Seconds to wait before carrying it out (a tick that went off before its due time)."""
 
+    @property
+    def misses(self) -> bool:
+        """Whether an occurrence was decided as missed (late): a decision another replica may
+        have made differently, on time, before (see `Scheduler.fire`)."""
+        return any(decision.status in ("missed", "caught_up") for decision in self.decisions)
+
+
+def undecided(plan: Plan, decided_until: datetime) -> Plan:
+    """`plan` without the occurrences up to `decided_until` (the ledger already holds them)."""
+    decisions = [d for d in plan.decisions if d.occurrence.scheduled_at > decided_until]
+    if len(decisions) == len(plan.decisions):
+        return plan
+    listed = [o for o in plan.due.listed if o.scheduled_at > decided_until]
+    return Plan(dataclasses.replace(plan.due, listed=listed), decisions, plan.now, plan.hold)
+
 
 def plan_tick(
     trigger: Trigger,
@@ -405,13 +466,13 @@ def plan_tick(
     now: datetime,
     *,
     misfire_after: timedelta,
-    redelivered: bool = False,
 ) -> Plan:
     """Decide a current tick and every other occurrence of its trigger due by now.
 
     A tick that went off before its due time is decided as of its due time, when it starts
-    (`hold` says how long until then). A `redelivered` tick (a replica received it before, and
-    died or failed) counts as on time however late it now is, so a crash loses no fire.
+    (`hold` says how long until then). Otherwise it is decided as of `now`, when it is handled,
+    however many times it was delivered: only lateness beyond `misfire_after` is a misfire (a
+    tick redelivered after a replica died comes back `TICK_ACK_WAIT` late, which is less).
     """
     assert isinstance(trigger, ScheduleTrigger)
     schedule = trigger.schedule
@@ -433,7 +494,6 @@ def plan_tick(
         now=now,
         jitter=jitter,
         misfire_after=misfire_after,
-        on_time=frozenset({tick.scheduled_at}) if redelivered else frozenset(),
     )
     return Plan(due, decisions, now, max(hold, 0.0))
 
@@ -501,18 +561,26 @@ def ledger_entries(
         for decision in decisions
     ]
     if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
-        last_listed = entries[MAX_LISTED - 1]
-        entries[MAX_LISTED - 1] = msgspec.structs.replace(
-            last_listed,
-            reason=last_listed.reason + f"; about {due.unlisted} more missed fires until"
-            f" {due.unlisted_until.isoformat()} are not listed one by one",
-        )
+        # The entry of the last occurrence listed before the gap (it is the one at MAX_LISTED - 1
+        # unless the ledger already held the oldest, see `undecided`).
+        for index, entry in enumerate(entries):
+            if entry.scheduled_at == due.unlisted_from:
+                entries[index] = msgspec.structs.replace(
+                    entry,
+                    reason=entry.reason + f"; about {due.unlisted} more missed fires until"
+                    f" {due.unlisted_until.isoformat()} are not listed one by one",
+                )
+                break
     return entries
 
 
 def ledger_entry_id(entry: FireRecord) -> str:
-    """The `Nats-Msg-Id` of a ledger entry: replicas deciding the same store it once."""
-    return f"{fire_key(entry.trigger_id, entry.scheduled_at)}:{entry.status}"
+    """The `Nats-Msg-Id` of a ledger entry: one per occurrence, whatever was decided, so the
+    first decision stored is the only one (replicas, retried ticks, a replica deciding late
+    after a pause: the stream drops every later one within its duplicate window). A run the
+    runner skipped by overlap policy adds its own entry to the `started` one."""
+    kind = "overlap_skipped" if entry.status == "overlap_skipped" else "decided"
+    return f"{fire_key(entry.trigger_id, entry.scheduled_at)}:{kind}"
 
 
 def overlap_skip_entry(run: Run, trigger: Trigger | None, now: datetime) -> FireRecord | None:
@@ -651,9 +719,9 @@ class Scheduler:
                         # the pause again instead of finding a timer and leaving it undecided.
                         await self.catch_up_pause(trigger, trigger.paused_at)
                     async with self._lock(trigger_id):
-                        # No timer or tick at all: none of it can have gone off.
+                        # No timer or tick at all: no need to read the chain's head.
                         await self._park_current(
-                            trigger_id, self._clock(), may_have_gone_off=not headless
+                            trigger_id, self._clock(), seen=0 if headless else None
                         )
                 except Exception:
                     log.exception("could not park the timer of trigger %s", trigger_id)
@@ -697,16 +765,20 @@ class Scheduler:
         tick: ScheduleTick,
         *,
         redelivered: bool = False,
+        seen: int | None = None,
         on_hold: Callable[[], None] | None = None,
+        still_working: Callable[[], Awaitable[None]] | None = None,
     ) -> TickOutcome:
         """Handle a tick: decide it and every other occurrence due by now, park the next
         timer; or drop a stale tick.
 
         A tick that arrives before its due time is decided at once and held until then
-        (`on_hold` is called when the hold begins); the trigger is checked again when it ends.
-        `redelivered` says a replica received this tick before (see `plan_tick`).
-        Raises when a start could not be stored; the caller retries the tick later, which the
-        fire key makes harmless.
+        (`on_hold` is called when the hold begins); the trigger is checked again when it ends,
+        and a hold that ended late is decided again. `redelivered` says a replica received this
+        tick before; `seen` is the stream sequence of its message (see `Timers.park`);
+        `still_working` is awaited while a ledger write is retried (to keep the tick from being
+        redelivered meanwhile). Raises when a start could not be stored; the caller retries
+        the tick later, which the fire key makes harmless.
         """
         trigger = self._triggers.get(tick.trigger_id)
         match judge_tick(tick, trigger):
@@ -731,32 +803,58 @@ class Scheduler:
                     await self.ensure_parked(tick.trigger_id)
                 return "stale"
         assert trigger is not None
-        plan = plan_tick(
-            trigger,
-            tick,
-            self._clock(),
-            misfire_after=self._misfire_after,
-            redelivered=redelivered,
-        )
+        plan = plan_tick(trigger, tick, self._clock(), misfire_after=self._misfire_after)
         # Built before a tick is held, so that its due time costs only the publish.
         starts = starts_of(trigger, plan.decisions, plan.now)
         if plan.hold > 0:
             if on_hold is not None:
                 on_hold()
             await self._sleep(plan.hold)
-            if self._triggers.get(tick.trigger_id) is not trigger:
-                # Changed while held: judged again (now due, so it is not held twice).
-                return await self.fire(tick, redelivered=redelivered)
-        # The start is stored first, then the ledger entries and the next timer, and the
+            if (
+                self._triggers.get(tick.trigger_id) is not trigger
+                or self._clock() - plan.now > LATE_WAKE
+            ):
+                # Changed while held, or held far past its time (this process was paused or
+                # starved): judged and decided again as of now (due, so not held twice).
+                return await self.fire(
+                    tick, redelivered=redelivered, seen=seen, still_working=still_working
+                )
+        carried = plan
+        if redelivered or plan.misses:
+            # Another replica may have decided these occurrences already: the one this tick
+            # was delivered to first, or the chain that went on while this process was paused
+            # (late, it would call missed what was started on time). What the ledger holds
+            # stays as it is.
+            decided = await self._ledger.last_decided(trigger.workspace_id, trigger.id)
+            if decided is not None:
+                carried = undecided(plan, decided)
+                if not carried.decisions:
+                    log.info(
+                        "tick of trigger %s for %s was decided before (ledger up to %s)",
+                        trigger.id,
+                        tick.scheduled_at.isoformat(),
+                        decided.isoformat(),
+                    )
+                    # Its decider may have died before parking the next timer.
+                    await self._park_next(trigger, tick, plan.due, seen)
+                    return "decided_before"
+                if carried is not plan:
+                    starts = starts_of(trigger, carried.decisions, carried.now)
+        # The starts are stored first, then the ledger entries, then the next timer, and the
         # caller acks the tick only once all of them are acknowledged: a failed start parks
         # nothing (a parked timer would replace the tick before its retry) and records
-        # nothing it did not do.
-        await self._carry_out(trigger, plan, starts, then=self._park_next(trigger, tick, plan.due))
+        # nothing it did not do, and the next timer never replaces a tick whose decisions are
+        # not all stored.
+        await self._carry_out(trigger, carried, starts, still_working)
+        await self._park_next(trigger, tick, plan.due, seen)
         return "started"
 
-    async def _park_next(self, trigger: Trigger, tick: ScheduleTick, due: Due) -> None:
+    async def _park_next(
+        self, trigger: Trigger, tick: ScheduleTick, due: Due, seen: int | None
+    ) -> None:
         """Park the occurrence after those `fire` decided, unless the trigger changed meanwhile
-        (its change parks the timer of the new version) or the schedule is over."""
+        (its change parks the timer of the new version) or the schedule is over; unless the
+        chain of timers has gone past it meanwhile (`Timers.park`)."""
         if tick.skip == "after_end":
             return  # nothing more to park: the schedule is over
         async with self._lock(trigger.id):
@@ -764,12 +862,12 @@ class Scheduler:
             if current is None or current.version != tick.trigger_version:
                 return
             if not due.upcoming_known:
-                await self._park_current(trigger.id, due.listed[-1].scheduled_at)
+                await self._park_current(trigger.id, due.listed[-1].scheduled_at, seen=seen)
                 return
             if due.upcoming is not None:
                 # Even if it fell due while the start was stored, it is parked (and goes off
                 # at once), so a busy scheduler fires it late rather than never.
-                await self._timers.park(tick_of(trigger, due.upcoming))
+                await self._timers.park(tick_of(trigger, due.upcoming), seen=seen)
 
     async def record_overlap_skip(self, run: Run) -> None:
         """Ledger entry for a schedule fire whose run the runner skipped by overlap policy."""
@@ -797,22 +895,15 @@ class Scheduler:
         trigger: Trigger,
         plan: Plan,
         starts: list[tuple[FlowStart, str]],
-        *,
-        then: Coroutine[Any, Any, None] | None = None,
+        still_working: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Store the `starts` of `plan` (raising if one fails), then record every decision
-        and run `then`: after the one ledger write of the usual tick, concurrently with the
-        many of a catch-up."""
+        """Store the `starts` of `plan` (raising if one fails), then record every decision,
+        each retried until stored (`_record`)."""
         publishes = [self._starts.publish(start, msg_id) for start, msg_id in starts]
-        try:
-            if len(publishes) == 1:
-                await publishes[0]  # the usual case: no task to wrap it in
-            else:
-                await asyncio.gather(*publishes)
-        except BaseException:
-            if then is not None:
-                then.close()  # never started: nothing to undo
-            raise
+        if len(publishes) == 1:
+            await publishes[0]  # the usual case: no task to wrap it in
+        elif publishes:
+            await asyncio.gather(*publishes)
         due = plan.due
         if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
             log.warning(
@@ -823,13 +914,10 @@ class Scheduler:
                 due.unlisted_until.isoformat(),
             )
         entries = ledger_entries(trigger, plan.decisions, due, self._clock())
-        records = [self._ledger.record(entry) for entry in entries]
-        if len(records) == 1:  # the usual case: one after the other costs no tasks
-            await records[0]
-            if then is not None:
-                await then
+        if len(entries) == 1:  # the usual case: no task to wrap it in
+            await self._record(entries[0], still_working)
         else:
-            await asyncio.gather(*records, *([then] if then is not None else []))
+            await asyncio.gather(*(self._record(entry, still_working) for entry in entries))
         for decision in plan.decisions:
             if decision.status != "started":
                 log.info(
@@ -840,27 +928,47 @@ class Scheduler:
                     decision.reason,
                 )
 
+    async def _record(
+        self, entry: FireRecord, still_working: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        """Store `entry`, retrying until the ledger takes it.
+
+        Its start is stored already: giving up would leave a run with no entry, and a retry of
+        the whole tick comes later, when lateness may decide it differently (or never, once
+        the next timer's tick replaced it). The entry's message id makes every retry one entry.
+        """
+        backoff = RECORD_BACKOFF
+        while True:
+            try:
+                await self._ledger.record(entry)
+                return
+            except Exception as error:
+                log.warning(
+                    "ledger entry of trigger %s for %s not stored (%s: %s); retrying in %.1fs",
+                    entry.trigger_id,
+                    entry.scheduled_at.isoformat(),
+                    type(error).__name__,
+                    error,
+                    backoff,
+                )
+            if still_working is not None:
+                with contextlib.suppress(Exception):
+                    await still_working()
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, RECORD_MAX_BACKOFF)
+
     async def _park_current(
-        self, trigger_id: str, after: datetime, *, may_have_gone_off: bool = True
+        self, trigger_id: str, after: datetime, *, seen: int | None = None
     ) -> bool:
-        """Park the trigger's next occurrence after `after` that is not yet due (`next_tick`);
-        False if the trigger is not armed or its schedule is over. `may_have_gone_off=False`
-        (the caller knows the trigger has no tick) skips the look for a timer of it that went
-        off. Call with the trigger's lock held."""
-        now = self._clock()
-        tick = next_tick(self._triggers.get(trigger_id), after, now)
+        """Park the trigger's next occurrence after `after` that is not yet due (`next_tick`),
+        unless its chain of timers is already there or past it (`Timers.park`: a timer that
+        went off for it has its tick held or waiting, and whoever handles it parks the next);
+        False if the trigger is not armed or its schedule is over. `seen` as in `Timers.park`.
+        Call with the trigger's lock held."""
+        tick = next_tick(self._triggers.get(trigger_id), after, self._clock())
         if tick is None:
             return False
-        # A timer that would go off at once may already have gone off (its tick is held until
-        # its due time, or waits for a replica): whoever handles that tick parks the next one.
-        goes_off_at = (tick.due_at or tick.scheduled_at) - self._timers.lead
-        if (
-            may_have_gone_off
-            and goes_off_at <= now
-            and await self._timers.last_gone_off(trigger_id) == tick
-        ):
-            return True
-        await self._timers.park(tick)
+        await self._timers.park(tick, seen=seen)
         return True
 
     def _lock(self, trigger_id: str) -> asyncio.Lock:

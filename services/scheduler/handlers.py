@@ -34,21 +34,31 @@ async def handle_tick(
     retry_delay: float,
     on_hold: Callable[[], None] | None = None,
 ) -> None:
-    """Decode a tick, fire it, then ack; nak (retry later) on any failure before the ack."""
+    """Decode a tick, fire it, then ack; nak (retry later) on any failure before the ack.
+
+    The tick's stream sequence tells the core where the trigger's chain of timers stood when
+    the tick went off; while a ledger write is retried, the tick is kept in progress so that
+    no other replica gets it and decides its occurrences a second time, later.
+    """
     try:
         tick = decode(msg.data, ScheduleTick)
     except msgspec.DecodeError as error:
         await reject(js, msg, f"undecodable schedule tick: {error}", SERVICE)
         return
+    delivered = delivery(msg)
     try:
         outcome = await scheduler.fire(
-            tick, redelivered=delivery(msg).delivered > 1, on_hold=on_hold
+            tick,
+            redelivered=delivered.delivered > 1,
+            seen=delivered.stream_sequence,
+            on_hold=on_hold,
+            still_working=msg.in_progress,
         )
     except Exception:
         log.exception("tick of trigger %s for %s failed", tick.trigger_id, tick.scheduled_at)
         await msg.nak(delay=retry_delay)
         return
-    if outcome == "store_behind" and delivery(msg).delivered < MAX_DELIVERIES_WHILE_BEHIND:
+    if outcome == "store_behind" and delivered.delivered < MAX_DELIVERIES_WHILE_BEHIND:
         await msg.nak(delay=retry_delay)
         return
     await msg.ack()

@@ -23,9 +23,11 @@ from contracts import subjects
 from contracts.registry import CronSchedule, ScheduleTrigger, Trigger
 from contracts.runs import DeadLetter, FlowStart, Run, RunEvent
 from contracts.scheduling import FireRecord, ScheduleTick
-from services.scheduler.adapters import TICKS_PENDING
+from services.ingress.adapters import read_ledger
+from services.scheduler.adapters import TICKS_PENDING, JetStreamTimers
 from services.scheduler.app import SchedulerApp, create_app
 from services.scheduler.settings import SchedulerSettings
+from shared import jetstream
 from shared.broker import stream_configs
 from shared.codec import decode, encode
 from shared.ids import new_id
@@ -435,3 +437,78 @@ async def test_a_run_the_runner_skipped_reaches_the_ledger_from_its_versioned_ev
     stored = await js.get_last_msg(subjects.SCHEDULE_FIRES_STREAM, fires)
     entry = decode(stored.data or b"", FireRecord)
     assert (entry.status, entry.run_id) == ("overlap_skipped", run.id)
+
+
+async def test_parking_never_moves_a_trigger_s_chain_of_timers_backwards(
+    nc: Client, js: JetStreamContext
+):
+    timers = JetStreamTimers(js, await jetstream.Writer.open(nc))
+    trigger_id = new_id("trg")
+    in_an_hour = now().replace(microsecond=0) + timedelta(hours=1)
+
+    def timer(version: int, at: datetime) -> ScheduleTick:
+        return ScheduleTick(trigger_id=trigger_id, trigger_version=version, scheduled_at=at)
+
+    try:
+        later = timer(1, in_an_hour + timedelta(seconds=30))
+        assert await timers.park(later, seen=0)
+        assert not await timers.park(timer(1, in_an_hour))
+        # A caller whose view of the chain is old is refused by the server, then judged.
+        assert not await timers.park(timer(1, in_an_hour), seen=0)
+        assert await timers.parked(trigger_id) == later
+        edited = timer(2, in_an_hour)  # a new version replaces the old one, earlier or not
+        assert await timers.park(edited, seen=0)
+        assert await timers.parked(trigger_id) == edited
+
+        # Once a timer went off, its tick heads the chain: the same timer is not parked again.
+        soon = timer(3, now() + timedelta(milliseconds=300))
+        assert await timers.park(soon)
+
+        async def gone_off() -> bool:
+            return await timers.parked(trigger_id) is None
+
+        await poll(gone_off, timeout=3, what="the timer going off")
+        assert not await timers.park(soon)
+        assert await timers.parked(trigger_id) is None
+        assert await timers.park(timer(3, in_an_hour))
+    finally:
+        await timers.cancel(trigger_id)
+
+
+async def test_fires_during_a_ledger_outage_reach_the_ledger_once_each_when_it_is_back(
+    nats_url: str, registry: Registry, starts: StartLog, js: JetStreamContext
+):
+    # With the ledger's stream gone, every write of an entry fails as it does while a
+    # JetStream leader is elected (no stream answers); the stream comes back 3 s later.
+    ledger_stream = next(
+        config for config in stream_configs() if config.name == subjects.SCHEDULE_FIRES_STREAM
+    )
+    trigger = schedule_trigger(EVERY_SECOND)
+    app = await started_scheduler(nats_url)
+    try:
+        await registry.put(trigger)
+        await starts.wait_for(lambda start: start.trigger_id == trigger.id, timeout=4)
+        await js.delete_stream(subjects.SCHEDULE_FIRES_STREAM)
+        gone_at = now()
+        await asyncio.sleep(3)
+        await js.add_stream(ledger_stream)
+        await asyncio.sleep(3)
+        await registry.put(changed(trigger, enabled=False))
+        disabled_at = now()
+        await asyncio.sleep(1)
+    finally:
+        await app.stop()
+        with contextlib.suppress(Exception):
+            await js.add_stream(ledger_stream)
+
+    entries = await read_ledger(js, trigger.workspace_id, trigger.id)
+    decided: dict[datetime, list[str]] = {}
+    for entry in entries:
+        decided.setdefault(entry.scheduled_at, []).append(entry.status)
+    fires = {start.scheduled_at for start in starts.of(trigger.id)}
+    first = gone_at.replace(microsecond=0) + timedelta(seconds=1)
+    seconds = int((disabled_at - first).total_seconds()) - 1
+    assert seconds >= 4
+    for second in (first + timedelta(seconds=n) for n in range(seconds)):
+        assert second in fires, f"{second} has no start"
+        assert decided.get(second) == ["started"], (second, decided)

@@ -1,16 +1,19 @@
 """The scheduler's decisions with in-memory fakes and an injected clock (no broker, no sleeps)."""
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
 import pytest
+from nats.js.errors import NoStreamResponseError
 
 from contracts.registry import ApiTrigger, CronSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.adapters import at_header
-from services.scheduler.core import Scheduler, fire_key
+from services.scheduler.core import Scheduler, fire_key, ledger_entry_id, supersedes
 from shared.ids import derived_id
 
 NOW = datetime(2026, 1, 1, 10, 0, 0, 250_000, tzinfo=UTC)
@@ -44,21 +47,29 @@ class FakeTriggers:
 
 
 class FakeTimers:
+    """Timers as the stream holds them: a trigger's parked timer, else its tick that went off
+    last, is the head of its chain, and parking only moves the head forward."""
+
     def __init__(self) -> None:
         self.lead = timedelta(0)
         self.parked_ticks: dict[str, ScheduleTick] = {}
         self.gone_off: dict[str, ScheduleTick] = {}
-        self.gone_off_lookups = 0
+        self.head_lookups = 0
         self.parks = 0
         self.cancels: list[str] = []
+        self.on_park: Callable[[ScheduleTick], None] | None = None
 
-    async def last_gone_off(self, trigger_id: str) -> ScheduleTick | None:
-        self.gone_off_lookups += 1
-        return self.gone_off.get(trigger_id)
-
-    async def park(self, tick: ScheduleTick) -> None:
+    async def park(self, tick: ScheduleTick, *, seen: int | None = None) -> bool:
+        head = self.parked_ticks.get(tick.trigger_id) or self.gone_off.get(tick.trigger_id)
+        if seen != 0 or head is not None:
+            self.head_lookups += 1
+            if head is not None and not supersedes(tick, head):
+                return False
         self.parks += 1
         self.parked_ticks[tick.trigger_id] = tick
+        if self.on_park is not None:
+            self.on_park(tick)
+        return True
 
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         return self.parked_ticks.get(trigger_id)
@@ -73,11 +84,31 @@ class FakeTimers:
 
 
 class FakeLedger:
+    """The ledger stream: an entry whose message id it holds already is dropped."""
+
     def __init__(self) -> None:
         self.entries: list[FireRecord] = []
+        self.failures_left = 0
+        self.refused = 0
+        self.on_record: Callable[[FireRecord], None] | None = None
+        self.on_refusal: Callable[[], None] | None = None
 
     async def record(self, entry: FireRecord) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            self.refused += 1
+            if self.on_refusal is not None:
+                self.on_refusal()
+            raise NoStreamResponseError()  # what a write gets during a leader election
+        if ledger_entry_id(entry) in {ledger_entry_id(stored) for stored in self.entries}:
+            return
         self.entries.append(entry)
+        if self.on_record is not None:
+            self.on_record(entry)
+
+    async def last_decided(self, workspace_id: str, trigger_id: str) -> datetime | None:
+        mine = [entry for entry in self.entries if entry.trigger_id == trigger_id]
+        return mine[-1].scheduled_at if mine else None
 
     def statuses(self) -> list[tuple[str, str]]:
         return [(e.scheduled_at.strftime("%H:%M:%S"), e.status) for e in self.entries]
@@ -490,14 +521,43 @@ async def test_run_once_starts_nothing_when_every_missed_fire_is_outside_the_win
     assert [status for _, status in world.ledger.statuses()] == ["missed"] * 4
 
 
-async def test_a_redelivered_tick_is_on_time_however_late_so_a_crash_loses_no_fire(
+async def test_a_tick_redelivered_after_a_crash_within_the_threshold_still_fires_on_time(
     world: World,
 ):
     world.triggers.by_id["trg_1"] = with_schedule(misfire="skip")
-    world.clock.now = datetime(2026, 1, 1, 10, 15, 40, tzinfo=UTC)  # the ack wait ran out
+    # A replica died holding it: it comes back TICK_ACK_WAIT (5 s) after its due time.
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 5, tzinfo=UTC)
     await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"), redelivered=True)
     assert started_times(world) == ["10:15:00"]
     assert world.ledger.statuses() == [("10:15:00", "started")]
+
+
+async def test_a_redelivered_tick_later_than_the_threshold_is_decided_by_the_misfire_policy(
+    world: World,
+):
+    # Every replica was down: the tick held when the last one died comes back 40 s late.
+    world.triggers.by_id["trg_1"] = with_schedule(misfire="skip")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 40, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"), redelivered=True)
+    assert world.starts.published == []
+    assert world.ledger.statuses() == [("10:15:00", "missed")]
+    assert "late by 40.0s" in world.ledger.entries[0].reason
+
+
+async def test_a_tick_held_through_a_pause_of_the_process_is_decided_as_of_its_end(
+    world: World,
+):
+    world.triggers.by_id["trg_1"] = with_schedule(misfire="skip")
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 58, tzinfo=UTC)  # held for 2 s...
+
+    async def paused() -> None:
+        world.clock.now += timedelta(seconds=25)  # ... and the process stopped for 25 s
+
+    world.clock.while_sleeping = paused
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert world.starts.published == []
+    assert world.ledger.statuses() == [("10:15:00", "missed")]
+    assert "late by 25.0s" in world.ledger.entries[0].reason
 
 
 async def test_a_very_long_outage_is_decided_with_bounded_work(world: World):
@@ -642,7 +702,7 @@ async def test_reconcile_does_not_look_for_a_gone_off_timer_of_a_trigger_with_no
     world.clock.now = datetime(2026, 1, 1, 10, 14, 59, tzinfo=UTC)
     world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
     await world.scheduler.reconcile()
-    assert world.timers.gone_off_lookups == 0
+    assert world.timers.head_lookups == 0
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
 
 
@@ -734,3 +794,172 @@ async def test_reconcile_parks_a_trigger_whose_last_tick_is_of_an_older_version(
     world.timers.gone_off["trg_1"] = tick("trg_1", 1, "2026-01-01T09:45:00+00:00")
     await world.scheduler.reconcile()
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 2, "2026-01-01T10:15:00+00:00")
+
+
+# --- Timers that never move backwards, one decision per occurrence ---------------------------
+
+
+def second(text: str) -> datetime:
+    return datetime.fromisoformat(f"2026-01-01T10:15:{text}+00:00")
+
+
+def decided_by_the_other_replica(world: World, until: str) -> None:
+    """What the replica that went on meanwhile did: every second from 10:15:00 to `until`
+    started on time, and the timer of the one after parked."""
+    trigger = world.triggers.by_id["trg_1"]
+    at = second("00")
+    while at <= second(until):
+        world.ledger.entries.append(
+            FireRecord(
+                trigger_id="trg_1",
+                workspace_id=trigger.workspace_id,
+                flow_id=trigger.flow_id,
+                trigger_version=1,
+                scheduled_at=at,
+                local_time=at.isoformat(),
+                timezone="UTC",
+                status="started",
+                reason="on time",
+                recorded_at=at,
+            )
+        )
+        at += timedelta(seconds=1)
+    world.timers.parked_ticks["trg_1"] = tick("trg_1", 1, at.isoformat())
+
+
+async def test_a_replica_paused_while_holding_a_tick_adds_no_second_decision_on_waking(
+    world: World,
+):
+    # The issue's drill: this replica holds the tick of 10:15:00 and is stopped (SIGSTOP) for
+    # 30 s; the other replica gets the tick after the ack wait and goes on with the chain.
+    world.triggers.by_id["trg_1"] = with_schedule(cron="* * * * * *")
+    world.clock.now = datetime(2026, 1, 1, 10, 14, 58, 500_000, tzinfo=UTC)
+
+    async def paused() -> None:
+        world.clock.now += timedelta(seconds=30)
+        decided_by_the_other_replica(world, until="30")
+
+    world.clock.while_sleeping = paused
+    outcome = await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+
+    assert outcome == "decided_before"
+    assert world.starts.published == []
+    statuses = world.ledger.statuses()
+    assert len(statuses) == len(set(statuses)) == 31  # one entry for each second
+    assert {status for _, status in statuses} == {"started"}
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:15:31+00:00")
+
+
+async def test_a_late_tick_decides_only_what_the_ledger_does_not_hold_yet(world: World):
+    # Pulled before a pause of this replica and handled after it: the other replica has
+    # decided up to 10:15:29, and its tick of 10:15:30 is not decided yet.
+    world.triggers.by_id["trg_1"] = with_schedule(cron="* * * * * *")
+    decided_by_the_other_replica(world, until="29")
+    world.timers.gone_off["trg_1"] = world.timers.parked_ticks.pop("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 30, 200_000, tzinfo=UTC)
+
+    outcome = await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:05+00:00"))
+
+    assert outcome == "started"
+    assert started_times(world) == ["10:15:30"]  # on time, as the other replica decides it
+    statuses = world.ledger.statuses()
+    assert len(statuses) == len(set(statuses)) == 31
+    assert {status for _, status in statuses} == {"started"}
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:15:31+00:00")
+
+
+async def test_a_redelivered_tick_its_first_handler_decided_parks_the_next_timer_only(
+    world: World,
+):
+    # The first handler stored the start and the entry, then died before parking the next.
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    due = tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 100_000, tzinfo=UTC)
+    await world.scheduler.fire(due)
+    world.timers.parked_ticks.pop("trg_1")  # never parked: it died first
+    world.timers.gone_off["trg_1"] = due
+    world.starts.published.clear()
+
+    world.clock.now += timedelta(seconds=5)
+    outcome = await world.scheduler.fire(due, redelivered=True)
+
+    assert outcome == "decided_before"
+    assert world.starts.published == []
+    assert world.ledger.statuses() == [("10:15:00", "started")]
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:30:00+00:00")
+
+
+# --- Ledger writes through a leader election -------------------------------------------------
+
+
+async def test_a_ledger_entry_the_stream_refuses_is_retried_until_stored(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 100_000, tzinfo=UTC)
+    world.ledger.failures_left = 4  # a leader election: refused for a few seconds
+
+    outcome = await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+
+    assert outcome == "started"
+    assert world.ledger.refused == 4
+    assert world.ledger.statuses() == [("10:15:00", "started")]
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:30:00+00:00")
+
+
+async def test_the_next_timer_is_parked_only_once_every_entry_of_a_tick_is_stored(
+    world: World,
+):
+    # A tick that decides several occurrences (its replica was slow to get it): parking the
+    # next timer replaces this tick in the stream, so no retry of it could come afterwards.
+    world.triggers.by_id["trg_1"] = with_schedule(cron="* * * * * *")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 3, 100_000, tzinfo=UTC)
+    world.ledger.failures_left = 2
+    events: list[str] = []
+    world.ledger.on_record = lambda entry: events.append(f"entry {entry.scheduled_at:%S}")
+    world.timers.on_park = lambda parked: events.append(f"park {parked.scheduled_at:%S}")
+
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+
+    assert sorted(events[:-1]) == ["entry 00", "entry 01", "entry 02", "entry 03"]
+    assert events[-1] == "park 04"
+
+
+async def test_a_retried_tick_writes_the_entry_its_first_attempt_did_not_store(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    due = tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 100_000, tzinfo=UTC)
+    world.ledger.failures_left = 1_000_000
+
+    async def let_the_test_run() -> None:
+        await asyncio.sleep(0)
+
+    world.clock.while_sleeping = let_the_test_run
+    refused = asyncio.Event()
+    world.ledger.on_refusal = refused.set
+    first = asyncio.create_task(world.scheduler.fire(due))
+    await refused.wait()
+    first.cancel()  # its replica died with the start stored and the entry not
+    with contextlib.suppress(asyncio.CancelledError, NoStreamResponseError):
+        await first
+    world.clock.while_sleeping = None
+    assert started_times(world) == ["10:15:00"]
+    assert world.ledger.entries == []
+
+    world.ledger.failures_left = 0
+    world.clock.now += timedelta(seconds=5)  # redelivered after the ack wait
+    await world.scheduler.fire(due, redelivered=True)
+    assert world.ledger.statuses() == [("10:15:00", "started")]
+
+
+async def test_a_tick_is_kept_in_progress_while_its_entry_is_retried(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 100_000, tzinfo=UTC)
+    world.ledger.failures_left = 3
+    kept: list[datetime] = []
+
+    async def still_working() -> None:
+        kept.append(world.clock.now)
+
+    await world.scheduler.fire(
+        tick("trg_1", 1, "2026-01-01T10:15:00+00:00"), still_working=still_working
+    )
+    assert len(kept) == 3

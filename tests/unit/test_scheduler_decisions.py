@@ -14,7 +14,9 @@ from services.scheduler.core import (
     next_tick,
     plan_pause,
     plan_tick,
+    supersedes,
     trigger_change,
+    undecided,
 )
 
 CREATED = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
@@ -106,8 +108,46 @@ def test_a_late_tick_is_planned_with_no_hold_and_its_lateness_decided_by_misfire
     late = plan_tick(trigger(), tick(), now, misfire_after=MISFIRE_AFTER)
     assert late.hold == 0.0
     assert [d.status for d in late.decisions] == ["caught_up"]  # run_once starts the latest
-    redelivered = plan_tick(trigger(), tick(), now, misfire_after=MISFIRE_AFTER, redelivered=True)
-    assert [d.status for d in redelivered.decisions] == ["started"]
+    assert late.misses
+
+
+def test_dropping_what_the_ledger_holds_keeps_the_later_occurrences_and_the_next_timer():
+    every_second = trigger(schedule=CronSchedule(cron="* * * * * *"))
+    plan = plan_tick(
+        every_second,
+        tick(at="2026-01-01T10:15:00+00:00"),
+        at("2026-01-01T10:15:30+00:00"),
+        misfire_after=MISFIRE_AFTER,
+    )
+    kept = undecided(plan, at("2026-01-01T10:15:28+00:00"))
+    assert [d.occurrence.scheduled_at.second for d in kept.decisions] == [29, 30]
+    assert [d.status for d in kept.decisions] == ["started", "started"]
+    assert kept.due.upcoming == plan.due.upcoming
+    assert undecided(plan, at("2026-01-01T10:14:59+00:00")) is plan
+
+
+def test_timers_of_a_trigger_only_move_forward():
+    assert supersedes(tick(1, "2026-01-01T10:30:00+00:00"), tick(1))
+    assert not supersedes(tick(1), tick(1))
+    assert not supersedes(tick(1, "2026-01-01T10:00:00+00:00"), tick(1))
+    # A new version's timer replaces an old version's, earlier or not; never the reverse.
+    assert supersedes(tick(2, "2026-01-01T10:00:00+00:00"), tick(1))
+    assert not supersedes(tick(1, "2026-01-01T10:30:00+00:00"), tick(2))
+
+
+def test_every_decision_about_one_occurrence_has_one_ledger_message_id():
+    on_time = plan_tick(
+        trigger(), tick(), at("2026-01-01T10:15:01+00:00"), misfire_after=MISFIRE_AFTER
+    )
+    late = plan_tick(
+        trigger(), tick(), at("2026-01-01T10:15:40+00:00"), misfire_after=MISFIRE_AFTER
+    )
+    (started,) = ledger_entries(trigger(), on_time.decisions, on_time.due, on_time.now)
+    (caught_up,) = ledger_entries(trigger(), late.decisions, late.due, late.now)
+    assert (started.status, caught_up.status) == ("started", "caught_up")
+    assert ledger_entry_id(started) == ledger_entry_id(caught_up)
+    overlap = msgspec.structs.replace(started, status="overlap_skipped")
+    assert ledger_entry_id(overlap) != ledger_entry_id(started)
 
 
 def test_a_pause_with_no_occurrence_due_while_it_lasted_plans_nothing():

@@ -25,6 +25,10 @@ class FakeMsg:
         self.reply = f"$JS.ACK.SCHEDULES.scheduler.{delivered}.7.7.1767261600000000000.0"
         self.acked = self.termed = False
         self.nak_delays: list[float | None] = []
+        self.kept_in_progress = 0
+
+    async def in_progress(self) -> None:
+        self.kept_in_progress += 1
 
     async def ack(self) -> None:
         self.acked = True
@@ -50,8 +54,12 @@ class FakeScheduler:
         self.fired: list[tuple[ScheduleTick, bool]] = []
         self.runs: list[Run] = []
 
-    async def fire(self, tick: ScheduleTick, *, redelivered: bool, on_hold: Any) -> TickOutcome:
+    async def fire(
+        self, tick: ScheduleTick, *, redelivered: bool, seen: int, on_hold: Any, still_working: Any
+    ) -> TickOutcome:
         self.fired.append((tick, redelivered))
+        self.seen = seen
+        await still_working()
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
@@ -76,6 +84,13 @@ async def test_a_handled_tick_is_acked_and_a_redelivery_is_said_so():
     assert first.acked
     assert again.acked
     assert scheduler.fired == [(TICK, False), (TICK, True)]
+
+
+async def test_a_tick_names_its_place_in_the_stream_and_can_be_kept_in_progress():
+    scheduler, msg = FakeScheduler(), FakeMsg(encode(TICK))
+    await handle(scheduler, msg)
+    assert scheduler.seen == 7  # the stream sequence in its reply subject
+    assert msg.kept_in_progress == 1
 
 
 async def test_a_tick_whose_start_fails_is_nakked_for_a_retry():
