@@ -24,7 +24,9 @@ class DrillStack(Stack):
         report = await run_drill(self, name, workload, fault)
         REPORTS.append(report)
         self.tainted = bool(report.problems)
-        assert not report.problems, f"{report.line()}\n{report.problems.summary()}"
+        assert not report.problems, (
+            f"{report.line()}\n{report.problems.summary()}\nlogs: {self.root}"
+        )
         return report
 
     async def prepare(self) -> None:
