@@ -152,8 +152,14 @@ class Nats:
         )
 
     async def connect(self) -> Client:
-        """A connection of the drill's own to any node (reconnecting forever)."""
+        """A connection of the drill's own to any node (reconnecting forever, quietly: the
+        drills take nodes down on purpose)."""
+
+        async def ignore(error: Exception) -> None:
+            pass
+
         return await nats.connect(
+            error_cb=ignore,
             servers=[node.url for node in self.nodes],
             name=DRILL_CONNECTION,
             max_reconnect_attempts=-1,
