@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e lint format typecheck bench bench-runner bench-quick bench-scheduler clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,8 +23,8 @@ install: $(STAMP) ## Create .venv and install the project with its pinned depend
 run: $(STAMP) ## Start NATS and all four services locally (Ctrl-C stops everything)
 	$(BIN)/python -m services
 
-test: $(STAMP) ## Run the whole test suite against a real nats-server
-	$(BIN)/python -m pytest
+test: $(STAMP) ## Run the whole test suite against a real nats-server (fault drills included)
+	$(BIN)/python -m pytest tests
 
 test-unit: $(STAMP) ## Run the unit tests only (no NATS)
 	$(BIN)/python -m pytest tests/unit
@@ -34,6 +34,9 @@ test-integration: $(STAMP) ## Run the integration tests (a real nats-server per 
 
 test-e2e: $(STAMP) ## Run the end-to-end tests (the whole stack as processes)
 	$(BIN)/python -m pytest tests/e2e
+
+test-faults: $(STAMP) ## Run the fault drills (kills, pauses, NATS restarts; a few minutes)
+	$(BIN)/python -m pytest tests/faults
 
 lint: $(STAMP) ## Check style with ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
