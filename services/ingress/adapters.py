@@ -290,21 +290,36 @@ class Ingress:
         record = IdempotentStart(
             run_id=run_id, flow_id=flow_id, body_digest=digest, created_at=datetime.now(UTC)
         )
-        try:
+        idempotency = self.idempotency
+        stored: bytes | None = None  # the record already under the key (None: ours is new)
+
+        async def claim() -> None:
+            nonlocal stored
             try:
-                await self.idempotency.create(storage_key, encode(record))
-                return run_id, False
+                await idempotency.create(storage_key, encode(record))
+                stored = None
             except KeyWrongLastSequenceError:
-                pass
-            entry = await self.idempotency.get(storage_key)
+                stored = (await idempotency.get(storage_key)).value or b""
+
+        try:
+            # Retried like the start itself: a create whose answer was lost finds its own
+            # record on the next try, with the same run id, and goes on as a repeat.
+            await retried_within(
+                f"storing Idempotency-Key of run {run_id}",
+                claim,
+                self.settings.store_retry_seconds,
+            )
         except Exception as error:  # NATS trouble: nothing was started
             raise ApiError(
                 503,
                 "start_not_stored",
-                f"the Idempotency-Key could not be stored ({type(error).__name__}); nothing was "
-                "started, retry with the same key",
+                f"the Idempotency-Key could not be stored ({type(error).__name__}) within "
+                f"{self.settings.store_retry_seconds:g}s; nothing was started, retry with the "
+                "same key",
             ) from error
-        original: IdempotentStart = decode(entry.value or b"", IdempotentStart)
+        if stored is None:
+            return run_id, False
+        original: IdempotentStart = decode(stored, IdempotentStart)
         if original.flow_id != flow_id or original.body_digest != digest:
             raise ApiError(
                 422,
