@@ -35,6 +35,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
 import msgspec
@@ -301,26 +302,83 @@ def settle(
     """
     if current == mine:
         return "committed", None
-    if current.status in TERMINAL_STATUSES:
-        return "ended", None
     if current.start_sequence not in (None, sequence):
         return "another_start", None
     index = _index_of(current.attempts, ours)
+    unnamed = index is None and ours is not None
+    if unnamed:
+        index = _unnamed_attempt(current.attempts, ours)
     mine_index = _index_of(mine.attempts, ours)
     if ours is None or index is None or mine_index is None:
-        return "taken_over", None
+        return ("ended" if current.status in TERMINAL_STATUSES else "taken_over"), None
     recorded, ended = current.attempts[index], mine.attempts[mine_index]
+    if current.status in TERMINAL_STATUSES:
+        # Final meanwhile (cancelled, or ended by the attempt that took ours over): the run's
+        # status and result stay, but its attempts say what ours did (once it is over).
+        if ended.outcome == "running" or recorded.outcome not in ("superseded", "lost"):
+            return "ended", None
+        return "amend", _told(current, index, recorded, ended, unnamed)
     if recorded.outcome == "running" and index == len(current.attempts) - 1:
         attempts = [*current.attempts[:index], *mine.attempts[mine_index:]]
         return "rewrite", msgspec.structs.replace(mine, attempts=attempts)
     if recorded.outcome not in ("superseded", "lost") or ended.outcome == "running":
         return "taken_over", None
+    return "amend", _told(current, index, recorded, ended, unnamed)
+
+
+def _after_write(record: Run, amending: bool) -> Settled:
+    """What a stored write means: ours (`committed`), or an amend of another attempt's record,
+    which ends this delivery's part if the run is final and leaves the run to it otherwise."""
+    if not amending:
+        return "committed"
+    return "ended" if record.status in TERMINAL_STATUSES else "taken_over"
+
+
+def _told(current: Run, index: int, recorded: Attempt, ended: Attempt, unnamed: bool) -> Run:
+    """`current` with its attempt at `index` saying how this runner's attempt `ended` (and, for
+    an attempt the record could not name, which runner made it and when)."""
     told = msgspec.structs.replace(
-        recorded, outcome=ended.outcome, finished_at=ended.finished_at, error=ended.error
+        recorded,
+        outcome=ended.outcome,
+        finished_at=ended.finished_at,
+        error=ended.error,
+        runner_id=ended.runner_id if unnamed else recorded.runner_id,
+        started_at=ended.started_at if unnamed else recorded.started_at,
     )
     attempts = list(current.attempts)
     attempts[index] = told
-    return "amend", msgspec.structs.replace(current, attempts=attempts)
+    return msgspec.structs.replace(current, attempts=attempts)
+
+
+def _unnamed_attempt(attempts: list[Attempt], ours: Attempt | None) -> int | None:
+    """Where the record keeps attempt `ours` without knowing who made it: a redelivered start
+    found no record, so an earlier delivery's runner may have begun this attempt without
+    writing anything (the fast path's first moments); see `unrecorded_attempt`."""
+    if ours is None:
+        return None
+    for index, attempt in enumerate(attempts):
+        if attempt.number == ours.number and not attempt.runner_id:
+            return index
+    return None
+
+
+def unrecorded_attempt(now: datetime) -> Attempt:
+    """What a redelivered start that finds no record knows of the deliveries before it: one of
+    them may have begun attempt 1 on its runner's fast path and gone silent before writing a
+    record (stopped, paused, cut off from NATS). Attempt 1 names no runner until that runner,
+    if it comes back, says what its attempt did; the new attempt is number 2."""
+    return Attempt(
+        number=1,
+        started_at=now,
+        finished_at=now,
+        outcome="superseded",
+        superseded_by=2,
+        error=(
+            "an earlier delivery of this start left no record: its runner stopped, paused or "
+            "lost NATS within its first moments, or handed the start back before running it; "
+            "whether it ran is unknown unless its runner comes back and says so here"
+        ),
+    )
 
 
 def _index_of(attempts: list[Attempt], ours: Attempt | None) -> int | None:
@@ -473,7 +531,7 @@ class StartRuns:
             await self._run_unrecorded(msg, key, start, sequence, flow)
             return
         record, revision, created = await self._create_or_read(
-            key, start, sequence, running=admitted_at_once
+            key, start, sequence, running=admitted_at_once, redelivered=seen.delivered > 1
         )
         if created and record.status == "running":
             await self._attempt(msg, key, record, revision, flow, sequence)
@@ -623,7 +681,7 @@ class StartRuns:
                             key, record, expected, value if record is mine else None
                         )
                     if written is not None:
-                        return ("taken_over" if amending else "committed"), record
+                        return _after_write(record, amending), record
                     found = await self._store.read(key)
                 except Exception as error:
                     now = asyncio.get_running_loop().time()
@@ -645,7 +703,7 @@ class StartRuns:
                     raise RuntimeError(f"run {key} has no record any more")
                 current, current_revision = found
                 if current == record:  # stored, its answer lost
-                    return ("taken_over" if amending else "committed"), record
+                    return _after_write(record, amending), record
                 verdict, rewrite = settle(mine, ours, current, sequence)
                 if rewrite is None:
                     return verdict, current
@@ -720,14 +778,47 @@ class StartRuns:
                 verdict: Settled = "another_start"
                 owner = run.running
             else:
-                verdict, _ = settle(run.running, ours, run.owner, sequence)
-                owner = run.owner
+                # Stopped (or ended) because the record came from another delivery of this
+                # start: the record still names what this attempt did, where it can.
+                ended = finished or finish(
+                    run.running,
+                    "cancelled",
+                    self._clock(),
+                    error="stopped: this start came back to another runner while this one "
+                    "was silent, and its attempt runs it",
+                )
+                verdict, owner = await self._tell_own_attempt(key, ended, ours, run.owner, sequence)
             await self._gave_way(msg, key, verdict, owner, ours, finished or run.running)
             return
         if finished is None:  # cancelled on request: the record is final already
             await msg.ack()
             return
         await self._conclude(msg, key, finished, run.revision, flow, sequence)
+
+    async def _tell_own_attempt(
+        self, key: str, mine: Run, ours: Attempt, current: Run, sequence: int
+    ) -> tuple[Settled, Run]:
+        """Make the record `current` say what this runner's attempt `ours` did (`mine`), when
+        `settle` finds where (an attempt taken over, or one the record could not name): a few
+        compare-and-swap tries; the record found last otherwise."""
+        for _ in range(MAX_WRITE_CONFLICTS):
+            verdict, amended = settle(mine, ours, current, sequence)
+            if verdict != "amend" or amended is None:
+                return verdict, current
+            found = await self._store.read(key)
+            if found is None:
+                return verdict, current
+            if found[0] != current:
+                current = found[0]
+                continue
+            written, _ = await self._store.swap(key, amended, found[1])
+            if written is not None:
+                return _after_write(amended, True), amended
+            found = await self._store.read(key)
+            if found is None:
+                return verdict, current
+            current = found[0]
+        return "taken_over", current
 
     def _record_running(self, run: Unrecorded) -> None:
         run.writing = asyncio.create_task(self._write_running(run))
@@ -806,7 +897,7 @@ class StartRuns:
         return found[0] if found is not None else None
 
     async def _create_or_read(
-        self, key: str, start: FlowStart, sequence: int, *, running: bool
+        self, key: str, start: FlowStart, sequence: int, *, running: bool, redelivered: bool
     ) -> tuple[Run, int, bool]:
         """The run's record and revision, created unless it exists (then False).
 
@@ -816,6 +907,8 @@ class StartRuns:
         """
         now = self._clock()
         record = queued(start, now, sequence)
+        if redelivered:
+            record = msgspec.structs.replace(record, attempts=[unrecorded_attempt(now)])
         if running:
             record = begin(record, now, self._runner_id)
         revision = await self._store.create(key, record)

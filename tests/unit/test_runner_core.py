@@ -423,7 +423,7 @@ async def test_a_runner_taken_over_records_its_finished_attempt_as_its_own_besid
     assert runner.events.statuses(start.run_id) == ["running", "running", "succeeded"]
 
 
-async def test_a_runner_taken_over_by_a_run_that_ended_meanwhile_drops_its_result(
+async def test_a_runner_taken_over_by_a_run_that_ended_meanwhile_only_tells_its_attempt(
     runner: Runner, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -444,10 +444,11 @@ async def test_a_runner_taken_over_by_a_run_that_ended_meanwhile_drops_its_resul
     await asyncio.wait_for(first, timeout=2)
 
     run = runner.record(start)
-    assert run == done, "the final record is never written over"
-    assert attempts_of(run) == [(1, "rnr_test", "superseded", 2), (2, "rnr_b", "succeeded", None)]
+    assert (run.status, run.result, run.attempt) == (done.status, done.result, done.attempt)
+    assert attempts_of(run) == [(1, "rnr_test", "succeeded", 2), (2, "rnr_b", "succeeded", None)]
     assert any(
-        start.run_id in r.getMessage() and "dropping" in r.getMessage() for r in caplog.records
+        start.run_id in r.getMessage() and "recorded as this attempt" in r.getMessage()
+        for r in caplog.records
     )
 
 
@@ -527,3 +528,41 @@ async def test_a_running_run_whose_final_write_fails_a_while_is_recorded_once_an
     assert store.failed == 2
     assert (msg.acked, msg.naks) == (1, [])
     assert runner.events.statuses(start.run_id) == ["running", "succeeded"]
+
+
+async def test_a_redelivered_start_that_finds_no_record_numbers_its_attempt_after_an_unnamed_one(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "again")
+
+    await runner.deliver(start, flow, sequence=7, delivered=2)
+
+    run = runner.record(start)
+    assert run.status == "succeeded"
+    assert attempts_of(run) == [(1, "", "superseded", 2), (2, "rnr_test", "succeeded", None)]
+
+
+async def test_a_fast_path_runner_that_comes_back_names_the_attempt_the_record_left_unnamed(
+    runner: Runner,
+) -> None:
+    flow = flow_of("wait")
+    start = runner.start_of(flow, "paused")
+    # On the fast path (keyed by its run id, first delivery) and silent in its first moments:
+    # no record yet.
+    first = asyncio.create_task(runner.deliver(start, flow, sequence=5, msg_id=start.run_id))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    # Meanwhile the start came back to another runner, which found no record.
+    seen = Delivery(5, 2, runner.clock.now.timestamp())
+    other = runner.other("rnr_b")
+    second = asyncio.create_task(other.start(StartMessageLog(), start, flow, seen, start.run_id))
+    await asyncio.sleep(0.05)
+    released[start.run_id].set()
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+
+    run = runner.record(start)
+    assert run.status == "succeeded"
+    assert [(a.number, a.runner_id, a.outcome) for a in run.attempts] == [
+        (1, "rnr_test", "succeeded"),
+        (2, "rnr_b", "succeeded"),
+    ]
