@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import nats
@@ -45,7 +46,13 @@ def server_urls(url: str) -> list[str]:
     return servers
 
 
-async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Client:
+async def connect(
+    url: str,
+    name: str,
+    first_attempt_for: float = 30.0,
+    *,
+    on_reconnected: Callable[[], None] | None = None,
+) -> Client:
     """Connect to any server of `url` (see `server_urls`), retrying the first connection for a
     while, and reconnecting forever afterwards (to whichever server answers)."""
     servers = server_urls(url)
@@ -56,8 +63,10 @@ async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Clien
     async def on_disconnected() -> None:
         log.warning("nats disconnected (%s)", name)
 
-    async def on_reconnected() -> None:
+    async def reconnected() -> None:
         log.info("nats reconnected (%s)", name)
+        if on_reconnected is not None:
+            on_reconnected()
 
     deadline = asyncio.get_running_loop().time() + first_attempt_for
     while True:
@@ -73,7 +82,7 @@ async def connect(url: str, name: str, first_attempt_for: float = 30.0) -> Clien
                 allow_reconnect=True,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
+                reconnected_cb=reconnected,
             )
         except (OSError, NoServersError, TimeoutError):
             if asyncio.get_running_loop().time() > deadline:

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -55,9 +56,16 @@ class RunnerApp:
         self._subscriptions: list[Subscription] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._http: HttpFlows | None = None
+        self._reconnected_at = 0.0
+        """When the connection to NATS last came back (seconds since the epoch; 0: never)."""
+
+    def _note_reconnect(self) -> None:
+        self._reconnected_at = time.time()
 
     async def start(self) -> None:
-        self._nc = nc = await connect(self._settings.nats_url, SERVICE)
+        self._nc = nc = await connect(
+            self._settings.nats_url, SERVICE, on_reconnected=self._note_reconnect
+        )
         js = nc.jetstream()
         await ensure_topology(js, self._settings.nats_replicas)
         flows_bucket = await bucket(js, subjects.FLOWS_BUCKET)
@@ -86,6 +94,7 @@ class RunnerApp:
             runner_id=self.runner_id,
             http=self._http,
             record_running_after=self._settings.runner_record_running_after,
+            reconnected_at=lambda: self._reconnected_at,
         )
         start_flow = StartFlow(js=js, flows=FlowLookup(flows_bucket, mirror), starts=starts)
         cancel_requests = CancelRequests(cancel_runs)

@@ -488,8 +488,11 @@ class StartRuns:
         fresh_for: float = FRESH_FOR,
         write_retry_for: float = WRITE_RETRY_FOR,
         rng: Callable[[], float] = random.random,
+        reconnected_at: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._store = store
+        self._reconnected_at = reconnected_at
+        """When this runner last reconnected to NATS (seconds since the epoch; 0: never)."""
         self._events = events
         self._admission = admission
         self._keep_alive = keep_alive
@@ -527,11 +530,20 @@ class StartRuns:
         key = subjects.run_key(start.workspace_id, start.run_id)
         sequence = seen.stream_sequence
         admitted_at_once = not takes_slots(flow, start.trigger_id, start.overlap)
-        if admitted_at_once and runs_unrecorded(start, seen, msg_id, self._fresh_for):
+        # A start stored before this runner's last reconnect may have been delivered before by
+        # a server that has since restarted and forgotten it (its delivery count starts over):
+        # treat it as a redelivery, never on the fast path.
+        uncertain = seen.stored_at < self._reconnected_at()
+        fast = admitted_at_once and not uncertain
+        if fast and runs_unrecorded(start, seen, msg_id, self._fresh_for):
             await self._run_unrecorded(msg, key, start, sequence, flow)
             return
         record, revision, created = await self._create_or_read(
-            key, start, sequence, running=admitted_at_once, redelivered=seen.delivered > 1
+            key,
+            start,
+            sequence,
+            running=admitted_at_once,
+            redelivered=seen.delivered > 1 or uncertain,
         )
         if created and record.status == "running":
             await self._attempt(msg, key, record, revision, flow, sequence)
@@ -780,13 +792,16 @@ class StartRuns:
             else:
                 # Stopped (or ended) because the record came from another delivery of this
                 # start: the record still names what this attempt did, where it can.
-                ended = finished or finish(
-                    run.running,
-                    "cancelled",
-                    self._clock(),
-                    error="stopped: this start came back to another runner while this one "
-                    "was silent, and its attempt runs it",
-                )
+                if finished is not None:  # the flow ended before the record was found
+                    ended = conclude(finished, flow, self._rng)[0]
+                else:
+                    ended = finish(
+                        run.running,
+                        "cancelled",
+                        self._clock(),
+                        error="stopped: this start came back to another runner while this "
+                        "one was silent, and its attempt runs it",
+                    )
                 verdict, owner = await self._tell_own_attempt(key, ended, ours, run.owner, sequence)
             await self._gave_way(msg, key, verdict, owner, ours, finished or run.running)
             return

@@ -240,7 +240,8 @@ async def test_a_runner_paused_past_the_ack_wait_leaves_one_final_run_and_truthf
         # stopped it on finding the start had gone to another runner); the taker's attempt is
         # the one that ended the run.
         assert len(told) == 2, told
-        assert told[0][:2] == (1, paused_id) and told[0][3] == 2, told
+        assert told[0][:2] == (1, paused_id), told
+        assert told[0][3] == 2, told
         assert told[0][2] in ("succeeded", "cancelled"), told
         assert told[1] == (2, taker_id, "succeeded", None), told
         assert f"{flow.workspace_id}.{run.id}" in runners.log_of(0)

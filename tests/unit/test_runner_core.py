@@ -5,12 +5,13 @@ import logging
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 
 from contracts import subjects
 from contracts.registry import Flow, OverlapPolicy, Problem, PythonFlowSettings
 from contracts.runs import FlowStart, Run, RunSlots
-from services.runner.core import ADMISSION_RETRY, CancelRuns, StartRuns
+from services.runner.core import ADMISSION_RETRY, CancelRuns, StartRuns, unrecorded_attempt
 from services.runner.executor import MAX_LOST_ATTEMPTS, begin, finish, queued
 from services.runner.flows import FlowContext, FlowRegistry
 from shared.ids import new_id
@@ -566,3 +567,43 @@ async def test_a_fast_path_runner_that_comes_back_names_the_attempt_the_record_l
         (1, "rnr_test", "succeeded"),
         (2, "rnr_b", "succeeded"),
     ]
+
+
+async def test_a_fast_path_runner_stopped_by_a_record_it_did_not_write_names_its_attempt_there(
+    runner: Runner,
+) -> None:
+    flow = flow_of("wait")
+    start = runner.start_of(flow, "stopped")
+    key = subjects.run_key(WS, start.run_id)
+    # Another runner, given the start again, found no record and ran it to the end.
+    now = runner.clock.now
+    record = msgspec.structs.replace(queued(start, now, 5), attempts=[unrecorded_attempt(now)])
+    theirs = finish(begin(record, now, "rnr_b"), "succeeded", now, result="theirs")
+    runner.starts._record_running_after = 0.05  # the running record is written soon
+    first = asyncio.create_task(runner.deliver(start, flow, sequence=5, msg_id=start.run_id))
+    await asyncio.wait_for(going.setdefault(start.run_id, asyncio.Event()).wait(), timeout=2)
+    assert await runner.store.create(key, theirs) is not None
+
+    await asyncio.wait_for(first, timeout=5)
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("succeeded", "theirs")
+    assert [(a.number, a.runner_id, a.outcome) for a in run.attempts] == [
+        (1, "rnr_test", "cancelled"),
+        (2, "rnr_b", "succeeded"),
+    ]
+
+
+async def test_a_start_stored_before_the_runner_reconnected_is_taken_as_a_redelivery() -> None:
+    # The server restarted meanwhile and may have forgotten an earlier delivery of the start:
+    # no fast path, and the attempt is numbered after an unnamed one.
+    runner = Runner()
+    runner.starts._reconnected_at = lambda: runner.clock.now.timestamp() + 1
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "after a restart")
+
+    await runner.deliver(start, flow, sequence=9, msg_id=start.run_id)
+
+    run = runner.record(start)
+    assert run.status == "succeeded"
+    assert attempts_of(run) == [(1, "", "superseded", 2), (2, "rnr_test", "succeeded", None)]
