@@ -9,6 +9,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
+from nats.errors import Error as NatsError
 
 from contracts import subjects
 from services.ingress import docs, handlers, problems
@@ -61,6 +62,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             problems.ApiError: problems.on_api_error,
             ValidationException: problems.on_validation_error,
             HTTPException: problems.on_http_error,
+            NatsError: problems.on_nats_error,
             Exception: problems.on_unexpected_error,
         },
         openapi_config=OpenAPIConfig(

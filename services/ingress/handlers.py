@@ -619,7 +619,10 @@ async def _start(
         overlap=overlap or trigger.overlap,
     )
     if repeated:
-        known = await ingress.find_run(trigger.workspace_id, run_id)
+        try:
+            known = await ingress.find_run(trigger.workspace_id, run_id)
+        except Exception:  # NATS trouble: publishing the same start again is harmless
+            known = None
         if known is not None and known.status in TERMINAL_STATUSES:
             return _answer(known, status_url, headers)
     status: RunStatus = "queued"

@@ -116,6 +116,20 @@ def on_http_error(request: Request, error: HTTPException) -> Response[bytes]:
     return response
 
 
+def on_nats_error(request: Request, error: Exception) -> Response[bytes]:
+    """NATS did not answer (a leader election, a reconnect): nothing this call needed could be
+    read or stored, so it may be retried."""
+    log.warning(
+        "NATS error on %s %s: %s: %s", request.method, request.url.path, type(error).__name__, error
+    )
+    return problem_response(
+        503,
+        "nats_unavailable",
+        f"NATS did not answer in time ({type(error).__name__}); retry (with the same "
+        "Idempotency-Key, if you sent one)",
+    )
+
+
 def on_unexpected_error(request: Request, error: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem_response(500, "internal_error", "the ingress failed; see its log")
