@@ -61,6 +61,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             problems.ApiError: problems.on_api_error,
             ValidationException: problems.on_validation_error,
             HTTPException: problems.on_http_error,
+            RecursionError: problems.on_too_deep,
             Exception: problems.on_unexpected_error,
         },
         openapi_config=OpenAPIConfig(

@@ -79,12 +79,11 @@ def _parameters(request: Request) -> dict[str, Any]:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-def body_too_large(limit: int) -> ApiError:
+def body_too_large(limit: int, what: str = "the body is larger") -> ApiError:
     return ApiError(
         413,
         "body_too_large",
-        f"the body is larger than the limit of {limit} bytes (the ingress's MAX_BODY_BYTES "
-        "setting changes it)",
+        f"{what}: the limit is {limit} bytes (the ingress's MAX_BODY_BYTES setting)",
     )
 
 
@@ -114,6 +113,11 @@ def on_http_error(request: Request, error: HTTPException) -> Response[bytes]:
     response = problem_response(status, _HTTP_CODES.get(status, "http_error"), detail)
     response.headers.update(headers)
     return response
+
+
+def on_too_deep(_: Request, error: RecursionError) -> Response[bytes]:
+    """A body too deeply nested to decode (a typed body, decoded before our handler runs)."""
+    return problem_response(400, "invalid_json", "the body nests arrays and objects too deeply")
 
 
 def on_unexpected_error(request: Request, error: Exception) -> Response[bytes]:
