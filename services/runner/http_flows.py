@@ -216,7 +216,7 @@ class HttpFlows:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ResponseTooLarge(
-                f"the response declares {declared} bytes; HTTP flows read at most {limit} "
+                f"the response declares {declared} bytes; HTTP flows read at most {limit} bytes "
                 "(RUNNER_HTTP_MAX_RESPONSE_BYTES)"
             )
         chunks: list[bytes] = []
