@@ -52,6 +52,19 @@ class Workspace(Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
+class AdminKeys(Struct, frozen=True, kw_only=True):
+    """The ids of a workspace's admin keys, as the registry's own record (never sent out).
+
+    Stored next to the workspace record and changed only by compare-and-swap, so two revokes
+    at the same moment cannot both see "another admin key remains": an id leaves this record
+    before its key is deleted, and joins it after its key is created, so every id here is a
+    live admin key and the record is never emptied.
+    """
+
+    workspace_id: str
+    key_ids: tuple[str, ...]
+
+
 class ApiKey(Struct, frozen=True, kw_only=True):
     """A workspace API key as stored: only the SHA-256 digest of the secret, never the secret."""
 

@@ -194,7 +194,12 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
     subject: str
     reason: str
     payload: str
-    """The original body, decoded as UTF-8 with replacement characters where it was not."""
+    """The original body, decoded as UTF-8 with replacement characters where it was not, and
+    cut to its first 16,384 characters (`truncated`)."""
     headers: dict[str, str] = {}
     service: str
     rejected_at: datetime
+    payload_bytes: int = 0
+    """The size of the original body, in bytes."""
+    truncated: bool = False
+    """Whether `payload` is only the beginning of the body."""

@@ -108,6 +108,11 @@ def record_key(workspace_id: str, record_id: str) -> str:
     return f"{workspace_id}.{record_id}"
 
 
+def admin_keys_key(workspace_id: str) -> str:
+    """KV key, in the workspaces bucket, of the record listing a workspace's admin keys."""
+    return f"{workspace_id}.admin_keys"
+
+
 def record_id(key: str) -> str:
     """The record id in a `record_key` (ids are unique across workspaces)."""
     return key.rpartition(".")[2]

@@ -188,16 +188,49 @@ async def bucket(js: JetStreamContext, name: str) -> KeyValue:
     return await js.key_value(name)
 
 
+MAX_QUOTED_CHARS = 16 * 1024
+"""Characters of a rejected body a dead letter quotes. Escaped as JSON a character takes at
+most six bytes (`\\u0000`), so a letter stays far below NATS's max payload whatever it quotes:
+a letter too large to publish would leave its message handed back forever."""
+MAX_QUOTED_HEADERS = 32
+"""Headers a dead letter quotes, each value cut to `MAX_QUOTED_HEADER_CHARS`."""
+MAX_QUOTED_HEADER_CHARS = 1024
+MAX_REASON_CHARS = 4096
+
+MAX_DELIVER = 20
+"""Deliveries of a message a consumer allows (its `max_deliver`) when handing a message back
+is a failure (ticks, run events): the handler dead-letters it on the last one, so it ends."""
+
+
+def is_last_delivery(delivered: int, max_deliver: int) -> bool:
+    """Whether a delivery counted `delivered` (1: the first) is the last one `max_deliver`
+    allows: a message handed back now would never come back, so it is dead-lettered instead."""
+    return max_deliver > 0 and delivered >= max_deliver
+
+
+def dead_letter(msg: Msg, reason: str, service: str, now: datetime | None = None) -> DeadLetter:
+    """The dead letter recording `msg`: what it quotes is cut so it always fits in one NATS
+    message (see `MAX_QUOTED_CHARS`)."""
+    text = msg.data.decode("utf-8", errors="replace")
+    headers = {
+        name: value[:MAX_QUOTED_HEADER_CHARS]
+        for name, value in list((msg.headers or {}).items())[:MAX_QUOTED_HEADERS]
+    }
+    return DeadLetter(
+        subject=msg.subject[:MAX_QUOTED_HEADER_CHARS],
+        reason=reason[:MAX_REASON_CHARS],
+        payload=text[:MAX_QUOTED_CHARS],
+        headers=headers,
+        service=service,
+        rejected_at=now or datetime.now(UTC),
+        payload_bytes=len(msg.data),
+        truncated=len(text) > MAX_QUOTED_CHARS,
+    )
+
+
 async def reject(js: JetStreamContext, msg: Msg, reason: str, service: str) -> None:
     """Record `msg` with `reason` as a dead letter, then terminate it so it never comes back."""
-    letter = DeadLetter(
-        subject=msg.subject,
-        reason=reason,
-        payload=msg.data.decode("utf-8", errors="replace"),
-        headers=dict(msg.headers or {}),
-        service=service,
-        rejected_at=datetime.now(UTC),
-    )
+    letter = dead_letter(msg, reason, service)
     await js.publish(subjects.dead_letter(msg.subject), encode(letter))
-    log.warning("rejected a message on %s: %s", msg.subject, reason)
+    log.warning("rejected a message on %s: %s", letter.subject, letter.reason[:200])
     await msg.term()

@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from contracts.registry import Problem, Reply
@@ -56,6 +56,15 @@ class ServiceClient:
         """Send `request` and return the reply's result (see the module for the errors)."""
         try:
             msg = await self._nc.request(subject, encode(request), timeout=self.timeout)
+        except MaxPayloadError as error:
+            # Larger than NATS carries in one message: no retry could send it.
+            raise RemoteProblem(
+                Problem(
+                    status=413,
+                    code="body_too_large",
+                    message="the request is larger than NATS carries in one message; send less",
+                )
+            ) from error
         except NoRespondersError as error:
             raise ServiceUnavailable(self.service) from error
         except NatsTimeoutError as error:

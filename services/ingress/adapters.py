@@ -24,7 +24,7 @@ from contracts.registry import ApiKey, Flow, KeyUsed, Trigger
 from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
 from contracts.scheduling import FireRecord
 from services.ingress import core
-from services.ingress.problems import ApiError
+from services.ingress.problems import ApiError, body_too_large
 from services.ingress.settings import IngressSettings
 from shared.codec import decode, decoder, encode
 from shared.ids import is_valid_id
@@ -147,6 +147,8 @@ async def read_ledger(js: JetStreamContext, workspace_id: str, trigger_id: str) 
 # --- the ingress's connection and what it does with it -------------------------------------
 
 PUBLISH_TIMEOUT = 5.0
+START_FIELDS = 4096
+"""Bytes a start adds to its input (ids, times): its input may take `max_body_bytes`."""
 """Seconds one JetStream publish waits for its acknowledgement (nats-py's default)."""
 KEY_TOUCH_INTERVAL = 60.0
 """Seconds between two `last used` reports for the same key."""
@@ -214,6 +216,12 @@ class Ingress:
         repeated publish with the same `Nats-Msg-Id` stores it once."""
         subject = subjects.flow_start(start.workspace_id)
         payload = encode(start)
+        if len(payload) > self.settings.max_body_bytes + START_FIELDS:
+            # The input grew when encoded again (`1e9` is written `1000000000.0`).
+            raise body_too_large(
+                self.settings.max_body_bytes,
+                f"the input, encoded as the start stores it, is {len(payload)} bytes",
+            )
         headers = {"Nats-Msg-Id": start.run_id}
 
         async def publish(timeout: float) -> None:

@@ -63,6 +63,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             ValidationException: problems.on_validation_error,
             HTTPException: problems.on_http_error,
             NatsError: problems.on_nats_error,
+            RecursionError: problems.on_too_deep,
             Exception: problems.on_unexpected_error,
         },
         openapi_config=OpenAPIConfig(

@@ -5,6 +5,9 @@ waits for its run, and how a ledger or a schedule preview is paged and shown. Re
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
 
 from contracts.registry import (
     DEFAULT_SYNC_WAIT_SECONDS,
@@ -20,6 +23,51 @@ from shared import api_keys, schedules
 
 MAYBE_STALE = frozenset({"invalid_key", "flow_not_found", "no_api_trigger", "trigger_paused"})
 """Refusals that can come from a directory a few milliseconds behind the registry."""
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a body may have: deeper ones are `400`, before a
+service further on runs out of stack decoding them."""
+
+
+def json_body(body: bytes) -> Any:
+    """The JSON value of a request body, or `400 invalid_json` saying why (nesting deeper than
+    `MAX_JSON_DEPTH` included)."""
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise too_deep() from error
+    # Counting is done in C; only a body with more brackets than the limit is walked.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and depth_over(value, MAX_JSON_DEPTH):
+        raise too_deep()
+    return value
+
+
+def too_deep() -> ApiError:
+    return ApiError(
+        400,
+        "invalid_json",
+        f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
+    )
+
+
+def depth_over(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and dicts more than `limit` deep (walked without recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return False
 
 
 def bearer_secret(authorization: str | None) -> str:

@@ -578,10 +578,7 @@ async def _read_json_body(request: Request[Any, Any, Any], ingress: Ingress) -> 
         raise body_too_large(ingress.settings.max_body_bytes)
     if not body.strip():
         return body, None
-    try:
-        return body, msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from error
+    return body, core.json_body(body)
 
 
 async def _start(
@@ -604,7 +601,7 @@ async def _start(
     not its start.
     """
     run_id = run_id or new_id("run")
-    status_url = f"{str(request.base_url).rstrip('/')}/v1/runs/{run_id}"
+    status_url = f"{ingress.settings.base_url}/v1/runs/{run_id}"
     headers = {"Location": status_url}
     if applied is not None:
         headers["Preference-Applied"] = applied

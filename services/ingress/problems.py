@@ -79,12 +79,11 @@ def _parameters(request: Request) -> dict[str, Any]:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-def body_too_large(limit: int) -> ApiError:
+def body_too_large(limit: int, what: str = "the body is larger") -> ApiError:
     return ApiError(
         413,
         "body_too_large",
-        f"the body is larger than the limit of {limit} bytes (the ingress's MAX_BODY_BYTES "
-        "setting changes it)",
+        f"{what}: the limit is {limit} bytes (the ingress's MAX_BODY_BYTES setting)",
     )
 
 
@@ -128,6 +127,11 @@ def on_nats_error(request: Request, error: Exception) -> Response[bytes]:
         f"NATS did not answer in time ({type(error).__name__}); retry (with the same "
         "Idempotency-Key, if you sent one)",
     )
+
+
+def on_too_deep(_: Request, error: RecursionError) -> Response[bytes]:
+    """A body too deeply nested to decode (a typed body, decoded before our handler runs)."""
+    return problem_response(400, "invalid_json", "the body nests arrays and objects too deeply")
 
 
 def on_unexpected_error(request: Request, error: Exception) -> Response[bytes]:

@@ -14,12 +14,30 @@ class IngressSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Port the HTTP server listens on."""
     ingress_workers: int = 1
     """HTTP worker processes (each holds its own NATS connection and caches)."""
+    public_url: str = ""
+    """The address clients reach the ingress at, such as `https://flows.example.com`: the base
+    of `Location` and `status_url`. Empty: `http://<INGRESS_HOST>:<INGRESS_PORT>`. Never taken
+    from a request's `Host` header, which the client chooses."""
     operator_token: str = ""
     """Bearer token for `POST /v1/workspaces`; empty disables that endpoint."""
     registry_timeout: float = 5.0
     """Seconds to wait for a registry reply before answering 504."""
-    max_body_bytes: int = 1_048_576
-    """Largest accepted request body (the flow input of a trigger call)."""
+    max_body_bytes: int = 524_288
+    """Largest accepted request body (the flow input of a trigger call), answered `413` above.
+    Half of NATS's max payload (1 MiB) less room: a run record holds the input and a result
+    as large (an `echo`), with its own fields; raise it only with the server's `max_payload`."""
     store_retry_seconds: float = 10.0
     """How long storing a start is retried (a JetStream leader election takes 5-7 s) before
     the call answers `503 start_not_stored`."""
+
+    @property
+    def base_url(self) -> str:
+        """`public_url` without its trailing slash, or the one the listening address gives."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.ingress_host
+        if host in ("0.0.0.0", "::", ""):  # listening everywhere: no address names us
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.ingress_port}"

@@ -4,11 +4,13 @@ Pure logic over a small `RegistryStore`; the NATS KV adapter lives in `adapters.
 """
 
 import builtins
+import contextlib
 import re
 import typing
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET
@@ -18,6 +20,7 @@ from contracts.registry import (
     CURSOR_PATTERN,
     DEFAULT_SYNC_WAIT_SECONDS,
     MAX_NAME_LENGTH,
+    AdminKeys,
     AnnouncedFunction,
     ApiKey,
     ApiKeyView,
@@ -167,10 +170,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]")
+"""Control characters (NUL, ANSI escapes, newlines) and the marks that reorder text (bidi
+overrides and isolates): a name shown in a console, a log or a UI must read as it is."""
+
+
 def _name(value: str, what: str) -> str:
     name = value.strip()
     if len(name) > MAX_NAME_LENGTH:
         raise RegistryError(422, "invalid_name", f"{what} name is longer than {MAX_NAME_LENGTH}")
+    if _UNPRINTABLE.search(name):
+        raise RegistryError(
+            422,
+            "invalid_name",
+            f"a {what} name is printable text: no control characters, escapes or "
+            "direction overrides",
+        )
     return name
 
 
@@ -191,11 +206,27 @@ def _view(key: ApiKey) -> ApiKeyView:
 
 
 def _check_url(url: str) -> None:
-    scheme, _, rest = url.partition("://")
-    if scheme not in ("http", "https") or not rest.strip("/"):
-        raise RegistryError(
-            422, "invalid_url", f"`settings.url` {url!r} must be an absolute http(s) URL"
-        )
+    """Refuse a URL no call could ever use (`http:///127.0.0.1/` names no host); whether its
+    address may be called is the runner's check, at every hop of every call."""
+    why = ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError as error:
+        why = f": {error}"
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            why = ""
+        elif _UNPRINTABLE.search(url) or any(c.isspace() for c in url):
+            why = ": it has spaces or control characters"
+        else:
+            return
+    raise RegistryError(
+        422,
+        "invalid_url",
+        f"`settings.url` {url[:200]!r} must be an absolute http(s) URL with a host, such as "
+        f"https://example.com/hook{why}",
+    )
 
 
 SCHEDULE_OPTIONS = frozenset(ScheduleOptions.__struct_fields__)
@@ -342,12 +373,47 @@ class Registry:
         workspace = Workspace(id=new_id("ws"), name=name, created_at=self._clock())
         await self._store.create(subjects.WORKSPACES_BUCKET, workspace.id, workspace)
         admin_key = await self._issue_key(workspace.id, "admin", "admin")
+        await self._store.create(
+            subjects.WORKSPACES_BUCKET,
+            subjects.admin_keys_key(workspace.id),
+            AdminKeys(workspace_id=workspace.id, key_ids=(admin_key.key.id,)),
+        )
         return WorkspaceCreated(workspace=workspace, admin_key=admin_key)
 
     async def create_key(self, request: CreateKey) -> IssuedKey:
         await self._workspace(request.workspace_id)
         name = _name(request.key.name, "key") or f"{request.key.scope} key"
-        return await self._issue_key(request.workspace_id, name, request.key.scope)
+        issued = await self._issue_key(request.workspace_id, name, request.key.scope)
+        if issued.key.scope == "admin":
+            # After the key exists: an id in the record must always be a live admin key.
+            def with_key(record: AdminKeys) -> AdminKeys:
+                if issued.key.id in record.key_ids:
+                    return record
+                return msgspec.structs.replace(record, key_ids=(*record.key_ids, issued.key.id))
+
+            await self._admin_keys(request.workspace_id)
+            await self._store.update(
+                subjects.WORKSPACES_BUCKET,
+                subjects.admin_keys_key(request.workspace_id),
+                AdminKeys,
+                with_key,
+            )
+        return issued
+
+    async def _admin_keys(self, workspace_id: str) -> None:
+        """Make sure the workspace's `AdminKeys` record exists: a workspace created before it
+        gets one built from its admin keys (concurrent builders agree through `create`)."""
+        record_key = subjects.admin_keys_key(workspace_id)
+        if await self._store.get(subjects.WORKSPACES_BUCKET, record_key, AdminKeys) is not None:
+            return
+        keys = await self._store.list(subjects.API_KEYS_BUCKET, workspace_id, ApiKey)
+        ids = tuple(sorted(key.id for key in keys if key.scope == "admin"))
+        with contextlib.suppress(AlreadyExists):
+            await self._store.create(
+                subjects.WORKSPACES_BUCKET,
+                record_key,
+                AdminKeys(workspace_id=workspace_id, key_ids=ids),
+            )
 
     async def _issue_key(self, workspace_id: str, name: str, scope: KeyScope) -> IssuedKey:
         secret = api_keys.generate()
@@ -380,13 +446,29 @@ class Registry:
         if key is None:
             raise RegistryError(404, "key_not_found", f"no API key {request.key_id!r}")
         if key.scope == "admin":
-            keys = await self._store.list(subjects.API_KEYS_BUCKET, request.workspace_id, ApiKey)
-            if sum(1 for k in keys if k.scope == "admin") == 1:
-                raise RegistryError(
-                    409,
-                    "last_admin_key",
-                    "this is the workspace's last admin key: create another admin key first",
-                )
+            revoked_id = key.id
+
+            # Count and remove in one compare-and-swap: counting the keys, then deleting, let two
+            # admin keys revoking each other at the same moment both find the other one left.
+            def without_key(record: AdminKeys) -> AdminKeys:
+                if revoked_id not in record.key_ids:
+                    return record  # never counted (its creation was cut short): others remain
+                if len(record.key_ids) == 1:
+                    raise RegistryError(
+                        409,
+                        "last_admin_key",
+                        "this is the workspace's last admin key: create another admin key first",
+                    )
+                kept = tuple(i for i in record.key_ids if i != revoked_id)
+                return msgspec.structs.replace(record, key_ids=kept)
+
+            await self._admin_keys(request.workspace_id)
+            await self._store.update(
+                subjects.WORKSPACES_BUCKET,
+                subjects.admin_keys_key(request.workspace_id),
+                AdminKeys,
+                without_key,
+            )
         await self._store.delete(subjects.API_KEYS_BUCKET, storage_key)
         return _view(key)
 

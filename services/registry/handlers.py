@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 
 from contracts import registry as api
 from contracts import subjects
@@ -61,6 +62,16 @@ async def answer(table: dict[str, Route], msg: Msg) -> None:
                 reply = Reply(ok=await route.handle(request))
             except RegistryError as error:
                 reply = Reply(error=error.problem)
+            except MaxPayloadError:
+                # A record NATS cannot store in one message: the request's fault, not ours.
+                reply = Reply(
+                    error=Problem(
+                        status=413,
+                        code="body_too_large",
+                        message="the record is larger than NATS stores in one message; "
+                        "send less (see MAX_BODY_BYTES)",
+                    )
+                )
             except Exception:
                 log.exception("registry failed on %s", msg.subject)
                 reply = Reply(

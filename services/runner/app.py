@@ -81,7 +81,10 @@ class RunnerApp:
             cancel_runs.cancel_quietly,
         )
         cancel_runs.admission = admission
-        self._http = HttpFlows(parse_networks(self._settings.runner_http_allowed_networks))
+        self._http = HttpFlows(
+            parse_networks(self._settings.runner_http_allowed_networks),
+            max_response_bytes=self._settings.runner_http_max_response_bytes,
+        )
         # A third of the ack wait: a beat may be late by one interval and still be in time.
         in_progress = InProgress(self._settings.runner_ack_wait / 3)
         starts = StartRuns(
@@ -95,8 +98,15 @@ class RunnerApp:
             http=self._http,
             record_running_after=self._settings.runner_record_running_after,
             reconnected_at=lambda: self._reconnected_at,
+            # Room for the write's headers below what this server takes in one message.
+            max_record_bytes=nc.max_payload - 4096,
         )
-        start_flow = StartFlow(js=js, flows=FlowLookup(flows_bucket, mirror), starts=starts)
+        start_flow = StartFlow(
+            js=js,
+            flows=FlowLookup(flows_bucket, mirror),
+            starts=starts,
+            max_deliver=self._settings.runner_max_deliver,
+        )
         cancel_requests = CancelRequests(cancel_runs)
         self._subscriptions = [
             await nc.subscribe(
@@ -110,6 +120,7 @@ class RunnerApp:
                 durable_name=subjects.RUNNER_CONSUMER,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self._settings.runner_ack_wait,
+                max_deliver=self._settings.runner_max_deliver,
             ),
         )
         self._loops.append(asyncio.create_task(supervised("in-progress acks", in_progress.beat)))

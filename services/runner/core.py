@@ -56,7 +56,7 @@ from services.runner.executor import (
 from services.runner.flows import FlowRegistry
 from shared.broker import START_DUPLICATE_WINDOW
 from shared.codec import encode
-from shared.ids import minted_at_ms
+from shared.ids import is_valid_id, minted_at_ms
 from shared.pull import Delivery
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ WRITE_RETRY_FOR = 300.0
 WRITE_RETRY_FIRST = 0.05
 WRITE_RETRY_MAX = 1.0
 """First and longest pause between two tries of such a write, in seconds."""
+MAX_RECORD_BYTES = 1024 * 1024 - 4096
+"""Bytes of a run record the `runs` bucket takes: NATS's default max payload (1 MiB) less
+room for the write's headers. The runner sets it from the server it is connected to."""
+RECORD_OVERHEAD = 16 * 1024
+"""Bytes a run record adds to its start's input (ids, times, attempts and their errors): a
+start whose body leaves less room than this is failed before it runs (see the README's
+"Sizes")."""
 FRESH_FOR = START_DUPLICATE_WINDOW.total_seconds() / 2
 """A start stored within this many seconds of its run id's making cannot have a stored twin
 with the same `Nats-Msg-Id`: JetStream would have dropped it (half the window: clock skew)."""
@@ -147,6 +154,24 @@ class Aborts(Protocol):
 
 
 # --- Pure decisions -----------------------------------------------------------------------
+
+
+def too_large(record: Run, size: int, limit: int) -> Run:
+    """The final record of a run whose record (`size` bytes, its result included) is larger
+    than the `limit` the `runs` bucket stores: `failed`, its result dropped, with the reason."""
+    reason = (
+        f"the result is too large to record: the run's record would be {size} bytes and "
+        f"the limit is {limit}"
+    )
+    attempts = list(record.attempts)
+    if attempts:
+        attempts[-1] = msgspec.structs.replace(attempts[-1], outcome="failed", error=reason)
+    failed = msgspec.structs.replace(
+        record, status="failed", result=None, error=reason, attempts=attempts
+    )
+    if len(encode(failed)) > limit:  # the input is what is too large (a start sent directly)
+        failed = msgspec.structs.replace(failed, input=None)
+    return failed
 
 
 def refusal(subject: str, start: FlowStart) -> str:
@@ -411,6 +436,11 @@ class CancelRuns:
         """Set once admission exists (admission cancels runs too: `cancel_previous`)."""
 
     async def cancel(self, workspace_id: str, run_id: str, reason: str) -> Run | Problem:
+        if not (is_valid_id(workspace_id) and is_valid_id(run_id)):
+            # Never a KV key: `*` or `>` would be a wildcard, a dot another key's shape.
+            return Problem(
+                status=404, code="run_not_found", message=f"no run {run_id!r} in this workspace"
+            )
         key = subjects.run_key(workspace_id, run_id)
         for _ in range(MAX_WRITE_CONFLICTS):
             found = await self._store.read(key)
@@ -489,6 +519,7 @@ class StartRuns:
         write_retry_for: float = WRITE_RETRY_FOR,
         rng: Callable[[], float] = random.random,
         reconnected_at: Callable[[], float] = lambda: 0.0,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self._store = store
         self._reconnected_at = reconnected_at
@@ -504,6 +535,7 @@ class StartRuns:
         self._fresh_for = fresh_for
         self._write_retry_for = write_retry_for
         self._rng = rng
+        self.max_record_bytes = max_record_bytes
         self._working: dict[str, asyncio.Task[None]] = {}
         """The tasks running a flow, by run key."""
         self._aborted: set[str] = set()
@@ -594,6 +626,25 @@ class StartRuns:
         await self._events.publish(running)
         await self._attempt(msg, key, running, running_revision, flow, sequence)
 
+    async def fail_too_large(
+        self, msg: StartMessage, start: FlowStart, seen: Delivery, size: int
+    ) -> None:
+        """Record the run of a start whose body (`size` bytes) leaves no room in a run record
+        as `failed`, without its input and without running it, then acknowledge the start:
+        retrying could never store it."""
+        key = subjects.run_key(start.workspace_id, start.run_id)
+        now = self._clock()
+        reason = (
+            f"the input is too large to record: the start is {size} bytes and a run record "
+            f"holds at most {self.max_record_bytes - RECORD_OVERHEAD} bytes of it"
+        )
+        small = msgspec.structs.replace(start, input=None)
+        record = finish(queued(small, now, seen.stream_sequence), "failed", now, error=reason)
+        if await self._store.create(key, record) is not None:
+            await self._events.publish(record)
+            log.warning("run %s failed: %s", key, reason)
+        await msg.ack()
+
     async def _attempt(
         self, msg: StartMessage, key: str, running: Run, revision: int, flow: Flow, sequence: int
     ) -> None:
@@ -636,6 +687,11 @@ class StartRuns:
         acknowledge the message if the record is final, or hand it back for `delay` seconds
         (a retry). `ours`: the attempt of this runner that `record` ends, if any."""
         value = encode(record) if delay is None else None  # once, for the record and its event
+        if value is not None and len(value) > self.max_record_bytes:
+            # A result too large to store fails the run now: the write would fail every time,
+            # and a start handed back would run the flow again.
+            record = too_large(record, len(value), self.max_record_bytes)
+            value = encode(record)
         verdict, written = await self._write(msg, key, record, revision, sequence, ours, value)
         if verdict != "committed":
             await self._gave_way(msg, key, verdict, written, ours, record)

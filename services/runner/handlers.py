@@ -12,8 +12,8 @@ from nats.js import JetStreamContext
 from contracts.registry import Problem, Reply
 from contracts.runs import AbortRun, CancelRun, FlowStart, Run
 from services.runner.adapters import MSG_ID, FlowLookup
-from services.runner.core import CancelRuns, StartRuns, refusal
-from shared.broker import reject
+from services.runner.core import RECORD_OVERHEAD, CancelRuns, StartRuns, refusal
+from shared.broker import is_last_delivery, reject
 from shared.codec import decode, encode
 from shared.pull import delivery
 
@@ -27,10 +27,13 @@ RETRY_DELAY = 2.0
 class StartFlow:
     """Handle `flow.v1.start.<ws>` (and the deprecated `flow.start`) messages."""
 
-    def __init__(self, *, js: JetStreamContext, flows: FlowLookup, starts: StartRuns) -> None:
+    def __init__(
+        self, *, js: JetStreamContext, flows: FlowLookup, starts: StartRuns, max_deliver: int = 0
+    ) -> None:
         self._js = js
         self._flows = flows
         self._starts = starts
+        self._max_deliver = max_deliver
 
     async def __call__(self, msg: Msg) -> None:
         """Handle one message; a failure to handle it hands it back to JetStream for later."""
@@ -41,16 +44,42 @@ class StartFlow:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
-        except Exception:
+        except Exception as error:
+            if self._is_last_delivery(msg):
+                reason = (
+                    f"could not be handled in {self._max_deliver} deliveries (the consumer's "
+                    f"limit, RUNNER_MAX_DELIVER); the last failure: {type(error).__name__}: {error}"
+                )
+                with contextlib.suppress(Exception):
+                    await reject(self._js, msg, reason, SERVICE)
+                    return
             log.exception("could not handle a message on %s; it will come back", msg.subject)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=RETRY_DELAY)
 
+    def _is_last_delivery(self, msg: Msg) -> bool:
+        try:
+            return is_last_delivery(delivery(msg).delivered, self._max_deliver)
+        except ValueError:  # not a JetStream message (a test's): no limit
+            return False
+
     async def start_flow(self, msg: Msg) -> None:
+        if self._is_last_delivery(msg):
+            # Handed back on every delivery so far (waiting for a slot, or failing): the
+            # server would never deliver it again, so it ends here, with its reason.
+            reason = (
+                f"delivered {self._max_deliver} times without ending (the consumer's limit, "
+                "RUNNER_MAX_DELIVER)"
+            )
+            await reject(self._js, msg, reason, SERVICE)
+            return
         try:
             start: FlowStart = decode(msg.data, FlowStart)
         except msgspec.DecodeError as error:
             await reject(self._js, msg, f"not a valid FlowStart: {error}", SERVICE)
+            return
+        except RecursionError:
+            await reject(self._js, msg, "not a valid FlowStart: nested too deeply", SERVICE)
             return
         reason = refusal(msg.subject, start)
         if reason:
@@ -60,6 +89,9 @@ class StartFlow:
         if flow is None:
             reason = f"unknown flow {start.flow_id} in workspace {start.workspace_id}"
             await reject(self._js, msg, reason, SERVICE)
+            return
+        if len(msg.data) + RECORD_OVERHEAD > self._starts.max_record_bytes:
+            await self._starts.fail_too_large(msg, start, delivery(msg), len(msg.data))
             return
         msg_id = msg.headers.get(MSG_ID) if msg.headers else None
         await self._starts.start(msg, start, flow, delivery(msg), msg_id)

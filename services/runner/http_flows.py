@@ -9,6 +9,7 @@ hop opens its connection through the same guard.
 
 import asyncio
 import ipaddress
+import json
 import re
 import socket
 from collections.abc import Iterable
@@ -26,6 +27,11 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
 MAX_TEXT_RESULT = 65_536
 """Characters of a non-JSON response body kept in the result."""
+MAX_RESPONSE_BYTES = 262_144
+"""Bytes of a response body (after decompression) an HTTP flow reads by default: a larger one
+fails the attempt, so a huge or inflating body cannot take the runner's memory, and the result
+fits in a run record."""
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _PLACEHOLDER = re.compile(r"\{\{\s*(run_id|flow_id|trigger_id|workspace_id|attempt)\s*\}\}")
 
 
@@ -50,10 +56,33 @@ def parse_networks(text: str) -> list[IpNetwork]:
     return networks
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches (mapped, NAT64, 6to4, Teredo, IPv4-compatible)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if int(address) >> 32 == 0 and int(address) > 1:  # IPv4-compatible `::a.b.c.d`
+        return ipaddress.IPv4Address(int(address))
+    return None
+
+
 def refusal(address: IpAddress, allowed: Iterable[IpNetwork]) -> str | None:
     """Why an HTTP flow may not connect to `address`, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    allowed = list(allowed)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return "a site-local address"
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            # The IPv4 address is where the packets go: it must pass on its own.
+            why = refusal(inner, allowed)
+            if why is not None or address.ipv4_mapped is not None:
+                return why
     if any(address in network for network in allowed):
         return None
     if address.is_loopback:
@@ -144,16 +173,83 @@ def render(template: Any, run: Run) -> Any:
     return template
 
 
-class HttpFlows:
-    """Makes HTTP flow calls (`HttpCaller`); one client, one guarded connection pool."""
+class ResponseTooLarge(Exception):
+    """The response body is larger than the flow may read."""
 
-    def __init__(self, allowed: list[IpNetwork]) -> None:
+
+def check_url(text: str) -> str | None:
+    """Why `text` can never be an HTTP flow's URL, or None (the addresses are checked when it
+    is called, at every hop)."""
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError) as error:
+        return f"not a URL ({error})"
+    if url.scheme not in ("http", "https"):
+        return f"HTTP flows call http or https URLs, not {url.scheme or 'none'!r}"
+    if not url.host:
+        return "the URL names no host (such as https://example.com/path)"
+    return None
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+class HttpFlows:
+    """Makes HTTP flow calls (`HttpCaller`); one client, one guarded connection pool.
+
+    Redirects are followed here, not by httpx: a hop to another host drops every header the
+    flow set (a token meant for one host never reaches another), not only `Authorization`.
+    """
+
+    def __init__(
+        self, allowed: list[IpNetwork], max_response_bytes: int = MAX_RESPONSE_BYTES
+    ) -> None:
         self._client = httpx.AsyncClient(
-            transport=GuardedTransport(allowed),
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
-            trust_env=False,
+            transport=GuardedTransport(allowed), follow_redirects=False, trust_env=False
         )
+        self._max_response_bytes = max_response_bytes
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """The decompressed body, up to the limit: a larger one fails before it is all read."""
+        limit = self._max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(
+                f"the response declares {declared} bytes; HTTP flows read at most {limit} bytes "
+                "(RUNNER_HTTP_MAX_RESPONSE_BYTES)"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():  # decompressed as it comes
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(
+                    f"the response body is larger than the {limit} bytes HTTP flows read "
+                    "(RUNNER_HTTP_MAX_RESPONSE_BYTES), after decompression"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _send(
+        self, request: httpx.Request, custom: Iterable[str]
+    ) -> tuple[httpx.Response, bytes]:
+        """Send `request`, following redirects (at most `MAX_REDIRECTS`); the final response and
+        its body."""
+        first = _origin(request.url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._client.send(request, stream=True)
+            try:
+                next_request = response.next_request
+                if next_request is None:
+                    return response, await self._read(response)
+            finally:
+                await response.aclose()
+            if _origin(next_request.url) != first:
+                for name in custom:
+                    next_request.headers.pop(name, None)
+            request = next_request
+        raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
 
     async def __call__(self, settings: HttpFlowSettings, run: Run) -> Any:
         url = httpx.URL(settings.url)
@@ -161,17 +257,18 @@ class HttpFlows:
             raise RefusedDestination(f"HTTP flows call http or https URLs, not {url.scheme!r}")
         body = render(settings.body, run)
         has_body = settings.method not in ("GET", "DELETE") or body is not None
-        response = await self._client.request(
+        request = self._client.build_request(
             settings.method,
             url,
             headers={"Idempotency-Key": run.id, **settings.headers},
             json=body if has_body else None,
             timeout=settings.timeout_seconds,
         )
+        response, raw = await self._send(request, settings.headers)
         try:
-            content: Any = response.json()
-        except ValueError:
-            content = response.text[:MAX_TEXT_RESULT]
+            content: Any = json.loads(raw)
+        except (ValueError, RecursionError):
+            content = raw.decode(response.encoding or "utf-8", errors="replace")[:MAX_TEXT_RESULT]
         if response.status_code >= 400:
             raise HttpFlowFailed(
                 f"{settings.method} {settings.url} answered {response.status_code}: "

@@ -30,8 +30,16 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     runner_http_allowed_networks: str = ""
     """Comma-separated networks (CIDR) HTTP flows may call although they are loopback,
     private or link-local, such as `10.0.0.0/8,127.0.0.1/32`. Empty: public addresses only."""
+    runner_http_max_response_bytes: AtLeastOne = 262_144
+    """Bytes of a response body (after decompression) an HTTP flow reads; a larger one fails
+    the attempt before it is all read. Keep it well below NATS's max payload: it becomes the
+    run's result."""
     runner_announce_interval: Positive = 30.0
     """Seconds between two announcements of this runner's flow functions to the registry."""
+    runner_max_deliver: AtLeastOne = 100_000
+    """Deliveries of one start the runner's consumer allows (`max_deliver`); the last one is
+    dead-lettered with its reason instead of handed back. A run waiting for a concurrency slot
+    is handed back about every 0.3 s and each counts: the default lets one wait about 8 hours."""
     nats_replicas: AtLeastOne = 1
     """Replicas of every stream and bucket this service creates (3 in production)."""
 

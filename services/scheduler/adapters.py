@@ -26,6 +26,7 @@ from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.core import ledger_entry_id, supersedes
 from services.scheduler.settings import SchedulerSettings
 from shared import jetstream
+from shared.broker import MAX_DELIVER
 from shared.codec import decode, decoder, encode
 from shared.pull import Puller
 from shared.stream_read import read_subject
@@ -189,6 +190,13 @@ class JetStreamLedger:
         )
 
 
+TICK_MAX_DELIVER = 100
+"""Deliveries of one tick (a tick handed back every `tick_retry_delay`, about a minute and a
+half by default, outlasts a leader election); the last one is dead-lettered with its reason."""
+RUN_EVENT_MAX_DELIVER = MAX_DELIVER
+"""Deliveries of one run event to the scheduler; the last one is dead-lettered."""
+
+
 def run_events_consumer_config() -> ConsumerConfig:
     """The durable consumer the scheduler replicas share to see runs skipped by overlap."""
     return ConsumerConfig(
@@ -197,6 +205,7 @@ def run_events_consumer_config() -> ConsumerConfig:
         deliver_policy=DeliverPolicy.NEW,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=RUN_EVENT_ACK_WAIT,
+        max_deliver=RUN_EVENT_MAX_DELIVER,
     )
 
 
@@ -214,6 +223,7 @@ def tick_consumer_config(settings: SchedulerSettings) -> ConsumerConfig:
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.tick_ack_wait + settings.timer_lead,
         max_ack_pending=TICKS_PENDING,
+        max_deliver=TICK_MAX_DELIVER,
     )
 
 
@@ -229,8 +239,13 @@ async def ensure_consumers(js: JetStreamContext, settings: SchedulerSettings) ->
     except NotFoundError:
         await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
     else:
-        if info.config.filter_subject != subjects.RUN_EVENTS_SKIPPED:
-            # An older version's consumer sees every run event: narrow it in place.
+        wanted = run_events_consumer_config()
+        if (info.config.filter_subject, info.config.max_deliver) != (
+            wanted.filter_subject,
+            wanted.max_deliver,
+        ):
+            # An older version's consumer sees every run event, or without a delivery limit:
+            # bring it up to date in place.
             await js.add_consumer(subjects.RUN_EVENTS_STREAM, run_events_consumer_config())
 
 

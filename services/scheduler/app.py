@@ -106,7 +106,7 @@ class SchedulerApp:
             supervised(
                 "scheduler run events",
                 lambda: adapters.follow_run_events(
-                    js, lambda message: handlers.handle_run_event(scheduler, message)
+                    js, lambda message: handlers.handle_run_event(scheduler, message, js)
                 ),
             )
         )

@@ -13,8 +13,9 @@ from nats.js import JetStreamContext
 
 from contracts.runs import RunEvent
 from contracts.scheduling import ScheduleTick
+from services.scheduler.adapters import RUN_EVENT_MAX_DELIVER, TICK_MAX_DELIVER
 from services.scheduler.core import Scheduler
-from shared.broker import reject
+from shared.broker import is_last_delivery, reject
 from shared.codec import decode
 from shared.pull import delivery
 
@@ -54,7 +55,14 @@ async def handle_tick(
             on_hold=on_hold,
             still_working=msg.in_progress,
         )
-    except Exception:
+    except Exception as error:
+        if is_last_delivery(delivered.delivered, TICK_MAX_DELIVER):
+            reason = (
+                f"tick failed on each of its {TICK_MAX_DELIVER} deliveries; the last failure: "
+                f"{type(error).__name__}: {error}"
+            )
+            await reject(js, msg, reason, SERVICE)
+            return
         log.exception("tick of trigger %s for %s failed", tick.trigger_id, tick.scheduled_at)
         await msg.nak(delay=retry_delay)
         return
@@ -64,13 +72,26 @@ async def handle_tick(
     await msg.ack()
 
 
-async def handle_run_event(scheduler: Scheduler, msg: Msg) -> None:
+async def handle_run_event(
+    scheduler: Scheduler, msg: Msg, js: JetStreamContext | None = None
+) -> None:
     """Record a schedule fire's run skipped by overlap policy in its ledger, then ack; a
-    failure leaves the event unacknowledged (it comes back after the ack wait)."""
+    failure leaves the event unacknowledged (it comes back after the ack wait), until its last
+    delivery, which is dead-lettered (with `js`) instead."""
     try:
         event = decode(msg.data, RunEvent)
     except msgspec.DecodeError:
         await msg.ack()  # not ours to dead-letter: the runner wrote it
         return
-    await scheduler.record_overlap_skip(event.run)
+    try:
+        await scheduler.record_overlap_skip(event.run)
+    except Exception as error:
+        if js is None or not is_last_delivery(delivery(msg).delivered, RUN_EVENT_MAX_DELIVER):
+            raise
+        reason = (
+            f"run event failed on each of its {RUN_EVENT_MAX_DELIVER} deliveries; the last "
+            f"failure: {type(error).__name__}: {error}"
+        )
+        await reject(js, msg, reason, SERVICE)
+        return
     await msg.ack()

@@ -253,6 +253,30 @@ async def test_a_mistyped_key_is_malformed_key(client: HttpClient) -> None:
     problem(await client.get("/v1/flows", headers=bearer("hunter2")), 401, "malformed_key")
 
 
+async def test_the_host_header_is_never_reflected_into_location_or_status_url(
+    client: HttpClient,
+) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+
+    started = await client.post(
+        f"/trigger/{flow_id}", headers={**ws.admin, "Host": "attacker.example"}
+    )
+
+    assert started.status_code == 202, started.text
+    base = IngressSettings().base_url
+    assert started.json()["status_url"] == f"{base}/v1/runs/{started.json()['run_id']}"
+    assert started.headers["location"] == started.json()["status_url"]
+    assert "attacker" not in started.text
+
+
+def test_the_public_url_setting_is_the_base_of_status_urls() -> None:
+    settings = IngressSettings(public_url="https://flows.example.com/")
+    listening = IngressSettings(ingress_host="0.0.0.0", ingress_port=9000)
+
+    assert settings.base_url == "https://flows.example.com"
+    assert listening.base_url == "http://127.0.0.1:9000"
+
+
 async def test_a_key_nobody_issued_is_invalid_key(client: HttpClient) -> None:
     _, flow_id, _ = await startable_flow(client)
 
@@ -404,7 +428,7 @@ async def test_a_wrong_method_is_a_method_not_allowed_problem_with_an_allow_head
 
 async def test_a_body_over_the_limit_is_body_too_large(client: HttpClient) -> None:
     ws, flow_id, _ = await startable_flow(client)
-    too_large = b'"' + b"x" * 1_048_576 + b'"'
+    too_large = b'"' + b"x" * 524_288 + b'"'
 
     response = await client.post(
         f"/trigger/{flow_id}",
@@ -413,7 +437,7 @@ async def test_a_body_over_the_limit_is_body_too_large(client: HttpClient) -> No
     )
 
     body = problem(response, 413, "body_too_large")
-    assert "1048576 bytes" in body["detail"]
+    assert "524288 bytes" in body["detail"]
     assert "MAX_BODY_BYTES" in body["detail"]
 
 
@@ -421,15 +445,79 @@ async def test_a_management_body_over_the_limit_states_the_limit_and_its_setting
     client: HttpClient,
 ) -> None:
     ws = await new_workspace(client)
-    too_large = b'{"name": "' + b"x" * 1_048_576 + b'"}'
+    too_large = b'{"name": "' + b"x" * 524_288 + b'"}'
 
     response = await client.post(
         "/v1/flows", content=too_large, headers={**ws.admin, "content-type": "application/json"}
     )
 
     body = problem(response, 413, "body_too_large")
-    assert "1048576 bytes" in body["detail"]
+    assert "524288 bytes" in body["detail"]
     assert "MAX_BODY_BYTES" in body["detail"]
+
+
+async def test_a_body_just_under_the_limit_is_started_not_refused_as_unstorable(
+    client: HttpClient,
+) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    limit = IngressSettings().max_body_bytes
+    just_under = b'"' + b"x" * (limit - 2) + b'"'
+
+    response = await client.post(
+        f"/trigger/{flow_id}",
+        content=just_under,
+        headers={**ws.admin, "content-type": "application/json"},
+    )
+
+    assert response.status_code == 202, response.text
+
+
+async def test_an_input_that_grows_past_the_limit_when_encoded_is_body_too_large(
+    client: HttpClient,
+) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    # `1e9` is stored as `1000000000.0`: four times the bytes.
+    grows = b"[" + b",".join([b"1e9"] * 100_000) + b"]"
+
+    response = await client.post(
+        f"/trigger/{flow_id}",
+        content=grows,
+        headers={**ws.admin, "content-type": "application/json"},
+    )
+
+    body = problem(response, 413, "body_too_large")
+    assert "524288 bytes" in body["detail"]
+
+
+async def test_a_flow_just_under_the_body_limit_is_never_a_registry_error(
+    client: HttpClient,
+) -> None:
+    ws = await new_workspace(client)
+    limit = IngressSettings().max_body_bytes
+    body = b'{"name": "big", "settings": {"kind": "http", "url": "https://example.com/", "body": ['
+    body += b",".join([b"1e9"] * ((limit - len(body) - 10) // 4)) + b"]}}"
+    assert len(body) <= limit
+
+    response = await client.post(
+        "/v1/flows", content=body, headers={**ws.admin, "content-type": "application/json"}
+    )
+
+    assert response.status_code in (201, 413, 422), response.text
+
+
+async def test_json_nested_1000_levels_deep_is_invalid_json_on_every_kind_of_body(
+    client: HttpClient,
+) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    deep = b"[" * 1_000 + b"]" * 1_000
+    flow = b'{"name": "deep", "settings": {"kind": "http", "url": "https://example.com/", "body": '
+    headers = {**ws.admin, "content-type": "application/json"}
+
+    started = await client.post(f"/trigger/{flow_id}", content=deep, headers=headers)
+    registered = await client.post("/v1/flows", content=flow + deep + b"}}", headers=headers)
+
+    problem(started, 400, "invalid_json")
+    problem(registered, 400, "invalid_json")
 
 
 async def test_an_empty_management_body_says_a_json_body_is_needed_and_what_it_holds(

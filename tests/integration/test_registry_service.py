@@ -14,20 +14,25 @@ from nats.js import JetStreamContext
 from contracts import subjects
 from contracts.registry import (
     ApiKey,
+    ApiKeyView,
     CreateFlow,
+    CreateKey,
     CreateTrigger,
     CreateWorkspace,
     Flow,
     FlowPage,
+    IssuedKey,
     KeyPage,
     KeyUsed,
     ListFlows,
     ListKeys,
     NewApiTrigger,
     NewFlow,
+    NewKey,
     NewWorkspace,
     PythonFlowSettings,
     Reply,
+    RevokeKey,
     Trigger,
     Workspace,
     WorkspaceCreated,
@@ -237,3 +242,32 @@ async def test_a_reply_decodes_with_a_generic_reply_of_the_result_type(nc: Clien
     assert set(body) == {"ok", "error"}
     assert body["error"] is None
     assert [key["id"] for key in body["ok"]["items"]] == [created.admin_key.key.id]
+
+
+@pytest.mark.usefixtures("registry")
+async def test_admin_keys_revoking_each_other_at_once_always_leave_one_admin_key(
+    nc: Client,
+) -> None:
+    async def revoke(workspace_id: str, key_id: str) -> Reply[ApiKeyView]:
+        return await ask(
+            nc, subjects.KEY_REVOKE, RevokeKey(workspace_id=workspace_id, key_id=key_id), ApiKeyView
+        )
+
+    for attempt in range(10):
+        created = await new_workspace(nc, f"revoke race {attempt}")
+        ws = created.workspace.id
+        spare = await ok(
+            nc,
+            subjects.KEY_CREATE,
+            CreateKey(workspace_id=ws, key=NewKey(name="spare", scope="admin")),
+            IssuedKey,
+        )
+
+        replies = await asyncio.gather(
+            revoke(ws, created.admin_key.key.id), revoke(ws, spare.key.id)
+        )
+
+        refused = [reply.error.code for reply in replies if reply.error is not None]
+        assert refused == ["last_admin_key"], replies
+        keys = await ok(nc, subjects.KEY_LIST, ListKeys(workspace_id=ws), KeyPage)
+        assert [key.scope for key in keys.items] == ["admin"]

@@ -452,3 +452,50 @@ async def test_a_run_left_running_by_a_runner_that_died_is_started_again_as_a_ne
     assert run.status == "succeeded"
     assert run.attempt == 2
     assert calls[start.run_id] == 1
+
+
+async def test_a_start_of_300_kb_of_nul_bytes_is_dead_lettered_not_handed_back_forever(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    letters = await nc.subscribe(subjects.dead_letter(subjects.FLOW_STARTS))
+    marker = new_id("marker")
+
+    sequence = await publish(js, marker.encode() + b"\x00" * 300_000)
+
+    letter = await dead_letter_with(letters, marker)
+    assert letter.reason.startswith("not a valid FlowStart")
+    assert letter.truncated
+    assert letter.payload_bytes == len(marker) + 300_000
+    await handled(js, sequence)
+    await letters.unsubscribe()
+
+
+async def test_a_result_too_large_to_record_fails_the_run_once_without_running_it_again(
+    js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "echo")
+    start = start_of(flow, "x" * 600_000)
+
+    sequence = await publish(js, start)
+
+    run = await finished_run(js, flow.workspace_id, start.run_id)
+    assert (run.status, run.result) == ("failed", None)
+    assert run.error is not None
+    assert "too large to record" in run.error
+    assert len(run.attempts) == 1
+    await handled(js, sequence)
+
+
+async def test_a_start_too_large_to_record_fails_its_run_without_running_it(
+    js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "count")
+    start = start_of(flow, "x" * 1_030_000)
+
+    await publish(js, start)
+
+    run = await finished_run(js, flow.workspace_id, start.run_id)
+    assert (run.status, run.input) == ("failed", None)
+    assert run.error is not None
+    assert "too large to record" in run.error
+    assert run.attempts == []

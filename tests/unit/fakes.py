@@ -1,6 +1,7 @@
 """Fakes for unit tests: in-memory stores that behave like JetStream KV (the registry's, the
 runner's runs and slots), recording publishers and messages, a clock."""
 
+import asyncio
 import builtins
 import re
 from collections.abc import Callable
@@ -49,7 +50,9 @@ class InMemoryRegistryStore:
     """`RegistryStore` over dictionaries of encoded records, with the real store's rules.
 
     Values are stored as JSON bytes, as in KV, so a record that does not survive encoding fails
-    here too; `list` filters with the same `<prefix>.>` subject filter the KV watch uses.
+    here too; `list` filters with the same `<prefix>.>` subject filter the KV watch uses. Every
+    call yields to the event loop first, as a network round trip would, so concurrent requests
+    interleave between calls; `update` alone reads and writes in one step (compare-and-swap).
     """
 
     def __init__(self) -> None:
@@ -64,6 +67,7 @@ class InMemoryRegistryStore:
         return sorted(self.buckets.get(bucket, {}))
 
     async def create(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        await asyncio.sleep(0)
         records = self.buckets.setdefault(bucket, {})
         if _check_key(key) in records:
             raise AlreadyExists(key)
@@ -71,6 +75,7 @@ class InMemoryRegistryStore:
         self.writes += 1
 
     async def get(self, bucket: str, key: str, type_: type[R]) -> R | None:
+        await asyncio.sleep(0)
         data = self.buckets.get(bucket, {}).get(_check_key(key))
         if data is None:
             return None
@@ -78,6 +83,7 @@ class InMemoryRegistryStore:
         return value
 
     async def list(self, bucket: str, prefix: str, type_: type[R]) -> list[R]:
+        await asyncio.sleep(0)
         pattern = f"{prefix}.>"
         return [
             decode(data, type_)
@@ -99,10 +105,12 @@ class InMemoryRegistryStore:
         return changed
 
     async def delete(self, bucket: str, key: str) -> None:
+        await asyncio.sleep(0)
         self.buckets.get(bucket, {}).pop(_check_key(key), None)
         self.writes += 1
 
     async def put(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        await asyncio.sleep(0)
         self.buckets.setdefault(bucket, {})[_check_key(key)] = encode(value)
         self.writes += 1
 
@@ -142,7 +150,7 @@ class InMemoryRunStore:
         return decode(found[0], Run) if found is not None else None
 
     async def read(self, key: str) -> tuple[Run, int] | None:
-        found = self.records.get(key)
+        found = self.records.get(_check_key(key))  # a wildcard key fails, as in KV
         return (decode(found[0], Run), found[1]) if found is not None else None
 
     async def create(self, key: str, run: Run, value: bytes | None = None) -> int | None:

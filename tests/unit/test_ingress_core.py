@@ -262,3 +262,22 @@ def test_a_run_that_ended_without_succeeding_is_answered_as_an_upstream_problem_
     body = msgspec.json.decode(response.content)
     assert (body["status"], body["code"], body["run_status"]) == (http_status, code, run_status)
     assert (body["error"], body["status_url"]) == ("RuntimeError: no cheese", "http://x/v1/runs/r")
+
+
+@pytest.mark.parametrize("depth", [core.MAX_JSON_DEPTH + 1, 1_000, 100_000])
+def test_json_nested_deeper_than_the_limit_is_invalid_json_400(depth: int) -> None:
+    body = b"[" * depth + b"]" * depth
+
+    with pytest.raises(ApiError) as refused:
+        core.json_body(body)
+
+    assert (refused.value.status, refused.value.code) == (400, "invalid_json")
+    assert str(core.MAX_JSON_DEPTH) in refused.value.detail or "deeply" in refused.value.detail
+
+
+def test_json_at_the_depth_limit_or_with_many_shallow_brackets_is_accepted() -> None:
+    deepest = b'{"a":' * (core.MAX_JSON_DEPTH - 1) + b"[]" + b"}" * (core.MAX_JSON_DEPTH - 1)
+    many = b"[" + b",".join([b"[{}]"] * 10_000) + b"]"
+
+    assert core.depth_over(core.json_body(deepest), core.MAX_JSON_DEPTH) is False
+    assert len(core.json_body(many)) == 10_000

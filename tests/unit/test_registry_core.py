@@ -1,5 +1,6 @@
 """The registry's rules, over an in-memory store and a clock that stands still."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ from contracts.registry import (
     GetFlow,
     GetTrigger,
     HourlySchedule,
+    HttpFlowSettingsBody,
     KeyUsed,
     ListFlows,
     ListKeys,
@@ -34,6 +36,7 @@ from contracts.registry import (
     NewScheduleTrigger,
     NewTrigger,
     NewWorkspace,
+    Problem,
     PythonFlowSettings,
     RevokeKey,
     SchedulePatch,
@@ -135,6 +138,37 @@ async def test_a_workspace_without_a_name_is_refused(registry: Registry) -> None
     assert (error.problem.status, error.problem.code) == (422, "invalid_name")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["nul\x00here", "right\u202eto left", "\x1b[31mred\x1b[0m", "two\nlines", "iso\u2067late"],
+)
+async def test_a_name_that_is_not_printable_text_is_invalid_name(
+    registry: Registry, name: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+
+    refusals = [
+        await refusal(workspace(registry, name)),
+        await refusal(registry.create_key(CreateKey(workspace_id=ws, key=NewKey(name=name)))),
+        await refusal(
+            registry.create_flow(
+                CreateFlow(
+                    workspace_id=ws,
+                    flow=NewFlow(name=name, settings=PythonFlowSettings(function="echo")),
+                )
+            )
+        ),
+    ]
+
+    assert {(e.problem.status, e.problem.code) for e in refusals} == {(422, "invalid_name")}
+
+
+async def test_a_name_in_any_script_with_emoji_is_accepted(registry: Registry) -> None:
+    created = await workspace(registry, "Ärger 東京 مرحبا 🚀")
+
+    assert created.workspace.name == "Ärger 東京 مرحبا 🚀"
+
+
 async def test_keys_are_listed_without_secrets_or_digests(registry: Registry) -> None:
     created = await workspace(registry)
     ws = created.workspace.id
@@ -221,6 +255,47 @@ async def test_an_admin_key_can_be_revoked_once_another_admin_key_exists(
     assert [k.id for k in (await registry.list_keys(ListKeys(workspace_id=ws))).items] == [
         spare.key.id
     ]
+
+
+async def test_two_admin_keys_revoking_each_other_at_once_leave_one_admin_key(
+    registry: Registry,
+) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    spare = await registry.create_key(
+        CreateKey(workspace_id=ws, key=NewKey(name="spare", scope="admin"))
+    )
+
+    results = await asyncio.gather(
+        outcome(registry.revoke_key(RevokeKey(workspace_id=ws, key_id=created.admin_key.key.id))),
+        outcome(registry.revoke_key(RevokeKey(workspace_id=ws, key_id=spare.key.id))),
+    )
+
+    refused = [r for r in results if isinstance(r, Problem)]
+    assert [(p.status, p.code) for p in refused] == [(409, "last_admin_key")]
+    left = (await registry.list_keys(ListKeys(workspace_id=ws))).items
+    assert [k.scope for k in left] == ["admin"]
+
+
+async def test_a_workspace_stored_without_its_admin_key_record_still_keeps_one_admin_key(
+    registry: Registry, store: InMemoryRegistryStore
+) -> None:
+    created = await workspace(registry)
+    ws = created.workspace.id
+    spare = await registry.create_key(
+        CreateKey(workspace_id=ws, key=NewKey(name="spare", scope="admin"))
+    )
+    del store.buckets[subjects.WORKSPACES_BUCKET][subjects.admin_keys_key(ws)]
+
+    results = await asyncio.gather(
+        *(
+            outcome(registry.revoke_key(RevokeKey(workspace_id=ws, key_id=key_id)))
+            for key_id in (created.admin_key.key.id, spare.key.id)
+        )
+    )
+
+    assert sum(isinstance(r, Problem) for r in results) == 1
+    assert len((await registry.list_keys(ListKeys(workspace_id=ws))).items) == 1
 
 
 async def test_revoking_a_key_of_another_workspace_is_key_not_found(registry: Registry) -> None:
@@ -944,3 +1019,24 @@ async def test_a_page_cursor_still_works_after_its_record_is_gone(
 
     assert [k.id for k in rest.items] == [keys[1].key.id, keys[2].key.id]
     assert rest.next_cursor is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http:///127.0.0.1/",
+        "ftp://example.com/",
+        "https://",
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+    ],
+)
+async def test_an_http_flow_url_no_call_could_use_is_invalid_url(
+    registry: Registry, url: str
+) -> None:
+    ws = (await workspace(registry)).workspace.id
+    new = NewFlow(name="hook", settings=HttpFlowSettingsBody(url=url))
+
+    error = await refusal(registry.create_flow(CreateFlow(workspace_id=ws, flow=new)))
+
+    assert (error.problem.status, error.problem.code) == (422, "invalid_url")

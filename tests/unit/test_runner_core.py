@@ -11,7 +11,13 @@ import pytest
 from contracts import subjects
 from contracts.registry import Flow, OverlapPolicy, Problem, PythonFlowSettings
 from contracts.runs import FlowStart, Run, RunSlots
-from services.runner.core import ADMISSION_RETRY, CancelRuns, StartRuns, unrecorded_attempt
+from services.runner.core import (
+    ADMISSION_RETRY,
+    MAX_RECORD_BYTES,
+    CancelRuns,
+    StartRuns,
+    unrecorded_attempt,
+)
 from services.runner.executor import MAX_LOST_ATTEMPTS, begin, finish, queued
 from services.runner.flows import FlowContext, FlowRegistry
 from shared.ids import new_id
@@ -27,7 +33,7 @@ from tests.unit.fakes import (
     StartMessageLog,
 )
 
-WS = "ws_1"
+WS = new_id("ws")
 calls: Counter[str] = Counter()
 """How often a flow function ran, per run id."""
 going: dict[str, asyncio.Event] = {}
@@ -48,6 +54,12 @@ async def echo(input: Any, context: FlowContext) -> Any:
 async def fail(input: Any, context: FlowContext) -> Any:
     calls[context.run_id] += 1
     raise RuntimeError("the cheese ran out")
+
+
+@functions.flow("grow")
+async def grow(input: Any, context: FlowContext) -> Any:
+    calls[context.run_id] += 1
+    return "x" * input
 
 
 @functions.flow("wait")
@@ -72,7 +84,9 @@ def flow_of(function: str, **limits: Any) -> Flow:
 class Runner:
     """The core with fakes around it; `deliver` plays JetStream delivering a start."""
 
-    def __init__(self, store: InMemoryRunStore | None = None) -> None:
+    def __init__(
+        self, store: InMemoryRunStore | None = None, max_record_bytes: int = MAX_RECORD_BYTES
+    ) -> None:
         self.clock = FixedClock()
         self.store = store or InMemoryRunStore()
         self.events = RecordingEvents()
@@ -90,6 +104,7 @@ class Runner:
             runner_id="rnr_test",
             record_running_after=60.0,
             rng=lambda: 0.5,
+            max_record_bytes=max_record_bytes,
         )
 
     def other(self, runner_id: str) -> StartRuns:
@@ -607,3 +622,57 @@ async def test_a_start_stored_before_the_runner_reconnected_is_taken_as_a_redeli
     run = runner.record(start)
     assert run.status == "succeeded"
     assert attempts_of(run) == [(1, "", "superseded", 2), (2, "rnr_test", "succeeded", None)]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_a_result_too_large_to_record_fails_the_run_once_without_a_retry(
+    fast_path: bool,
+) -> None:
+    runner = Runner(max_record_bytes=4096)
+    flow = flow_of("grow", retries=2)
+    start = runner.start_of(flow, 10_000)
+
+    msg = await runner.deliver(start, flow, msg_id=start.run_id if fast_path else "other")
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("failed", None)
+    assert run.error is not None
+    assert "too large to record" in run.error
+    assert [a.outcome for a in run.attempts] == ["failed"]
+    assert calls[start.run_id] == 1
+    assert (msg.acked, msg.naks) == (1, [])
+    assert runner.events.statuses(start.run_id)[-1] == "failed"
+
+
+async def test_a_start_too_large_to_record_fails_its_run_without_running_it(
+    runner: Runner,
+) -> None:
+    flow = flow_of("echo")
+    start = runner.start_of(flow, "x" * 2000)
+    msg = StartMessageLog()
+
+    await runner.starts.fail_too_large(msg, start, Delivery(3, 1, 0.0), 1_040_000)
+
+    run = runner.record(start)
+    assert (run.status, run.input, run.start_sequence) == ("failed", None, 3)
+    assert run.error is not None
+    assert "1040000 bytes" in run.error
+    assert calls[start.run_id] == 0
+    assert msg.acked == 1
+
+
+@pytest.mark.parametrize("run_id", ["*", ">", "run_1.x", ""])
+async def test_cancelling_a_run_id_that_is_no_id_is_run_not_found_without_a_read(
+    runner: Runner, run_id: str
+) -> None:
+    outcome = await runner.cancel_runs.cancel(WS, run_id, "by hand")
+
+    assert isinstance(outcome, Problem)
+    assert (outcome.status, outcome.code) == (404, "run_not_found")
+
+
+async def test_cancelling_in_a_workspace_id_that_is_no_id_is_run_not_found(runner: Runner) -> None:
+    outcome = await runner.cancel_runs.cancel(">", new_id("run"), "by hand")
+
+    assert isinstance(outcome, Problem)
+    assert outcome.status == 404

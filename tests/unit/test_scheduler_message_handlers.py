@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
-from contracts.runs import Run, RunEvent
+from contracts.runs import DeadLetter, Run, RunEvent
 from contracts.scheduling import ScheduleTick
-from services.scheduler import handlers
+from services.scheduler import adapters, handlers
 from services.scheduler.core import TickOutcome
-from shared.codec import encode
+from services.scheduler.settings import SchedulerSettings
+from shared import broker
+from shared.codec import decode, encode
 
 TICK = ScheduleTick(
     trigger_id="trg_1", trigger_version=1, scheduled_at=datetime(2026, 1, 1, 10, tzinfo=UTC)
@@ -136,3 +138,64 @@ async def test_a_run_event_is_recorded_then_acked_and_an_undecodable_one_only_ac
     assert scheduler.runs == [run]
     assert event.acked
     assert junk.acked
+
+
+class SizedJs(FakeJs):
+    """Keeps what is published, as NATS would refuse anything over its max payload."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[bytes] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        assert len(payload) <= 1024 * 1024, f"{len(payload)} bytes: over NATS's max payload"
+        self.payloads.append(payload)
+        await super().publish(subject, payload)
+
+
+async def test_a_tick_failing_on_its_last_allowed_delivery_is_dead_lettered_not_handed_back():
+    js, msg = SizedJs(), FakeMsg(encode(TICK), adapters.TICK_MAX_DELIVER)
+    await handle(FakeScheduler(ConnectionError("no PubAck")), msg, js)
+    assert msg.termed
+    assert msg.nak_delays == []
+    letter = decode(js.payloads[0], DeadLetter)
+    assert "no PubAck" in letter.reason
+    assert str(adapters.TICK_MAX_DELIVER) in letter.reason
+
+
+def test_every_consumer_the_scheduler_creates_has_a_delivery_limit():
+    assert adapters.run_events_consumer_config().max_deliver == adapters.RUN_EVENT_MAX_DELIVER
+    tick_config = adapters.tick_consumer_config(SchedulerSettings())
+    assert tick_config.max_deliver == adapters.TICK_MAX_DELIVER
+
+
+async def test_a_run_event_failing_on_its_last_allowed_delivery_is_dead_lettered():
+    class Broken(FakeScheduler):
+        async def record_overlap_skip(self, run: Run) -> None:
+            raise ConnectionError("ledger down")
+
+    run = Run(
+        id="run_1",
+        workspace_id="wsp_1",
+        flow_id="flw_1",
+        status="skipped",
+        source="schedule",
+        queued_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    js = SizedJs()
+    early = FakeMsg(encode(RunEvent(run=run)))
+    last = FakeMsg(encode(RunEvent(run=run)), adapters.RUN_EVENT_MAX_DELIVER)
+    with pytest.raises(ConnectionError):
+        await handlers.handle_run_event(Broken(), early, js)  # type: ignore[arg-type]
+    await handlers.handle_run_event(Broken(), last, js)  # type: ignore[arg-type]
+    assert (early.termed, last.termed) == (False, True)
+    assert "ledger down" in decode(js.payloads[0], DeadLetter).reason
+
+
+async def test_a_dead_letter_of_a_300_kb_body_of_nul_bytes_fits_in_one_nats_message():
+    js, msg = SizedJs(), FakeMsg(b"\x00" * 300_000)
+    await handle(FakeScheduler(), msg, js)
+    assert msg.termed
+    letter = decode(js.payloads[0], DeadLetter)
+    assert (letter.payload_bytes, letter.truncated) == (300_000, True)
+    assert letter.payload == "\x00" * broker.MAX_QUOTED_CHARS
