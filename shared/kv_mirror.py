@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
+RECREATED_AFTER = 10.0
+"""Seconds a stream may stay behind what a mirror saw (a server still recovering it) before the
+mirror takes it for a bucket made anew and starts over."""
+
 
 class KvMirror(Generic[V]):
     """`key -> decoded value` for one bucket; `ready` is set once the first replay is done."""
@@ -47,6 +51,8 @@ class KvMirror(Generic[V]):
         self._received = 0
         """Highest revision the current or an earlier watch delivered (replay included)."""
         self._received_at_last_check = -1
+        self._behind_since = 0.0
+        """Since when (loop time) the stream has been behind what this mirror saw; 0: it is not."""
         self._key_of = key_of
         self._decoder = decoder(value_type)
         self._values: dict[str, V] = {}
@@ -124,6 +130,22 @@ class KvMirror(Generic[V]):
         # when the watch started.
         info = await self._js.stream_info(self._stream)
         replay_until = info.state.last_seq
+        if replay_until < self._received:
+            # A stream's last sequence never goes back: a server that restarted and has not
+            # recovered the stream yet answers with less than an earlier watch delivered, and
+            # a replay up to that would swap a partial table in (an ingress then answered
+            # `flow_not_found` for a second). Let `supervised` try again shortly, unless it
+            # stays so long that the bucket must have been made anew.
+            now = asyncio.get_running_loop().time()
+            self._behind_since = self._behind_since or now
+            if now - self._behind_since < RECREATED_AFTER:
+                raise RuntimeError(
+                    f"stream {self._stream} is at {replay_until}, behind the {self._received} "
+                    "this mirror has seen: not recovered yet"
+                )
+            log.warning("stream %s was made anew; mirroring it from the start", self._stream)
+            self._received = 0
+        self._behind_since = 0.0
         newest_exists: bool | None = None
         kv = await self._js.key_value(self._bucket)
         watcher = await kv.watchall()

@@ -17,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from shared.pull import Puller
 from tests.integration.conftest import RestartableServer
 
-BACKLOG = 100_000
+BACKLOG = 150_000
 WINDOW = 5_000
 SLOTS = 256
 

@@ -76,3 +76,22 @@ async def test_an_empty_bucket_is_ready_at_the_marker() -> None:
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
+
+
+async def test_a_new_watch_on_a_stream_not_recovered_yet_keeps_the_table_it_has() -> None:
+    bucket = FakeBucket({"a": b'"one"', "b": b'"two"', "c": b'"three"'})
+    mirror: KvMirror[str] = KvMirror(bucket, "fake", str)  # type: ignore[arg-type]
+    follower = asyncio.create_task(mirror.follow())
+    await asyncio.wait_for(mirror.ready.wait(), 5)
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    # The server restarted: until it has recovered the stream it reports none of it.
+    recovering = FakeBucket({})
+
+    mirror._js = recovering  # type: ignore[assignment]
+    again = asyncio.create_task(mirror.follow())
+    done, _ = await asyncio.wait({again}, timeout=1)
+
+    assert done, "the watch gives up at once, for `supervised` to try again"
+    assert isinstance(again.exception(), RuntimeError)
+    assert {key: mirror.get(key) for key in "abc"} == {"a": "one", "b": "two", "c": "three"}
