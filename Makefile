@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-runner: $(STAMP) ## No-op runs/s with 1 and 2 runners next to a bare ack-o
 
 bench-quick: $(STAMP) ## Smoke the benchmark (3 s per run)
 	$(BIN)/python -m bench.trigger_api --quick
+
+bench-history: $(STAMP) ## Run history at 1k vs 100k runs (BENCH_ARGS=--million for 1M): list/stats p99, rebuild, ingest, RSS
+	$(BIN)/python -m bench.history $(BENCH_ARGS)
 
 bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU), a 10,000 herd, next to croniter+heapq
 	$(BIN)/python -m bench.scheduler

@@ -4,7 +4,10 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
-from contracts.runs import Run, RunStatus
+# The bodies of the run history (answered by the history service) are HTTP bodies too.
+from contracts.history import RunPage as RunPage
+from contracts.history import RunStats as RunStats
+from contracts.runs import RunStatus
 
 
 class ProblemDetails(Struct, frozen=True, kw_only=True):
@@ -25,13 +28,6 @@ class StartAccepted(Struct, frozen=True, kw_only=True):
     run_id: str
     status: RunStatus
     status_url: str
-
-
-class RunPage(Struct, frozen=True, kw_only=True):
-    """`GET /v1/runs`: runs newest first; pass `next_cursor` as `cursor` for the next page."""
-
-    items: list[Run]
-    next_cursor: str | None = None
 
 
 class RunSucceeded(Struct, frozen=True, kw_only=True):

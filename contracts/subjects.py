@@ -65,6 +65,15 @@ RUN_CANCEL = f"{RUNNER_PREFIX}.run.cancel"
 RUN_ABORT = f"{RUNNER_PREFIX}.run.abort"
 """Broadcast `AbortRun` to every runner replica."""
 
+# --- History request/reply API (`history.v1.<noun>.<verb>`) --------------------------------
+HISTORY_QUEUE = "history"
+"""Queue group every history replica answers queries in."""
+HISTORY_PREFIX = "history.v1"
+HISTORY_RUNS_LIST = f"{HISTORY_PREFIX}.runs.list"
+"""Request `ListRuns`, reply `Reply[RunPage]`."""
+HISTORY_RUNS_STATS = f"{HISTORY_PREFIX}.runs.stats"
+"""Request `RunStatsQuery`, reply `Reply[RunStats]`."""
+
 # --- Registry request/reply API (`registry.v1.<noun>.<verb>`) ------------------------------
 REGISTRY_QUEUE = "registry"
 """Queue group every registry replica answers requests in."""

@@ -1,7 +1,8 @@
-"""`python -m services` (what `make run` runs): a local NATS server and all four services.
+"""`python -m services` (what `make run` runs): a local NATS server and all five services.
 
 Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `DATA_DIR`
-(`.data`), `OPERATOR_TOKEN` (generated when unset; printed and written to
+(`.data`; the history's SQLite goes to `<DATA_DIR>/history/` unless `HISTORY_DB` says
+otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
 `<DATA_DIR>/operator-token`), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from shared import nats_server
 
-SERVICES = ("registry", "runner", "scheduler", "ingress")
+SERVICES = ("registry", "runner", "scheduler", "history", "ingress")
 STOP_GRACE = 15.0
 
 
@@ -75,6 +76,7 @@ def main() -> int:
     )
     env = {**os.environ, "NATS_URL": nats_url, "OPERATOR_TOKEN": token}
     env["INGRESS_PORT"] = str(ingress_port)
+    env.setdefault("HISTORY_DB", str(data_dir / "history" / "history.sqlite"))
     services: dict[str, subprocess.Popen[bytes]] = {}
     code = 0
     try:

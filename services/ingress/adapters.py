@@ -20,6 +20,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
+from contracts.history import ListRuns, RunPage, RunStats, RunStatsQuery
 from contracts.registry import ApiKey, Flow, KeyUsed, Trigger
 from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
 from contracts.scheduling import FireRecord
@@ -28,7 +29,7 @@ from services.ingress.problems import ApiError, body_too_large
 from services.ingress.settings import IngressSettings
 from shared.codec import decode, decoder, encode
 from shared.ids import is_valid_id
-from shared.kv import read_one, read_prefix
+from shared.kv import read_one
 from shared.kv_mirror import KvMirror
 from shared.rpc import RemoteProblem, ServiceClient, ServiceTimeout, ServiceUnavailable
 from shared.stream_read import read_subject
@@ -172,6 +173,7 @@ class Ingress:
         self.idempotency = idempotency
         self.registry = ServiceCalls(ServiceClient(nc, "registry", settings.registry_timeout))
         self.runner = ServiceCalls(ServiceClient(nc, "runner", settings.registry_timeout))
+        self.history = ServiceCalls(ServiceClient(nc, "history", settings.history_timeout))
         self._touched: dict[str, float] = {}
         self.background: set[asyncio.Task[None]] = set()
 
@@ -356,8 +358,25 @@ class Ingress:
             )
         return run
 
-    async def runs_of(self, workspace_id: str) -> list[Run]:
-        """Every run of a workspace, newest first."""
-        runs = await read_prefix(self.js, subjects.RUNS_BUCKET, workspace_id, Run)
-        runs.sort(key=lambda r: r.id, reverse=True)
-        return runs
+    async def list_runs(self, query: ListRuns) -> RunPage:
+        """A page of runs from the history service (never a read of the whole bucket)."""
+        if query.q and self.idempotency is not None:
+            # An Idempotency-Key is not in the run record: the run it started is found here.
+            run_id = await self.idempotent_run(query.workspace_id, query.q)
+            if run_id is not None:
+                query = msgspec.structs.replace(query, q_run_id=run_id)
+        return await self.history.call(subjects.HISTORY_RUNS_LIST, query, RunPage)
+
+    async def run_stats(self, query: RunStatsQuery) -> RunStats:
+        return await self.history.call(subjects.HISTORY_RUNS_STATS, query, RunStats)
+
+    async def idempotent_run(self, workspace_id: str, key: str) -> str | None:
+        """The run an Idempotency-Key started (within the 25 hours keys are kept), or None."""
+        if self.idempotency is None or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            return None
+        storage_key = f"{workspace_id}.{hashlib.sha256(key.encode()).hexdigest()}"
+        try:
+            found = await read_one(self.idempotency, storage_key, IdempotentStart)
+        except Exception:  # a search without the key is still an answer
+            return None
+        return found[0].run_id if found is not None else None

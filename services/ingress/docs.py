@@ -118,8 +118,9 @@ _MEANINGS = {
     413: "The body is larger than `MAX_BODY_BYTES` (`detail` states the limit).",
     422: "Well-formed but unusable values (`invalid_schedule`, `invalid_name`, …).",
     503: "A service this call needs is not reachable (`registry_unavailable`, "
-    "`start_not_stored`, `nats_unavailable`): nothing changed; retry.",
-    504: "A service this call needs did not answer in time (`registry_timeout`): retry; for a "
+    "`history_unavailable`, `start_not_stored`, `nats_unavailable`): nothing changed; retry.",
+    504: "A service this call needs did not answer in time (`registry_timeout`, "
+    "`history_timeout`): retry; for a "
     "start that waited, the run timed out (`run_timed_out`), with the run's details as for 409.",
 }
 

@@ -12,9 +12,16 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from contracts import history, subjects
 from contracts import registry as api
-from contracts import subjects
-from contracts.http import HealthStatus, RunNotSucceeded, RunPage, RunSucceeded, StartAccepted
+from contracts.http import (
+    HealthStatus,
+    RunNotSucceeded,
+    RunPage,
+    RunStats,
+    RunSucceeded,
+    StartAccepted,
+)
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import FirePage, SchedulePreview
@@ -37,11 +44,22 @@ Cursor = Annotated[
     ),
 ]
 """The position after which a page of keys, flows or triggers starts."""
+RunsLimit = Annotated[
+    int, QueryParameter(ge=1, le=history.MAX_RUNS_LIMIT, description="Most runs on one page")
+]
+RunsCursor = Annotated[
+    str | None,
+    QueryParameter(
+        description="The `next_cursor` of the page before; none for the first page",
+        pattern=history.RUNS_CURSOR_PATTERN,
+    ),
+]
+"""The position after which a page of runs starts."""
 OpaqueCursor = Annotated[
     str | None,
     QueryParameter(description="The `next_cursor` of the page before; none for the first page"),
 ]
-"""The cursor of runs and ledger entries (their own position format)."""
+"""The cursor of ledger entries (their own position format)."""
 Moment = Annotated[
     str | None,
     QueryParameter(
@@ -434,7 +452,7 @@ class RunController(ResourceController):
     security = BY_KEY
 
     @get(
-        summary="List runs, newest first",
+        summary="List runs, newest first (from the run history; see `history_lag_seconds`)",
         dependencies={"admin": Provide(provide_admin)},
         responses=problems(400, 401, 403, 503, 504),
     )
@@ -444,27 +462,67 @@ class RunController(ResourceController):
         admin: NamedDependency[ApiKey],
         flow_id: FromQuery[str | None] = None,
         trigger_id: FromQuery[str | None] = None,
-        status: FromQuery[RunStatus | None] = None,
+        status: Annotated[
+            list[RunStatus] | None,
+            QueryParameter(description="Any of these statuses (repeat the parameter)"),
+        ] = None,
+        source: FromQuery[StartSource | None] = None,
         since: Moment = None,
         until: Moment = None,
-        limit: Limit = 50,
-        cursor: OpaqueCursor = None,
+        q: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=history.MAX_QUERY_LENGTH,
+                description="A run id (or its beginning), an Idempotency-Key, or text in the "
+                "run's error",
+            ),
+        ] = None,
+        limit: RunsLimit = 50,
+        cursor: RunsCursor = None,
     ) -> RunPage:
-        """Runs queued at or after `since` and before `until`, newest first."""
-        start, end = _moment("since", since), _moment("until", until)
-        runs = [
-            run
-            for run in await ingress.runs_of(admin.workspace_id)
-            if (flow_id is None or run.flow_id == flow_id)
-            and (trigger_id is None or run.trigger_id == trigger_id)
-            and (status is None or run.status == status)
-            and (start is None or run.queued_at >= start)
-            and (end is None or run.queued_at < end)
-            and (cursor is None or run.id < cursor)
-        ]
-        page = runs[:limit]
-        next_cursor = page[-1].id if len(runs) > limit else None
-        return RunPage(items=page, next_cursor=next_cursor)
+        """Runs queued at or after `since` and before `until`, newest first. The list comes
+        from the run history, which follows the run records: `history_lag_seconds` says how
+        far behind them it is (0 when caught up)."""
+        query = history.ListRuns(
+            workspace_id=admin.workspace_id,
+            flow_id=flow_id,
+            trigger_id=trigger_id,
+            statuses=list(status or []),
+            source=source,
+            since=_moment("since", since),
+            until=_moment("until", until),
+            q=q or None,
+            limit=limit,
+            cursor=cursor,
+        )
+        return await ingress.list_runs(query)
+
+    @get(
+        "/stats",
+        summary="Figures of the runs of a flow, a trigger or the workspace over a window",
+        dependencies={"admin": Provide(provide_admin)},
+        responses=problems(400, 401, 403, 503, 504),
+    )
+    async def run_stats(
+        self,
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+        flow_id: FromQuery[str | None] = None,
+        trigger_id: FromQuery[str | None] = None,
+        since: Moment = None,
+        until: Moment = None,
+    ) -> RunStats:
+        """Counts by status, success rate, duration percentiles and runs per minute of the
+        runs queued in the window (default: the 24 hours before `until`, itself default now),
+        from the run history (`history_lag_seconds` as for the list)."""
+        query = history.RunStatsQuery(
+            workspace_id=admin.workspace_id,
+            flow_id=flow_id,
+            trigger_id=trigger_id,
+            since=_moment("since", since),
+            until=_moment("until", until),
+        )
+        return await ingress.run_stats(query)
 
     @get(
         "/{run_id:str}",

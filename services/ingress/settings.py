@@ -22,6 +22,8 @@ class IngressSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Bearer token for `POST /v1/workspaces`; empty disables that endpoint."""
     registry_timeout: float = 5.0
     """Seconds to wait for a registry reply before answering 504."""
+    history_timeout: float = 5.0
+    """Seconds to wait for a history reply (run lists and stats) before answering 504."""
     max_body_bytes: int = 524_288
     """Largest accepted request body (the flow input of a trigger call), answered `413` above.
     Half of NATS's max payload (1 MiB) less room: a run record holds the input and a result

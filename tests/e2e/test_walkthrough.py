@@ -68,8 +68,19 @@ def test_an_api_trigger_call_answers_with_the_flow_s_result_and_records_the_run(
         assert run["result"] == {"hello": "world"}
         assert run["source"] == "api"
         assert run["trigger_id"] == trigger.json()["id"]
-        listed = admin.get("/v1/runs", params={"flow_id": flow_id}).json()["items"]
-        assert [r["id"] for r in listed] == [run["id"]]
+        # The list comes from the run history, which follows the run records closely.
+        page = poll(
+            lambda: admin.get("/v1/runs", params={"flow_id": flow_id}).json(),
+            lambda page: bool(page["items"]) and page["items"][0]["status"] == "succeeded",
+        )
+        assert [r["id"] for r in page["items"]] == [run["id"]]
+        assert page["history_lag_seconds"] < 5
+        stats = admin.get("/v1/runs/stats", params={"flow_id": flow_id}).json()
+        assert (stats["total"], stats["counts"], stats["success_rate"]) == (
+            1,
+            {"succeeded": 1},
+            1.0,
+        )
 
 
 def test_a_paused_api_trigger_refuses_calls_with_a_clear_problem(stack: Stack) -> None:

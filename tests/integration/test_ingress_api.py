@@ -16,6 +16,8 @@ from nats.js import JetStreamContext
 from contracts import subjects
 from contracts.registry import RunnerAnnouncement
 from contracts.runs import FlowStart, Run, RunStatus
+from services.history.app import create_app as create_history
+from services.history.settings import HistorySettings
 from services.ingress.app import create_app as create_ingress
 from services.ingress.settings import IngressSettings
 from services.registry.app import create_app as create_registry
@@ -31,20 +33,26 @@ HttpClient = AsyncTestClient[Any]
 
 
 @pytest.fixture(scope="module")
-async def client(nats_url: str) -> AsyncIterator[HttpClient]:
-    """The ingress app in-process, with a registry on the app's own event loop.
+async def client(
+    nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[HttpClient]:
+    """The ingress app in-process, with a registry and a history on the app's own event loop.
 
     `AsyncTestClient` runs the app on a blocking portal (its own thread and loop) and blocks
     the test's loop while a request is in flight, so a registry on the test's loop could never
     answer: it runs on the portal's loop, beside the app.
     """
     registry = create_registry(RegistrySettings(nats_url=nats_url))
+    history_db = tmp_path_factory.mktemp("history") / "history.sqlite"
+    history = create_history(HistorySettings(nats_url=nats_url, history_db=str(history_db)))
     app = create_ingress(IngressSettings(nats_url=nats_url, operator_token="op-test"))
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as test_client:
         test_client.blocking_portal.call(registry.start)
+        test_client.blocking_portal.call(history.start)
         try:
             yield test_client
         finally:
+            test_client.blocking_portal.call(history.stop)
             test_client.blocking_portal.call(registry.stop)
 
 
@@ -706,8 +714,11 @@ async def test_run_now_of_another_workspace_s_trigger_is_trigger_not_found(
 # --- runs -----------------------------------------------------------------------------------
 
 
-async def write_runs(js: JetStreamContext, ws: str, flows: list[str]) -> list[Run]:
-    """Runs as a runner would record them, one millisecond apart, oldest first."""
+async def write_runs(
+    js: JetStreamContext, ws: str, flows: list[str], client: HttpClient | None = None
+) -> list[Run]:
+    """Runs as a runner would record them, one millisecond apart, oldest first; with an admin
+    `client` of the workspace, once the run history lists them all."""
     runs_bucket = await js.key_value(subjects.RUNS_BUCKET)
     statuses: list[RunStatus] = ["succeeded", "failed", "running", "succeeded", "queued"]
     base = datetime.now(UTC) - timedelta(minutes=5)
@@ -727,6 +738,17 @@ async def write_runs(js: JetStreamContext, ws: str, flows: list[str]) -> list[Ru
     return runs
 
 
+async def listed_runs(client: HttpClient, ws: Workspace, count: int) -> None:
+    """Wait until the run history lists `count` runs of the workspace (it follows the bucket)."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while True:
+        page = await client.get("/v1/runs", params={"limit": 500}, headers=ws.admin)
+        if page.status_code == 200 and len(page.json()["items"]) >= count:
+            return
+        assert asyncio.get_running_loop().time() < deadline, page.text
+        await asyncio.sleep(0.05)
+
+
 async def test_runs_are_listed_newest_first_and_filtered(
     client: HttpClient, js: JetStreamContext
 ) -> None:
@@ -735,6 +757,7 @@ async def test_runs_are_listed_newest_first_and_filtered(
     runs = await write_runs(js, ws.id, [first, second])
     newest_first = [run.id for run in reversed(runs)]
     await write_runs(js, (await new_workspace(client)).id, [first])
+    await listed_runs(client, ws, len(runs))
 
     everything = await client.get("/v1/runs", headers=ws.admin)
     succeeded = await client.get("/v1/runs", params={"status": "succeeded"}, headers=ws.admin)
@@ -745,11 +768,66 @@ async def test_runs_are_listed_newest_first_and_filtered(
     assert everything.json()["next_cursor"] is None
     assert [r["id"] for r in succeeded.json()["items"]] == [runs[3].id, runs[0].id]
     assert [r["id"] for r in of_second.json()["items"]] == [runs[3].id, runs[1].id]
+    assert everything.json()["history_lag_seconds"] >= 0
+
+
+async def test_runs_are_found_by_several_statuses_and_by_the_idempotency_key_that_started_them(
+    client: HttpClient, js: JetStreamContext
+) -> None:
+    ws, flow_id, _ = await startable_flow(client)
+    started = await client.post(
+        f"/trigger/{flow_id}", json={}, headers={**ws.admin, "Idempotency-Key": "order-42"}
+    )
+    run_id = started.json()["run_id"]
+    runs = await write_runs(js, ws.id, [flow_id])
+    await runs_bucket_put(js, ws.id, run_id, flow_id)
+    await listed_runs(client, ws, len(runs) + 1)
+
+    by_status = await client.get(
+        "/v1/runs", params=[("status", "failed"), ("status", "queued")], headers=ws.admin
+    )
+    by_key = await client.get("/v1/runs", params={"q": "order-42"}, headers=ws.admin)
+
+    assert [r["status"] for r in by_status.json()["items"]] == ["queued", "queued", "failed"]
+    assert [r["id"] for r in by_key.json()["items"]] == [run_id]
+
+
+async def runs_bucket_put(js: JetStreamContext, ws: str, run_id: str, flow_id: str) -> None:
+    """The record a runner would make of a start the ingress accepted."""
+    runs_bucket = await js.key_value(subjects.RUNS_BUCKET)
+    run = Run(
+        id=run_id,
+        workspace_id=ws,
+        flow_id=flow_id,
+        status="queued",
+        source="api",
+        queued_at=datetime.now(UTC),
+    )
+    await runs_bucket.put(subjects.run_key(ws, run_id), encode(run))
+
+
+async def test_run_stats_count_a_flows_runs_of_the_last_day(
+    client: HttpClient, js: JetStreamContext
+) -> None:
+    ws = await new_workspace(client)
+    flow_id = await new_flow(client, ws)
+    runs = await write_runs(js, ws.id, [flow_id])
+    await listed_runs(client, ws, len(runs))
+
+    response = await client.get("/v1/runs/stats", params={"flow_id": flow_id}, headers=ws.admin)
+
+    assert response.status_code == 200, response.text
+    stats = response.json()
+    assert stats["total"] == 5
+    assert stats["counts"] == {"succeeded": 2, "failed": 1, "running": 1, "queued": 1}
+    assert stats["success_rate"] == pytest.approx(2 / 3)
+    assert sum(minute["runs"] for minute in stats["per_minute"]) == 5
 
 
 async def test_runs_are_paged_with_next_cursor(client: HttpClient, js: JetStreamContext) -> None:
     ws = await new_workspace(client)
     runs = await write_runs(js, ws.id, [await new_flow(client, ws)])
+    await listed_runs(client, ws, len(runs))
 
     pages: list[list[str]] = []
     params: dict[str, Any] = {"limit": 2}
@@ -879,6 +957,7 @@ async def test_runs_are_filtered_by_the_time_they_were_queued(
 ) -> None:
     ws = await new_workspace(client)
     runs = await write_runs(js, ws.id, [await new_flow(client, ws)])
+    await listed_runs(client, ws, len(runs))
     since, until = runs[1].queued_at, runs[3].queued_at
 
     response = await client.get(

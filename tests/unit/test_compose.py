@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"registry", "runner", "scheduler", "ingress"}
+SERVICES = {"registry", "runner", "scheduler", "history", "ingress"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def published_container_ports(service: dict[str, Any]) -> set[int]:
     return ports
 
 
-def test_all_four_services_and_nats_are_present(services):
+def test_all_five_services_and_nats_are_present(services):
     assert set(services) == SERVICES | {"nats"}
 
 
