@@ -21,7 +21,15 @@ from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.history import ListRuns, RunPage, RunStats, RunStatsQuery
-from contracts.registry import ApiKey, Flow, KeyUsed, Trigger
+from contracts.registry import (
+    MAX_LIST_LIMIT,
+    ApiKey,
+    Flow,
+    KeyUsed,
+    ListTriggers,
+    Trigger,
+    TriggerPage,
+)
 from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
 from contracts.scheduling import FireRecord
 from services.ingress import core
@@ -175,6 +183,7 @@ class Ingress:
         self.runner = ServiceCalls(ServiceClient(nc, "runner", settings.registry_timeout))
         self.history = ServiceCalls(ServiceClient(nc, "history", settings.history_timeout))
         self._touched: dict[str, float] = {}
+        self._flows: KeyValue | None = None
         self.background: set[asyncio.Task[None]] = set()
 
     # --- authentication --------------------------------------------------------------------
@@ -278,6 +287,22 @@ class Ingress:
                 return latest
         # An event may have gone to a runner's crash: the record is the truth.
         return await self.find_run(workspace_id, run_id) or latest
+
+    async def flow_and_triggers(
+        self, workspace_id: str, flow_id: str
+    ) -> tuple[Flow | None, list[Trigger]]:
+        """A flow and its triggers read from their source, not the directory: the flows bucket
+        and the registry (for a miss the directory cannot settle)."""
+        if not is_valid_id(flow_id) or not is_valid_id(workspace_id):
+            return None, []
+        if self._flows is None:
+            self._flows = await self.js.key_value(subjects.FLOWS_BUCKET)
+        found = await read_one(self._flows, subjects.record_key(workspace_id, flow_id), Flow)
+        if found is None:
+            return None, []
+        request = ListTriggers(workspace_id=workspace_id, flow_id=flow_id, limit=MAX_LIST_LIMIT)
+        page = await self.registry.call(subjects.TRIGGER_LIST, request, TriggerPage)
+        return found[0], page.items
 
     async def find_run(self, workspace_id: str, run_id: str) -> Run | None:
         found = await read_one(self.runs, subjects.run_key(workspace_id, run_id), Run)

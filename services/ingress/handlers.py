@@ -599,7 +599,12 @@ async def trigger_flow(
         if error.code not in core.MAYBE_STALE:
             raise
         await directory.catch_up()
-        trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))
+        flow, triggers = directory.flow(flow_id), directory.triggers_of(flow_id)
+        if flow is None or not triggers:
+            # Still missing: ask the source (the directory may be between two watches of a
+            # bucket, after a NATS restart); a miss costs a round trip, the hot path none.
+            flow, triggers = await ingress.flow_and_triggers(key.workspace_id, flow_id)
+        trigger = core.api_trigger_for(key, flow, triggers)
     body, flow_input = await _read_json_body(request, ingress)
     wait, applied = core.sync_wait(
         request.headers.get("prefer"), trigger.sync_wait_seconds, api.MAX_SYNC_WAIT_SECONDS

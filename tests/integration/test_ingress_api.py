@@ -1076,3 +1076,23 @@ async def test_a_time_filter_that_is_not_an_rfc_3339_time_is_refused(client: Htt
 
     assert "`until`" in detail
     assert "RFC 3339" in detail
+
+
+async def test_a_flow_the_directory_has_lost_is_read_from_its_source(client: HttpClient) -> None:
+    ws = await new_workspace(client)
+    flow_id = await new_flow(client, ws)
+    created(
+        await client.post(
+            "/v1/triggers",
+            json={"flow_id": flow_id, "type": "api", "sync_wait_seconds": 0},
+            headers=ws.admin,
+        )
+    )
+    # As between two watches of the buckets after a NATS restart: the directory has neither.
+    directory = client.app.state.ingress.directory
+    directory._flow_by_id.pop(flow_id, None)
+    directory._triggers_by_flow.pop(flow_id, None)
+
+    response = await client.post(f"/trigger/{flow_id}", json={"n": 1}, headers=ws.admin)
+
+    assert response.status_code == 202, response.text
