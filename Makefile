@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its pinned dependencies
 
-run: $(STAMP) ## Start NATS and all four services locally (Ctrl-C stops everything)
+run: $(STAMP) ## Start NATS and all five services locally (Ctrl-C stops everything)
 	$(BIN)/python -m services
 
 test: $(STAMP) ## Run the whole test suite against a real nats-server (fault drills included)
