@@ -13,7 +13,6 @@ from pathlib import Path
 
 import msgspec
 from litestar import Litestar
-from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -197,7 +196,7 @@ def close_strict_bodies(app: Litestar) -> None:
     schema of a msgspec Struct leaves it out: `additionalProperties: false` for a body that
     refuses unknown fields, and bounds of 0 (`ge=0`) or of optional PATCH fields, which it
     drops. The bounds are msgspec's own JSON Schema of the struct."""
-    openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    openapi = app.openapi_schema
     schemas = openapi.components.schemas or {}
     for module in (registry, http):
         for name, value in vars(module).items():
