@@ -8,6 +8,8 @@ writes, the shared consumers, the tick puller and the run-event loop.
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -47,6 +49,49 @@ Sequence` is checked against, instead of the published subject alone (nats-serve
 TICKS_PENDING = 100_000
 """Most ticks the replicas together hold unacknowledged (the server's default is 1,000, less
 than one herd held until its due second)."""
+
+
+class Alarm:
+    """The core's `Sleep` with one timer for every sleep: a herd's ticks are all held until
+    the same due second, and one asyncio timer each costs more than the hold is worth.
+
+    Measured on 2 cores, 10,000 sleeps ending at the same moment: 28-29 us of CPU each with
+    `asyncio.sleep`, 17-18 us here; in `make bench-scheduler`'s herd of 10,000, CPU per fire
+    went from 145-188 us to 118-131 us. Sleeps end in the order of their ends, every sleep due
+    in the same turn of the event loop (waking the due ones a chunk per turn was measured too:
+    it spread the ledger writes between the starts and the last start came later).
+    """
+
+    def __init__(self) -> None:
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._ring_at: float | None = None
+        self._ringing: asyncio.TimerHandle | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        wake = loop.create_future()
+        at = loop.time() + seconds
+        heapq.heappush(self._sleepers, (at, next(self._order), wake))
+        if self._ring_at is None or at < self._ring_at:
+            self._ring(loop, at)
+        await wake
+
+    def _ring(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._ringing is not None:
+            self._ringing.cancel()
+        self._ring_at = at
+        self._ringing = loop.call_at(at, self._wake, loop)
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ringing = self._ring_at = None
+        sleepers, now = self._sleepers, loop.time()
+        while sleepers and sleepers[0][0] <= now:
+            wake = heapq.heappop(sleepers)[2]
+            if not wake.done():  # a cancelled sleep leaves its future behind
+                wake.set_result(None)
+        if sleepers:
+            self._ring(loop, sleepers[0][0])
 
 
 def at_header(goes_off_at: datetime) -> str:

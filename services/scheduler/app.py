@@ -81,6 +81,7 @@ class SchedulerApp:
             adapters.JetStreamStartPublisher(writer),
             ledger=adapters.JetStreamLedger(js, writer),
             clock=self._clock,
+            sleep=adapters.Alarm().sleep,
             misfire_after=settings.misfire_after,
         )
         retry_delay = settings.tick_retry_delay
