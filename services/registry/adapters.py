@@ -4,6 +4,7 @@ one writer (us)."""
 import asyncio
 import builtins
 import random
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -31,6 +32,9 @@ class KvRegistryStore:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
         self._buckets: dict[str, KeyValue] = {}
+        self._updating: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def _kv(self, bucket: str) -> KeyValue:
         kv = self._buckets.get(bucket)
@@ -56,6 +60,16 @@ class KvRegistryStore:
         self, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
     ) -> R | None:
         kv = await self._kv(bucket)
+        # Updates of one record from this replica take turns: racing each other they would
+        # mostly fail their compare-and-swap (a workspace's quota use is one record that all
+        # its creates change). Other replicas are still kept out by the compare-and-swap.
+        lock = self._updating.setdefault((bucket, key), asyncio.Lock())
+        async with lock:
+            return await self._swap(kv, bucket, key, type_, change)
+
+    async def _swap(
+        self, kv: KeyValue, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
+    ) -> R | None:
         for attempt in range(MAX_CAS_ATTEMPTS):
             found = await read_one(kv, key, type_)
             if found is None:

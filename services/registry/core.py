@@ -746,16 +746,18 @@ class Registry:
             return quotas.take(use, holder, amount, limit, version)
 
         key = subjects.quota_key(workspace_id, quota)
-        for attempt in range(2):
-            await self._quota_use(workspace_id, quota)
+        reconciled = False
+        for _ in range(3):
             try:
                 taken = await self._store.update(subjects.WORKSPACES_BUCKET, key, QuotaUse, take)
             except QuotaRefused as refused:
-                if attempt == 0 and await self._reconcile(workspace_id, quota):
+                if not reconciled and await self._reconcile(workspace_id, quota):
+                    reconciled = True
                     continue
                 raise quota_refusal(refused) from None
             if taken is not None:
                 return
+            await self._quota_use(workspace_id, quota)  # the workspace's first use: count it
         raise RuntimeError(f"the {quota} record of {workspace_id} keeps disappearing")
 
     async def _give_back(self, workspace_id: str, quota: QuotaName, holder: str) -> None:
