@@ -7,6 +7,7 @@ from msgspec import Struct
 # The bodies of the run history (answered by the history service) are HTTP bodies too.
 from contracts.history import RunPage as RunPage
 from contracts.history import RunStats as RunStats
+from contracts.registry import QuotaExceeded
 from contracts.runs import RunStatus
 
 
@@ -19,6 +20,13 @@ class ProblemDetails(Struct, frozen=True, kw_only=True):
     title: str
     detail: str
     type: str = "about:blank"
+
+
+class UnusableProblem(ProblemDetails, frozen=True, kw_only=True):
+    """A `422` problem: well-formed values that cannot be used. When a workspace limit refused
+    the request (`quota_exceeded`), `quota` names it, with its value and the workspace's use."""
+
+    quota: QuotaExceeded | None = None
 
 
 class StartAccepted(Struct, frozen=True, kw_only=True):

@@ -26,12 +26,35 @@ OverlapPolicy = Literal["allow", "skip", "buffer_one", "cancel_previous"]
 start is skipped), or cancel the running one first (`cancel_previous`)."""
 
 
+QuotaName = Literal["triggers", "flows", "api_keys", "schedule_fires_per_hour"]
+"""What a workspace holds a limited amount of: records of each kind, and the fires an hour of
+its enabled schedules (each counted at its busiest hour)."""
+
+
+class QuotaExceeded(Struct, frozen=True, kw_only=True):
+    """Which workspace limit refused a request, and by how much (the `quota` member of a
+    `422 quota_exceeded` problem)."""
+
+    quota: QuotaName
+    limit: int
+    """The workspace's limit (the operator's setting, or this workspace's override)."""
+    used: int
+    """How much the workspace holds now."""
+    requested: int
+    """How much more the refused request needed."""
+    setting: str
+    """The operator's setting that raises it for every workspace (`REGISTRY_QUOTA_OVERRIDES`
+    raises it for one)."""
+
+
 class Problem(Struct, frozen=True, kw_only=True):
     """An error as a value: an HTTP-like status, a stable machine code and a human message."""
 
     status: int
     code: str
     message: str
+    quota: QuotaExceeded | None = None
+    """Set for `quota_exceeded`: the limit that refused the request."""
 
 
 class Reply(Struct, Generic[T], frozen=True, kw_only=True):
@@ -63,6 +86,28 @@ class AdminKeys(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     key_ids: tuple[str, ...]
+
+
+class Held(Struct, frozen=True, array_like=True):
+    """What one record holds of a quota: 1 for a counted record, a schedule's fires an hour;
+    `version` is the trigger version the amount was computed from (0 for a counted record)."""
+
+    amount: int
+    version: int = 0
+
+
+class QuotaUse(Struct, frozen=True, kw_only=True):
+    """A workspace's use of one quota, as the registry's own record (never sent out).
+
+    Stored next to the workspace record and changed only by compare-and-swap: a record takes
+    its share here before it is written, so two creates at the same moment cannot both take
+    the last one. Holdings are by record id, so taking or giving one back twice (a retried
+    step) counts once.
+    """
+
+    workspace_id: str
+    quota: QuotaName
+    held: dict[str, Held] = {}
 
 
 class ApiKey(Struct, frozen=True, kw_only=True):

@@ -122,6 +122,11 @@ def admin_keys_key(workspace_id: str) -> str:
     return f"{workspace_id}.admin_keys"
 
 
+def quota_key(workspace_id: str, quota: str) -> str:
+    """KV key, in the workspaces bucket, of the record of a workspace's use of one quota."""
+    return f"{workspace_id}.quota_{quota}"
+
+
 def record_id(key: str) -> str:
     """The record id in a `record_key` (ids are unique across workspaces)."""
     return key.rpartition(".")[2]

@@ -292,6 +292,25 @@ def cron_expression(schedule: Schedule) -> str | None:
     return None
 
 
+def fires_per_hour(schedule: Schedule) -> int:
+    """The most times `schedule` fires within one hour: its load at its busiest.
+
+    A wall-clock schedule fires at most (seconds matched) x (minutes matched) times in an hour
+    of real time (a DST change moves or repeats wall times, never adds any to a real hour);
+    an interval at most ceil(3600 / period) times; a one-off once. Used for the per-workspace
+    fire-rate quota, so it must never be lower than the truth; `start`, `end` and the day
+    fields only make a schedule quieter, and are left out.
+    """
+    if isinstance(schedule, IntervalSchedule):
+        period = schedule.every * _UNIT_SECONDS[schedule.unit]
+        return max(1, -(-3600 // max(period, 1)))
+    expression = cron_expression(schedule)
+    if expression is None:
+        return 1
+    compiled = _compiled(expression)
+    return len(compiled.seconds) * len(compiled.minutes)
+
+
 def zone_of(schedule: Schedule) -> ZoneInfo:
     """The schedule's time zone (raises `InvalidSchedule` for an unknown one)."""
     return _zone(schedule.timezone)

@@ -32,7 +32,13 @@ from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
 from contracts import http, registry
-from contracts.http import ProblemDetails, RunNotSucceeded, RunSucceeded, StartAccepted
+from contracts.http import (
+    ProblemDetails,
+    RunNotSucceeded,
+    RunSucceeded,
+    StartAccepted,
+    UnusableProblem,
+)
 from services.ingress.problems import PROBLEM_JSON
 
 SCHEMA_PATH = "/schema"
@@ -115,7 +121,9 @@ _MEANINGS = {
     "start that waited, the run was cancelled (`run_cancelled`) or skipped by the overlap policy "
     "(`run_skipped`), with the run's `run_id`, `run_status`, `status_url` and `error`.",
     413: "The body is larger than `MAX_BODY_BYTES` (`detail` states the limit).",
-    422: "Well-formed but unusable values (`invalid_schedule`, `invalid_name`, …).",
+    422: "Well-formed but unusable values (`invalid_schedule`, `invalid_name`, …), or a "
+    "workspace limit reached (`quota_exceeded`: `quota` states the limit, the workspace's use "
+    "and the setting that raises it; delete something or ask the operator).",
     503: "A service this call needs is not reachable (`registry_unavailable`, "
     "`history_unavailable`, `start_not_stored`, `nats_unavailable`): nothing changed; retry.",
     504: "A service this call needs did not answer in time (`registry_timeout`, "
@@ -128,7 +136,7 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """The problem documents (`application/problem+json`) a route may answer."""
     return {
         status: ResponseSpec(
-            data_container=ProblemDetails,
+            data_container=UnusableProblem if status == 422 else ProblemDetails,
             media_type=PROBLEM_JSON,
             description=_MEANINGS.get(status, HTTPStatus(status).phrase),
             generate_examples=False,

@@ -346,7 +346,7 @@ class TriggerController(AdminController):
         "/{trigger_id:str}/resume",
         status_code=200,
         summary="Resume a trigger",
-        responses=problems(*REGISTRY_ANSWERS, 404),
+        responses=problems(*REGISTRY_ANSWERS, 404, 422),
     )
     async def resume_trigger(
         self,

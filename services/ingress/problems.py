@@ -8,8 +8,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.utils.scope.state import ScopeState
 
-from contracts.http import ProblemDetails
-from contracts.registry import Problem
+from contracts.http import ProblemDetails, UnusableProblem
+from contracts.registry import Problem, QuotaExceeded
 from services.ingress import bodies
 from shared.codec import encode
 
@@ -21,24 +21,32 @@ PROBLEM_JSON = "application/problem+json"
 class ApiError(Exception):
     """Raised anywhere in a handler; answered as a problem document."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, quota: QuotaExceeded | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.quota = quota
 
     @classmethod
     def from_problem(cls, problem: Problem) -> "ApiError":
-        return cls(problem.status, problem.code, problem.message)
+        return cls(problem.status, problem.code, problem.message, problem.quota)
 
 
-def problem_response(status: int, code: str, detail: str) -> Response[bytes]:
-    body = ProblemDetails(status=status, code=code, title=HTTPStatus(status).phrase, detail=detail)
+def problem_response(
+    status: int, code: str, detail: str, quota: QuotaExceeded | None = None
+) -> Response[bytes]:
+    title = HTTPStatus(status).phrase
+    body = ProblemDetails(status=status, code=code, title=title, detail=detail)
+    if quota is not None:  # an extension member (RFC 9457): the limit, as values
+        body = UnusableProblem(status=status, code=code, title=title, detail=detail, quota=quota)
     return Response(content=encode(body), status_code=status, media_type=PROBLEM_JSON)
 
 
 def on_api_error(_: Request, error: ApiError) -> Response[bytes]:
-    return problem_response(error.status, error.code, error.detail)
+    return problem_response(error.status, error.code, error.detail, error.quota)
 
 
 def on_validation_error(request: Request, error: ValidationException) -> Response[bytes]:

@@ -1,7 +1,10 @@
 """The registry's NATS side: its records in JetStream KV, one bucket per record type, with
 one writer (us)."""
 
+import asyncio
 import builtins
+import random
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,7 +20,10 @@ from shared.kv import read_one, read_prefix
 
 R = TypeVar("R", bound=msgspec.Struct)
 
-MAX_CAS_ATTEMPTS = 20
+MAX_CAS_ATTEMPTS = 64
+"""Enough for every request in flight on one record (a workspace's quota use is one record
+that all its creates change), with `CAS_BACKOFF_SECONDS` spreading their retries."""
+CAS_BACKOFF_SECONDS = 0.002
 
 
 class KvRegistryStore:
@@ -26,6 +32,9 @@ class KvRegistryStore:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
         self._buckets: dict[str, KeyValue] = {}
+        self._updating: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def _kv(self, bucket: str) -> KeyValue:
         kv = self._buckets.get(bucket)
@@ -51,7 +60,17 @@ class KvRegistryStore:
         self, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
     ) -> R | None:
         kv = await self._kv(bucket)
-        for _ in range(MAX_CAS_ATTEMPTS):
+        # Updates of one record from this replica take turns: racing each other they would
+        # mostly fail their compare-and-swap (a workspace's quota use is one record that all
+        # its creates change). Other replicas are still kept out by the compare-and-swap.
+        lock = self._updating.setdefault((bucket, key), asyncio.Lock())
+        async with lock:
+            return await self._swap(kv, bucket, key, type_, change)
+
+    async def _swap(
+        self, kv: KeyValue, bucket: str, key: str, type_: type[R], change: Callable[[R], R]
+    ) -> R | None:
+        for attempt in range(MAX_CAS_ATTEMPTS):
             found = await read_one(kv, key, type_)
             if found is None:
                 return None
@@ -62,7 +81,10 @@ class KvRegistryStore:
             try:
                 await kv.update(key, encode(changed), last=revision)
             except KeyWrongLastSequenceError:
-                continue  # someone wrote in between: read again and re-apply
+                # Someone wrote in between: read again and re-apply, after a random pause that
+                # grows with the conflicts, so writers racing for one record take turns.
+                await asyncio.sleep(random.uniform(0, CAS_BACKOFF_SECONDS * min(attempt + 1, 10)))
+                continue
             return changed
         raise RuntimeError(f"gave up updating {bucket}/{key} after {MAX_CAS_ATTEMPTS} conflicts")
 

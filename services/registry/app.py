@@ -24,6 +24,7 @@ class RegistryApp:
 
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
+        self.limits = settings.quota_limits()  # an unusable limit stops the start, not a request
         self._nc: Client | None = None
         self._subscription: Subscription | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -33,7 +34,7 @@ class RegistryApp:
         self._nc = await broker.connect(self.settings.nats_url, "registry")
         js = self._nc.jetstream()
         await broker.ensure_topology(js, self.settings.nats_replicas)
-        table = routes(Registry(KvRegistryStore(js)))
+        table = routes(Registry(KvRegistryStore(js), limits=self.limits))
 
         async def on_request(msg: Msg) -> None:
             # Requests are answered concurrently: a slow one never holds up the others.

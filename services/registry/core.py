@@ -35,6 +35,7 @@ from contracts.registry import (
     FlowSettings,
     GetFlow,
     GetTrigger,
+    Held,
     IssuedKey,
     KeyPage,
     KeyScope,
@@ -49,6 +50,9 @@ from contracts.registry import (
     NewScheduleTrigger,
     Problem,
     PythonFlowSettings,
+    QuotaExceeded,
+    QuotaName,
+    QuotaUse,
     RevokeKey,
     RunnerAnnouncement,
     Schedule,
@@ -65,6 +69,8 @@ from contracts.registry import (
     Workspace,
     WorkspaceCreated,
 )
+from services.registry import quotas
+from services.registry.quotas import QuotaLimits, QuotaRefused
 from shared import api_keys, schedules
 from shared.ids import is_valid_id, new_id
 
@@ -79,9 +85,34 @@ _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 class RegistryError(Exception):
     """A request the registry refuses; carries the `Problem` to send back."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, quota: QuotaExceeded | None = None
+    ) -> None:
         super().__init__(message)
-        self.problem = Problem(status=status, code=code, message=message)
+        self.problem = Problem(status=status, code=code, message=message, quota=quota)
+
+
+QUOTA_STATUS = 422
+"""A quota refusal: the request is well-formed but cannot be done as the workspace stands, and
+sending it again changes nothing until something is deleted or the limit is raised (`429`
+says "too many requests, retry later", which clients retry on their own: it would loop)."""
+
+
+def quota_refusal(refused: QuotaRefused) -> RegistryError:
+    return RegistryError(QUOTA_STATUS, "quota_exceeded", str(refused), quota=refused.refused)
+
+
+RECONCILE_EVERY = timedelta(seconds=60)
+"""How often a replica may recount a workspace's records of a quota it refused (a recount
+reads them all, so a client hammering at its limit does not get one per request)."""
+WRITE_GRACE = timedelta(seconds=60)
+"""A holding whose record is missing is only dropped when its id is older than this: a
+record is written within a registry request (seconds), so a younger one may be on its way."""
+CHANGE_ATTEMPTS = 10
+
+
+class _ScheduleMoved(Exception):
+    """A concurrent edit made a trigger fire more often than the share taken for this one."""
 
 
 class AlreadyExists(Exception):
@@ -360,9 +391,16 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
 class Registry:
     """Every registry operation, one method per request type."""
 
-    def __init__(self, store: RegistryStore, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        store: RegistryStore,
+        clock: Callable[[], datetime] = _now,
+        limits: QuotaLimits | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._limits = limits if limits is not None else QuotaLimits()
+        self._reconciled: dict[tuple[str, QuotaName], datetime] = {}
 
     # --- workspaces and keys ---------------------------------------------------------------
 
@@ -383,7 +421,13 @@ class Registry:
     async def create_key(self, request: CreateKey) -> IssuedKey:
         await self._workspace(request.workspace_id)
         name = _name(request.key.name, "key") or f"{request.key.scope} key"
-        issued = await self._issue_key(request.workspace_id, name, request.key.scope)
+        key_id = new_id("key")
+        await self._take(request.workspace_id, quotas.API_KEYS, key_id, 1)
+        try:
+            issued = await self._issue_key(request.workspace_id, name, request.key.scope, key_id)
+        except Exception:
+            await self._give_back(request.workspace_id, quotas.API_KEYS, key_id)
+            raise
         if issued.key.scope == "admin":
             # After the key exists: an id in the record must always be a live admin key.
             def with_key(record: AdminKeys) -> AdminKeys:
@@ -415,10 +459,12 @@ class Registry:
                 AdminKeys(workspace_id=workspace_id, key_ids=ids),
             )
 
-    async def _issue_key(self, workspace_id: str, name: str, scope: KeyScope) -> IssuedKey:
+    async def _issue_key(
+        self, workspace_id: str, name: str, scope: KeyScope, key_id: str | None = None
+    ) -> IssuedKey:
         secret = api_keys.generate()
         key = ApiKey(
-            id=new_id("key"),
+            id=key_id or new_id("key"),
             workspace_id=workspace_id,
             name=name,
             scope=scope,
@@ -470,6 +516,7 @@ class Registry:
                 without_key,
             )
         await self._store.delete(subjects.API_KEYS_BUCKET, storage_key)
+        await self._give_back(request.workspace_id, quotas.API_KEYS, key.id)
         return _view(key)
 
     async def key_used(self, event: KeyUsed) -> None:
@@ -507,9 +554,14 @@ class Registry:
             retry_backoff_seconds=new.retry_backoff_seconds,
             concurrency=new.concurrency,
         )
-        await self._store.create(
-            subjects.FLOWS_BUCKET, subjects.record_key(flow.workspace_id, flow.id), flow
-        )
+        await self._take(flow.workspace_id, quotas.FLOWS, flow.id, 1)
+        try:
+            await self._store.create(
+                subjects.FLOWS_BUCKET, subjects.record_key(flow.workspace_id, flow.id), flow
+            )
+        except Exception:
+            await self._give_back(flow.workspace_id, quotas.FLOWS, flow.id)
+            raise
         return flow
 
     async def list_flows(self, request: ListFlows) -> FlowPage:
@@ -587,9 +639,19 @@ class Registry:
                 trigger = ScheduleTrigger(**common, schedule=_usable_schedule(new.schedule, now))
             case NewManualTrigger():
                 trigger = ManualTrigger(**common)
-        await self._store.create(
-            subjects.TRIGGERS_BUCKET, subjects.record_key(trigger.workspace_id, trigger.id), trigger
-        )
+        ws = trigger.workspace_id
+        await self._take(ws, quotas.TRIGGERS, trigger.id, 1)
+        try:
+            load = quotas.schedule_load(trigger)
+            if load:
+                await self._take(ws, quotas.SCHEDULE_FIRES, trigger.id, load, trigger.version)
+            await self._store.create(
+                subjects.TRIGGERS_BUCKET, subjects.record_key(ws, trigger.id), trigger
+            )
+        except Exception:
+            await self._give_back(ws, quotas.TRIGGERS, trigger.id)
+            await self._give_back(ws, quotas.SCHEDULE_FIRES, trigger.id)
+            raise
         return trigger
 
     async def list_triggers(self, request: ListTriggers) -> TriggerPage:
@@ -614,7 +676,7 @@ class Registry:
             # Merged into the record as it is now: a concurrent edit is never undone.
             return _changed_trigger(trigger, changes, self._clock())
 
-        return await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+        return await self._change_trigger(request.workspace_id, request.trigger_id, apply)
 
     async def set_trigger_enabled(self, request: SetTriggerEnabled) -> Trigger:
         def apply(trigger: Trigger) -> Trigger:
@@ -630,14 +692,156 @@ class Registry:
                 resumed_at=now if request.enabled else None,
             )
 
-        return await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+        return await self._change_trigger(request.workspace_id, request.trigger_id, apply)
 
     async def delete_trigger(self, request: DeleteTrigger) -> Trigger:
         trigger = await self._trigger(request.workspace_id, request.trigger_id)
         await self._store.delete(
             subjects.TRIGGERS_BUCKET, subjects.record_key(trigger.workspace_id, trigger.id)
         )
+        await self._give_back(trigger.workspace_id, quotas.TRIGGERS, trigger.id)
+        await self._give_back(trigger.workspace_id, quotas.SCHEDULE_FIRES, trigger.id)
         return trigger
+
+    async def _change_trigger(
+        self, workspace_id: str, trigger_id: str, apply: Callable[[Trigger], Trigger]
+    ) -> Trigger:
+        """`apply` the change, with the schedule fires it adds taken first and those it frees
+        given back after."""
+        for _ in range(CHANGE_ATTEMPTS):
+            current = await self._trigger(workspace_id, trigger_id)
+            wanted = quotas.schedule_load(apply(current))
+            if wanted > quotas.schedule_load(current):
+                await self._take(
+                    workspace_id, quotas.SCHEDULE_FIRES, trigger_id, wanted, current.version
+                )
+
+            def within_share(trigger: Trigger, wanted: int = wanted) -> Trigger:
+                changed = apply(trigger)
+                # The record moved since it was read (a concurrent edit): what the change
+                # makes of it now may fire more often than the share just taken.
+                load = quotas.schedule_load(changed)
+                if load > max(wanted, quotas.schedule_load(trigger)):
+                    raise _ScheduleMoved
+                return changed
+
+            try:
+                updated = await self._update_trigger(workspace_id, trigger_id, within_share)
+            except _ScheduleMoved:
+                continue
+            await self._settle_schedule(updated)
+            return updated
+        raise RuntimeError(f"trigger {trigger_id} kept changing under {CHANGE_ATTEMPTS} edits")
+
+    # --- quotas ----------------------------------------------------------------------------
+
+    async def _take(
+        self, workspace_id: str, quota: QuotaName, holder: str, amount: int, version: int = 0
+    ) -> None:
+        """`holder` takes its share of the workspace's `quota`, or the request is refused with
+        the limit (after dropping what records that no longer exist still held)."""
+        limit = self._limits.of(workspace_id, quota)
+
+        def take(use: QuotaUse) -> QuotaUse:
+            return quotas.take(use, holder, amount, limit, version)
+
+        key = subjects.quota_key(workspace_id, quota)
+        reconciled = False
+        for _ in range(3):
+            try:
+                taken = await self._store.update(subjects.WORKSPACES_BUCKET, key, QuotaUse, take)
+            except QuotaRefused as refused:
+                if not reconciled and await self._reconcile(workspace_id, quota):
+                    reconciled = True
+                    continue
+                raise quota_refusal(refused) from None
+            if taken is not None:
+                return
+            await self._quota_use(workspace_id, quota)  # the workspace's first use: count it
+        raise RuntimeError(f"the {quota} record of {workspace_id} keeps disappearing")
+
+    async def _give_back(self, workspace_id: str, quota: QuotaName, holder: str) -> None:
+        await self._store.update(
+            subjects.WORKSPACES_BUCKET,
+            subjects.quota_key(workspace_id, quota),
+            QuotaUse,
+            lambda use: quotas.give_back(use, holder),
+        )
+
+    async def _settle_schedule(self, trigger: Trigger) -> None:
+        """The fires `trigger` holds as written (less, when the change made it quieter)."""
+        load = quotas.schedule_load(trigger)
+        await self._store.update(
+            subjects.WORKSPACES_BUCKET,
+            subjects.quota_key(trigger.workspace_id, quotas.SCHEDULE_FIRES),
+            QuotaUse,
+            lambda use: quotas.settle(use, trigger.id, load, trigger.version),
+        )
+
+    async def _quota_use(self, workspace_id: str, quota: QuotaName) -> None:
+        """Make sure the workspace's record of `quota` exists: a workspace that has none yet
+        (new, or created before quotas) gets one counted from its records (concurrent
+        builders agree through `create`)."""
+        key = subjects.quota_key(workspace_id, quota)
+        if await self._store.get(subjects.WORKSPACES_BUCKET, key, QuotaUse) is not None:
+            return
+        held = await self._holdings(workspace_id, quota)
+        with contextlib.suppress(AlreadyExists):
+            await self._store.create(
+                subjects.WORKSPACES_BUCKET,
+                key,
+                QuotaUse(workspace_id=workspace_id, quota=quota, held=held),
+            )
+
+    async def _holdings(self, workspace_id: str, quota: QuotaName) -> dict[str, Held]:
+        """What the workspace's records hold of `quota`, counted from the records."""
+        records: builtins.list[Listed]
+        match quota:
+            case "api_keys":
+                records = [*await self._store.list(subjects.API_KEYS_BUCKET, workspace_id, ApiKey)]
+            case "flows":
+                records = [*await self._store.list(subjects.FLOWS_BUCKET, workspace_id, Flow)]
+            case "triggers" | "schedule_fires_per_hour":
+                triggers = await self._store.list(subjects.TRIGGERS_BUCKET, workspace_id, Trigger)
+                if quota == quotas.SCHEDULE_FIRES:
+                    return {
+                        t.id: Held(amount=load, version=t.version)
+                        for t in triggers
+                        if (load := quotas.schedule_load(t))
+                    }
+                records = [*triggers]
+        return {record.id: Held(amount=1) for record in records}
+
+    async def _reconcile(self, workspace_id: str, quota: QuotaName) -> bool:
+        """Drop what records that no longer exist still hold (a request cut short between its
+        two writes); whether anything was dropped. At most once a `RECONCILE_EVERY` per
+        workspace and quota on this replica."""
+        now = self._clock()
+        last = self._reconciled.get((workspace_id, quota))
+        if last is not None and now - last < RECONCILE_EVERY:
+            return False
+        self._reconciled[(workspace_id, quota)] = now
+        live = set(
+            await self._holdings(
+                workspace_id, quotas.TRIGGERS if quota == quotas.SCHEDULE_FIRES else quota
+            )
+        )
+        cutoff = (now - WRITE_GRACE - _EPOCH) // timedelta(milliseconds=1)
+        dropped = False
+
+        def without_dead(use: QuotaUse) -> QuotaUse:
+            nonlocal dropped
+            kept = quotas.without_dead(use, live, cutoff)
+            dropped = kept != use
+            return kept
+
+        await self._store.update(
+            subjects.WORKSPACES_BUCKET,
+            subjects.quota_key(workspace_id, quota),
+            QuotaUse,
+            without_dead,
+        )
+        return dropped
 
     # --- lookups ---------------------------------------------------------------------------
 

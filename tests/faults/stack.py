@@ -115,6 +115,8 @@ class Stack:
             "TICK_ACK_WAIT": str(TICK_ACK_WAIT),
             "MISFIRE_AFTER": str(MISFIRE_AFTER),
             "TICK_BATCH": str(TICK_BATCH),
+            # The drills run 200 every-second schedules in one workspace: 20 times the default.
+            "REGISTRY_MAX_SCHEDULE_FIRES_PER_HOUR": "10000000",
         }
         layout = [
             ("registry", "registry"),
