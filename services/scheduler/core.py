@@ -184,7 +184,8 @@ def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
     return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
 
 
-@functools.lru_cache(maxsize=4096)  # a fire's start and its ledger entry both need it
+@functools.lru_cache(maxsize=32768)  # a fire's start and its ledger entry both need it,
+# 2.5 s apart in a herd (`TIMER_LEAD`): 4,096 entries were evicted by a herd of 10,000
 def fire_run_id(trigger_id: str, scheduled_at: datetime) -> str:
     """The run id of the fire at `scheduled_at` (the same on every replica and every retry)."""
     scheduled_ms = int(scheduled_at.timestamp() * 1000)
