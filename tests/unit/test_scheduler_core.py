@@ -235,6 +235,16 @@ async def test_an_edited_schedule_replaces_the_timer_with_one_of_the_new_version
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 2, "2026-01-01T12:00:00+00:00")
 
 
+async def test_a_created_trigger_is_parked_without_reading_its_chain_and_an_edit_reads_it(
+    world: World,
+):
+    await world.scheduler.reconcile()
+    await world.write(schedule_trigger("trg_1"))
+    assert (world.timers.parks, world.timers.head_lookups) == (1, 0)
+    await world.write(schedule_trigger("trg_1", cron="0 12 * * *", version=2))
+    assert (world.timers.parks, world.timers.head_lookups) == (2, 1)
+
+
 async def test_pausing_or_deleting_a_trigger_cancels_its_timer(world: World):
     await world.scheduler.reconcile()
     await world.write(schedule_trigger("trg_1"))
