@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench-history: $(STAMP) ## Run history at 1k vs 100k runs (BENCH_ARGS=--million 
 
 bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU), a 10,000 herd, next to croniter+heapq
 	$(BIN)/python -m bench.scheduler
+
+bench-all: $(STAMP) ## Every benchmark in turn, then one table: stage, ours, bare, ratio, target (about 20 minutes)
+	$(BIN)/python -m bench.all
 
 clean: ## Remove the virtualenv and local NATS data
 	rm -rf $(VENV) .data

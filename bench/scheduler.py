@@ -16,7 +16,8 @@ the server stored it (the stream's timestamp, read back after each phase): a sub
 receive time would add the benchmark's own delays on a busy machine. The receive time is
 printed too, for the scheduler phases.
 
-Bounded: a few minutes with the defaults. `--quick` runs smaller numbers.
+The spread and the 10,000 herd run `--rounds` times (2), so each figure shows its noise.
+Bounded: several minutes with the defaults. `--quick` runs smaller numbers.
 """
 
 import argparse
@@ -36,6 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bench.processes import Server, start_module, start_nats, stop_all
+from bench.summary import Row, record
 from contracts import subjects
 from contracts.registry import CronSchedule, OnceSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart
@@ -124,14 +126,20 @@ class Lags:
         return lags
 
 
+def p99(lags: list[float]) -> float:
+    if not lags:
+        return float("nan")
+    ordered = sorted(lags)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 def summary(lags: list[float]) -> str:
     if not lags:
         return "no fires"
     ordered = sorted(lags)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return (
         f"{len(ordered)} fires, lag p50 {statistics.median(ordered) * 1000:.0f} ms, "
-        f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+        f"p99 {p99(ordered) * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
     )
 
 
@@ -172,7 +180,10 @@ async def wait_up(server: Server, timeout: float) -> float:
     return time.monotonic() - began
 
 
-async def scheduler_spread(nc: Client, env: dict[str, str], logs: Path, n: int, measure: float):
+async def scheduler_spread(
+    nc: Client, env: dict[str, str], logs: Path, n: int, measure: float
+) -> tuple[float, float]:
+    """Fire lag p99 (seconds) in the steady state, and the scheduler's CPU (share of a core)."""
     await fresh_state(nc)
     triggers = [trigger(CronSchedule(cron=f"{i % 60} * * * * *")) for i in range(n)]
     began = time.monotonic()
@@ -202,12 +213,14 @@ async def scheduler_spread(nc: Client, env: dict[str, str], logs: Path, n: int, 
             f"  scheduler startup (fires due while parking and {SETTLE}s after): "
             f"{summary(stored.between(started_at, start_at))}"
         )
-        print(f"  scheduler spread, steady state: {summary(stored.between(start_at, end_at))}")
+        steady = stored.between(start_at, end_at)
+        print(f"  scheduler spread, steady state: {summary(steady)}")
         print(f"    (as received by a subscriber: {summary(lags.between(start_at, end_at))})")
         print(
             f"  scheduler CPU {cpu * 100:.0f}% of a core while firing {n / 60:.0f}/s; "
             f"peak RSS {rss_peak_mb(server.process.pid):.0f} MB"
         )
+        return p99(steady), cpu
     finally:
         await sub.unsubscribe()
         stop_all([server])
@@ -232,7 +245,10 @@ async def scheduler_idle(nc: Client, env: dict[str, str], logs: Path, n: int) ->
         stop_all([server])
 
 
-async def scheduler_herd(nc: Client, env: dict[str, str], logs: Path, h: int, replicas: int):
+async def scheduler_herd(
+    nc: Client, env: dict[str, str], logs: Path, h: int, replicas: int
+) -> tuple[float, float]:
+    """Seconds from the due second to the last start stored, and CPU (us) per fire."""
     await fresh_state(nc)
     servers = [
         start_module(f"scheduler-herd-{replicas}-{r}", "services.scheduler", env, logs, ROOT)
@@ -267,12 +283,13 @@ async def scheduler_herd(nc: Client, env: dict[str, str], logs: Path, h: int, re
             f"    scheduler CPU: parking {cpu_parking / h * 1e6:.0f} us per trigger, "
             f"firing {cpu_firing / h * 1e6:.0f} us per fire"
         )
+        return (done if len(stored) == h else float("inf")), cpu_firing / h * 1e6
     finally:
         await sub.unsubscribe()
         stop_all(servers)
 
 
-async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
+async def baseline(nc: Client, n: int, h: int, measure: float) -> tuple[float, float]:
     """croniter + heapq in this process, publishing FlowStarts to JetStream with pipelining."""
     await fresh_state(nc)
     js = nc.jetstream()
@@ -347,32 +364,65 @@ async def baseline(nc: Client, n: int, h: int, measure: float) -> None:
         f"(at its PubAck: {max(herd_lags, default=float('nan')):.2f}s)"
     )
     print(f"  baseline peak RSS of the bench process {rss_peak_mb(os.getpid()):.0f} MB")
+    return p99(stored.between(base, window_end)), max(stored_herd, default=float("nan"))
 
 
-async def main(n: int, h: int, measure: float) -> None:
+SPREAD_P99_TARGET = 0.080
+"""Seconds: fire lag p99 of the spread schedules."""
+HERD_TARGET = 0.5
+"""Seconds from a herd's due second to its last start, with one replica."""
+
+
+async def main(n: int, h: int, measure: float, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as folder:
         logs = Path(folder)
         nats, url = start_nats(logs)
         env = {"NATS_URL": url, "LOG_LEVEL": "INFO"}
         nc = await broker.connect(url, "bench")
+        spreads: list[tuple[float, float]] = []
+        herds: list[tuple[float, float]] = []
         try:
             await broker.ensure_topology(nc.jetstream())
             print(f"spread: {n} schedules, fires spread over each minute, measured {measure:.0f}s")
-            await scheduler_spread(nc, env, logs, n, measure)
+            for _ in range(rounds):
+                spreads.append(await scheduler_spread(nc, env, logs, n, measure))
             await scheduler_idle(nc, env, logs, n)
             print(f"herd: {h} schedules due in the same second")
-            await scheduler_herd(nc, env, logs, h, 1)
-            await scheduler_herd(nc, env, logs, h, 2)
+            for _ in range(rounds):
+                herds.append(await scheduler_herd(nc, env, logs, h, 1))
+                await scheduler_herd(nc, env, logs, h, 2)
             # On two shared cores a second replica adds no CPU: it shows once a herd is more
             # than one replica decides within its `TIMER_LEAD`.
             print(f"herd: {3 * h} schedules due in the same second")
             await scheduler_herd(nc, env, logs, 3 * h, 1)
             await scheduler_herd(nc, env, logs, 3 * h, 2)
             print("baseline (croniter + heapq, one process, same flow.start messages)")
-            await baseline(nc, n, h, measure)
+            bare_spread, bare_herd = await baseline(nc, n, h, measure)
         finally:
             await nc.drain()
             stop_all([nats])
+    for number, (lag, cpu) in enumerate(spreads, 1):
+        record(
+            Row(
+                stage=f"scheduler, {n} spread schedules, fire lag p99 (#{number})",
+                ours=f"{lag * 1000:.0f} ms at {cpu * 100:.0f}% CPU",
+                bare=f"{bare_spread * 1000:.0f} ms",
+                ratio=f"{lag / bare_spread:.2f}",
+                target=f"< {SPREAD_P99_TARGET * 1000:.0f} ms",
+                met=lag < SPREAD_P99_TARGET,
+            )
+        )
+    for number, (last, cpu) in enumerate(herds, 1):
+        record(
+            Row(
+                stage=f"scheduler, herd of {h}, one replica, last start (#{number})",
+                ours=f"{last:.2f} s, {cpu:.0f} us CPU/fire",
+                bare=f"{bare_herd:.2f} s",
+                ratio=f"{last / bare_herd:.2f}",
+                target=f"< {HERD_TARGET} s",
+                met=last < HERD_TARGET,
+            )
+        )
 
 
 if __name__ == "__main__":
@@ -380,8 +430,9 @@ if __name__ == "__main__":
     parser.add_argument("--schedules", type=int, default=100_000)
     parser.add_argument("--herd", type=int, default=10_000)
     parser.add_argument("--measure", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2, help="times the spread and herd run")
     parser.add_argument("--quick", action="store_true", help="5,000 schedules, a 1,000 herd")
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.schedules, arguments.herd, arguments.measure = 5_000, 1_000, 10.0
-    asyncio.run(main(arguments.schedules, arguments.herd, arguments.measure))
+    asyncio.run(main(arguments.schedules, arguments.herd, arguments.measure, arguments.rounds))
