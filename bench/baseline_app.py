@@ -10,13 +10,12 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import nats
 from granian import Granian
 from granian.constants import Interfaces
 from litestar import Litestar, Request, Response, post
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
-
-import nats
 
 SUBJECT = "bench.baseline"
 STREAM = StreamConfig(

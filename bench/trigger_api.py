@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-
 import nats
+
 from bench import generators
 from bench.generators import Load, Target
 from bench.load import LoadResult

@@ -4,7 +4,7 @@ Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `
 (`.data`; the history's SQLite goes to `<DATA_DIR>/history/` unless `HISTORY_DB` says
 otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
 `<DATA_DIR>/operator-token`), `NATS_AUTH` (`1`: NATS runs with the shipped users of
-`nats/users.conf`, each service connects as its own user with a password generated for this
+`deploy/nats/users.conf`, each service connects as its own user with a password generated for this
 run; unset: no NATS authentication, for local development on loopback), and anything the
 services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.

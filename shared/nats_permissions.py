@@ -1,7 +1,8 @@
 """Who may publish and subscribe to what on NATS: a user per service, from `contracts/`.
 
-`nats/users.conf` is rendered from here (`python -m shared.nats_permissions > nats/users.conf`;
-a unit test fails when it is stale), so a subject renamed in `contracts/` changes the
+`deploy/nats/users.conf` is rendered from here
+(`python -m shared.nats_permissions > deploy/nats/users.conf`; a unit test fails when it is
+stale), so a subject renamed in `contracts/` changes the
 permissions with it. Each service may use the subjects it needs and no others: the JetStream
 API of the streams and buckets it reads or writes, its request/reply subjects, and its own reply
 inbox (`_INBOX_<service>.>`, see `shared.broker.inbox_prefix`), so no user reads another's
@@ -19,7 +20,7 @@ from shared.kv import bucket_stream
 
 SERVICES = ("ingress", "registry", "scheduler", "runner", "history")
 API = "$JS.API"
-USERS_FILE = Path(__file__).resolve().parents[1] / "nats" / "users.conf"
+USERS_FILE = Path(__file__).resolve().parents[1] / "deploy" / "nats" / "users.conf"
 """The shipped users (in a source checkout; the service images do not need it)."""
 
 
@@ -291,8 +292,9 @@ def render_user(user: User, indent: str = "    ") -> str:
 
 HEADER = """\
 # NATS users of the trigger plane: one per service, each allowed only the subjects it uses.
-# Generated from contracts/subjects.py by `python -m shared.nats_permissions > nats/users.conf`;
-# do not edit (tests/unit/test_nats_permissions.py fails when this file is stale).
+# Generated from contracts/subjects.py; do not edit: regenerate it with
+# `python -m shared.nats_permissions > deploy/nats/users.conf`
+# (tests/unit/test_nats_permissions.py fails when this file is stale).
 # Passwords come from the server's environment: NATS_<SERVICE>_PASSWORD for each service.
 # No user may subscribe to `_INBOX.>`: each service reads its replies on `_INBOX_<service>.>`.
 """

@@ -50,7 +50,7 @@ def start(
     env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `nats-server -js` on 127.0.0.1:`port` with its data under `store_dir`; with
-    `config`, that configuration file too (the shipped users, `nats/users.conf`, read their
+    `config`, that configuration file too (the shipped users, `deploy/nats/users.conf`, read their
     passwords from `env`)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115

@@ -37,7 +37,7 @@ class NatsConnectionSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     At most one way to authenticate: a user and password, a token, an NKey seed file or a
     `.creds` file (a user JWT with its seed). With none, the connection is anonymous, which a
-    server with the shipped configuration refuses (see `nats/`).
+    server with the shipped configuration refuses (see `deploy/nats/`).
     """
 
     nats_user: str = ""

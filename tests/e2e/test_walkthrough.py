@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-
 import nats
+
 from contracts import subjects
 from contracts.runs import FlowStart
 from shared.codec import encode

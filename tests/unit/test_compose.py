@@ -143,7 +143,7 @@ def test_each_node_runs_the_shipped_cluster_config_under_its_own_name_and_volume
         nats = services[node]
         assert command_of(nats) == ["-c", "/etc/nats/cluster.conf", "--name", node]
         mounts = dict(volume.split(":", 1) for volume in nats["volumes"])
-        assert mounts["./nats"] == "/etc/nats:ro"
+        assert mounts["./deploy/nats"] == "/etc/nats:ro"
         data = next(source for source, target in mounts.items() if target == "/data")
         assert data in compose["volumes"]
         assert "healthz" in " ".join(nats["healthcheck"]["test"])
@@ -151,14 +151,14 @@ def test_each_node_runs_the_shipped_cluster_config_under_its_own_name_and_volume
 
 
 def test_the_cluster_config_syncs_every_write_routes_to_every_node_and_has_the_users():
-    config = (ROOT / "nats" / "cluster.conf").read_text()
+    config = (ROOT / "deploy" / "nats" / "cluster.conf").read_text()
 
     assert re.search(r"^\s*sync_interval:\s*always\s*$", config, re.MULTILINE)
     assert re.search(r"^\s*store_dir:\s*/data\s*$", config, re.MULTILINE)
     for node in NATS_NODES:
         assert f"nats-route://{node}:6222" in config
     assert re.search(r"^include users\.conf$", config, re.MULTILINE)
-    assert (ROOT / "nats" / "users.conf").is_file()
+    assert (ROOT / "deploy" / "nats" / "users.conf").is_file()
 
 
 def test_every_service_image_installs_every_package_the_project_ships(services):
@@ -177,7 +177,7 @@ def test_every_service_image_installs_every_package_the_project_ships(services):
 def test_the_pinned_server_accepts_the_cluster_config_only_with_every_password():
     passwords = {f"NATS_{name.upper()}_PASSWORD": "x" for name in SERVICES}
     check = [nats_server.binary(), "-c", "cluster.conf", "-t"]
-    nats_dir = ROOT / "nats"
+    nats_dir = ROOT / "deploy" / "nats"
 
     valid = subprocess.run(check, cwd=nats_dir, env=passwords, capture_output=True, text=True)
     assert valid.returncode == 0, valid.stderr

@@ -74,10 +74,10 @@ def test_an_inbox_prefix_setting_overrides_the_service_s_own() -> None:
 
 
 def test_the_shipped_users_file_is_what_contracts_render_today() -> None:
-    shipped = (ROOT / "nats" / "users.conf").read_text()
+    shipped = (ROOT / "deploy" / "nats" / "users.conf").read_text()
 
     assert shipped == nats_permissions.render(), (
-        "nats/users.conf is stale: python -m shared.nats_permissions > nats/users.conf"
+        "stale: python -m shared.nats_permissions > deploy/nats/users.conf"
     )
 
 
