@@ -3,7 +3,10 @@
 Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `DATA_DIR`
 (`.data`; the history's SQLite goes to `<DATA_DIR>/history/` unless `HISTORY_DB` says
 otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
-`<DATA_DIR>/operator-token`), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
+`<DATA_DIR>/operator-token`), `NATS_AUTH` (`1`: NATS runs with the shipped users of
+`deploy/nats/users.conf`, each service connects as its own user with a password generated for this
+run; unset: no NATS authentication, for local development on loopback), and anything the
+services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
 
@@ -16,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shared import nats_server
+from shared import nats_permissions, nats_server
 
 SERVICES = ("registry", "runner", "scheduler", "history", "ingress")
 STOP_GRACE = 15.0
@@ -71,8 +74,15 @@ def main() -> int:
     token_file = data_dir / "operator-token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
+    auth = os.environ.get("NATS_AUTH", "").lower() in ("1", "true", "yes")
+    passwords = nats_permissions.new_passwords() if auth else {}
     nats = nats_server.start(
-        nats_port, data_dir / "nats", data_dir / "nats-server.log", new_session=True
+        nats_port,
+        data_dir / "nats",
+        data_dir / "nats-server.log",
+        new_session=True,
+        config=nats_permissions.USERS_FILE if auth else None,
+        env=nats_permissions.server_environment(passwords),
     )
     env = {**os.environ, "NATS_URL": nats_url, "OPERATOR_TOKEN": token}
     env["INGRESS_PORT"] = str(ingress_port)
@@ -81,16 +91,20 @@ def main() -> int:
     code = 0
     try:
         for name in SERVICES:
+            own = nats_permissions.service_environment(name, passwords) if auth else {}
             # Own sessions: Ctrl-C reaches only this launcher, which stops everyone in order.
             services[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True
+                [sys.executable, "-m", f"services.{name}"],
+                env={**env, **own},
+                start_new_session=True,
             )
         api = f"http://127.0.0.1:{ingress_port}"
         _wait_until_healthy(f"{api}/health", services)
         print(
             f"\n  Trigger plane is up.\n"
             f"  HTTP API        {api}   (OpenAPI: {api}/schema/swagger)\n"
-            f"  NATS            {nats_url}   (data in {data_dir})\n"
+            f"  NATS            {nats_url}   (data in {data_dir}"
+            f"{'; a user per service' if auth else ''})\n"
             f"  Operator token  {token}   (also in {token_file})\n"
             f"  Press Ctrl-C to stop.\n",
             flush=True,

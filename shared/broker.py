@@ -2,10 +2,11 @@
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoServersError
@@ -19,9 +20,11 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
+import nats
 from contracts import subjects
 from contracts.runs import DeadLetter
 from shared.codec import encode
+from shared.settings import NatsConnectionSettings, from_environment
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +49,67 @@ def server_urls(url: str) -> list[str]:
     return servers
 
 
+def inbox_prefix(settings: NatsConnectionSettings, name: str) -> str:
+    """The prefix of a connection's reply subjects: `NATS_INBOX_PREFIX`, else `_INBOX_<name>`.
+
+    A server can then let each service user subscribe to `_INBOX_<service>.>` only: with the
+    shared `_INBOX.>`, any client could read every reply, the registry's new keys among them.
+    """
+    return settings.nats_inbox_prefix or f"_INBOX_{name}"
+
+
+def tls_context(settings: NatsConnectionSettings) -> ssl.SSLContext | None:
+    """The TLS context the settings describe; None when they name no TLS file (a `tls://`
+    URL still gets TLS, with the system's CAs)."""
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca_file or None
+    )
+    if settings.nats_tls_cert_file:
+        context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+    return context
+
+
+def connect_options(settings: NatsConnectionSettings, name: str) -> dict[str, Any]:
+    """The `nats.connect` arguments that authenticate and secure a connection: credentials,
+    TLS and the inbox prefix (see `NatsConnectionSettings`)."""
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(settings, name)}
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password
+    if settings.nats_token:
+        options["token"] = settings.nats_token
+    if settings.nats_nkey_seed_file:
+        options["nkeys_seed"] = settings.nats_nkey_seed_file
+    if settings.nats_creds_file:
+        options["user_credentials"] = settings.nats_creds_file
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+    if settings.nats_tls_hostname:
+        options["tls_hostname"] = settings.nats_tls_hostname
+    return options
+
+
 async def connect(
     url: str,
     name: str,
     first_attempt_for: float = 30.0,
     *,
     on_reconnected: Callable[[], None] | None = None,
+    settings: NatsConnectionSettings | None = None,
 ) -> Client:
     """Connect to any server of `url` (see `server_urls`), retrying the first connection for a
-    while, and reconnecting forever afterwards (to whichever server answers)."""
+    while, and reconnecting forever afterwards (to whichever server answers).
+
+    Credentials and TLS come from `settings`, by default from the environment (`NATS_USER`,
+    `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_NKEY_SEED_FILE`, `NATS_CREDS_FILE`, `NATS_TLS_*`).
+    """
     servers = server_urls(url)
+    security = connect_options(
+        from_environment(NatsConnectionSettings) if settings is None else settings, name
+    )
 
     async def on_error(error: Exception) -> None:
         log.warning("nats connection error (%s): %s", name, error)
@@ -83,6 +137,7 @@ async def connect(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=reconnected,
+                **security,
             )
         except (OSError, NoServersError, TimeoutError):
             if asyncio.get_running_loop().time() > deadline:

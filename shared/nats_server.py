@@ -3,11 +3,13 @@
 Used by `make run` (through `python -m services`) and by the test fixtures.
 """
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -39,16 +41,26 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 def start(
-    port: int, store_dir: Path, log_file: Path | None = None, *, new_session: bool = False
+    port: int,
+    store_dir: Path,
+    log_file: Path | None = None,
+    *,
+    new_session: bool = False,
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `nats-server -js` on 127.0.0.1:`port` with its data under `store_dir`."""
+    """Start `nats-server -js` on 127.0.0.1:`port` with its data under `store_dir`; with
+    `config`, that configuration file too (the shipped users, `deploy/nats/users.conf`, read their
+    passwords from `env`)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    options = ["-c", str(config)] if config is not None else []
     process = subprocess.Popen(
-        [binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir)],
+        [binary(), *options, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir)],
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=new_session,
+        env=None if env is None else {**os.environ, **env},
     )
     try:
         wait_for_port(port)
