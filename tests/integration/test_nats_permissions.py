@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-import nats
 from contracts import subjects
-from contracts.registry import CreateKey, NewKey
+from contracts.registry import CreateKey, NewKey, RunnerAnnouncement
 from contracts.runs import FlowStart
 from shared import nats_permissions, nats_server
 from shared.codec import encode
@@ -282,6 +282,21 @@ async def test_another_service_cannot_ask_the_registry_for_a_workspace_s_admin_k
             with pytest.raises(NatsTimeoutError):
                 await nc.request(subjects.KEY_CREATE, request, timeout=0.5)
             assert await connection.refused("Publish", subjects.KEY_CREATE), connection.errors
+
+
+async def test_only_the_runners_add_to_the_catalogue_of_flow_functions(walked: Secured) -> None:
+    announcement = encode(
+        RunnerAnnouncement(
+            runner_id="rnr_forged",
+            functions=["steal_secrets"],
+            announced_at=datetime.now(UTC),
+            interval_seconds=30.0,
+        )
+    )
+    for user in ("ingress", "registry", "scheduler", "history"):
+        async with connected(walked.nats_url, user, PASSWORDS[user]) as (nc, connection):
+            await nc.publish(subjects.RUNNER_ANNOUNCE, announcement)
+            assert await connection.refused("Publish", subjects.RUNNER_ANNOUNCE), user
 
 
 async def test_only_the_owners_read_the_keys_and_runs_buckets(walked: Secured) -> None:
