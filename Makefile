@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-faststream asyncapi clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench-history: $(STAMP) ## Run history at 1k vs 100k runs (BENCH_ARGS=--million 
 
 bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU), a 10,000 herd, next to croniter+heapq
 	$(BIN)/python -m bench.scheduler
+
+asyncapi: $(STAMP) ## Regenerate contracts/asyncapi.json (AsyncAPI 3) from contracts/
+	$(BIN)/python -m contracts.asyncapi
 
 clean: ## Remove the virtualenv and local NATS data
 	rm -rf $(VENV) .data

@@ -54,7 +54,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             await nc.drain()
 
     app = Litestar(
-        route_handlers=[*handlers.ROUTES, docs.assets_router()],
+        route_handlers=[*handlers.ROUTES, docs.assets_router(), docs.asyncapi_document],
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
