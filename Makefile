@@ -62,6 +62,9 @@ bench-history: $(STAMP) ## Run history at 1k vs 100k runs (BENCH_ARGS=--million 
 bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU), a 10,000 herd, next to croniter+heapq
 	$(BIN)/python -m bench.scheduler
 
+bench-faststream: $(STAMP) ## A FastStream pull subscriber's CPU per message next to bare nats-py and our runner's per run
+	$(BIN)/python -m bench.faststream_consumer $(BENCH_ARGS)
+
 asyncapi: $(STAMP) ## Regenerate contracts/asyncapi.json (AsyncAPI 3) from contracts/
 	$(BIN)/python -m contracts.asyncapi
 
