@@ -23,7 +23,6 @@ from opentelemetry.util.types import AttributeValue
 
 from contracts.runs import FlowStart
 
-ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 INSTRUMENTATION = "trigger-plane"
 
 _propagator = TraceContextTextMapPropagator()
@@ -42,24 +41,32 @@ def use(provider: TracerProvider | None) -> None:
     _tracer = None if provider is None else provider.get_tracer(INSTRUMENTATION)
 
 
-def configure(service: str, environ: Mapping[str, str] = os.environ) -> bool:
-    """Export spans of `service` with OTLP over HTTP when an endpoint is configured; say
-    whether tracing is on. The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables
-    (endpoint, headers, timeout); `OTEL_SERVICE_NAME` overrides the service name and
-    `OTEL_SDK_DISABLED=true` keeps tracing off."""
+def configure(service: str, environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
+    """Export spans of `service` with OTLP over HTTP when an endpoint is configured; the
+    provider, or None when tracing stays off.
+
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is the full URL, else `OTEL_EXPORTER_OTLP_ENDPOINT`
+    plus `/v1/traces`; the exporter reads the other `OTEL_EXPORTER_OTLP_*` variables (headers,
+    timeout) itself. `OTEL_SERVICE_NAME` overrides the service name and
+    `OTEL_SDK_DISABLED=true` keeps tracing off.
+    """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    if not any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES):
-        return False
+        return None
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not endpoint and base:
+        endpoint = f"{base.rstrip('/')}/v1/traces"  # the OTLP/HTTP path of traces
+    if not endpoint:
+        return None
     # Imported only when on: the exporter pulls in protobuf and an HTTP client.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     name = environ.get("OTEL_SERVICE_NAME", "").strip() or service
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     use(provider)
-    return True
+    return provider
 
 
 def inject(headers: MutableMapping[str, str]) -> None:

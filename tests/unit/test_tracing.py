@@ -1,6 +1,8 @@
 """Tracing is off unless an OTLP endpoint is configured, and off it adds nothing to messages."""
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,20 +18,45 @@ def off_afterwards() -> Iterator[None]:
 
 
 def test_tracing_is_off_without_an_otlp_endpoint(off_afterwards: None) -> None:
-    assert not tracing.configure("runner", {})
-    assert not tracing.configure("runner", {"OTEL_EXPORTER_OTLP_ENDPOINT": "  "})
+    assert tracing.configure("runner", {}) is None
+    assert tracing.configure("runner", {"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}) is None
     assert tracing.tracer() is None
 
 
 def test_the_sdk_switch_keeps_tracing_off_even_with_an_endpoint(off_afterwards: None) -> None:
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"}
-    assert not tracing.configure("runner", environ)
+    assert tracing.configure("runner", environ) is None
     assert tracing.tracer() is None
 
 
-def test_an_otlp_endpoint_turns_tracing_on(off_afterwards: None) -> None:
-    assert tracing.configure("runner", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9"})
-    assert tracing.tracer() is not None
+def test_an_otlp_endpoint_receives_the_spans(off_afterwards: None) -> None:
+    posted: list[str] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posted.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{collector.server_address[1]}/"
+        provider = tracing.configure("runner", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+        active = tracing.tracer()
+        assert provider is not None
+        assert active is not None
+        with tracing.span(active, "run", SpanKind.CONSUMER):
+            pass
+        assert provider.force_flush(5_000)
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    assert posted == ["/v1/traces"]
 
 
 def test_off_a_message_carries_no_trace_context() -> None:
