@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
+from contracts.runs import FlowStart
 from shared import tracing
 
 
@@ -80,3 +81,22 @@ def test_on_a_message_carries_the_current_span_and_a_reader_continues_it(
     assert received.get_span_context().trace_id == sent.get_span_context().trace_id
     assert received.parent is not None  # type: ignore[attr-defined]
     assert received.parent.span_id == sent.get_span_context().span_id  # type: ignore[attr-defined]
+
+
+def test_a_schedule_fire_starts_a_trace_of_its_own_and_carries_it_in_the_start(
+    off_afterwards: None,
+) -> None:
+    tracing.use(TracerProvider())
+    active = tracing.tracer()
+    assert active is not None
+    start = FlowStart(run_id="run_1", workspace_id="ws_1", flow_id="flw_1", source="schedule")
+    headers: dict[str, str] = {}
+    with (
+        tracing.span(active, "tick", SpanKind.CONSUMER) as tick,
+        tracing.producer_span(active, "flow.v1.start.ws_1", start, headers, root=True) as sent,
+    ):
+        pass
+    assert sent.get_span_context().trace_id != tick.get_span_context().trace_id
+    assert headers["traceparent"].split("-")[2] == f"{sent.get_span_context().span_id:016x}"
+    assert sent.attributes is not None  # type: ignore[attr-defined]
+    assert sent.attributes["trigger_plane.run_id"] == "run_1"  # type: ignore[attr-defined]
