@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU),
 
 bench-all: $(STAMP) ## Every benchmark in turn, then one table: stage, ours, bare, ratio, target (about 20 minutes)
 	$(BIN)/python -m bench.all
+
+bench-faststream: $(STAMP) ## A FastStream pull subscriber's CPU per message next to bare nats-py and our runner's per run
+	$(BIN)/python -m bench.faststream_consumer $(BENCH_ARGS)
+
+asyncapi: $(STAMP) ## Regenerate contracts/asyncapi.json (AsyncAPI 3) from contracts/
+	$(BIN)/python -m contracts.asyncapi
 
 clean: ## Remove the virtualenv and local NATS data
 	rm -rf $(VENV) .data

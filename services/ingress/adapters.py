@@ -35,6 +35,7 @@ from contracts.scheduling import FireRecord
 from services.ingress import core
 from services.ingress.problems import ApiError, body_too_large
 from services.ingress.settings import IngressSettings
+from shared import tracing
 from shared.codec import decode, decoder, encode
 from shared.ids import is_valid_id
 from shared.kv import read_one
@@ -234,6 +235,7 @@ class Ingress:
                 f"the input, encoded as the start stores it, is {len(payload)} bytes",
             )
         headers = {"Nats-Msg-Id": start.run_id}
+        tracing.carry(headers)
 
         async def publish(timeout: float) -> None:
             await self.js.publish(

@@ -12,10 +12,11 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import docs, handlers, problems
+from services.ingress import docs, handlers, problems, tracing
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.settings import IngressSettings
 from shared import broker
+from shared import tracing as shared_tracing
 from shared.settings import from_environment
 from shared.supervise import supervised
 
@@ -53,7 +54,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             await nc.drain()
 
     app = Litestar(
-        route_handlers=[*handlers.ROUTES, docs.assets_router()],
+        route_handlers=[*handlers.ROUTES, docs.assets_router(), docs.asyncapi_document],
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
@@ -75,6 +76,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             description="Workspaces, API keys, flows, triggers and runs; `POST /trigger/{flow_id}`"
             " starts a flow through its API trigger.",
         ),
+        middleware=tracing.middleware(),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
@@ -84,4 +86,5 @@ def create_app(settings: IngressSettings) -> Litestar:
 
 def create_app_from_environment() -> Litestar:
     """Factory for the HTTP server (each worker process builds its own app)."""
+    shared_tracing.configure("ingress")
     return create_app(from_environment(IngressSettings))

@@ -6,13 +6,14 @@ The sidecar package depends on Django for its own use inside Django projects; on
 files are read here (found on disk, the package is never imported).
 """
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
 import msgspec
-from litestar import Litestar
+from litestar import Litestar, Response, get
 from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -31,7 +32,7 @@ from litestar.openapi.spec import (
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
-from contracts import http, registry
+from contracts import asyncapi, http, registry
 from contracts.http import (
     ProblemDetails,
     RunNotSucceeded,
@@ -89,6 +90,20 @@ def assets_router() -> Router:
         include_in_schema=False,
         name="docs-assets",
     )
+
+
+ASYNCAPI_PATH = f"{SCHEMA_PATH}/asyncapi.json"
+
+
+@functools.cache
+def _asyncapi_json() -> bytes:
+    return asyncapi.render().encode()
+
+
+@get(ASYNCAPI_PATH, include_in_schema=False, sync_to_thread=False, name="asyncapi")
+def asyncapi_document() -> Response[bytes]:
+    """The AsyncAPI 3 document of every NATS subject and message (built from `contracts/`)."""
+    return Response(_asyncapi_json(), media_type="application/json")
 
 
 # --- What the document says of every route: security and the answers it can give ---------

@@ -6,12 +6,14 @@ from services.runner.app import create_app
 from services.runner.flows import FlowModuleError, load_modules
 from services.runner.http_flows import parse_networks
 from services.runner.settings import RunnerSettings
+from shared import tracing
 from shared.service import configure_logging, serve
 from shared.settings import from_environment
 
 
 def main() -> None:
     configure_logging("runner")
+    tracing.configure("runner")
     settings = from_environment(RunnerSettings)
     try:
         load_modules(settings.flow_modules)

@@ -27,6 +27,7 @@ from services.runner.flows import FlowRegistry, flows
 from services.runner.handlers import SERVICE, CancelRequests, StartFlow
 from services.runner.http_flows import HttpFlows, parse_networks
 from services.runner.settings import RunnerSettings
+from shared import tracing
 from shared.broker import bucket, connect, ensure_topology
 from shared.codec import encode
 from shared.ids import new_id
@@ -34,6 +35,7 @@ from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
 from shared.pull import Puller
 from shared.supervise import cancel_and_wait, supervised
+from shared.tracing import consumed
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,9 @@ class RunnerApp:
         concurrency = self._settings.runner_concurrency
 
         def dispatch(msg: Msg) -> None:
-            task = asyncio.create_task(start_flow(msg))
+            active = tracing.tracer()
+            handling = start_flow(msg) if active is None else consumed(active, msg, start_flow)
+            task = asyncio.create_task(handling)
             self._in_flight.add(task)
             task.add_done_callback(finished)
 

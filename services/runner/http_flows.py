@@ -17,9 +17,11 @@ from typing import Any
 
 import httpcore
 import httpx
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from contracts.registry import HttpFlowSettings
 from contracts.runs import Run
+from shared import tracing
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -238,7 +240,11 @@ class HttpFlows:
         its body."""
         first = _origin(request.url)
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._client.send(request, stream=True)
+            active = tracing.tracer()
+            if active is None:
+                response = await self._client.send(request, stream=True)
+            else:
+                response = await _traced_send(active, self._client, request)
             try:
                 next_request = response.next_request
                 if next_request is None:
@@ -283,3 +289,18 @@ class HttpFlows:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+async def _traced_send(
+    active: Tracer, client: httpx.AsyncClient, request: httpx.Request
+) -> httpx.Response:
+    """Send one hop of an HTTP flow's request in a client span whose trace context the request
+    carries (`traceparent`), so the called service can join the run's trace."""
+    attributes = {"http.request.method": request.method, "url.full": str(request.url)}
+    with tracing.span(active, request.method, SpanKind.CLIENT, attributes) as current:
+        tracing.inject(request.headers)
+        response = await client.send(request, stream=True)
+        current.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 400:
+            current.set_status(StatusCode.ERROR)
+        return response

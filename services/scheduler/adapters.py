@@ -27,7 +27,7 @@ from contracts.runs import FlowStart
 from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.core import ledger_entry_id, supersedes
 from services.scheduler.settings import SchedulerSettings
-from shared import jetstream
+from shared import jetstream, tracing
 from shared.broker import MAX_DELIVER
 from shared.codec import decode, decoder, encode
 from shared.pull import Puller
@@ -201,7 +201,14 @@ class JetStreamStartPublisher:
 
     async def publish(self, start: FlowStart, msg_id: str) -> None:
         subject = subjects.flow_start(start.workspace_id)
-        await self._writer.publish(subject, encode(start), {"Nats-Msg-Id": msg_id})
+        headers = {"Nats-Msg-Id": msg_id}
+        active = tracing.tracer()
+        if active is None:
+            await self._writer.publish(subject, encode(start), headers)
+            return
+        # A fire starts a trace of its own: nothing before it belongs to one.
+        with tracing.producer_span(active, subject, start, headers, root=True):
+            await self._writer.publish(subject, encode(start), headers)
 
 
 class JetStreamLedger:

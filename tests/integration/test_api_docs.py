@@ -46,3 +46,15 @@ async def test_the_schema_document_is_served_as_json(client: HttpClient) -> None
 
     assert response.status_code == 200
     assert response.json()["openapi"].startswith("3.")
+
+
+async def test_the_asyncapi_document_is_served_next_to_the_openapi_document(
+    client: HttpClient,
+) -> None:
+    response = await client.get("/schema/asyncapi.json")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    document = response.json()
+    assert document["asyncapi"] == "3.0.0"
+    assert document["channels"]["flowStart"]["address"] == "flow.v1.start.{workspace_id}"
