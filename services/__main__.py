@@ -3,7 +3,9 @@
 Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `DATA_DIR`
 (`.data`; the history's SQLite goes to `<DATA_DIR>/history/` unless `HISTORY_DB` says
 otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
-`<DATA_DIR>/operator-token`), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
+`<DATA_DIR>/operator-token`), `METRICS_PORT_BASE` (9100: the registry, runner, scheduler and
+history serve `/metrics`, `/healthz` and `/readyz` on 9101-9104; 0: not served), and anything
+the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
 
@@ -19,6 +21,16 @@ from pathlib import Path
 from shared import nats_server
 
 SERVICES = ("registry", "runner", "scheduler", "history", "ingress")
+METRICS_OFFSETS = {"registry": 1, "runner": 2, "scheduler": 3, "history": 4}
+"""`METRICS_PORT` of each NATS-only service: `METRICS_PORT_BASE` plus this (the ingress serves
+its own on its HTTP port)."""
+
+
+def metrics_ports(base: int) -> dict[str, int]:
+    """The `METRICS_PORT` of each service that gets one (none when `base` is 0)."""
+    return {name: base + offset for name, offset in METRICS_OFFSETS.items()} if base else {}
+
+
 STOP_GRACE = 15.0
 
 
@@ -56,6 +68,7 @@ def main() -> int:
     ingress_port = int(os.environ.get("INGRESS_PORT", "8000"))
     data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
     token = os.environ.get("OPERATOR_TOKEN") or f"op_{secrets.token_urlsafe(24)}"
+    ports = metrics_ports(int(os.environ.get("METRICS_PORT_BASE", "9100")))
     nats_url = f"nats://127.0.0.1:{nats_port}"
 
     stopping = False
@@ -82,8 +95,9 @@ def main() -> int:
     try:
         for name in SERVICES:
             # Own sessions: Ctrl-C reaches only this launcher, which stops everyone in order.
+            own_env = {**env, "METRICS_PORT": str(ports[name])} if name in ports else env
             services[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True
+                [sys.executable, "-m", f"services.{name}"], env=own_env, start_new_session=True
             )
         api = f"http://127.0.0.1:{ingress_port}"
         _wait_until_healthy(f"{api}/health", services)
@@ -91,6 +105,9 @@ def main() -> int:
             f"\n  Trigger plane is up.\n"
             f"  HTTP API        {api}   (OpenAPI: {api}/schema/swagger)\n"
             f"  NATS            {nats_url}   (data in {data_dir})\n"
+            f"  Metrics         {api}/metrics"
+            + "".join(f", {name} :{port}" for name, port in ports.items())
+            + "\n"
             f"  Operator token  {token}   (also in {token_file})\n"
             f"  Press Ctrl-C to stop.\n",
             flush=True,

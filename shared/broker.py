@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.runs import DeadLetter
+from shared import metrics
 from shared.codec import encode
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,15 @@ async def connect(
 
     async def on_disconnected() -> None:
         log.warning("nats disconnected (%s)", name)
+        metrics.NATS_DISCONNECTS.labels(name).inc()
 
     async def reconnected() -> None:
         log.info("nats reconnected (%s)", name)
+        metrics.NATS_RECONNECTS.labels(name).inc()
         if on_reconnected is not None:
             on_reconnected()
 
+    _count_connection_events_of(name)
     deadline = asyncio.get_running_loop().time() + first_attempt_for
     while True:
         try:
@@ -89,6 +93,12 @@ async def connect(
                 raise
             log.info("waiting for NATS at %s (%s)", url, name)
             await asyncio.sleep(0.5)
+
+
+def _count_connection_events_of(name: str) -> None:
+    """Show the connection's reconnect and disconnect counts from the start (at 0)."""
+    metrics.NATS_RECONNECTS.labels(name)
+    metrics.NATS_DISCONNECTS.labels(name)
 
 
 START_DUPLICATE_WINDOW = timedelta(minutes=10)

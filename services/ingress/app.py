@@ -12,10 +12,11 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import docs, handlers, problems
+from services.ingress import docs, handlers, operations, problems
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.settings import IngressSettings
 from shared import broker
+from shared.service import configure_logging
 from shared.settings import from_environment
 from shared.supervise import supervised
 
@@ -53,19 +54,22 @@ def create_app(settings: IngressSettings) -> Litestar:
             await nc.drain()
 
     app = Litestar(
-        route_handlers=[*handlers.ROUTES, docs.assets_router()],
+        route_handlers=[*handlers.ROUTES, *operations.ROUTES, docs.assets_router()],
+        middleware=[operations.http_metrics],
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
         },
-        exception_handlers={
-            problems.ApiError: problems.on_api_error,
-            ValidationException: problems.on_validation_error,
-            HTTPException: problems.on_http_error,
-            NatsError: problems.on_nats_error,
-            RecursionError: problems.on_too_deep,
-            Exception: problems.on_unexpected_error,
-        },
+        exception_handlers=operations.noting_problems(
+            {
+                problems.ApiError: problems.on_api_error,
+                ValidationException: problems.on_validation_error,
+                HTTPException: problems.on_http_error,
+                NatsError: problems.on_nats_error,
+                RecursionError: problems.on_too_deep,
+                Exception: problems.on_unexpected_error,
+            }
+        ),
         openapi_config=OpenAPIConfig(
             title="Trigger plane",
             version="1.0.0",
@@ -84,4 +88,5 @@ def create_app(settings: IngressSettings) -> Litestar:
 
 def create_app_from_environment() -> Litestar:
     """Factory for the HTTP server (each worker process builds its own app)."""
+    configure_logging("ingress")  # a worker process does not inherit the server's handlers
     return create_app(from_environment(IngressSettings))
