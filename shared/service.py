@@ -44,8 +44,15 @@ async def _serve_operations(app: Service, name: str) -> metrics.OperationsServer
         return None
     readiness = getattr(app, "readiness", None) or metrics.Readiness()
     server = metrics.OperationsServer(readiness)
-    port = await server.start(settings.metrics_host, settings.metrics_port)
-    logging.getLogger(name).info("metrics and health on http://%s:%d", settings.metrics_host, port)
+    log = logging.getLogger(name)
+    try:
+        port = await server.start(settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        # The service itself can still work: run without metrics (its scrape shows it down)
+        # rather than stop a whole `make run` over a port something else holds.
+        log.error("no metrics or health served on port %d: %s", settings.metrics_port, error)
+        return None
+    log.info("metrics and health on http://%s:%d", settings.metrics_host, port)
     return server
 
 
