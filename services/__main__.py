@@ -5,8 +5,9 @@ Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `
 otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
 `<DATA_DIR>/operator-token`), `NATS_AUTH` (`1`: NATS runs with the shipped users of
 `deploy/nats/users.conf`, each service connects as its own user with a password generated for this
-run; unset: no NATS authentication, for local development on loopback), and anything the
-services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
+run; unset: no NATS authentication, for local development on loopback), `METRICS_PORT_BASE`
+(9100: the registry, runner, scheduler and history serve `/metrics`, `/healthz` and `/readyz` on
+9101-9104; 0: not served), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
 
@@ -22,6 +23,16 @@ from pathlib import Path
 from shared import nats_permissions, nats_server
 
 SERVICES = ("registry", "runner", "scheduler", "history", "ingress")
+METRICS_OFFSETS = {"registry": 1, "runner": 2, "scheduler": 3, "history": 4}
+"""`METRICS_PORT` of each NATS-only service: `METRICS_PORT_BASE` plus this (the ingress serves
+its own on its HTTP port)."""
+
+
+def metrics_ports(base: int) -> dict[str, int]:
+    """The `METRICS_PORT` of each service that gets one (none when `base` is 0)."""
+    return {name: base + offset for name, offset in METRICS_OFFSETS.items()} if base else {}
+
+
 STOP_GRACE = 15.0
 
 
@@ -59,6 +70,7 @@ def main() -> int:
     ingress_port = int(os.environ.get("INGRESS_PORT", "8000"))
     data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
     token = os.environ.get("OPERATOR_TOKEN") or f"op_{secrets.token_urlsafe(24)}"
+    ports = metrics_ports(int(os.environ.get("METRICS_PORT_BASE", "9100")))
     nats_url = f"nats://127.0.0.1:{nats_port}"
 
     stopping = False
@@ -93,9 +105,10 @@ def main() -> int:
         for name in SERVICES:
             own = nats_permissions.service_environment(name, passwords) if auth else {}
             # Own sessions: Ctrl-C reaches only this launcher, which stops everyone in order.
+            own_env = {**env, "METRICS_PORT": str(ports[name])} if name in ports else env
             services[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
-                env={**env, **own},
+                env={**own_env, **own},
                 start_new_session=True,
             )
         api = f"http://127.0.0.1:{ingress_port}"
@@ -105,6 +118,9 @@ def main() -> int:
             f"  HTTP API        {api}   (OpenAPI: {api}/schema/swagger)\n"
             f"  NATS            {nats_url}   (data in {data_dir}"
             f"{'; a user per service' if auth else ''})\n"
+            f"  Metrics         {api}/metrics"
+            + "".join(f", {name} :{port}" for name, port in ports.items())
+            + "\n"
             f"  Operator token  {token}   (also in {token_file})\n"
             f"  Press Ctrl-C to stop.\n",
             flush=True,

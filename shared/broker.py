@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoServersError
@@ -20,9 +21,9 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
-import nats
 from contracts import subjects
 from contracts.runs import DeadLetter
+from shared import metrics
 from shared.codec import encode
 from shared.settings import NatsConnectionSettings, from_environment
 
@@ -116,12 +117,15 @@ async def connect(
 
     async def on_disconnected() -> None:
         log.warning("nats disconnected (%s)", name)
+        metrics.NATS_DISCONNECTS.labels(name).inc()
 
     async def reconnected() -> None:
         log.info("nats reconnected (%s)", name)
+        metrics.NATS_RECONNECTS.labels(name).inc()
         if on_reconnected is not None:
             on_reconnected()
 
+    _count_connection_events_of(name)
     deadline = asyncio.get_running_loop().time() + first_attempt_for
     while True:
         try:
@@ -144,6 +148,12 @@ async def connect(
                 raise
             log.info("waiting for NATS at %s (%s)", url, name)
             await asyncio.sleep(0.5)
+
+
+def _count_connection_events_of(name: str) -> None:
+    """Show the connection's reconnect and disconnect counts from the start (at 0)."""
+    metrics.NATS_RECONNECTS.labels(name)
+    metrics.NATS_DISCONNECTS.labels(name)
 
 
 START_DUPLICATE_WINDOW = timedelta(minutes=10)

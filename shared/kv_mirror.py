@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from time import monotonic
 from typing import Generic, TypeVar
 
 import msgspec
@@ -15,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from shared import metrics
 from shared.codec import decoder
 from shared.kv import bucket_stream
 
@@ -60,6 +62,9 @@ class KvMirror(Generic[V]):
         self.ready = asyncio.Event()
         self._revision = 0
         self._advanced = asyncio.Event()
+        self._caught_up_at = monotonic()
+        """When (`monotonic`) the mirror was last seen holding every write of its bucket."""
+        self._lag = metrics.MIRROR_LAG.labels(bucket)
 
     def get(self, key: str) -> V | None:
         return self._values.get(key)
@@ -99,6 +104,7 @@ class KvMirror(Generic[V]):
         Each (re)start replays the whole bucket into a fresh table and swaps it in once the
         replay is complete, so readers never see a half-loaded mirror.
         """
+        metrics.watch_age(self._bucket, lambda: self._caught_up_at)
         watch = asyncio.create_task(self._watch())
         try:
             while True:
@@ -119,10 +125,17 @@ class KvMirror(Generic[V]):
         self._received_at_last_check = received
         info = await self._js.stream_info(self._stream)
         last = info.state.last_seq
+        self._note_lag(last, received)
         if last <= received or received != before:
             return False
         # The newest message may be gone (purged markers): then nothing was missed.
         return await self._exists(last)
+
+    def _note_lag(self, last: int, received: int) -> None:
+        """Record how far behind its bucket's stream (at `last`) the mirror was (metrics)."""
+        self._lag.set(max(0, last - received))
+        if last <= received and self.ready.is_set():
+            self._caught_up_at = monotonic()
 
     async def _watch(self) -> None:
         # nats-py can put its end-of-replay marker before the replay (it counts what is pending
@@ -206,6 +219,7 @@ class KvMirror(Generic[V]):
     def _swap(self, fresh: dict[str, V]) -> None:
         old = self._values
         self._values = fresh
+        self._caught_up_at = monotonic()
         if self._on_change is not None:
             for key in old.keys() | fresh.keys():
                 if old.get(key) != fresh.get(key):

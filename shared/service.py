@@ -8,6 +8,9 @@ import signal
 from pathlib import Path
 from typing import Protocol
 
+from shared import logs, metrics
+from shared.settings import from_environment
+
 HEARTBEAT_SECONDS = 5.0
 """How often a running service touches its `HEALTH_FILE`."""
 
@@ -23,15 +26,42 @@ class Service(Protocol):
 
 
 def configure_logging(service: str) -> None:
-    """Plain line logs on stderr, level from `LOG_LEVEL` (default INFO)."""
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
+    """Logs on stderr: JSON lines, or text on a terminal (`LOG_FORMAT`, `LOG_LEVEL`)."""
+    logs.configure(service)
 
 
 async def serve(app: Service, name: str) -> None:
-    """Start `app`, log that it is up, and stop it cleanly on SIGINT or SIGTERM."""
+    """Start `app`, log that it is up, and stop it cleanly on SIGINT or SIGTERM; meanwhile
+    serve its metrics and health on `METRICS_PORT` (see `shared.metrics`)."""
+    operations = await _serve_operations(app, name)
+    try:
+        await _serve(app, name)
+    finally:
+        if operations is not None:
+            await operations.stop()
+
+
+async def _serve_operations(app: Service, name: str) -> metrics.OperationsServer | None:
+    """`/metrics`, `/healthz` and `/readyz` of `app` (its `readiness`, if it has one), on
+    `METRICS_PORT` when that is set; started before `app` so a slow start shows as not ready."""
+    settings = from_environment(metrics.MetricsSettings)
+    if not settings.metrics_port:
+        return None
+    readiness = getattr(app, "readiness", None) or metrics.Readiness()
+    server = metrics.OperationsServer(readiness)
+    log = logging.getLogger(name)
+    try:
+        port = await server.start(settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        # The service itself can still work: run without metrics (its scrape shows it down)
+        # rather than stop a whole `make run` over a port something else holds.
+        log.error("no metrics or health served on port %d: %s", settings.metrics_port, error)
+        return None
+    log.info("metrics and health on http://%s:%d", settings.metrics_host, port)
+    return server
+
+
+async def _serve(app: Service, name: str) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -8,10 +8,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts import subjects
+from services.history import metrics
 from services.history.adapters import RunsFollower, RunStore, SqliteRunStore
 from services.history.handlers import Queries, answer, routes
 from services.history.settings import HistorySettings
 from shared import broker
+from shared.metrics import Readiness
 from shared.supervise import cancel_and_wait, supervised
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class HistoryApp:
         self._tasks: list[asyncio.Task[None]] = []
         self.follower: RunsFollower | None = None
         self.queries: Queries | None = None
+        self.readiness = Readiness()
 
     async def start(self) -> None:
         self._nc = await broker.connect(self.settings.nats_url, "history")
@@ -63,6 +66,14 @@ class HistoryApp:
             f"{subjects.HISTORY_PREFIX}.>", queue=subjects.HISTORY_QUEUE, cb=on_query
         )
         await self._nc.flush()  # serving once started: the server knows the subscription
+        self._observe(self._nc, follower, self._store)
+
+    def _observe(self, nc: Client, follower: RunsFollower, store: RunStore) -> None:
+        """Readiness checks (`/readyz`) and the projection's lag (metrics)."""
+        self.readiness.require("nats", lambda: nc.is_connected)
+        self.readiness.require("caught up", follower.caught_up.is_set)
+        self.readiness.require("subscribed", lambda: self._subscription is not None)
+        metrics.watch_projection(follower.lag_seconds, store.applied_sequence)
 
     async def _forget_expired(self) -> None:
         while True:

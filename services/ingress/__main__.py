@@ -19,6 +19,8 @@ def main() -> None:
         interface=Interfaces.ASGI,
         workers=settings.ingress_workers,
         log_access=False,
+        # The server's own lines go to the root handler, so they come out as JSON too.
+        log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
     ).serve()
 
 

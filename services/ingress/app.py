@@ -12,11 +12,12 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import docs, handlers, problems, tracing
+from services.ingress import docs, handlers, operations, problems, tracing
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.settings import IngressSettings
 from shared import broker
 from shared import tracing as shared_tracing
+from shared.service import configure_logging
 from shared.settings import from_environment
 from shared.supervise import supervised
 
@@ -54,19 +55,28 @@ def create_app(settings: IngressSettings) -> Litestar:
             await nc.drain()
 
     app = Litestar(
-        route_handlers=[*handlers.ROUTES, docs.assets_router(), docs.asyncapi_document],
+        route_handlers=[
+            *handlers.ROUTES,
+            *operations.ROUTES,
+            docs.assets_router(),
+            docs.asyncapi_document,
+        ],
+        # Tracing outermost, so that a request's span covers the time the metrics count.
+        middleware=[*tracing.middleware(), operations.http_metrics],
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),
         },
-        exception_handlers={
-            problems.ApiError: problems.on_api_error,
-            ValidationException: problems.on_validation_error,
-            HTTPException: problems.on_http_error,
-            NatsError: problems.on_nats_error,
-            RecursionError: problems.on_too_deep,
-            Exception: problems.on_unexpected_error,
-        },
+        exception_handlers=operations.noting_problems(
+            {
+                problems.ApiError: problems.on_api_error,
+                ValidationException: problems.on_validation_error,
+                HTTPException: problems.on_http_error,
+                NatsError: problems.on_nats_error,
+                RecursionError: problems.on_too_deep,
+                Exception: problems.on_unexpected_error,
+            }
+        ),
         openapi_config=OpenAPIConfig(
             title="Trigger plane",
             version="1.0.0",
@@ -76,7 +86,6 @@ def create_app(settings: IngressSettings) -> Litestar:
             description="Workspaces, API keys, flows, triggers and runs; `POST /trigger/{flow_id}`"
             " starts a flow through its API trigger.",
         ),
-        middleware=tracing.middleware(),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
@@ -86,5 +95,6 @@ def create_app(settings: IngressSettings) -> Litestar:
 
 def create_app_from_environment() -> Litestar:
     """Factory for the HTTP server (each worker process builds its own app)."""
+    configure_logging("ingress")  # a worker process does not inherit the server's handlers
     shared_tracing.configure("ingress")
     return create_app(from_environment(IngressSettings))

@@ -13,6 +13,7 @@ from services.registry.core import Registry
 from services.registry.handlers import answer, routes
 from services.registry.settings import RegistrySettings
 from shared import broker
+from shared.metrics import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class RegistryApp:
         self._subscription: Subscription | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self.readiness = Readiness()
 
     async def start(self) -> None:
         self._nc = await broker.connect(self.settings.nats_url, "registry")
@@ -46,6 +48,12 @@ class RegistryApp:
         self._subscription = await self._nc.subscribe(
             f"{subjects.REGISTRY_PREFIX}.>", queue=subjects.REGISTRY_QUEUE, cb=on_request
         )
+        self._observe(self._nc)
+
+    def _observe(self, nc: Client) -> None:
+        """Readiness checks (`/readyz`): connected, and answering requests."""
+        self.readiness.require("nats", lambda: nc.is_connected)
+        self.readiness.require("subscribed", lambda: self._subscription is not None)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

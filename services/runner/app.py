@@ -9,6 +9,7 @@ import time
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts import subjects
@@ -26,6 +27,7 @@ from services.runner.executor import Clock, utc_now
 from services.runner.flows import FlowRegistry, flows
 from services.runner.handlers import SERVICE, CancelRequests, StartFlow
 from services.runner.http_flows import HttpFlows, parse_networks
+from services.runner.metrics import CountedRunEvents
 from services.runner.settings import RunnerSettings
 from shared import tracing
 from shared.broker import bucket, connect, ensure_topology
@@ -33,6 +35,7 @@ from shared.codec import encode
 from shared.ids import new_id
 from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
+from shared.metrics import Readiness, sample_consumers
 from shared.pull import Puller
 from shared.supervise import cancel_and_wait, supervised
 from shared.tracing import consumed
@@ -60,6 +63,7 @@ class RunnerApp:
         self._http: HttpFlows | None = None
         self._reconnected_at = 0.0
         """When the connection to NATS last came back (seconds since the epoch; 0: never)."""
+        self.readiness = Readiness()
 
     def _note_reconnect(self) -> None:
         self._reconnected_at = time.time()
@@ -75,7 +79,7 @@ class RunnerApp:
         self._loops.append(asyncio.create_task(supervised("flows mirror", mirror.follow)))
         await mirror.ready.wait()
         store = KvRunStore(await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))
-        events = NatsRunEvents(nc)
+        events = CountedRunEvents(NatsRunEvents(nc))
         cancel_runs = CancelRuns(store, events, NatsAborts(nc), self._clock)
         admission = KvAdmission(
             await bucket(js, subjects.RUN_SLOTS_BUCKET),
@@ -126,6 +130,7 @@ class RunnerApp:
             ),
         )
         self._loops.append(asyncio.create_task(supervised("in-progress acks", in_progress.beat)))
+        self._observe(js, mirror)
         consume = functools.partial(self._consume, nc, start_flow)
         self._consumer_loop = asyncio.create_task(supervised("flow.start consumer", consume))
         self._loops.append(asyncio.create_task(supervised("announcements", self._announce)))
@@ -134,6 +139,15 @@ class RunnerApp:
             self.runner_id,
             ", ".join(self._functions.names()),
         )
+
+    def _observe(self, js: JetStreamContext, mirror: KvMirror[Flow]) -> None:
+        """Readiness checks (`/readyz`) and the sampling of the start consumer's counts."""
+        self.readiness.require("nats", lambda: self._nc is not None and self._nc.is_connected)
+        self.readiness.require("flows mirror", mirror.ready.is_set)
+        self.readiness.require("consumer", lambda: self._consumer_loop is not None)
+        consumers = [(subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER)]
+        sample = functools.partial(sample_consumers, js, consumers)
+        self._loops.append(asyncio.create_task(supervised("consumer metrics", sample)))
 
     async def stop(self) -> None:
         """Stop fetching, let runs in flight finish within the grace period, hand back the rest.

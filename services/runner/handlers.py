@@ -11,10 +11,12 @@ from nats.js import JetStreamContext
 
 from contracts.registry import Problem, Reply
 from contracts.runs import AbortRun, CancelRun, FlowStart, Run
+from services.runner import metrics
 from services.runner.adapters import MSG_ID, FlowLookup
 from services.runner.core import RECORD_OVERHEAD, CancelRuns, StartRuns, refusal
 from shared.broker import is_last_delivery, reject
 from shared.codec import decode, encode
+from shared.logs import bind
 from shared.pull import delivery
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class StartFlow:
                     f"could not be handled in {self._max_deliver} deliveries (the consumer's "
                     f"limit, RUNNER_MAX_DELIVER); the last failure: {type(error).__name__}: {error}"
                 )
+                metrics.refused("max_deliver")
                 with contextlib.suppress(Exception):
                     await reject(self._js, msg, reason, SERVICE)
                     return
@@ -71,23 +74,30 @@ class StartFlow:
                 f"delivered {self._max_deliver} times without ending (the consumer's limit, "
                 "RUNNER_MAX_DELIVER)"
             )
+            metrics.refused("max_deliver")
             await reject(self._js, msg, reason, SERVICE)
             return
         try:
             start: FlowStart = decode(msg.data, FlowStart)
         except msgspec.DecodeError as error:
+            metrics.refused("undecodable")
             await reject(self._js, msg, f"not a valid FlowStart: {error}", SERVICE)
             return
         except RecursionError:
+            metrics.refused("undecodable")
             await reject(self._js, msg, "not a valid FlowStart: nested too deeply", SERVICE)
             return
+        # Every line logged for this start (in its own task) names its run.
+        bind(run_id=start.run_id, workspace_id=start.workspace_id, trigger_id=start.trigger_id)
         reason = refusal(msg.subject, start)
         if reason:
+            metrics.refused("misfiled")
             await reject(self._js, msg, reason, SERVICE)
             return
         flow = await self._flows.find(start.workspace_id, start.flow_id)
         if flow is None:
             reason = f"unknown flow {start.flow_id} in workspace {start.workspace_id}"
+            metrics.refused("unknown_flow")
             await reject(self._js, msg, reason, SERVICE)
             return
         if len(msg.data) + RECORD_OVERHEAD > self._starts.max_record_bytes:

@@ -8,14 +8,16 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from contracts import subjects
 from contracts.registry import Trigger
-from services.scheduler import adapters, handlers
+from services.scheduler import adapters, handlers, metrics
 from services.scheduler.core import Clock, Scheduler, now_utc
 from services.scheduler.settings import SchedulerSettings
 from shared import broker, jetstream
 from shared.kv_mirror import KvMirror
+from shared.metrics import Readiness, sample_consumers
 from shared.supervise import cancel_and_wait, supervised
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class SchedulerApp:
         self._mirror_task: asyncio.Task[None] | None = None
         self._consume_task: asyncio.Task[None] | None = None
         self._run_events_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self.readiness = Readiness()
 
     async def start(self) -> None:
         """Connect, follow the triggers, consume ticks and reconcile the parked timers."""
@@ -78,8 +82,8 @@ class SchedulerApp:
         scheduler = self._scheduler = Scheduler(
             mirror,
             adapters.JetStreamTimers(js, writer, settings.timer_lead),
-            adapters.JetStreamStartPublisher(writer),
-            ledger=adapters.JetStreamLedger(js, writer),
+            metrics.MeasuredStartPublisher(adapters.JetStreamStartPublisher(writer)),
+            ledger=metrics.CountedLedger(adapters.JetStreamLedger(js, writer)),
             clock=self._clock,
             sleep=adapters.Alarm().sleep,
             misfire_after=settings.misfire_after,
@@ -111,14 +115,29 @@ class SchedulerApp:
                 ),
             )
         )
+        self._observe(nc, js, mirror)
         if self._tune_gc:  # the process is ours alone (not when embedded, as in tests)
             quiet_collector()
         log.info("scheduler follows %d triggers", len(mirror))
+
+    def _observe(self, nc: Client, js: JetStreamContext, mirror: KvMirror[Trigger]) -> None:
+        """Readiness checks (`/readyz`) and the sampling of the shared consumers' counts."""
+        self.readiness.require("nats", lambda: nc.is_connected)
+        self.readiness.require("triggers mirror", mirror.ready.is_set)
+        self.readiness.require("tick consumer", lambda: self._consume_task is not None)
+        consumers = [
+            (subjects.SCHEDULES_STREAM, subjects.SCHEDULER_CONSUMER),
+            (subjects.RUN_EVENTS_STREAM, subjects.SCHEDULER_RUN_EVENTS_CONSUMER),
+        ]
+        self._metrics_task = asyncio.create_task(
+            supervised("consumer metrics", lambda: sample_consumers(js, consumers))
+        )
 
     async def stop(self) -> None:
         """Stop fetching ticks, finish those in hand, stop following triggers, drain."""
         await cancel_and_wait(self._consume_task)
         await cancel_and_wait(self._run_events_task)
+        await cancel_and_wait(self._metrics_task)
         if self._ticks is not None:
             await self._ticks.finish(STOP_TIMEOUT)
         await cancel_and_wait(self._mirror_task)

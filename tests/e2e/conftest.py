@@ -3,16 +3,18 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from services.__main__ import metrics_ports
 from shared import nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +28,31 @@ class Stack:
     """The stack's DATA_DIR (what `.data` is for `make run`)."""
     nats_url: str
     log: Path
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    """`METRICS_PORT` of each NATS-only service (`/metrics`, `/healthz`, `/readyz`)."""
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+def free_port_run(length: int) -> int:
+    """The first of `length` consecutive free ports."""
+    for _ in range(50):
+        first = nats_server.free_port()
+        ports = range(first, first + length)
+        if first + length < 65536 and all(_is_free(port) for port in ports):
+            return first
+    raise RuntimeError(f"found no {length} consecutive free ports")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -38,12 +61,16 @@ def running_stack(data: Path) -> Iterator[Stack]:
     log = data / "stack.log"
     http_port = nats_server.free_port()
     nats_port = nats_server.free_port()
+    metrics_base = free_port_run(len(metrics_ports(1)) + 1)
     env = {
         **os.environ,
         "NATS_PORT": str(nats_port),
         "INGRESS_PORT": str(http_port),
         "DATA_DIR": str(data),
         "OPERATOR_TOKEN": "op-e2e-token",
+        # Free ports of the stack's own (9101-9104 may be taken); pending counts sampled often.
+        "METRICS_PORT_BASE": str(metrics_base),
+        "METRICS_SAMPLE_SECONDS": "0.5",
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -69,6 +96,7 @@ def running_stack(data: Path) -> Iterator[Stack]:
             data=data,
             nats_url=f"nats://127.0.0.1:{nats_port}",
             log=log,
+            metrics_ports=metrics_ports(metrics_base),
         )
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` does
