@@ -1,32 +1,33 @@
-"""`python -m shared.healthcheck`: exit 0 when this container's service touched its
-`HEALTH_FILE` recently (see `shared.service.heartbeat`), 1 otherwise."""
+"""`python -m shared.healthcheck [healthz|readyz]`: exit 0 when this container's service answers
+`/readyz` (the default) or `/healthz` with 200 on its `METRICS_PORT` (see `shared.metrics`), 1
+otherwise. Python is what the image has: no curl or wget."""
 
 import os
 import sys
-import time
-from pathlib import Path
+import urllib.error
+import urllib.request
 
-from shared.service import HEARTBEAT_SECONDS
+TIMEOUT = 2.0
+"""Seconds the service has to answer (less than the healthcheck's own timeout)."""
 
-STALE_AFTER = 3 * HEARTBEAT_SECONDS
 
-
-def healthy(path: Path, now: float | None = None) -> bool:
-    """Whether `path` was touched within `STALE_AFTER` seconds."""
+def probe(port: int, path: str = "readyz", host: str = "127.0.0.1") -> bool:
+    """Whether the service on `port` answers `/<path>` with 200."""
     try:
-        touched = path.stat().st_mtime
-    except FileNotFoundError:
+        with urllib.request.urlopen(f"http://{host}:{port}/{path}", timeout=TIMEOUT) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
         return False
-    return (time.time() if now is None else now) - touched < STALE_AFTER
 
 
-def main() -> int:
-    health_file = os.environ.get("HEALTH_FILE", "")
-    if not health_file:
-        print("HEALTH_FILE is not set", file=sys.stderr)
+def main(argv: list[str]) -> int:
+    port = int(os.environ.get("METRICS_PORT", "0") or 0)
+    if not port:
+        print("METRICS_PORT is not set: the service serves no health", file=sys.stderr)
         return 1
-    return 0 if healthy(Path(health_file)) else 1
+    path = argv[0] if argv else "readyz"
+    return 0 if probe(port, path) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

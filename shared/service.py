@@ -3,16 +3,11 @@
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-from pathlib import Path
 from typing import Protocol
 
 from shared import logs, metrics
 from shared.settings import from_environment
-
-HEARTBEAT_SECONDS = 5.0
-"""How often a running service touches its `HEALTH_FILE`."""
 
 
 class Service(Protocol):
@@ -79,29 +74,6 @@ async def _serve(app: Service, name: str) -> None:
     stop_requested.cancel()
     starting.result()  # a failed start fails the service
     logging.getLogger(name).info("%s is up", name)
-    health_file = os.environ.get("HEALTH_FILE", "")
-    beating = asyncio.create_task(heartbeat(Path(health_file))) if health_file else None
     await stopping.wait()
     logging.getLogger(name).info("%s is stopping", name)
-    if beating is not None:
-        beating.cancel()
-        _remove(Path(health_file))  # a stopping service is not healthy
     await app.stop()
-
-
-async def heartbeat(path: Path) -> None:
-    """Touch `path` every `HEARTBEAT_SECONDS` while the service runs: a container healthcheck
-    (`python -m shared.healthcheck`) then tells a started service with a live event loop from
-    one still starting (say, waiting for NATS), stopped or stuck."""
-    while True:
-        _touch(path)  # a local file: too quick to be worth a thread
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-
-
-def _touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import healthcheck, nats_server
+from shared import nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"registry", "runner", "scheduler", "history", "ingress"}
@@ -101,17 +101,20 @@ def test_every_service_has_a_healthcheck_and_outlasts_its_drain_when_stopped(ser
     )
 
 
-def test_the_nats_only_services_check_the_heartbeat_of_their_own_process(services):
+def test_the_nats_only_services_are_healthy_when_they_answer_readyz_on_their_metrics_port(
+    services,
+):
     for name, service in app_services(services).items():
         if name == "ingress":
+            assert "/readyz" in " ".join(service["healthcheck"]["test"])
             continue
         assert command_of({"command": service["healthcheck"]["test"][1:]}) == [
             "python",
             "-m",
             "shared.healthcheck",
         ]
-        assert service["environment"]["HEALTH_FILE"], name
-    assert (ROOT / "shared" / "healthcheck.py").is_file()
+        assert int(service["environment"]["METRICS_PORT"]) > 0, name
+        assert service["environment"]["METRICS_HOST"] == "0.0.0.0", name
 
 
 def test_the_ingress_publishes_port_8000_and_listens_on_every_interface(services):
@@ -185,12 +188,3 @@ def test_the_pinned_server_accepts_the_cluster_config_only_with_every_password()
     refused = subprocess.run(check, cwd=nats_dir, env=missing, capture_output=True, text=True)
     assert refused.returncode != 0
     assert "NATS_RUNNER_PASSWORD" in refused.stdout + refused.stderr
-
-
-def test_a_heartbeat_is_healthy_until_three_beats_are_missed(tmp_path):
-    beat = tmp_path / "healthy"
-    assert not healthcheck.healthy(beat)
-    beat.touch()
-    touched = beat.stat().st_mtime
-    assert healthcheck.healthy(beat, now=touched + healthcheck.STALE_AFTER - 1)
-    assert not healthcheck.healthy(beat, now=touched + healthcheck.STALE_AFTER + 1)

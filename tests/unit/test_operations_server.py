@@ -4,6 +4,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter
 
+from shared import healthcheck
 from shared.metrics import OperationsServer, Readiness
 
 
@@ -51,3 +52,17 @@ async def test_metrics_serves_the_registry_and_other_paths_and_methods_are_refus
         assert await get(port, "/healthz", method="HEAD") == (200, b"")
     finally:
         await server.stop()
+
+
+async def test_the_container_healthcheck_passes_only_while_the_service_is_ready() -> None:
+    readiness = Readiness()
+    server = OperationsServer(readiness, CollectorRegistry())
+    port = await server.start("127.0.0.1", 0)
+    try:
+        assert not await asyncio.to_thread(healthcheck.probe, port)
+        assert await asyncio.to_thread(healthcheck.probe, port, "healthz")
+        readiness.require("started", lambda: True)
+        assert await asyncio.to_thread(healthcheck.probe, port)
+    finally:
+        await server.stop()
+    assert not await asyncio.to_thread(healthcheck.probe, port)  # nothing listens any more
