@@ -76,13 +76,19 @@ async def provide_admin(
     request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
 ) -> ApiKey:
     """The caller's key, which must be an admin key of its workspace."""
-    key = await ingress.key_from(request.headers.get("authorization"))
+    key = await ingress.key_from(request.headers.get("authorization"), client_of(request))
     return core.require_admin(key)
 
 
 async def provide_key(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> ApiKey:
     """The caller's key, of any scope."""
-    return await ingress.key_from(request.headers.get("authorization"))
+    return await ingress.key_from(request.headers.get("authorization"), client_of(request))
+
+
+def client_of(request: Request[Any, Any, Any]) -> str | None:
+    """The address the request came from (the peer's: behind a proxy, the proxy's)."""
+    client = request.client
+    return client.host if client is not None else None
 
 
 def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
@@ -454,7 +460,7 @@ class RunController(ResourceController):
     @get(
         summary="List runs, newest first (from the run history; see `history_lag_seconds`)",
         dependencies={"admin": Provide(provide_admin)},
-        responses=problems(400, 401, 403, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS),
     )
     async def list_runs(
         self,
@@ -501,7 +507,7 @@ class RunController(ResourceController):
         "/stats",
         summary="Figures of the runs of a flow, a trigger or the workspace over a window",
         dependencies={"admin": Provide(provide_admin)},
-        responses=problems(400, 401, 403, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS),
     )
     async def run_stats(
         self,
@@ -528,7 +534,7 @@ class RunController(ResourceController):
         "/{run_id:str}",
         summary="Get a run (any key of the workspace): the status URL of a start",
         dependencies={"key": Provide(provide_key)},
-        responses=problems(400, 401, 404, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS[:2], 404, 429, 503, 504),
     )
     async def get_run(
         self, run_id: FromPath[str], ingress: NamedDependency[Ingress], key: NamedDependency[ApiKey]
@@ -540,7 +546,7 @@ class RunController(ResourceController):
         status_code=200,
         summary="Cancel a queued or running run",
         dependencies={"admin": Provide(provide_admin)},
-        responses=problems(400, 401, 403, 404, 409, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS, 404, 409),
     )
     async def cancel_run(
         self,
@@ -582,7 +588,7 @@ def _moment(name: str, text: str | None) -> datetime | None:
     security=BY_KEY,
     operation_class=docs.TakesAnyJson,
     responses={
-        **problems(400, 401, 403, 404, 413, 503),
+        **problems(400, 401, 403, 404, 413, 429, 503),
         **docs.run_answers("The start is stored; the run did not end within the wait."),
     },
 )
@@ -591,7 +597,7 @@ async def trigger_flow(
 ) -> Response[StartAccepted]:
     # The hot path: no dependency injection (it costs a fifth of the handler's own time).
     ingress: Ingress = request.app.state.ingress
-    key = await ingress.key_from(request.headers.get("authorization"))
+    key = await ingress.key_from(request.headers.get("authorization"), client_of(request))
     directory = ingress.directory
     try:
         trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))

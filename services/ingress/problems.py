@@ -21,11 +21,14 @@ PROBLEM_JSON = "application/problem+json"
 class ApiError(Exception):
     """Raised anywhere in a handler; answered as a problem document."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers or {}
 
     @classmethod
     def from_problem(cls, problem: Problem) -> "ApiError":
@@ -38,7 +41,10 @@ def problem_response(status: int, code: str, detail: str) -> Response[bytes]:
 
 
 def on_api_error(_: Request, error: ApiError) -> Response[bytes]:
-    return problem_response(error.status, error.code, error.detail)
+    response = problem_response(error.status, error.code, error.detail)
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
 
 
 def on_validation_error(request: Request, error: ValidationException) -> Response[bytes]:
