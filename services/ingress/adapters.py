@@ -220,17 +220,16 @@ class Ingress:
         misses is looked up once more after the key mirror caught up, unless `client` (the
         source address) or the key is over its limit of failures, or the key is known not to
         exist: see `auth_guard`."""
-        try:
-            key = core.authenticate(authorization, self.directory.key)
-        except ApiError as error:
-            if error.code != "invalid_key":
-                raise
-            key = await self._key_after_miss(core.bearer_secret(authorization), client, error)
+        secret = core.bearer_secret(authorization)
+        digest = api_keys.digest(secret)
+        key = self.directory.key(digest)
+        if key is None:
+            key = await self._key_after_miss(secret, digest, client)
         self._note_use(key)
         return key
 
-    async def _key_after_miss(self, secret: str, client: str | None, refusal: ApiError) -> ApiKey:
-        digest = api_keys.digest(secret)
+    async def _key_after_miss(self, secret: str, digest: str, client: str | None) -> ApiKey:
+        refusal = core.refusal_of_unknown(secret)  # a malformed key is refused here, for free
         address = address_of(client)
         # Decided before any round trip: a request over the limit costs none.
         limited = self.failures.admit(address, digest)

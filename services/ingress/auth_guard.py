@@ -7,6 +7,7 @@ key mirror up with the registry's writes), and that is what these bound. Time is
 (`Clock`, seconds, monotonic); every table keeps at most a fixed number of entries.
 """
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict
@@ -26,6 +27,13 @@ def address_of(host: str | None) -> str:
     one included), or its IPv6 /64 network; anything else as it is."""
     if not host:
         return "unknown"
+    if ":" not in host:  # an IPv4 address as the server wrote it (or a test's name)
+        return host
+    return _ipv6_name(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_name(host: str) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -87,7 +87,13 @@ def authenticate(authorization: str | None, lookup: Callable[[str], ApiKey | Non
     key = lookup(api_keys.digest(secret))
     if key is not None:
         return key
-    # Only a miss pays for the checksum: it tells a copy error from a revoked key.
+    raise refusal_of_unknown(secret)
+
+
+def refusal_of_unknown(secret: str) -> ApiError:
+    """The 401 for a key the lookup missed: raised at once for a malformed key (a copy error,
+    told apart by the checksum alone), returned for a well-formed one (revoked or never
+    issued, unless it was created a moment ago)."""
     if not api_keys.is_well_formed(secret):
         raise ApiError(
             401,
@@ -95,7 +101,7 @@ def authenticate(authorization: str | None, lookup: Callable[[str], ApiKey | Non
             f"that is not a workspace API key: keys start with `{api_keys.PREFIX}`, are "
             f"{api_keys.LENGTH} characters long and end in a checksum (check for a copy error)",
         )
-    raise ApiError(401, "invalid_key", "this API key is not valid: revoked or never issued")
+    return ApiError(401, "invalid_key", "this API key is not valid: revoked or never issued")
 
 
 def too_many_failures(limited: Limited, now: datetime) -> ApiError:

@@ -29,7 +29,7 @@ from services.ingress import core, docs
 from services.ingress.adapters import Ingress, read_ledger
 from services.ingress.core import fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
-from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large
+from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, on_api_error
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
 
@@ -597,7 +597,12 @@ async def trigger_flow(
 ) -> Response[StartAccepted]:
     # The hot path: no dependency injection (it costs a fifth of the handler's own time).
     ingress: Ingress = request.app.state.ingress
-    key = await ingress.key_from(request.headers.get("authorization"), client_of(request))
+    try:
+        key = await ingress.key_from(request.headers.get("authorization"), client_of(request))
+    except ApiError as error:
+        # Answered here, not through the framework's exception handling: a flood of keys that
+        # are not valid lands on this route, and each refusal should cost as little as it can.
+        return on_api_error(request, error)
     directory = ingress.directory
     try:
         trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))
