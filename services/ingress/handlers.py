@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from contracts import history, subjects
 from contracts import registry as api
@@ -29,7 +30,7 @@ from services.ingress import core, docs
 from services.ingress.adapters import Ingress, read_ledger
 from services.ingress.core import fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
-from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, on_api_error
+from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, send_problem
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
 
@@ -577,6 +578,37 @@ def _moment(name: str, text: str | None) -> datetime | None:
 # --- the API trigger ------------------------------------------------------------------------
 
 
+AUTHENTICATED = "api_key"
+"""Where `authenticated` leaves the caller's key in the request's state."""
+
+
+def authenticated(app: ASGIApp) -> ASGIApp:
+    """Middleware of `POST /trigger/{flow_id}`: the caller's key, found before the framework
+    builds the request, or the refusal answered at once. A flood of keys that are not valid
+    lands on this route, and each refusal costs the ingress's CPU that valid calls need."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        ingress: Ingress = scope["litestar_app"].state.ingress
+        authorization = next(
+            (
+                value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name == b"authorization"
+            ),
+            None,
+        )
+        client = scope.get("client")
+        try:
+            key = await ingress.key_from(authorization, client[0] if client else None)
+        except ApiError as error:
+            await send_problem(send, error)
+            return
+        scope.setdefault("state", {})[AUTHENTICATED] = key
+        await app(scope, receive, send)
+
+    return middleware
+
+
 @post(
     "/trigger/{flow_id:str}",
     tags=["trigger"],
@@ -587,6 +619,7 @@ def _moment(name: str, text: str | None) -> datetime | None:
     status_code=202,
     security=BY_KEY,
     operation_class=docs.TakesAnyJson,
+    middleware=[authenticated],
     responses={
         **problems(400, 401, 403, 404, 413, 429, 503),
         **docs.run_answers("The start is stored; the run did not end within the wait."),
@@ -597,12 +630,7 @@ async def trigger_flow(
 ) -> Response[StartAccepted]:
     # The hot path: no dependency injection (it costs a fifth of the handler's own time).
     ingress: Ingress = request.app.state.ingress
-    try:
-        key = await ingress.key_from(request.headers.get("authorization"), client_of(request))
-    except ApiError as error:
-        # Answered here, not through the framework's exception handling: a flood of keys that
-        # are not valid lands on this route, and each refusal should cost as little as it can.
-        return on_api_error(request, error)
+    key: ApiKey = request.scope["state"][AUTHENTICATED]  # see `authenticated`
     directory = ingress.directory
     try:
         trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.types import Send
 from litestar.utils.scope.state import ScopeState
 
 from contracts.http import ProblemDetails
@@ -38,6 +39,25 @@ class ApiError(Exception):
 def problem_response(status: int, code: str, detail: str) -> Response[bytes]:
     body = ProblemDetails(status=status, code=code, title=HTTPStatus(status).phrase, detail=detail)
     return Response(content=encode(body), status_code=status, media_type=PROBLEM_JSON)
+
+
+async def send_problem(send: Send, error: ApiError) -> None:
+    """Answer `error` straight over ASGI (for middleware that answers before any handler)."""
+    body = encode(
+        ProblemDetails(
+            status=error.status,
+            code=error.code,
+            title=HTTPStatus(error.status).phrase,
+            detail=error.detail,
+        )
+    )
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def on_api_error(_: Request, error: ApiError) -> Response[bytes]:
