@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi bench-flood clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-quick: $(STAMP) ## Smoke the benchmark (3 s per run)
 
 bench-history: $(STAMP) ## Run history at 1k vs 100k runs (BENCH_ARGS=--million for 1M): list/stats p99, rebuild, ingest, RSS
 	$(BIN)/python -m bench.history $(BENCH_ARGS)
+
+bench-flood: $(STAMP) ## Valid POST /trigger req/s undisturbed vs under a flood of forged keys (BENCH_ARGS=--unprotected also without the limits)
+	$(BIN)/python -m bench.forged_keys $(BENCH_ARGS)
 
 bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU), a 10,000 herd, next to croniter+heapq
 	$(BIN)/python -m bench.scheduler

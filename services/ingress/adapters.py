@@ -33,9 +33,10 @@ from contracts.registry import (
 from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
 from contracts.scheduling import FireRecord
 from services.ingress import core
+from services.ingress.auth_guard import FailureLimits, TokenBuckets, UnknownKeys, address_of
 from services.ingress.problems import ApiError, body_too_large
 from services.ingress.settings import IngressSettings
-from shared import tracing
+from shared import api_keys, tracing
 from shared.codec import decode, decoder, encode
 from shared.ids import is_valid_id
 from shared.kv import read_one
@@ -77,7 +78,11 @@ class Directory:
     KV buckets: the hot path's questions (whose key is this? whose flow? which API triggers?)
     are dictionary lookups, never a round trip."""
 
-    def __init__(self) -> None:
+    def __init__(self, unknown_keys: UnknownKeys | None = None) -> None:
+        if unknown_keys is None:  # remembers nothing
+            unknown_keys = UnknownKeys(0.0, 0, time.monotonic)
+        self.unknown_keys = unknown_keys
+        """Keys found not to exist (see `auth_guard`): a key that appears leaves it at once."""
         self._key_by_digest: dict[str, ApiKey] = {}
         self._flow_by_id: dict[str, Flow] = {}
         self._triggers_by_flow: dict[str, dict[str, Trigger]] = {}
@@ -85,8 +90,9 @@ class Directory:
 
     async def open(self, js: JetStreamContext) -> None:
         """Create the mirrors (run each one's `follow` under supervision)."""
+        self._keys = KvMirror(js, subjects.API_KEYS_BUCKET, ApiKey, self._on_key)
         self.mirrors = [
-            KvMirror(js, subjects.API_KEYS_BUCKET, ApiKey, self._on_key),
+            self._keys,
             KvMirror(js, subjects.FLOWS_BUCKET, Flow, self._on_flow),
             KvMirror(js, subjects.TRIGGERS_BUCKET, Trigger, self._on_trigger),
         ]
@@ -99,6 +105,11 @@ class Directory:
         """Wait until every write the registry made before now is visible here."""
         for mirror in self.mirrors:
             await mirror.catch_up(timeout)
+
+    async def catch_up_keys(self, timeout: float = 1.0) -> bool:
+        """Wait until every key the registry wrote before now is visible here (one round trip:
+        the keys bucket only); False if that took longer than `timeout`."""
+        return await self._keys.catch_up(timeout)
 
     def key(self, digest: str) -> ApiKey | None:
         return self._key_by_digest.get(digest)
@@ -114,6 +125,7 @@ class Directory:
             self._key_by_digest.pop(old.digest, None)
         if new is not None:
             self._key_by_digest[new.digest] = new
+            self.unknown_keys.discard(new.digest)
 
     def _on_flow(self, _: str, old: Flow | None, new: Flow | None) -> None:
         if old is not None:
@@ -184,21 +196,56 @@ class Ingress:
         self.runner = ServiceCalls(ServiceClient(nc, "runner", settings.registry_timeout))
         self.history = ServiceCalls(ServiceClient(nc, "history", settings.history_timeout))
         self._touched: dict[str, float] = {}
+        self.failures = FailureLimits(
+            TokenBuckets(
+                settings.auth_failures_per_minute,
+                settings.auth_failure_burst,
+                settings.auth_tracked_entries,
+                time.monotonic,
+            ),
+            TokenBuckets(
+                settings.key_failures_per_minute,
+                settings.key_failure_burst,
+                settings.auth_tracked_entries,
+                time.monotonic,
+            ),
+        )
         self._flows: KeyValue | None = None
         self.background: set[asyncio.Task[None]] = set()
 
     # --- authentication --------------------------------------------------------------------
 
-    async def key_from(self, authorization: str | None) -> ApiKey:
-        try:
-            key = core.authenticate(authorization, self.directory.key)
-        except ApiError as error:
-            if error.code not in core.MAYBE_STALE:
-                raise
-            await self.directory.catch_up()
-            key = core.authenticate(authorization, self.directory.key)
+    async def key_from(self, authorization: str | None, client: str | None = None) -> ApiKey:
+        """The key behind the header, from the directory (no round trip); a well-formed key it
+        misses is looked up once more after the key mirror caught up, unless `client` (the
+        source address) or the key is over its limit of failures, or the key is known not to
+        exist: see `auth_guard`."""
+        secret = core.bearer_secret(authorization)
+        digest = api_keys.digest(secret)
+        key = self.directory.key(digest)
+        if key is None:
+            key = await self._key_after_miss(secret, digest, client)
         self._note_use(key)
         return key
+
+    async def _key_after_miss(self, secret: str, digest: str, client: str | None) -> ApiKey:
+        refusal = core.refusal_of_unknown(secret)  # a malformed key is refused here, for free
+        address = address_of(client)
+        # Decided before any round trip: a request over the limit costs none.
+        limited = self.failures.admit(address, digest)
+        if limited is not None:
+            raise core.too_many_failures(limited, datetime.now(UTC))
+        unknown_keys = self.directory.unknown_keys
+        if digest in unknown_keys:
+            raise refusal
+        caught_up = await self.directory.catch_up_keys()
+        key = self.directory.key(digest)
+        if key is not None:  # created a moment ago: not a failure
+            self.failures.refund(address, digest)
+            return key
+        if caught_up:  # a mirror that could not catch up proves nothing
+            unknown_keys.add(digest)
+        raise refusal
 
     def check_operator(self, authorization: str | None) -> None:
         expected = self.settings.operator_token

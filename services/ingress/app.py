@@ -1,6 +1,7 @@
 """Wiring of the ingress: the Litestar app, its NATS connection and directory."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from nats.errors import Error as NatsError
 from contracts import subjects
 from services.ingress import docs, handlers, operations, problems, tracing
 from services.ingress.adapters import Directory, Ingress
+from services.ingress.auth_guard import UnknownKeys
 from services.ingress.settings import IngressSettings
 from shared import broker
 from shared import tracing as shared_tracing
@@ -30,7 +32,9 @@ def create_app(settings: IngressSettings) -> Litestar:
         nc = await broker.connect(settings.nats_url, "ingress")
         js = nc.jetstream()
         await broker.ensure_topology(js, settings.nats_replicas)
-        directory = Directory()
+        directory = Directory(
+            UnknownKeys(settings.unknown_key_seconds, settings.auth_tracked_entries, time.monotonic)
+        )
         await directory.open(js)
         loops = [
             asyncio.create_task(supervised(f"ingress mirror {i}", mirror.follow))
@@ -90,6 +94,7 @@ def create_app(settings: IngressSettings) -> Litestar:
         debug=False,
     )
     docs.close_strict_bodies(app)
+    docs.state_retry_after(app)
     return app
 
 

@@ -4,7 +4,7 @@ waits for its run, and how a ledger or a schedule preview is paged and shown. Re
 """
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,6 +18,7 @@ from contracts.registry import (
     Trigger,
 )
 from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePreview
+from services.ingress.auth_guard import Limited
 from services.ingress.problems import ApiError
 from shared import api_keys, schedules
 
@@ -86,7 +87,13 @@ def authenticate(authorization: str | None, lookup: Callable[[str], ApiKey | Non
     key = lookup(api_keys.digest(secret))
     if key is not None:
         return key
-    # Only a miss pays for the checksum: it tells a copy error from a revoked key.
+    raise refusal_of_unknown(secret)
+
+
+def refusal_of_unknown(secret: str) -> ApiError:
+    """The 401 for a key the lookup missed: raised at once for a malformed key (a copy error,
+    told apart by the checksum alone), returned for a well-formed one (revoked or never
+    issued, unless it was created a moment ago)."""
     if not api_keys.is_well_formed(secret):
         raise ApiError(
             401,
@@ -94,7 +101,22 @@ def authenticate(authorization: str | None, lookup: Callable[[str], ApiKey | Non
             f"that is not a workspace API key: keys start with `{api_keys.PREFIX}`, are "
             f"{api_keys.LENGTH} characters long and end in a checksum (check for a copy error)",
         )
-    raise ApiError(401, "invalid_key", "this API key is not valid: revoked or never issued")
+    return ApiError(401, "invalid_key", "this API key is not valid: revoked or never issued")
+
+
+def too_many_failures(limited: Limited, now: datetime) -> ApiError:
+    """`429` for a request over a limit of failed authentications: which one, and when to
+    try again (also in `Retry-After`)."""
+    retry_at = (now + timedelta(seconds=limited.retry_after)).replace(microsecond=0)
+    who = "from this address" if limited.by == "address" else "with this key"
+    return ApiError(
+        429,
+        "too_many_failed_authentications",
+        f"too many requests {who} with API keys that are not valid (at most "
+        f"{limited.burst} at once, then {limited.per_minute:g} a minute); retry after "
+        f"{limited.retry_after} s, at {retry_at.isoformat().replace('+00:00', 'Z')}",
+        headers={"Retry-After": str(limited.retry_after)},
+    )
 
 
 def require_admin(key: ApiKey) -> ApiKey:

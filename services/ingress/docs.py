@@ -22,7 +22,10 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
 )
 from litestar.openapi.spec import (
+    OpenAPIHeader,
     OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
     Operation,
     RequestBody,
     Schema,
@@ -136,6 +139,9 @@ _MEANINGS = {
     "start that waited, the run was cancelled (`run_cancelled`) or skipped by the overlap policy "
     "(`run_skipped`), with the run's `run_id`, `run_status`, `status_url` and `error`.",
     413: "The body is larger than `MAX_BODY_BYTES` (`detail` states the limit).",
+    429: "Too many requests with API keys that are not valid, from this address or with this "
+    "key (`too_many_failed_authentications`): `Retry-After` and `detail` say when to try "
+    "again. Valid keys are never limited.",
     422: "Well-formed but unusable values (`invalid_schedule`, `invalid_name`, …), or a "
     "workspace limit reached (`quota_exceeded`: `quota` states the limit, the workspace's use "
     "and the setting that raises it; delete something or ask the operator).",
@@ -160,8 +166,26 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-REGISTRY_ANSWERS = (400, 401, 403, 503, 504)
+KEY_ANSWERS = (400, 401, 403, 429, 503, 504)
+"""What every call with a workspace key may answer besides its own outcomes."""
+REGISTRY_ANSWERS = KEY_ANSWERS
 """What every management call through the registry may answer besides its own outcomes."""
+
+RETRY_AFTER = OpenAPIHeader(
+    description="Whole seconds to wait before trying again.",
+    required=True,
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
+)
+
+
+def state_retry_after(app: Litestar) -> None:
+    """Say of every `429` answer that it carries `Retry-After` (a `ResponseSpec` has no
+    headers of its own)."""
+    for path in (app.openapi_schema.paths or {}).values():
+        for operation in (path.get, path.post, path.put, path.patch, path.delete):
+            response = (operation.responses or {}).get("429") if operation else None
+            if isinstance(response, OpenAPIResponse):
+                response.headers = {"Retry-After": RETRY_AFTER}
 
 
 @dataclass

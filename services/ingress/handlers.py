@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from contracts import history, subjects
 from contracts import registry as api
@@ -29,7 +30,7 @@ from services.ingress import core, docs
 from services.ingress.adapters import Ingress, read_ledger
 from services.ingress.core import fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
-from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large
+from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, send_problem
 from shared.codec import encode
 from shared.ids import is_valid_id, new_id
 
@@ -76,13 +77,19 @@ async def provide_admin(
     request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]
 ) -> ApiKey:
     """The caller's key, which must be an admin key of its workspace."""
-    key = await ingress.key_from(request.headers.get("authorization"))
+    key = await ingress.key_from(request.headers.get("authorization"), client_of(request))
     return core.require_admin(key)
 
 
 async def provide_key(request: Request[Any, Any, Any], ingress: NamedDependency[Ingress]) -> ApiKey:
     """The caller's key, of any scope."""
-    return await ingress.key_from(request.headers.get("authorization"))
+    return await ingress.key_from(request.headers.get("authorization"), client_of(request))
+
+
+def client_of(request: Request[Any, Any, Any]) -> str | None:
+    """The address the request came from (the peer's: behind a proxy, the proxy's)."""
+    client = request.client
+    return client.host if client is not None else None
 
 
 def provide_ingress(request: Request[Any, Any, Any]) -> Ingress:
@@ -454,7 +461,7 @@ class RunController(ResourceController):
     @get(
         summary="List runs, newest first (from the run history; see `history_lag_seconds`)",
         dependencies={"admin": Provide(provide_admin)},
-        responses=problems(400, 401, 403, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS),
     )
     async def list_runs(
         self,
@@ -501,7 +508,7 @@ class RunController(ResourceController):
         "/stats",
         summary="Figures of the runs of a flow, a trigger or the workspace over a window",
         dependencies={"admin": Provide(provide_admin)},
-        responses=problems(400, 401, 403, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS),
     )
     async def run_stats(
         self,
@@ -528,7 +535,7 @@ class RunController(ResourceController):
         "/{run_id:str}",
         summary="Get a run (any key of the workspace): the status URL of a start",
         dependencies={"key": Provide(provide_key)},
-        responses=problems(400, 401, 404, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS[:2], 404, 429, 503, 504),
     )
     async def get_run(
         self, run_id: FromPath[str], ingress: NamedDependency[Ingress], key: NamedDependency[ApiKey]
@@ -540,7 +547,7 @@ class RunController(ResourceController):
         status_code=200,
         summary="Cancel a queued or running run",
         dependencies={"admin": Provide(provide_admin)},
-        responses=problems(400, 401, 403, 404, 409, 503, 504),
+        responses=problems(*docs.KEY_ANSWERS, 404, 409),
     )
     async def cancel_run(
         self,
@@ -571,6 +578,37 @@ def _moment(name: str, text: str | None) -> datetime | None:
 # --- the API trigger ------------------------------------------------------------------------
 
 
+AUTHENTICATED = "api_key"
+"""Where `authenticated` leaves the caller's key in the request's state."""
+
+
+def authenticated(app: ASGIApp) -> ASGIApp:
+    """Middleware of `POST /trigger/{flow_id}`: the caller's key, found before the framework
+    builds the request, or the refusal answered at once. A flood of keys that are not valid
+    lands on this route, and each refusal costs the ingress's CPU that valid calls need."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        ingress: Ingress = scope["litestar_app"].state.ingress
+        authorization = next(
+            (
+                value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name == b"authorization"
+            ),
+            None,
+        )
+        client = scope.get("client")
+        try:
+            key = await ingress.key_from(authorization, client[0] if client else None)
+        except ApiError as error:
+            await send_problem(send, error)
+            return
+        scope.setdefault("state", {})[AUTHENTICATED] = key
+        await app(scope, receive, send)
+
+    return middleware
+
+
 @post(
     "/trigger/{flow_id:str}",
     tags=["trigger"],
@@ -581,8 +619,9 @@ def _moment(name: str, text: str | None) -> datetime | None:
     status_code=202,
     security=BY_KEY,
     operation_class=docs.TakesAnyJson,
+    middleware=[authenticated],
     responses={
-        **problems(400, 401, 403, 404, 413, 503),
+        **problems(400, 401, 403, 404, 413, 429, 503),
         **docs.run_answers("The start is stored; the run did not end within the wait."),
     },
 )
@@ -591,7 +630,7 @@ async def trigger_flow(
 ) -> Response[StartAccepted]:
     # The hot path: no dependency injection (it costs a fifth of the handler's own time).
     ingress: Ingress = request.app.state.ingress
-    key = await ingress.key_from(request.headers.get("authorization"))
+    key: ApiKey = request.scope["state"][AUTHENTICATED]  # see `authenticated`
     directory = ingress.directory
     try:
         trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))

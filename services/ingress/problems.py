@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.types import Send
 from litestar.utils.scope.state import ScopeState
 
 from contracts.http import ProblemDetails, UnusableProblem
@@ -22,13 +23,19 @@ class ApiError(Exception):
     """Raised anywhere in a handler; answered as a problem document."""
 
     def __init__(
-        self, status: int, code: str, detail: str, quota: QuotaExceeded | None = None
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        quota: QuotaExceeded | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.quota = quota
+        self.headers = headers or {}
 
     @classmethod
     def from_problem(cls, problem: Problem) -> "ApiError":
@@ -45,8 +52,30 @@ def problem_response(
     return Response(content=encode(body), status_code=status, media_type=PROBLEM_JSON)
 
 
+async def send_problem(send: Send, error: ApiError) -> None:
+    """Answer `error` straight over ASGI (for middleware that answers before any handler)."""
+    body = encode(
+        ProblemDetails(
+            status=error.status,
+            code=error.code,
+            title=HTTPStatus(error.status).phrase,
+            detail=error.detail,
+        )
+    )
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def on_api_error(_: Request, error: ApiError) -> Response[bytes]:
-    return problem_response(error.status, error.code, error.detail, error.quota)
+    response = problem_response(error.status, error.code, error.detail, error.quota)
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
 
 
 def on_validation_error(request: Request, error: ValidationException) -> Response[bytes]:

@@ -28,6 +28,24 @@ class IngressSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Largest accepted request body (the flow input of a trigger call), answered `413` above.
     Half of NATS's max payload (1 MiB) less room: a run record holds the input and a result
     as large (an `echo`), with its own fields; raise it only with the server's `max_payload`."""
+    auth_failures_per_minute: float = 60.0
+    """Failed authentications with a well-formed key that is not valid one source address
+    (an IPv6 one by its /64) may make a minute, after a burst of `auth_failure_burst`; more
+    answer `429` with `Retry-After` until the budget refills, without any lookup. Valid keys
+    from that address keep working. Per ingress worker process; 0: no limit."""
+    auth_failure_burst: int = 30
+    """Failed authentications one source address may make at once before its rate applies."""
+    key_failures_per_minute: float = 6.0
+    """Failed authentications one key (revoked or never issued) may make a minute, from any
+    address, after a burst of `key_failure_burst`; more answer `429`. 0: no limit."""
+    key_failure_burst: int = 10
+    """Failed authentications one key may make at once before its rate applies."""
+    unknown_key_seconds: float = 60.0
+    """Seconds a key found not to exist is answered `401` from memory, with no round trip; a
+    key created meanwhile works at once (its arrival clears it). 0: never remembered."""
+    auth_tracked_entries: int = 100_000
+    """Most addresses, keys and unknown keys each of the tables above remembers (the least
+    recently used is forgotten first): the memory they take is bounded."""
     store_retry_seconds: float = 10.0
     """How long storing a start is retried (a JetStream leader election takes 5-7 s) before
     the call answers `503 start_not_stored`."""

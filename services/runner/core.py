@@ -645,6 +645,44 @@ class StartRuns:
             log.warning("run %s failed: %s", key, reason)
         await msg.ack()
 
+    async def fail_dead_lettered(
+        self, start: FlowStart, reason: str, *, create: bool, sequence: int | None = None
+    ) -> Run | None:
+        """End the run of a start dead-lettered at its last delivery `failed` with `reason`,
+        publish its event and give back its slots: the start will never be delivered again,
+        so a `queued` or `running` record left as it is would never end. A run with no record
+        gets a `failed` one only when `create` (its flow is known); a final run is left as it
+        is. The record written, or None when there was nothing to end."""
+        key = subjects.run_key(start.workspace_id, start.run_id)
+        for _ in range(MAX_WRITE_CONFLICTS):
+            now = self._clock()
+            found = await self._store.read(key)
+            if found is None:
+                if not create:
+                    return None
+                record = finish(queued(start, now, sequence), "failed", now, error=reason)
+                if len(encode(record)) > self.max_record_bytes:
+                    record = msgspec.structs.replace(record, input=None)
+                if await self._store.create(key, record) is None:
+                    continue
+            else:
+                current, revision = found
+                if current.status in TERMINAL_STATUSES:
+                    return None
+                record = finish(current, "failed", now, error=reason)
+                written, _ = await self._store.swap(key, record, revision)
+                if written is None:
+                    continue
+            await self._events.publish(record)
+            # Whatever slot it holds or waits in (`buffer_one`) would otherwise stay taken
+            # until another run of the flow or trigger notices it is final.
+            await self._admission.release(
+                record.workspace_id, record.id, record.flow_id, record.trigger_id
+            )
+            log.warning("run %s failed: %s", key, reason)
+            return record
+        raise RuntimeError(f"run {key} keeps changing while it is being failed")
+
     async def _attempt(
         self, msg: StartMessage, key: str, running: Run, revision: int, flow: Flow, sequence: int
     ) -> None:

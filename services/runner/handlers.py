@@ -18,12 +18,15 @@ from shared.broker import is_last_delivery, reject
 from shared.codec import decode, encode
 from shared.logs import bind
 from shared.pull import delivery
+from shared.supervise import retried_within
 
 log = logging.getLogger(__name__)
 
 SERVICE = "runner"
 RETRY_DELAY = 2.0
 """Seconds before a message whose handling failed (not its flow: NATS trouble) comes back."""
+FAIL_RUN_WITHIN = 10.0
+"""Seconds the `failed` record of a start dead-lettered at its last delivery is retried."""
 
 
 class StartFlow:
@@ -54,7 +57,7 @@ class StartFlow:
                 )
                 metrics.refused("max_deliver")
                 with contextlib.suppress(Exception):
-                    await reject(self._js, msg, reason, SERVICE)
+                    await self._end_here(msg, reason)
                     return
             log.exception("could not handle a message on %s; it will come back", msg.subject)
             with contextlib.suppress(Exception):
@@ -75,7 +78,7 @@ class StartFlow:
                 "RUNNER_MAX_DELIVER)"
             )
             metrics.refused("max_deliver")
-            await reject(self._js, msg, reason, SERVICE)
+            await self._end_here(msg, reason)
             return
         try:
             start: FlowStart = decode(msg.data, FlowStart)
@@ -106,11 +109,48 @@ class StartFlow:
         msg_id = msg.headers.get(MSG_ID) if msg.headers else None
         await self._starts.start(msg, start, flow, delivery(msg), msg_id)
 
+    async def _end_here(self, msg: Msg, reason: str) -> None:
+        """Dead-letter a start at its last delivery; its run (if the start names one that may
+        run) ends `failed` with the same reason first, so an accepted start never leaves a
+        run `queued` for ever. The record's write is retried for a while: the message will not
+        come back to try again."""
+        start = _runnable_start(msg)
+        if start is not None:
+            ended = start
+
+            async def fail_run() -> None:
+                try:
+                    known = await self._flows.find(ended.workspace_id, ended.flow_id) is not None
+                except Exception:
+                    known = False  # a record that exists is still failed
+                try:
+                    sequence: int | None = delivery(msg).stream_sequence
+                except ValueError:  # not a JetStream message (a test's)
+                    sequence = None
+                await self._starts.fail_dead_lettered(
+                    ended, reason, create=known, sequence=sequence
+                )
+
+            try:
+                await retried_within(f"failing run {start.run_id}", fail_run, FAIL_RUN_WITHIN)
+            except Exception:
+                log.exception("could not record run %s failed: %s", start.run_id, reason)
+        await reject(self._js, msg, reason, SERVICE)
+
     async def on_abort(self, msg: Msg) -> None:
         """`runner.v1.run.abort`: stop working on a run another replica cancelled."""
         with contextlib.suppress(msgspec.DecodeError):
             request: AbortRun = decode(msg.data, AbortRun)
             self._starts.abort(request.workspace_id, request.run_id)
+
+
+def _runnable_start(msg: Msg) -> FlowStart | None:
+    """The start `msg` holds, if it is one that may run (valid ids, its workspace's subject)."""
+    try:
+        start: FlowStart = decode(msg.data, FlowStart)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return None if refusal(msg.subject, start) else start
 
 
 class CancelRequests:
