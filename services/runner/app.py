@@ -62,10 +62,12 @@ class RunnerApp:
         self._subscriptions: list[Subscription] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         concurrency = settings.runner_concurrency
+        reserved = reserved_slots(concurrency, settings.runner_reserved_slots)
         self._fair = FairShare[Msg](
             concurrency,
-            reserved=reserved_slots(concurrency, settings.runner_reserved_slots),
+            reserved=reserved,
             buffer=concurrency,
+            least=max(1, concurrency // 4),
         )
         """The slots of this replica and the starts waiting for them, by workspace."""
         # A third of the ack wait: a beat may be late by one interval and still be in time.
@@ -73,7 +75,7 @@ class RunnerApp:
         self._start_flow: StartFlow | None = None
         self._puller: Puller | None = None
         self._wake: asyncio.TimerHandle | None = None
-        """Wakes the puller when a full buffer counts as stuck (see `FairShare.stuck_at`)."""
+        """Wakes the puller when it may pull without a run ending (`FairShare.wake_at`)."""
         self._stopping = False
         self._handing_back: set[asyncio.Task[None]] = set()
         self._http: HttpFlows | None = None
@@ -219,7 +221,6 @@ class RunnerApp:
     async def _consume(self, nc: Client) -> None:
         """Pull starts as slots free up (fewer than a few free: wait, a pull is a round trip
         and one per finished run would cost more than the runs), and hand each to `_arrive`."""
-        concurrency = self._settings.runner_concurrency
         self._puller = Puller(
             nc,
             subjects.FLOW_STARTS_STREAM,
@@ -228,7 +229,7 @@ class RunnerApp:
             dispatch=self._arrive,
             # Never more than the slots kept for other workspaces: a busy workspace leaves
             # only those free, and the replica must still pull to find other workspaces' starts.
-            least=max(1, min(concurrency // 4, self._fair.reserved or concurrency)),
+            least=1,  # `FairShare.wanted` says when a pull is worth it
             expires=PULL_EXPIRES,
         )
         try:
@@ -242,11 +243,15 @@ class RunnerApp:
         """How many starts to pull now (see `FairShare.wanted`)."""
         loop = asyncio.get_running_loop()
         wanted = self._fair.wanted(loop.time())
-        stuck_at = self._fair.stuck_at()
-        if not wanted and stuck_at is not None and self._wake is None:
-            # Full of starts that cannot run yet: look past them once they have waited.
-            self._wake = loop.call_at(stuck_at, self._woken)
-        return wanted
+        wake_at = self._fair.wake_at()
+        if wanted or wake_at is None or wake_at <= loop.time():
+            return wanted
+        # Nothing to pull until then (a full buffer looked past, a slot pulled for alone).
+        if self._wake is None or wake_at < self._wake.when():
+            if self._wake is not None:
+                self._wake.cancel()
+            self._wake = loop.call_at(wake_at, self._woken)
+        return 0
 
     def _woken(self) -> None:
         self._wake = None
@@ -269,10 +274,11 @@ class RunnerApp:
         fair = self._fair
         fair.add(workspace_of(msg.subject, msg.data), msg, asyncio.get_running_loop().time())
         self._in_progress.keep(msg)
+        self._pump()
+        # Only what cannot run now waits; past the buffer's bound, some of it goes back.
         for handed in fair.overflow(self._may_hand_back):
             self._in_progress.release(handed)
             self._hand_back(handed, hand_back_delay(delivery(handed).delivered))
-        self._pump()
 
     def _may_hand_back(self, msg: Msg) -> bool:
         # One delivery short of the limit, it would come back only to be dead-lettered for

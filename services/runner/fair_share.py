@@ -5,9 +5,10 @@ Runs cannot be preempted (a flow may run for a day), so fairness has to be decid
 run starts, and the single consumer on `FLOW_STARTS` delivers in stream order. Three rules:
 
 - **Idle capacity is anyone's**, but the last `reserved` slots of a replica go only to a
-  workspace holding fewer runs than an even share of the slots counted among the workspaces with
-  work here plus one (a newcomer). A workspace alone fills all but `reserved` slots; a workspace
-  that starts one echo while another holds the rest finds a slot free at once.
+  workspace holding fewer runs than an even share of the slots (counted among the workspaces
+  with work here plus one, a newcomer), and the very last one only to a workspace with nothing
+  running here. A workspace alone fills all but `reserved` slots; a workspace that starts one
+  echo while others hold the rest finds a slot free at once.
 - **The next slot goes to the waiting workspace holding the fewest**, so two busy workspaces
   interleave instead of taking turns by the length of their queues.
 - **The buffer is bounded** (`buffer` starts held here, kept alive with in-progress acks). When
@@ -32,6 +33,8 @@ Item = TypeVar("Item")
 
 PATIENCE = 0.1
 """Seconds a full buffer's oldest start waits before the replica pulls past the buffer."""
+BATCH_WAIT = 0.02
+"""Seconds a free slot waits for more to free up before the replica pulls for it alone."""
 HAND_BACK_FIRST = 0.25
 HAND_BACK_MAX = 5.0
 """Seconds a start handed back for fairness stays away: `HAND_BACK_FIRST` times its deliveries,
@@ -74,12 +77,24 @@ class FairShare(Generic[Item]):
     """The slots of one replica and the starts waiting for them, by workspace."""
 
     def __init__(
-        self, slots: int, *, reserved: int, buffer: int, patience: float = PATIENCE
+        self,
+        slots: int,
+        *,
+        reserved: int,
+        buffer: int,
+        least: int = 1,
+        patience: float = PATIENCE,
+        batch_wait: float = BATCH_WAIT,
     ) -> None:
         self.slots = slots
         self.reserved = reserved
+        self.least = least
+        """Fewest starts worth a pull (a round trip) while the buffer has room."""
         self.buffer = buffer
         self.patience = patience
+        self.batch_wait = batch_wait
+        self._short_since: float | None = None
+        """Since when fewer than `least` slots (but some) are free, outside the reserved ones."""
         self.running_total = 0
         self.waiting_total = 0
         self._running: dict[str, int] = {}
@@ -101,8 +116,11 @@ class FairShare(Generic[Item]):
             return False
         if free > self.reserved:
             return True
+        held = self.running(workspace)
+        if free == 1:  # the last slot: for a workspace with nothing running here
+            return held == 0
         busy = len(self._busy) + (workspace not in self._busy)
-        return self.running(workspace) < max(1, self.slots // (busy + 1))
+        return held < max(1, self.slots // (busy + 1))
 
     def add(self, workspace: str, item: Item, now: float) -> None:
         """A start of `workspace` came: it waits until `next` picks it."""
@@ -148,7 +166,7 @@ class FairShare(Generic[Item]):
         delivery would be its last) stays, past the bound."""
         handed: list[Item] = []
         spared: list[tuple[str, Item, float]] = []
-        while self.waiting_total > self.buffer:
+        while self.waiting_total and self.waiting_total + len(spared) > self.buffer:
             workspace = max(self._waiting, key=lambda w: (len(self._waiting[w]), self.running(w)))
             since = self._waiting[workspace][-1][1]
             item = self._take(workspace, newest=True)
@@ -156,22 +174,45 @@ class FairShare(Generic[Item]):
                 handed.append(item)
             else:
                 spared.append((workspace, item, since))
-        for workspace, item, since in spared:
+        for workspace, item, since in reversed(spared):
             self.add(workspace, item, since)
         return handed
 
     def wanted(self, now: float) -> int:
-        """How many starts to pull now: as many as there are free slots and room to hold;
-        with the buffer full of starts that waited `patience`, as many as there are free
-        slots (the starts that cannot run are handed back)."""
+        """How many starts to pull now (0: wait for a run to end, or until `wake_at`).
+
+        As many as there are free slots and room to hold, once `least` slots are free or a
+        free slot has waited `batch_wait` for more (a pull is a round trip: one per finished
+        short run would cost more than the runs, but a long run may not end for hours), or at
+        once in the reserved slots (a busy workspace leaves only those free, and other
+        workspaces' starts must still be pulled). At least `least` even past the room: the
+        buffer is a soft bound. With the buffer full of starts that waited `patience`, as many
+        as there are free slots. What arrives and can neither run nor wait is handed back
+        (`overflow`)."""
         free = self.slots - self.running_total
         if free <= 0:
+            self._short_since = None
             return 0
+        if self.reserved < free < self.least:
+            if self._short_since is None:
+                self._short_since = now
+            if now < self._short_since + self.batch_wait:
+                return 0
+        self._short_since = None
         room = self.buffer - self.waiting_total
         if room > 0:
-            return min(free, room)
+            return min(free, max(room, self.least))
         stuck = self.stuck_at()
         return free if stuck is not None and now >= stuck else 0
+
+    def wake_at(self) -> float | None:
+        """When `wanted` may say more than it just did without a run ending (None: only when
+        a run ends): a full buffer counts as stuck, or a free slot waited for more."""
+        times = [self.stuck_at()]
+        if self._short_since is not None:
+            times.append(self._short_since + self.batch_wait)
+        found = [at for at in times if at is not None]
+        return min(found) if found else None
 
     def stuck_at(self) -> float | None:
         """When a full buffer counts as stuck (its oldest start waited `patience`)."""
