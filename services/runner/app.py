@@ -219,16 +219,14 @@ class RunnerApp:
             await asyncio.sleep(self._settings.runner_announce_interval)
 
     async def _consume(self, nc: Client) -> None:
-        """Pull starts as slots free up (fewer than a few free: wait, a pull is a round trip
-        and one per finished run would cost more than the runs), and hand each to `_arrive`."""
+        """Pull starts as slots free up (`FairShare.wanted` says how many and when), and hand
+        each to `_arrive`."""
         self._puller = Puller(
             nc,
             subjects.FLOW_STARTS_STREAM,
             subjects.RUNNER_CONSUMER,
             capacity=self._capacity,
             dispatch=self._arrive,
-            # Never more than the slots kept for other workspaces: a busy workspace leaves
-            # only those free, and the replica must still pull to find other workspaces' starts.
             least=1,  # `FairShare.wanted` says when a pull is worth it
             expires=PULL_EXPIRES,
         )
