@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi bench-flood clean
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi bench-flood bench-fairness clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ bench: $(STAMP) ## Load POST /trigger/{flow_id} next to a bare Litestar+JetStrea
 
 bench-runner: $(STAMP) ## No-op runs/s with 1 and 2 runners next to a bare ack-only consumer
 	$(BIN)/python -m bench.runner_throughput
+
+bench-fairness: $(STAMP) ## B's echo latency, idle and while A queues 32 x sleep 20 on the same runner
+	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
 
 bench-quick: $(STAMP) ## Smoke the benchmark (3 s per run)
 	$(BIN)/python -m bench.trigger_api --quick

@@ -150,6 +150,11 @@ def trigger_slots_key(workspace_id: str, trigger_id: str) -> str:
     return f"trigger.{workspace_id}.{trigger_id}"
 
 
+def workspace_slots_key(workspace_id: str) -> str:
+    """The runs of a workspace holding one of its slots (`RUNNER_WORKSPACE_CONCURRENCY`)."""
+    return f"workspace.{workspace_id}"
+
+
 # --- Idempotency keys of the API trigger (JetStream KV; the ingress is the only writer) -----
 IDEMPOTENCY_BUCKET = "idempotency_keys"
 """Key: `<workspace>.<sha256 of the Idempotency-Key>`; value: `IdempotentStart`."""

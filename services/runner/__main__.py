@@ -18,6 +18,7 @@ def main() -> None:
     try:
         load_modules(settings.flow_modules)
         parse_networks(settings.runner_http_allowed_networks)
+        settings.workspace_limits  # noqa: B018 (raises ValueError for a malformed entry)
     except (FlowModuleError, ValueError) as error:
         raise SystemExit(f"runner cannot start: {error}") from error
     asyncio.run(serve(create_app(settings), "runner"))

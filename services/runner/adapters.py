@@ -17,8 +17,10 @@ from contracts.subjects import RUNS_BUCKET
 from services.runner.core import (
     Decision,
     StartMessage,
+    WorkspaceLimit,
     decide_concurrency,
     decide_overlap,
+    no_workspace_limit,
     without,
 )
 from shared import jetstream
@@ -182,10 +184,17 @@ class KvAdmission:
     `core.decide_concurrency`.
     """
 
-    def __init__(self, slots: KeyValue, is_finished: IsFinished, cancel: Cancel) -> None:
+    def __init__(
+        self,
+        slots: KeyValue,
+        is_finished: IsFinished,
+        cancel: Cancel,
+        workspace_limit: WorkspaceLimit = no_workspace_limit,
+    ) -> None:
         self._slots = slots
         self._is_finished = is_finished
         self._cancel = cancel
+        self._workspace_limit = workspace_limit
 
     async def admit(
         self,
@@ -195,7 +204,9 @@ class KvAdmission:
         trigger_id: str | None,
         policy: OverlapPolicy,
     ) -> Decision:
-        """Admit the run through its trigger's overlap policy, then its flow's limit."""
+        """Admit the run through its trigger's overlap policy, then its flow's limit, then its
+        workspace's: last, so that a run waiting for its flow holds no slot of its workspace
+        (the slots it took so far it keeps while it waits: taking them again is harmless)."""
         if trigger_id is not None and policy != "allow":
             key = subjects.trigger_slots_key(workspace_id, trigger_id)
 
@@ -208,8 +219,16 @@ class KvAdmission:
         if flow.concurrency is not None:
             limit = flow.concurrency
             key = subjects.flow_slots_key(workspace_id, flow.id)
-            return await self._apply(
+            decision = await self._apply(
                 workspace_id, key, lambda slots: decide_concurrency(slots, run_id, limit)
+            )
+            if decision.verdict != "admitted":
+                return decision
+        workspace_limit = self._workspace_limit(workspace_id)
+        if workspace_limit is not None:
+            key = subjects.workspace_slots_key(workspace_id)
+            return await self._apply(
+                workspace_id, key, lambda slots: decide_concurrency(slots, run_id, workspace_limit)
             )
         return Decision("admitted", RunSlots())
 
@@ -219,6 +238,8 @@ class KvAdmission:
         keys = [subjects.flow_slots_key(workspace_id, flow_id)]
         if trigger_id is not None:
             keys.append(subjects.trigger_slots_key(workspace_id, trigger_id))
+        if self._workspace_limit(workspace_id) is not None:
+            keys.append(subjects.workspace_slots_key(workspace_id))
         for key in keys:
             for _ in range(MAX_SLOT_CONFLICTS):
                 slots, revision = await self._read(key)

@@ -24,19 +24,25 @@ from services.runner.adapters import (
 )
 from services.runner.core import CancelRuns, StartRuns
 from services.runner.executor import Clock, utc_now
+from services.runner.fair_share import (
+    FairShare,
+    hand_back_delay,
+    reserved_slots,
+    workspace_of,
+)
 from services.runner.flows import FlowRegistry, flows
 from services.runner.handlers import SERVICE, CancelRequests, StartFlow
 from services.runner.http_flows import HttpFlows, parse_networks
 from services.runner.metrics import CountedRunEvents
 from services.runner.settings import RunnerSettings
 from shared import tracing
-from shared.broker import bucket, connect, ensure_topology
+from shared.broker import bucket, connect, ensure_topology, is_last_delivery
 from shared.codec import encode
 from shared.ids import new_id
 from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
 from shared.metrics import Readiness, sample_consumers
-from shared.pull import Puller
+from shared.pull import Puller, delivery
 from shared.supervise import cancel_and_wait, supervised
 from shared.tracing import consumed
 
@@ -60,6 +66,23 @@ class RunnerApp:
         self._consumer_loop: asyncio.Task[None] | None = None
         self._subscriptions: list[Subscription] = []
         self._in_flight: set[asyncio.Task[None]] = set()
+        concurrency = settings.runner_concurrency
+        reserved = reserved_slots(concurrency, settings.runner_reserved_slots)
+        self._fair = FairShare[Msg](
+            concurrency,
+            reserved=reserved,
+            buffer=concurrency,
+            least=max(1, concurrency // 4),
+        )
+        """The slots of this replica and the starts waiting for them, by workspace."""
+        # A third of the ack wait: a beat may be late by one interval and still be in time.
+        self._in_progress = InProgress(settings.runner_ack_wait / 3)
+        self._start_flow: StartFlow | None = None
+        self._puller: Puller | None = None
+        self._wake: asyncio.TimerHandle | None = None
+        """Wakes the puller when it may pull without a run ending (`FairShare.wake_at`)."""
+        self._stopping = False
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._http: HttpFlows | None = None
         self._reconnected_at = 0.0
         """When the connection to NATS last came back (seconds since the epoch; 0: never)."""
@@ -81,18 +104,24 @@ class RunnerApp:
         store = KvRunStore(await Writer.open(nc), await bucket(js, subjects.RUNS_BUCKET))
         events = CountedRunEvents(NatsRunEvents(nc))
         cancel_runs = CancelRuns(store, events, NatsAborts(nc), self._clock)
+        limits = self._settings.workspace_limits
+        default_limit = self._settings.runner_workspace_concurrency or None
+
+        def workspace_limit(workspace_id: str) -> int | None:
+            return limits.get(workspace_id, default_limit) or None
+
         admission = KvAdmission(
             await bucket(js, subjects.RUN_SLOTS_BUCKET),
             store.is_finished,
             cancel_runs.cancel_quietly,
+            workspace_limit,
         )
         cancel_runs.admission = admission
         self._http = HttpFlows(
             parse_networks(self._settings.runner_http_allowed_networks),
             max_response_bytes=self._settings.runner_http_max_response_bytes,
         )
-        # A third of the ack wait: a beat may be late by one interval and still be in time.
-        in_progress = InProgress(self._settings.runner_ack_wait / 3)
+        in_progress = self._in_progress
         starts = StartRuns(
             store=store,
             events=events,
@@ -106,6 +135,7 @@ class RunnerApp:
             reconnected_at=lambda: self._reconnected_at,
             # Room for the write's headers below what this server takes in one message.
             max_record_bytes=nc.max_payload - 4096,
+            workspace_limit=workspace_limit,
         )
         start_flow = StartFlow(
             js=js,
@@ -131,7 +161,8 @@ class RunnerApp:
         )
         self._loops.append(asyncio.create_task(supervised("in-progress acks", in_progress.beat)))
         self._observe(js, mirror)
-        consume = functools.partial(self._consume, nc, start_flow)
+        self._start_flow = start_flow
+        consume = functools.partial(self._consume, nc)
         self._consumer_loop = asyncio.create_task(supervised("flow.start consumer", consume))
         self._loops.append(asyncio.create_task(supervised("announcements", self._announce)))
         log.info(
@@ -155,8 +186,15 @@ class RunnerApp:
         The consumer goes first (it finishes its current pull request), the mirror last: runs
         in flight may still be looking their flow up.
         """
+        self._stopping = True
         await cancel_and_wait(self._consumer_loop)
         self._consumer_loop = None
+        # Starts waiting for their turn go back now, for another replica to take.
+        for msg in self._fair.drain():
+            self._in_progress.release(msg)
+            self._hand_back(msg, None)
+        if self._handing_back:
+            await asyncio.gather(*self._handing_back, return_exceptions=True)
         if self._in_flight:
             log.info(
                 "waiting up to %gs for %d runs in flight",
@@ -196,35 +234,110 @@ class RunnerApp:
             await self._nc.publish(subjects.RUNNER_ANNOUNCE, encode(announcement))
             await asyncio.sleep(self._settings.runner_announce_interval)
 
-    async def _consume(self, nc: Client, start_flow: StartFlow) -> None:
-        """Pull as many starts as there are free slots, and handle each in its own task.
-
-        Under load it waits for a quarter of the slots to be free before it pulls again: a
-        pull is a round trip, and one per finished run would cost more than the runs.
-        """
-        concurrency = self._settings.runner_concurrency
-
-        def dispatch(msg: Msg) -> None:
-            active = tracing.tracer()
-            handling = start_flow(msg) if active is None else consumed(active, msg, start_flow)
-            task = asyncio.create_task(handling)
-            self._in_flight.add(task)
-            task.add_done_callback(finished)
-
-        def finished(task: asyncio.Task[None]) -> None:
-            self._in_flight.discard(task)
-            puller.freed.set()
-
-        puller = Puller(
+    async def _consume(self, nc: Client) -> None:
+        """Pull starts as slots free up (`FairShare.wanted` says how many and when), and hand
+        each to `_arrive`."""
+        self._puller = Puller(
             nc,
             subjects.FLOW_STARTS_STREAM,
             subjects.RUNNER_CONSUMER,
-            capacity=lambda: concurrency - len(self._in_flight),
-            dispatch=dispatch,
-            least=max(1, concurrency // 4),
+            capacity=self._capacity,
+            dispatch=self._arrive,
+            least=1,  # `FairShare.wanted` says when a pull is worth it
             expires=PULL_EXPIRES,
         )
-        await puller.run()
+        try:
+            await self._puller.run()
+        finally:
+            if self._wake is not None:
+                self._wake.cancel()
+                self._wake = None
+
+    def _capacity(self) -> int:
+        """How many starts to pull now (see `FairShare.wanted`)."""
+        loop = asyncio.get_running_loop()
+        wanted = self._fair.wanted(loop.time())
+        wake_at = self._fair.wake_at()
+        if wanted or wake_at is None or wake_at <= loop.time():
+            return wanted
+        # Nothing to pull until then (a full buffer looked past, a slot pulled for alone).
+        if self._wake is None or wake_at < self._wake.when():
+            if self._wake is not None:
+                self._wake.cancel()
+            self._wake = loop.call_at(wake_at, self._woken)
+        return 0
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._freed()
+
+    def _freed(self) -> None:
+        if self._puller is not None:
+            self._puller.freed.set()
+
+    def _arrive(self, msg: Msg) -> None:
+        """A start came: it runs now if its workspace may take a slot, or waits its turn."""
+        try:
+            delivered = delivery(msg).delivered
+        except ValueError:  # not a JetStream message (a test's): no delivery limit
+            delivered = 1
+        if is_last_delivery(delivered, self._settings.runner_max_deliver):
+            # Its handler dead-letters it at once: no slot to share, no turn to wait for.
+            self._run(msg, None)
+            return
+        fair = self._fair
+        fair.add(workspace_of(msg.subject, msg.data), msg, asyncio.get_running_loop().time())
+        self._in_progress.keep(msg)
+        self._pump()
+        # Only what cannot run now waits; past the buffer's bound, some of it goes back.
+        for handed in fair.overflow(self._may_hand_back):
+            self._in_progress.release(handed)
+            self._hand_back(handed, hand_back_delay(delivery(handed).delivered))
+
+    def _may_hand_back(self, msg: Msg) -> bool:
+        # One delivery short of the limit, it would come back only to be dead-lettered for
+        # having waited its turn: it stays, past the buffer's bound.
+        try:
+            delivered = delivery(msg).delivered
+        except ValueError:
+            return False
+        return not is_last_delivery(delivered + 1, self._settings.runner_max_deliver)
+
+    def _pump(self) -> None:
+        """Start every waiting start whose workspace may take a slot now."""
+        if self._stopping:  # what waits goes back to JetStream; nothing more starts
+            return
+        while (picked := self._fair.next()) is not None:
+            workspace, msg = picked
+            self._in_progress.release(msg)
+            self._run(msg, workspace)
+
+    def _run(self, msg: Msg, workspace: str | None) -> None:
+        start_flow = self._start_flow
+        assert start_flow is not None
+        active = tracing.tracer()
+        handling = start_flow(msg) if active is None else consumed(active, msg, start_flow)
+        task = asyncio.create_task(handling)
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._finished, workspace))
+
+    def _finished(self, workspace: str | None, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if workspace is not None:
+            self._fair.finished(workspace)
+            self._pump()
+        self._freed()
+
+    def _hand_back(self, msg: Msg, delay: float | None) -> None:
+        """Give `msg` back to JetStream (for another replica, or this one after `delay`)."""
+        task = asyncio.create_task(_nak(msg, delay))
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
+
+
+async def _nak(msg: Msg, delay: float | None) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nak(delay=delay)
 
 
 def create_app(

@@ -299,11 +299,26 @@ def without(slots: RunSlots, run_id: str) -> RunSlots:
     )
 
 
-def takes_slots(flow: Flow, trigger_id: str | None, policy: OverlapPolicy) -> bool:
+def takes_slots(
+    flow: Flow, trigger_id: str | None, policy: OverlapPolicy, workspace_limit: int | None = None
+) -> bool:
     """Whether a run of `flow` through `trigger_id` needs admission at all: without a
-    concurrency limit and with overlap `allow` it holds no slot, so there is nothing to take or
-    give back (and no `run_slots` round trip on the hot path)."""
-    return flow.concurrency is not None or (trigger_id is not None and policy != "allow")
+    concurrency limit (its flow's or its workspace's, `workspace_limit`) and with overlap
+    `allow` it holds no slot, so there is nothing to take or give back (and no `run_slots`
+    round trip on the hot path)."""
+    return (
+        flow.concurrency is not None
+        or workspace_limit is not None
+        or (trigger_id is not None and policy != "allow")
+    )
+
+
+WorkspaceLimit = Callable[[str], int | None]
+"""`workspace_id` → the most runs of it that may go at once across replicas (None: any)."""
+
+
+def no_workspace_limit(workspace_id: str) -> int | None:
+    return None
 
 
 Settled = Literal["committed", "ended", "another_start", "taken_over", "rewrite", "amend"]
@@ -520,8 +535,10 @@ class StartRuns:
         rng: Callable[[], float] = random.random,
         reconnected_at: Callable[[], float] = lambda: 0.0,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        workspace_limit: WorkspaceLimit = no_workspace_limit,
     ) -> None:
         self._store = store
+        self._workspace_limit = workspace_limit
         self._reconnected_at = reconnected_at
         """When this runner last reconnected to NATS (seconds since the epoch; 0: never)."""
         self._events = events
@@ -561,7 +578,8 @@ class StartRuns:
         `msg_id`: its `Nats-Msg-Id`): run it, record it, and ack or hand back `msg`."""
         key = subjects.run_key(start.workspace_id, start.run_id)
         sequence = seen.stream_sequence
-        admitted_at_once = not takes_slots(flow, start.trigger_id, start.overlap)
+        limit = self._workspace_limit(start.workspace_id)
+        admitted_at_once = not takes_slots(flow, start.trigger_id, start.overlap, limit)
         # A start stored before this runner's last reconnect may have been delivered before by
         # a server that has since restarted and forgotten it (its delivery count starts over):
         # treat it as a redelivery, never on the fast path.
@@ -745,7 +763,8 @@ class StartRuns:
             )
             await msg.nak(delay=delay)
             return
-        if takes_slots(flow, written.trigger_id, written.overlap):
+        limit = self._workspace_limit(written.workspace_id)
+        if takes_slots(flow, written.trigger_id, written.overlap, limit):
             await self._admission.release(
                 written.workspace_id, written.id, written.flow_id, written.trigger_id
             )

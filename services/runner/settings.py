@@ -17,6 +17,18 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Comma-separated modules to import for their flows, such as `mypkg.flows,other.flows`."""
     runner_concurrency: AtLeastOne = 16
     """How many flow start messages one replica works on at the same time."""
+    runner_reserved_slots: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Slots of one replica that only a workspace holding less than an even share of the slots
+    may take (see the README's "Fair share between workspaces"): a workspace alone fills the
+    others, and another workspace's start finds one of these free. Unset: an eighth of
+    `runner_concurrency`, at least one; 0: any workspace may take every slot."""
+    runner_workspace_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Runs of one workspace going at the same time across every replica (0: no limit); a
+    start over it waits for a slot like a start over its flow's `concurrency`. Give every
+    replica the same value."""
+    runner_workspace_limits: str = ""
+    """Per-workspace exceptions to `runner_workspace_concurrency`, such as
+    `ws_a=4,ws_b=0` (0: no limit for that workspace)."""
     runner_ack_wait: Positive = 30.0
     """Seconds JetStream waits for an ack or an in-progress beat before it hands a start to
     another replica (runs beat every third of it). Give every replica the same value: the last
@@ -42,6 +54,19 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     is handed back about every 0.3 s and each counts: the default lets one wait about 8 hours."""
     nats_replicas: AtLeastOne = 1
     """Replicas of every stream and bucket this service creates (3 in production)."""
+
+    @property
+    def workspace_limits(self) -> dict[str, int]:
+        """`runner_workspace_limits` as a dict (raises ValueError for a malformed entry)."""
+        limits: dict[str, int] = {}
+        for entry in self.runner_workspace_limits.split(","):
+            if not entry.strip():
+                continue
+            workspace_id, separator, limit = entry.partition("=")
+            if not separator or not workspace_id.strip() or int(limit) < 0:
+                raise ValueError(f"RUNNER_WORKSPACE_LIMITS: not `<workspace>=<limit>`: {entry!r}")
+            limits[workspace_id.strip()] = int(limit)
+        return limits
 
     @property
     def flow_modules(self) -> list[str]:
