@@ -56,10 +56,9 @@ class Alarm:
     the same due second, and one asyncio timer each costs more than the hold is worth.
 
     Measured on 2 cores, 10,000 sleeps ending at the same moment: 28-29 us of CPU each with
-    `asyncio.sleep`, 17-18 us here; in `make bench-scheduler`'s herd of 10,000, CPU per fire
-    went from 145-188 us to 118-131 us. Sleeps end in the order of their ends, every sleep due
-    in the same turn of the event loop (waking the due ones a chunk per turn was measured too:
-    it spread the ledger writes between the starts and the last start came later).
+    `asyncio.sleep`, 17-18 us here. Sleeps end in the order of their ends, every sleep due in
+    the same turn of the event loop (waking the due ones a chunk per turn was measured too: it
+    spread the ledger writes between the starts, and a herd's last start came later).
     """
 
     def __init__(self) -> None:
