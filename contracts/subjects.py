@@ -93,6 +93,7 @@ TRIGGER_GET = f"{REGISTRY_PREFIX}.trigger.get"
 TRIGGER_UPDATE = f"{REGISTRY_PREFIX}.trigger.update"
 TRIGGER_SET_ENABLED = f"{REGISTRY_PREFIX}.trigger.set_enabled"
 TRIGGER_DELETE = f"{REGISTRY_PREFIX}.trigger.delete"
+TRIGGER_ROTATE_SECRET = f"{REGISTRY_PREFIX}.trigger.rotate_secret"
 RUNNER_ANNOUNCE = f"{REGISTRY_PREFIX}.runner.announce"
 """Fire-and-forget: a runner announces the flow functions it serves (`RunnerAnnouncement`)."""
 FUNCTION_LIST = f"{REGISTRY_PREFIX}.function.list"
@@ -152,7 +153,11 @@ def trigger_slots_key(workspace_id: str, trigger_id: str) -> str:
 
 # --- Idempotency keys of the API trigger (JetStream KV; the ingress is the only writer) -----
 IDEMPOTENCY_BUCKET = "idempotency_keys"
-"""Key: `<workspace>.<sha256 of the Idempotency-Key>`; value: `IdempotentStart`."""
+"""Key: `<workspace>.<sha256 of the Idempotency-Key>`; value: `IdempotentStart`. A webhook
+delivery id is stored here too, under the digest of `hook:<trigger id>:<delivery id>`."""
+WEBHOOK_REFUSALS_BUCKET = "webhook_refusals"
+"""The refused deliveries of each webhook trigger (`WebhookRefusals`, key
+`<workspace>.<trigger>`); the ingress is the only writer."""
 
 
 # --- Scheduler timers (stream with NATS message schedules) ---------------------------------

@@ -3,7 +3,9 @@
 Settings come from the environment: `NATS_PORT` (4222), `INGRESS_PORT` (8000), `DATA_DIR`
 (`.data`; the history's SQLite goes to `<DATA_DIR>/history/` unless `HISTORY_DB` says
 otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
-`<DATA_DIR>/operator-token`), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
+`<DATA_DIR>/operator-token`), `WEBHOOK_SECRET_KEY` (when unset, the key kept in
+`<DATA_DIR>/webhook-secret-key`, made on first run), and anything the services read
+(`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
 
@@ -16,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shared import nats_server
+from shared import nats_server, webhook_secrets
 
 SERVICES = ("registry", "runner", "scheduler", "history", "ingress")
 STOP_GRACE = 15.0
@@ -75,6 +77,18 @@ def main() -> int:
         nats_port, data_dir / "nats", data_dir / "nats-server.log", new_session=True
     )
     env = {**os.environ, "NATS_URL": nats_url, "OPERATOR_TOKEN": token}
+    if not env.get("WEBHOOK_SECRET_KEY"):
+        # Webhook secrets are sealed at rest: a local run keeps its key beside its data, so the
+        # registry and the ingress share it and it survives restarts (production sets it).
+        key, made = webhook_secrets.local_sealing_key(data_dir)
+        env["WEBHOOK_SECRET_KEY"] = key
+        key_file = data_dir / webhook_secrets.KEY_FILE_NAME
+        print(
+            f"WEBHOOK_SECRET_KEY is unset: webhook secrets are sealed with the key "
+            f"{'made now in' if made else 'kept in'} {key_file} (set WEBHOOK_SECRET_KEY in "
+            "production; losing this file makes existing webhook secrets unusable)",
+            flush=True,
+        )
     env["INGRESS_PORT"] = str(ingress_port)
     env.setdefault("HISTORY_DB", str(data_dir / "history" / "history.sqlite"))
     services: dict[str, subprocess.Popen[bytes]] = {}

@@ -29,10 +29,11 @@ from contracts.registry import (
     ListTriggers,
     Trigger,
     TriggerPage,
+    WebhookTrigger,
 )
 from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
 from contracts.scheduling import FireRecord
-from services.ingress import core
+from services.ingress import core, webhooks
 from services.ingress.problems import ApiError, body_too_large
 from services.ingress.settings import IngressSettings
 from shared.codec import decode, decoder, encode
@@ -42,6 +43,7 @@ from shared.kv_mirror import KvMirror
 from shared.rpc import RemoteProblem, ServiceClient, ServiceTimeout, ServiceUnavailable
 from shared.stream_read import read_subject
 from shared.supervise import retried_within
+from shared.webhook_secrets import SecretBox
 
 T = TypeVar("T")
 
@@ -76,10 +78,13 @@ class Directory:
     KV buckets: the hot path's questions (whose key is this? whose flow? which API triggers?)
     are dictionary lookups, never a round trip."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret_box: SecretBox | None = None) -> None:
         self._key_by_digest: dict[str, ApiKey] = {}
         self._flow_by_id: dict[str, Flow] = {}
         self._triggers_by_flow: dict[str, dict[str, Trigger]] = {}
+        self._secret_box = secret_box
+        self._hooks: dict[str, webhooks.Endpoint] = {}
+        """Webhook triggers by id, their secrets opened once here, never per delivery."""
         self.mirrors: list[KvMirror[ApiKey] | KvMirror[Flow] | KvMirror[Trigger]] = []
 
     async def open(self, js: JetStreamContext) -> None:
@@ -108,6 +113,9 @@ class Directory:
     def triggers_of(self, flow_id: str) -> list[Trigger]:
         return list(self._triggers_by_flow.get(flow_id, {}).values())
 
+    def hook(self, trigger_id: str) -> webhooks.Endpoint | None:
+        return self._hooks.get(trigger_id)
+
     def _on_key(self, _: str, old: ApiKey | None, new: ApiKey | None) -> None:
         if old is not None:
             self._key_by_digest.pop(old.digest, None)
@@ -125,6 +133,10 @@ class Directory:
             self._triggers_by_flow.get(old.flow_id, {}).pop(old.id, None)
         if new is not None:
             self._triggers_by_flow.setdefault(new.flow_id, {})[new.id] = new
+        if old is not None:
+            self._hooks.pop(old.id, None)
+        if isinstance(new, WebhookTrigger):
+            self._hooks[new.id] = webhooks.open_endpoint(new, self._secret_box)
 
 
 # --- the ledger of a schedule trigger --------------------------------------------------------

@@ -12,12 +12,13 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import docs, handlers, problems
+from services.ingress import docs, handlers, hooks, problems
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.settings import IngressSettings
 from shared import broker
 from shared.settings import from_environment
 from shared.supervise import supervised
+from shared.webhook_secrets import SecretBox
 
 READY_TIMEOUT = 30.0
 
@@ -28,7 +29,7 @@ def create_app(settings: IngressSettings) -> Litestar:
         nc = await broker.connect(settings.nats_url, "ingress")
         js = nc.jetstream()
         await broker.ensure_topology(js, settings.nats_replicas)
-        directory = Directory()
+        directory = Directory(SecretBox.from_setting(settings.webhook_secret_key))
         await directory.open(js)
         loops = [
             asyncio.create_task(supervised(f"ingress mirror {i}", mirror.follow))
@@ -44,16 +45,20 @@ def create_app(settings: IngressSettings) -> Litestar:
             await js.key_value(subjects.RUNS_BUCKET),
             await js.key_value(subjects.IDEMPOTENCY_BUCKET),
         )
+        app.state.hooks = hooks.Hooks(
+            hooks.RefusalLog(await js.key_value(subjects.WEBHOOK_REFUSALS_BUCKET))
+        )
         try:
             yield
         finally:
+            await app.state.hooks.refusals.settled()
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await nc.drain()
 
     app = Litestar(
-        route_handlers=[*handlers.ROUTES, docs.assets_router()],
+        route_handlers=[*handlers.ROUTES, *hooks.ROUTES, docs.assets_router()],
         lifespan=[connected],
         dependencies={
             "ingress": Provide(handlers.provide_ingress, sync_to_thread=False),

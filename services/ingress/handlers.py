@@ -606,8 +606,9 @@ async def trigger_flow(
             flow, triggers = await ingress.flow_and_triggers(key.workspace_id, flow_id)
         trigger = core.api_trigger_for(key, flow, triggers)
     body, flow_input = await _read_json_body(request, ingress)
+    default_wait = 0.0 if trigger.response_mode == "accepted" else trigger.sync_wait_seconds
     wait, applied = core.sync_wait(
-        request.headers.get("prefer"), trigger.sync_wait_seconds, api.MAX_SYNC_WAIT_SECONDS
+        request.headers.get("prefer"), default_wait, api.MAX_SYNC_WAIT_SECONDS
     )
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:

@@ -48,12 +48,14 @@ from contracts.registry import (
     NewApiTrigger,
     NewManualTrigger,
     NewScheduleTrigger,
+    NewWebhookTrigger,
     Problem,
     PythonFlowSettings,
     QuotaExceeded,
     QuotaName,
     QuotaUse,
     RevokeKey,
+    RotateWebhookSecret,
     RunnerAnnouncement,
     Schedule,
     ScheduleBody,
@@ -66,13 +68,16 @@ from contracts.registry import (
     TriggerChanges,
     TriggerPage,
     UpdateTrigger,
+    WebhookTrigger,
     Workspace,
     WorkspaceCreated,
 )
-from services.registry import quotas
+from services.registry import quotas, webhooks
 from services.registry.quotas import QuotaLimits, QuotaRefused
+from services.registry.webhooks import WebhookRuleError
 from shared import api_keys, schedules
 from shared.ids import is_valid_id, new_id
+from shared.webhook_secrets import SecretBox
 
 R = TypeVar("R", bound=msgspec.Struct)
 
@@ -340,6 +345,13 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
     """`trigger` with `changes` applied, of the kind it is or becomes; refuses a change that
     does not fit that kind."""
     kind = trigger.type if changes.type is UNSET else changes.type
+    if (kind == "webhook") != isinstance(trigger, WebhookTrigger):
+        raise RegistryError(
+            422,
+            "webhook_type_fixed",
+            "a trigger cannot become or stop being a `webhook` one (its secrets belong to it): "
+            "create a new trigger instead",
+        )
     common: dict[str, Any] = {
         name: getattr(trigger, name) for name in TriggerBase.__struct_fields__
     }
@@ -351,12 +363,51 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
         common["overlap"] = changes.overlap
     common["version"] = trigger.version + 1
     common["updated_at"] = now
-    if changes.sync_wait_seconds is not UNSET and kind != "api":
+    if changes.sync_wait_seconds is not UNSET and kind not in ("api", "webhook"):
         raise RegistryError(
             422,
             "unexpected_sync_wait",
-            f"`sync_wait_seconds` is a setting of API triggers; this trigger is a `{kind}` one",
+            "`sync_wait_seconds` is a setting of API and webhook triggers; this trigger is a "
+            f"`{kind}` one",
         )
+    if changes.response_mode is not UNSET and kind not in ("api", "webhook"):
+        raise RegistryError(
+            422,
+            "unexpected_response_mode",
+            "`response_mode` is a setting of API and webhook triggers; this trigger is a "
+            f"`{kind}` one",
+        )
+    webhook_only = [
+        name
+        for name in ("events", "include_headers", "tolerance_seconds")
+        if getattr(changes, name) is not UNSET
+    ]
+    if webhook_only and kind != "webhook":
+        raise RegistryError(
+            422,
+            "unexpected_webhook_setting",
+            f"{_listed(webhook_only)} for webhook triggers; this trigger is a `{kind}` one",
+        )
+    if isinstance(trigger, WebhookTrigger):
+        if isinstance(changes.schedule, SchedulePatch):
+            raise RegistryError(
+                422, "unexpected_schedule", "a `webhook` trigger takes no `schedule`"
+            )
+        webhook: dict[str, Any] = {
+            name: getattr(changes, name)
+            for name in (
+                "events",
+                "tolerance_seconds",
+                "response_mode",
+                "sync_wait_seconds",
+            )
+            if getattr(changes, name) is not UNSET
+        }
+        if changes.include_headers is not UNSET:
+            webhook["include_headers"] = tuple(
+                dict.fromkeys(name.lower() for name in changes.include_headers)
+            )
+        return msgspec.structs.replace(trigger, **common, **webhook)
     if kind == "schedule":
         stored = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None
         if isinstance(changes.schedule, SchedulePatch):
@@ -384,7 +435,11 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
             sync_wait = trigger.sync_wait_seconds
         else:
             sync_wait = DEFAULT_SYNC_WAIT_SECONDS
-        return ApiTrigger(**common, sync_wait_seconds=sync_wait)
+        if changes.response_mode is not UNSET:
+            mode = changes.response_mode
+        else:
+            mode = trigger.response_mode if isinstance(trigger, ApiTrigger) else "result"
+        return ApiTrigger(**common, sync_wait_seconds=sync_wait, response_mode=mode)
     return ManualTrigger(**common)
 
 
@@ -396,10 +451,13 @@ class Registry:
         store: RegistryStore,
         clock: Callable[[], datetime] = _now,
         limits: QuotaLimits | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._limits = limits if limits is not None else QuotaLimits()
+        self._box = secret_box
+        """Seals webhook secrets (None: `WEBHOOK_SECRET_KEY` unset, no webhook triggers)."""
         self._reconciled: dict[tuple[str, QuotaName], datetime] = {}
 
     # --- workspaces and keys ---------------------------------------------------------------
@@ -632,13 +690,23 @@ class Registry:
             "paused_at": None if new.enabled else now,
         }
         trigger: Trigger
+        secret: str | None = None
         match new:
             case NewApiTrigger():
-                trigger = ApiTrigger(**common, sync_wait_seconds=new.sync_wait_seconds)
+                trigger = ApiTrigger(
+                    **common,
+                    sync_wait_seconds=new.sync_wait_seconds,
+                    response_mode=new.response_mode,
+                )
             case NewScheduleTrigger():
                 trigger = ScheduleTrigger(**common, schedule=_usable_schedule(new.schedule, now))
             case NewManualTrigger():
                 trigger = ManualTrigger(**common)
+            case NewWebhookTrigger():
+                try:
+                    trigger, secret = webhooks.new_webhook_trigger(common, new, self._box, now)
+                except WebhookRuleError as error:
+                    raise RegistryError(error.status, error.code, error.message) from None
         ws = trigger.workspace_id
         await self._take(ws, quotas.TRIGGERS, trigger.id, 1)
         try:
@@ -652,6 +720,8 @@ class Registry:
             await self._give_back(ws, quotas.TRIGGERS, trigger.id)
             await self._give_back(ws, quotas.SCHEDULE_FIRES, trigger.id)
             raise
+        if isinstance(trigger, WebhookTrigger) and secret is not None:
+            return webhooks.issued(trigger, secret)
         return trigger
 
     async def list_triggers(self, request: ListTriggers) -> TriggerPage:
@@ -661,10 +731,10 @@ class Registry:
         if request.flow_id is not None:
             triggers = [t for t in triggers if t.flow_id == request.flow_id]
         page, next_cursor = page_of(triggers, request.cursor, request.limit)
-        return TriggerPage(items=page, next_cursor=next_cursor)
+        return TriggerPage(items=[webhooks.public(t) for t in page], next_cursor=next_cursor)
 
     async def get_trigger(self, request: GetTrigger) -> Trigger:
-        return await self._trigger(request.workspace_id, request.trigger_id)
+        return webhooks.public(await self._trigger(request.workspace_id, request.trigger_id))
 
     async def update_trigger(self, request: UpdateTrigger) -> Trigger:
         changes = request.changes
@@ -676,7 +746,27 @@ class Registry:
             # Merged into the record as it is now: a concurrent edit is never undone.
             return _changed_trigger(trigger, changes, self._clock())
 
-        return await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        updated = await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        return webhooks.public(updated)
+
+    async def rotate_webhook_secret(self, request: RotateWebhookSecret) -> Trigger:
+        """A new current secret for a webhook trigger (shown once), the previous one kept for
+        the grace the request gives."""
+        issued: list[str] = []
+
+        def apply(trigger: Trigger) -> Trigger:
+            try:
+                changed, secret = webhooks.rotated(
+                    trigger, request.rotation, self._box, self._clock()
+                )
+            except WebhookRuleError as error:
+                raise RegistryError(error.status, error.code, error.message) from None
+            issued.append(secret)
+            return changed
+
+        updated = await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+        assert isinstance(updated, WebhookTrigger)
+        return webhooks.issued(updated, issued[-1])
 
     async def set_trigger_enabled(self, request: SetTriggerEnabled) -> Trigger:
         def apply(trigger: Trigger) -> Trigger:
@@ -692,7 +782,8 @@ class Registry:
                 resumed_at=now if request.enabled else None,
             )
 
-        return await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        updated = await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        return webhooks.public(updated)
 
     async def delete_trigger(self, request: DeleteTrigger) -> Trigger:
         trigger = await self._trigger(request.workspace_id, request.trigger_id)
@@ -701,7 +792,7 @@ class Registry:
         )
         await self._give_back(trigger.workspace_id, quotas.TRIGGERS, trigger.id)
         await self._give_back(trigger.workspace_id, quotas.SCHEDULE_FIRES, trigger.id)
-        return trigger
+        return webhooks.public(trigger)
 
     async def _change_trigger(
         self, workspace_id: str, trigger_id: str, apply: Callable[[Trigger], Trigger]

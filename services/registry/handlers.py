@@ -41,6 +41,9 @@ def routes(registry: Registry) -> dict[str, Route]:
         subjects.TRIGGER_UPDATE: Route(api.UpdateTrigger, registry.update_trigger),
         subjects.TRIGGER_SET_ENABLED: Route(api.SetTriggerEnabled, registry.set_trigger_enabled),
         subjects.TRIGGER_DELETE: Route(api.DeleteTrigger, registry.delete_trigger),
+        subjects.TRIGGER_ROTATE_SECRET: Route(
+            api.RotateWebhookSecret, registry.rotate_webhook_secret
+        ),
         subjects.RUNNER_ANNOUNCE: Route(api.RunnerAnnouncement, registry.runner_announced),
         subjects.FUNCTION_LIST: Route(api.ListFunctions, registry.list_functions),
     }
