@@ -427,9 +427,12 @@ class ManualTrigger(TriggerBase, frozen=True, kw_only=True, tag="manual"):
     """Started only by an operator's Run now (`POST /v1/triggers/{id}/run`)."""
 
 
-HeaderName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")]
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+HeaderName = Annotated[str, Meta(pattern=HEADER_NAME_PATTERN)]
 """An HTTP header name (any case; matched without case)."""
-EventName = Annotated[str, Meta(min_length=1, max_length=200)]
+MAX_EVENT_NAME_LENGTH = 200
+MAX_WEBHOOK_EVENTS = 100
+MAX_INCLUDED_HEADERS = 20
 WebhookTolerance = Annotated[int, Meta(ge=30, le=3_600)]
 DEFAULT_WEBHOOK_TOLERANCE = 300
 MAX_WEBHOOK_SECRETS = 2
@@ -560,8 +563,10 @@ class NewWebhookTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="webhook"
 
     scheme: WebhookScheme
     secret: SuppliedSecret | None = None
-    events: Annotated[tuple[EventName, ...], Meta(max_length=100)] = ()
-    include_headers: Annotated[tuple[HeaderName, ...], Meta(max_length=20)] = ()
+    # Lists of plain strings here (checked by the registry, `422 invalid_webhook_setting`):
+    # the OpenAPI document cannot state constraints on the items of a list.
+    events: Annotated[list[str], Meta(max_length=MAX_WEBHOOK_EVENTS)] = []
+    include_headers: Annotated[list[str], Meta(max_length=MAX_INCLUDED_HEADERS)] = []
     hmac: HmacSettings | None = None
     tolerance_seconds: WebhookTolerance = DEFAULT_WEBHOOK_TOLERANCE
     response_mode: ResponseMode = "accepted"
@@ -591,10 +596,10 @@ class TriggerChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sync_wait_seconds: SyncWait | UnsetType = UNSET
     response_mode: ResponseMode | UnsetType = UNSET
     """For API and webhook triggers."""
-    events: Annotated[tuple[EventName, ...], Meta(max_length=100)] | UnsetType = UNSET
+    events: Annotated[list[str], Meta(max_length=MAX_WEBHOOK_EVENTS)] | UnsetType = UNSET
     """For webhook triggers (as are `include_headers` and `tolerance_seconds`); a trigger
     cannot become or stop being a webhook one (its secrets would have no meaning)."""
-    include_headers: Annotated[tuple[HeaderName, ...], Meta(max_length=20)] | UnsetType = UNSET
+    include_headers: Annotated[list[str], Meta(max_length=MAX_INCLUDED_HEADERS)] | UnsetType = UNSET
     tolerance_seconds: WebhookTolerance | UnsetType = UNSET
 
 

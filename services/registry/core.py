@@ -395,18 +395,16 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
             )
         webhook: dict[str, Any] = {
             name: getattr(changes, name)
-            for name in (
-                "events",
-                "tolerance_seconds",
-                "response_mode",
-                "sync_wait_seconds",
-            )
+            for name in ("tolerance_seconds", "response_mode", "sync_wait_seconds")
             if getattr(changes, name) is not UNSET
         }
-        if changes.include_headers is not UNSET:
-            webhook["include_headers"] = tuple(
-                dict.fromkeys(name.lower() for name in changes.include_headers)
-            )
+        try:
+            if changes.events is not UNSET:
+                webhook["events"] = webhooks.checked_events(changes.events)
+            if changes.include_headers is not UNSET:
+                webhook["include_headers"] = webhooks.checked_headers(changes.include_headers)
+        except WebhookRuleError as error:
+            raise RegistryError(error.status, error.code, error.message) from None
         return msgspec.structs.replace(trigger, **common, **webhook)
     if kind == "schedule":
         stored = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None

@@ -1,12 +1,16 @@
 """The registry's rules for webhook triggers: their secrets (generated or supplied, sealed, rotated
 with a grace period) and their settings. Pure: the sealing box is given, time is given."""
 
+import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from contracts.registry import (
+    HEADER_NAME_PATTERN,
+    MAX_EVENT_NAME_LENGTH,
     MAX_WEBHOOK_SECRETS,
     NewWebhookSecret,
     NewWebhookTrigger,
@@ -34,6 +38,34 @@ NO_SEALING_KEY = WebhookRuleError(
     "webhook triggers need WEBHOOK_SECRET_KEY on the registry and the ingress (their secrets "
     "are kept encrypted with it); `make run` makes one in its data folder",
 )
+
+
+_HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+
+
+def checked_events(events: Sequence[str]) -> tuple[str, ...]:
+    """The accepted events, each once, in the order given."""
+    for event in events:
+        if not event or len(event) > MAX_EVENT_NAME_LENGTH or not event.isprintable():
+            raise WebhookRuleError(
+                422,
+                "invalid_webhook_setting",
+                f"an event in `events` is 1 to {MAX_EVENT_NAME_LENGTH} printable characters, "
+                "such as `push` or `invoice.paid`",
+            )
+    return tuple(dict.fromkeys(events))
+
+
+def checked_headers(names: Sequence[str]) -> tuple[str, ...]:
+    """The header names to copy into the flow input, lower-case, each once."""
+    for name in names:
+        if not _HEADER_NAME.match(name):
+            raise WebhookRuleError(
+                422,
+                "invalid_webhook_setting",
+                f"{name[:100]!r} in `include_headers` is not an HTTP header name",
+            )
+    return tuple(dict.fromkeys(name.lower() for name in names))
 
 
 def bound_to(trigger_id: str, secret_id: str) -> str:
@@ -86,8 +118,8 @@ def new_webhook_trigger(
         **common,
         scheme=new.scheme,
         secrets=(_sealed(box, common["id"], secret, now),),
-        events=tuple(dict.fromkeys(new.events)),
-        include_headers=tuple(dict.fromkeys(name.lower() for name in new.include_headers)),
+        events=checked_events(new.events),
+        include_headers=checked_headers(new.include_headers),
         hmac=new.hmac,
         tolerance_seconds=new.tolerance_seconds,
         response_mode=new.response_mode,

@@ -175,10 +175,10 @@ async def test_a_rotation_of_a_trigger_that_is_not_a_webhook_is_refused(registry
 async def test_an_edit_changes_a_webhooks_settings_but_keeps_its_secrets_and_kind(
     registry: Registry, store: InMemoryRegistryStore
 ) -> None:
-    ws, created = await webhook(registry, events=("push",))
+    ws, created = await webhook(registry, events=["push"])
     changes = TriggerChanges(
-        events=("push", "release"),
-        include_headers=("User-Agent",),
+        events=["push", "release"],
+        include_headers=["User-Agent"],
         response_mode="result",
         sync_wait_seconds=5,
     )
@@ -191,7 +191,7 @@ async def test_an_edit_changes_a_webhooks_settings_but_keeps_its_secrets_and_kin
     assert (updated.response_mode, updated.sync_wait_seconds) == ("result", 5)
     assert updated.secrets[0].sealed == ""
     assert (await stored(store, ws, created.id)).secrets[0].sealed
-    for change in (TriggerChanges(type="api"), TriggerChanges(events=("x",))):
+    for change in (TriggerChanges(type="api"), TriggerChanges(events=["x"])):
         target = created.id if change.type == "api" else None
         if target is None:
             api = await registry.create_trigger(
@@ -214,3 +214,15 @@ async def test_an_api_triggers_response_mode_is_kept_across_edits(registry: Regi
     )
     assert isinstance(renamed, ApiTrigger)
     assert renamed.response_mode == "accepted"
+
+
+async def test_an_empty_event_or_a_header_name_with_a_space_is_refused_with_422(
+    registry: Registry,
+) -> None:
+    for fields in ({"events": [""]}, {"include_headers": ["X Bad"]}, {"events": ["a\nb"]}):
+        with pytest.raises(RegistryError) as caught:
+            await webhook(registry, **fields)
+        assert (caught.value.problem.status, caught.value.problem.code) == (
+            422,
+            "invalid_webhook_setting",
+        )
