@@ -130,6 +130,14 @@ class ApiKey(Struct, frozen=True, kw_only=True):
     digest: str
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    """The key stops working at this time (None: never)."""
+    flow_ids: tuple[str, ...] | None = None
+    """A trigger key limited to these flows (None: every flow of the workspace)."""
+    previous_digest: str | None = None
+    """The digest of the secret a rotation replaced: it keeps working until
+    `previous_expires_at`."""
+    previous_expires_at: datetime | None = None
 
 
 class ApiKeyView(Struct, frozen=True, kw_only=True):
@@ -141,6 +149,10 @@ class ApiKeyView(Struct, frozen=True, kw_only=True):
     prefix: str
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    flow_ids: tuple[str, ...] | None = None
+    previous_expires_at: datetime | None = None
+    """When the secret replaced by the last rotation stops working (None: no such secret)."""
 
 
 class IssuedKey(Struct, frozen=True, kw_only=True):
@@ -508,10 +520,30 @@ class NewWorkspace(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class NewKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Body of `POST /v1/keys`."""
+    """Body of `POST /v1/keys`: `expires_at` (optional) ends the key; `flow_ids` (trigger keys
+    only) limits the flows it may start."""
 
     name: Name
     scope: KeyScope = "trigger"
+    expires_at: datetime | None = None
+    flow_ids: Annotated[list[str], Meta(max_length=100)] | None = None
+
+
+MAX_KEY_GRACE_SECONDS = 7 * 86_400
+
+
+class KeyRotation(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /v1/keys/{id}/rotate`: a new secret for the same key; the old one keeps
+    working for `grace_seconds` (0 ends it now; at most 7 days)."""
+
+    grace_seconds: Annotated[int, Meta(ge=0, le=MAX_KEY_GRACE_SECONDS)] = 86_400
+
+
+class KeyChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `PATCH /v1/keys/{id}`: the fields given change (`null` removes the limit)."""
+
+    expires_at: datetime | None | UnsetType = UNSET
+    flow_ids: Annotated[list[str], Meta(max_length=100)] | None | UnsetType = UNSET
 
 
 class NewFlow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -683,6 +715,22 @@ class RevokeKey(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     key_id: str
+
+
+class RotateKey(Struct, frozen=True, kw_only=True):
+    """Reply: `IssuedKey` with the new secret (shown only here)."""
+
+    workspace_id: str
+    key_id: str
+    rotation: KeyRotation
+
+
+class UpdateKey(Struct, frozen=True, kw_only=True):
+    """Reply: the updated `ApiKeyView`."""
+
+    workspace_id: str
+    key_id: str
+    changes: KeyChanges
 
 
 class KeyUsed(Struct, frozen=True, kw_only=True):

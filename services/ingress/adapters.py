@@ -119,8 +119,13 @@ class Directory:
     def _on_key(self, _: str, old: ApiKey | None, new: ApiKey | None) -> None:
         if old is not None:
             self._key_by_digest.pop(old.digest, None)
+            if old.previous_digest is not None:
+                self._key_by_digest.pop(old.previous_digest, None)
         if new is not None:
             self._key_by_digest[new.digest] = new
+            if new.previous_digest is not None:
+                # The secret a rotation replaced, until its grace ends (checked per request).
+                self._key_by_digest[new.previous_digest] = new
 
     def _on_flow(self, _: str, old: Flow | None, new: Flow | None) -> None:
         if old is not None:

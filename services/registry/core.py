@@ -37,6 +37,7 @@ from contracts.registry import (
     GetTrigger,
     Held,
     IssuedKey,
+    KeyChanges,
     KeyPage,
     KeyScope,
     KeyUsed,
@@ -55,6 +56,7 @@ from contracts.registry import (
     QuotaName,
     QuotaUse,
     RevokeKey,
+    RotateKey,
     RotateWebhookSecret,
     RunnerAnnouncement,
     Schedule,
@@ -67,6 +69,7 @@ from contracts.registry import (
     TriggerBase,
     TriggerChanges,
     TriggerPage,
+    UpdateKey,
     UpdateTrigger,
     WebhookTrigger,
     Workspace,
@@ -238,6 +241,9 @@ def _view(key: ApiKey) -> ApiKeyView:
         prefix=key.prefix,
         created_at=key.created_at,
         last_used_at=key.last_used_at,
+        expires_at=key.expires_at,
+        flow_ids=key.flow_ids,
+        previous_expires_at=key.previous_expires_at if key.previous_digest else None,
     )
 
 
@@ -477,10 +483,15 @@ class Registry:
     async def create_key(self, request: CreateKey) -> IssuedKey:
         await self._workspace(request.workspace_id)
         name = _name(request.key.name, "key") or f"{request.key.scope} key"
+        limits = await self._key_limits(
+            request.workspace_id, request.key.scope, request.key.expires_at, request.key.flow_ids
+        )
         key_id = new_id("key")
         await self._take(request.workspace_id, quotas.API_KEYS, key_id, 1)
         try:
-            issued = await self._issue_key(request.workspace_id, name, request.key.scope, key_id)
+            issued = await self._issue_key(
+                request.workspace_id, name, request.key.scope, key_id, **limits
+            )
         except Exception:
             await self._give_back(request.workspace_id, quotas.API_KEYS, key_id)
             raise
@@ -515,8 +526,42 @@ class Registry:
                 AdminKeys(workspace_id=workspace_id, key_ids=ids),
             )
 
+    async def _key_limits(
+        self,
+        workspace_id: str,
+        scope: KeyScope,
+        expires_at: datetime | None,
+        flow_ids: builtins.list[str] | None,
+    ) -> dict[str, Any]:
+        """A key's expiry and flows, checked: an expiry in the future, flows of the workspace,
+        and flows only for trigger keys (an admin key manages every flow anyway)."""
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=UTC)
+            if expires_at <= self._clock():
+                raise RegistryError(
+                    422, "invalid_expiry", "`expires_at` must be in the future (RFC 3339)"
+                )
+        if flow_ids is not None:
+            if scope != "trigger":
+                raise RegistryError(
+                    422, "unexpected_flow_ids", "only trigger keys are limited to flows"
+                )
+            for flow_id in flow_ids:
+                await self._flow(workspace_id, flow_id)
+        return {
+            "expires_at": expires_at,
+            "flow_ids": tuple(dict.fromkeys(flow_ids)) if flow_ids is not None else None,
+        }
+
     async def _issue_key(
-        self, workspace_id: str, name: str, scope: KeyScope, key_id: str | None = None
+        self,
+        workspace_id: str,
+        name: str,
+        scope: KeyScope,
+        key_id: str | None = None,
+        expires_at: datetime | None = None,
+        flow_ids: tuple[str, ...] | None = None,
     ) -> IssuedKey:
         secret = api_keys.generate()
         key = ApiKey(
@@ -527,6 +572,8 @@ class Registry:
             prefix=api_keys.shown_prefix(secret),
             digest=api_keys.digest(secret),
             created_at=self._clock(),
+            expires_at=expires_at,
+            flow_ids=flow_ids,
         )
         await self._store.create(
             subjects.API_KEYS_BUCKET, subjects.record_key(workspace_id, key.id), key
@@ -574,6 +621,57 @@ class Registry:
         await self._store.delete(subjects.API_KEYS_BUCKET, storage_key)
         await self._give_back(request.workspace_id, quotas.API_KEYS, key.id)
         return _view(key)
+
+    async def rotate_key(self, request: RotateKey) -> IssuedKey:
+        """A new secret for the same key; the old one works until the grace ends."""
+        secret = api_keys.generate()
+
+        def rotate(key: ApiKey) -> ApiKey:
+            now = self._clock()
+            grace = request.rotation.grace_seconds
+            return msgspec.structs.replace(
+                key,
+                prefix=api_keys.shown_prefix(secret),
+                digest=api_keys.digest(secret),
+                previous_digest=key.digest if grace > 0 else None,
+                previous_expires_at=now + timedelta(seconds=grace) if grace > 0 else None,
+            )
+
+        key = await self._change_key(request.workspace_id, request.key_id, rotate)
+        return IssuedKey(key=_view(key), secret=secret)
+
+    async def update_key(self, request: UpdateKey) -> ApiKeyView:
+        changes: KeyChanges = request.changes
+        current = await self._change_key(request.workspace_id, request.key_id, lambda k: k)
+        limits = await self._key_limits(
+            request.workspace_id,
+            current.scope,
+            None if changes.expires_at is UNSET else changes.expires_at,
+            None if changes.flow_ids is UNSET else changes.flow_ids,
+        )
+        given = {
+            name: limits[name]
+            for name in ("expires_at", "flow_ids")
+            if getattr(changes, name) is not UNSET
+        }
+
+        def change(key: ApiKey) -> ApiKey:
+            return msgspec.structs.replace(key, **given)
+
+        return _view(await self._change_key(request.workspace_id, request.key_id, change))
+
+    async def _change_key(
+        self, workspace_id: str, key_id: str, change: Callable[[ApiKey], ApiKey]
+    ) -> ApiKey:
+        changed = None
+        if _both_valid(workspace_id, key_id):
+            storage_key = subjects.record_key(workspace_id, key_id)
+            changed = await self._store.update(
+                subjects.API_KEYS_BUCKET, storage_key, ApiKey, change
+            )
+        if changed is None:
+            raise RegistryError(404, "key_not_found", f"no API key {key_id!r}")
+        return changed
 
     async def key_used(self, event: KeyUsed) -> None:
         def touch(key: ApiKey) -> ApiKey:

@@ -32,6 +32,8 @@ def routes(registry: Registry) -> dict[str, Route]:
         subjects.KEY_LIST: Route(api.ListKeys, registry.list_keys),
         subjects.KEY_REVOKE: Route(api.RevokeKey, registry.revoke_key),
         subjects.KEY_TOUCH: Route(api.KeyUsed, registry.key_used),
+        subjects.KEY_ROTATE: Route(api.RotateKey, registry.rotate_key),
+        subjects.KEY_UPDATE: Route(api.UpdateKey, registry.update_key),
         subjects.FLOW_CREATE: Route(api.CreateFlow, registry.create_flow),
         subjects.FLOW_LIST: Route(api.ListFlows, registry.list_flows),
         subjects.FLOW_GET: Route(api.GetFlow, registry.get_flow),
