@@ -16,6 +16,7 @@ import msgspec
 
 from contracts import subjects
 from contracts.history import ListRuns, RunPage, RunStats, RunStatsQuery
+from contracts.http import WebhookRefusals
 from contracts.registry import (
     AdminKeys,
     AnnouncedFunction,
@@ -40,10 +41,13 @@ from contracts.registry import (
     QuotaUse,
     Reply,
     RevokeKey,
+    RotateKey,
+    RotateWebhookSecret,
     RunnerAnnouncement,
     SetTriggerEnabled,
     Trigger,
     TriggerPage,
+    UpdateKey,
     UpdateTrigger,
     Workspace,
     WorkspaceCreated,
@@ -259,6 +263,20 @@ CHANNELS: tuple[Channel, ...] = (
         "keyRevoke", subjects.KEY_REVOKE, RevokeKey, _m(Reply[ApiKeyView]), "Revoke an API key."
     ),
     _registry_call(
+        "keyRotate",
+        subjects.KEY_ROTATE,
+        RotateKey,
+        _m(Reply[IssuedKey]),
+        "A new secret for an API key; the old one works until the grace ends.",
+    ),
+    _registry_call(
+        "keyUpdate",
+        subjects.KEY_UPDATE,
+        UpdateKey,
+        _m(Reply[ApiKeyView]),
+        "Change an API key's expiry or the flows it may start.",
+    ),
+    _registry_call(
         "keyTouch",
         subjects.KEY_TOUCH,
         KeyUsed,
@@ -313,6 +331,14 @@ CHANNELS: tuple[Channel, ...] = (
         DeleteTrigger,
         _m(Reply[Trigger], "Reply_Trigger_"),
         "Delete a trigger.",
+    ),
+    _registry_call(
+        "triggerRotateSecret",
+        subjects.TRIGGER_ROTATE_SECRET,
+        RotateWebhookSecret,
+        _m(Reply[Trigger], "Reply_Trigger_"),
+        "A new signing secret for a webhook trigger (shown once); the previous one is kept "
+        "for the grace the request gives.",
     ),
     _registry_call(
         "runnerAnnounce",
@@ -429,6 +455,15 @@ CHANNELS: tuple[Channel, ...] = (
         INGRESS,
         (INGRESS,),
         "What an `Idempotency-Key` started, kept 25 hours.",
+    ),
+    _bucket(
+        "webhookRefusalsBucket",
+        subjects.WEBHOOK_REFUSALS_BUCKET,
+        (_m(WebhookRefusals),),
+        INGRESS,
+        (INGRESS,),
+        "Key `<workspace>.<trigger>`: refused deliveries of a webhook trigger counted by code, "
+        "the last ones listed (`GET /v1/triggers/{trigger_id}/refusals`).",
     ),
 )
 

@@ -1,5 +1,6 @@
 """HTTP bodies of the ingress that are not registry records (those live in `registry`)."""
 
+from datetime import datetime
 from typing import Any, Literal
 
 from msgspec import Struct
@@ -79,3 +80,52 @@ class HealthStatus(Struct, frozen=True, kw_only=True):
     status: Literal["ok", "starting"]
     nats: bool
     """Whether the ingress is connected to NATS right now."""
+
+
+# --- webhook deliveries (`POST /hooks/{trigger_id}`) -------------------------------------------
+
+
+class DeliveryIgnored(Struct, frozen=True, kw_only=True):
+    """`200` answer to a verified delivery that starts nothing: an event the trigger does not
+    accept, or a GitHub `ping`."""
+
+    ignored: Literal[True] = True
+    reason: Literal["event_not_accepted", "ping"]
+    event: str | None = None
+
+
+class DeliveryRepeated(Struct, frozen=True, kw_only=True):
+    """`200` answer to a delivery whose id the trigger has seen before (a sender's retry): no
+    new run; `run_id` is the run the first delivery started."""
+
+    repeated: Literal[True] = True
+    run_id: str
+    status: RunStatus | None = None
+    """The run's status now (None while no runner has taken the start yet)."""
+    status_url: str
+
+
+WebhookRefusalCode = Literal["invalid_signature", "stale_timestamp", "missing_header"]
+
+
+class WebhookRefusal(Struct, frozen=True, kw_only=True):
+    """One refused delivery (never with its body or signature)."""
+
+    at: datetime
+    status: int
+    code: WebhookRefusalCode
+    detail: str
+    delivery_id: str | None = None
+    remote: str | None = None
+    """The sender's address as the ingress saw it."""
+
+
+class WebhookRefusals(Struct, frozen=True, kw_only=True):
+    """`GET /v1/triggers/{id}/refusals`: how many deliveries the trigger refused, by code,
+    and the latest ones, newest first (written by the ingress; the bucket keeps a trigger's
+    record 30 days after its last refusal)."""
+
+    trigger_id: str
+    total: int = 0
+    by_code: dict[str, int] = {}
+    latest: list[WebhookRefusal] = []

@@ -19,7 +19,15 @@ Name = Annotated[str, Meta(max_length=MAX_NAME_LENGTH)]
 """A name given in a request body (at most 200 characters)."""
 KeyScope = Literal["admin", "trigger"]
 """`admin` keys manage the workspace and may also trigger; `trigger` keys only call triggers."""
-TriggerType = Literal["api", "schedule", "manual"]
+TriggerType = Literal["api", "schedule", "manual", "webhook"]
+ResponseMode = Literal["accepted", "result"]
+"""How a start through an API or webhook trigger is answered: `accepted` answers `202` as soon
+as the start is stored (what a webhook sender with a 10 s timeout needs); `result` waits up to
+`sync_wait_seconds` for the run and answers with its result (`202` if it has not ended)."""
+WebhookScheme = Literal["standard_webhooks", "github", "stripe", "hmac"]
+"""How a webhook trigger verifies a delivery: Standard Webhooks (`webhook-id`,
+`webhook-timestamp`, `webhook-signature`), GitHub (`X-Hub-Signature-256`), Stripe
+(`Stripe-Signature`), or a generic HMAC-SHA256 of the body in a header the trigger names."""
 OverlapPolicy = Literal["allow", "skip", "buffer_one", "cancel_previous"]
 """What a start does while an earlier run of the same trigger is still going: run anyway
 (`allow`), be skipped (`skip`), wait as the one queued successor (`buffer_one`; a further
@@ -122,6 +130,14 @@ class ApiKey(Struct, frozen=True, kw_only=True):
     digest: str
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    """The key stops working at this time (None: never)."""
+    flow_ids: tuple[str, ...] | None = None
+    """A trigger key limited to these flows (None: every flow of the workspace)."""
+    previous_digest: str | None = None
+    """The digest of the secret a rotation replaced: it keeps working until
+    `previous_expires_at`."""
+    previous_expires_at: datetime | None = None
 
 
 class ApiKeyView(Struct, frozen=True, kw_only=True):
@@ -133,6 +149,10 @@ class ApiKeyView(Struct, frozen=True, kw_only=True):
     prefix: str
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    flow_ids: tuple[str, ...] | None = None
+    previous_expires_at: datetime | None = None
+    """When the secret replaced by the last rotation stops working (None: no such secret)."""
 
 
 class IssuedKey(Struct, frozen=True, kw_only=True):
@@ -404,6 +424,9 @@ class ApiTrigger(TriggerBase, frozen=True, kw_only=True, tag="api"):
     sync_wait_seconds: SyncWait = DEFAULT_SYNC_WAIT_SECONDS
     """How long `POST /trigger/{flow_id}` waits for the run to finish before it answers `202`
     (0 answers at once); a caller may ask for another wait up to 60 s."""
+    response_mode: ResponseMode = "result"
+    """`result` (the default) waits `sync_wait_seconds`; `accepted` answers `202` as soon as
+    the start is stored unless the caller asks for a wait (`Prefer: wait=N`)."""
 
 
 class ScheduleTrigger(TriggerBase, frozen=True, kw_only=True, tag="schedule"):
@@ -416,9 +439,75 @@ class ManualTrigger(TriggerBase, frozen=True, kw_only=True, tag="manual"):
     """Started only by an operator's Run now (`POST /v1/triggers/{id}/run`)."""
 
 
-Trigger = ApiTrigger | ScheduleTrigger | ManualTrigger
-"""A reason for a flow to start, tagged by `type`. A new kind (a `webhook` trigger, say) is a
-new `TriggerBase` subclass with its own tag and settings, added here and to `NewTrigger`."""
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+HeaderName = Annotated[str, Meta(pattern=HEADER_NAME_PATTERN)]
+"""An HTTP header name (any case; matched without case)."""
+MAX_EVENT_NAME_LENGTH = 200
+MAX_WEBHOOK_EVENTS = 100
+MAX_INCLUDED_HEADERS = 20
+WebhookTolerance = Annotated[int, Meta(ge=30, le=3_600)]
+DEFAULT_WEBHOOK_TOLERANCE = 300
+MAX_WEBHOOK_SECRETS = 2
+MAX_SECRET_GRACE_SECONDS = 7 * 86_400
+DEFAULT_SECRET_GRACE_SECONDS = 86_400
+
+
+class HmacSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the generic `hmac` scheme finds a delivery's signature and metadata: the header
+    holds the HMAC-SHA256 of the raw body, in hex or base64, after an optional prefix (such as
+    `sha256=`). Shopify, for one: `X-Shopify-Hmac-Sha256`, base64, delivery id in
+    `X-Shopify-Webhook-Id`, event in `X-Shopify-Topic`."""
+
+    signature_header: HeaderName
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: Annotated[str, Meta(max_length=50)] = ""
+    delivery_id_header: HeaderName | None = None
+    """The header naming the delivery (replay protection needs it: without one, a captured
+    delivery can be sent again, as the scheme has no timestamp)."""
+    event_header: HeaderName | None = None
+
+
+class WebhookSecret(Struct, frozen=True, kw_only=True):
+    """One signing secret of a webhook trigger, as the trigger holds it: the secret itself only
+    sealed (AES-GCM with the operator's `WEBHOOK_SECRET_KEY`), and never over the API."""
+
+    id: str
+    fingerprint: str
+    """The first 12 hex digits of the secret's SHA-256: tells which secret a sender holds."""
+    created_at: datetime
+    expires_at: datetime | None = None
+    """The old secret of a rotation stops verifying at this time (None: while it is current)."""
+    sealed: str = ""
+    """The sealed secret; empty in every answer of the API."""
+
+
+class WebhookTrigger(TriggerBase, frozen=True, kw_only=True, tag="webhook"):
+    """Started by a signed delivery to `POST /hooks/{id}` (no API key: the signature is the
+    authentication). A delivery whose id was seen before starts nothing."""
+
+    scheme: WebhookScheme
+    secrets: tuple[WebhookSecret, ...] = ()
+    """The newest secret first; during a rotation also the previous one, until it expires."""
+    events: tuple[str, ...] = ()
+    """Accepted events (empty: every event); another event is answered `200` and starts
+    nothing, and so is a GitHub `ping` unless listed."""
+    include_headers: tuple[str, ...] = ()
+    """Headers copied into the flow input's `delivery.headers` (lower-case names)."""
+    hmac: HmacSettings | None = None
+    """For the `hmac` scheme: where its signature and metadata are."""
+    tolerance_seconds: int = DEFAULT_WEBHOOK_TOLERANCE
+    """Largest difference between a signed timestamp and now (schemes with a timestamp)."""
+    response_mode: ResponseMode = "accepted"
+    sync_wait_seconds: SyncWait = DEFAULT_SYNC_WAIT_SECONDS
+    """How long a `result` response waits for the run."""
+    new_secret: str | None = None
+    """The secret just generated or supplied: set only in the answer of the create or the
+    rotation that issued it, never stored in clear and never shown again."""
+
+
+Trigger = ApiTrigger | ScheduleTrigger | ManualTrigger | WebhookTrigger
+"""A reason for a flow to start, tagged by `type`. A new kind is a new `TriggerBase`
+subclass with its own tag and settings, added here and to `NewTrigger`."""
 
 
 # --- Bodies shared by the HTTP API and the registry requests --------------------------------
@@ -431,10 +520,30 @@ class NewWorkspace(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class NewKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Body of `POST /v1/keys`."""
+    """Body of `POST /v1/keys`: `expires_at` (optional) ends the key; `flow_ids` (trigger keys
+    only) limits the flows it may start."""
 
     name: Name
     scope: KeyScope = "trigger"
+    expires_at: datetime | None = None
+    flow_ids: Annotated[list[str], Meta(max_length=100)] | None = None
+
+
+MAX_KEY_GRACE_SECONDS = 7 * 86_400
+
+
+class KeyRotation(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /v1/keys/{id}/rotate`: a new secret for the same key; the old one keeps
+    working for `grace_seconds` (0 ends it now; at most 7 days)."""
+
+    grace_seconds: Annotated[int, Meta(ge=0, le=MAX_KEY_GRACE_SECONDS)] = 86_400
+
+
+class KeyChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `PATCH /v1/keys/{id}`: the fields given change (`null` removes the limit)."""
+
+    expires_at: datetime | None | UnsetType = UNSET
+    flow_ids: Annotated[list[str], Meta(max_length=100)] | None | UnsetType = UNSET
 
 
 class NewFlow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -463,6 +572,7 @@ class NewApiTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="api"):
     """`{"flow_id": ..., "type": "api"}`, optionally with `sync_wait_seconds`."""
 
     sync_wait_seconds: SyncWait = DEFAULT_SYNC_WAIT_SECONDS
+    response_mode: ResponseMode = "result"
 
 
 class NewScheduleTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="schedule"):
@@ -475,7 +585,27 @@ class NewManualTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="manual"):
     """`{"flow_id": ..., "type": "manual"}`: a trigger only Run now starts."""
 
 
-NewTrigger = NewApiTrigger | NewScheduleTrigger | NewManualTrigger
+SuppliedSecret = Annotated[str, Meta(min_length=16, max_length=512)]
+
+
+class NewWebhookTrigger(NewTriggerBase, frozen=True, kw_only=True, tag="webhook"):
+    """`{"flow_id": ..., "type": "webhook", "scheme": "github"}`: a trigger started by signed
+    deliveries to `POST /hooks/{id}`. Without `secret` one is generated; either way the answer
+    shows it once, in `new_secret`."""
+
+    scheme: WebhookScheme
+    secret: SuppliedSecret | None = None
+    # Lists of plain strings here (checked by the registry, `422 invalid_webhook_setting`):
+    # the OpenAPI document cannot state constraints on the items of a list.
+    events: Annotated[list[str], Meta(max_length=MAX_WEBHOOK_EVENTS)] = []
+    include_headers: Annotated[list[str], Meta(max_length=MAX_INCLUDED_HEADERS)] = []
+    hmac: HmacSettings | None = None
+    tolerance_seconds: WebhookTolerance = DEFAULT_WEBHOOK_TOLERANCE
+    response_mode: ResponseMode = "accepted"
+    sync_wait_seconds: SyncWait = DEFAULT_SYNC_WAIT_SECONDS
+
+
+NewTrigger = NewApiTrigger | NewScheduleTrigger | NewManualTrigger | NewWebhookTrigger
 """Body of `POST /v1/triggers`, tagged by `type` (the same flat JSON as a `Trigger`)."""
 
 
@@ -496,6 +626,24 @@ class TriggerChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     schedule: SchedulePatch | None | UnsetType = UNSET
     overlap: OverlapPolicy | UnsetType = UNSET
     sync_wait_seconds: SyncWait | UnsetType = UNSET
+    response_mode: ResponseMode | UnsetType = UNSET
+    """For API and webhook triggers."""
+    events: Annotated[list[str], Meta(max_length=MAX_WEBHOOK_EVENTS)] | UnsetType = UNSET
+    """For webhook triggers (as are `include_headers` and `tolerance_seconds`); a trigger
+    cannot become or stop being a webhook one (its secrets would have no meaning)."""
+    include_headers: Annotated[list[str], Meta(max_length=MAX_INCLUDED_HEADERS)] | UnsetType = UNSET
+    tolerance_seconds: WebhookTolerance | UnsetType = UNSET
+
+
+class NewWebhookSecret(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /v1/triggers/{id}/secrets`: rotate a webhook trigger's secret. The new
+    secret (supplied, or generated without `secret`) verifies at once; the current one keeps
+    verifying for `previous_valid_seconds` (0 ends it now), and any older one ends now."""
+
+    secret: SuppliedSecret | None = None
+    previous_valid_seconds: Annotated[int, Meta(ge=0, le=MAX_SECRET_GRACE_SECONDS)] = (
+        DEFAULT_SECRET_GRACE_SECONDS
+    )
 
 
 # --- Pages of lists (keyset pagination by id: ids sort by creation time) --------------------
@@ -567,6 +715,22 @@ class RevokeKey(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     key_id: str
+
+
+class RotateKey(Struct, frozen=True, kw_only=True):
+    """Reply: `IssuedKey` with the new secret (shown only here)."""
+
+    workspace_id: str
+    key_id: str
+    rotation: KeyRotation
+
+
+class UpdateKey(Struct, frozen=True, kw_only=True):
+    """Reply: the updated `ApiKeyView`."""
+
+    workspace_id: str
+    key_id: str
+    changes: KeyChanges
 
 
 class KeyUsed(Struct, frozen=True, kw_only=True):
@@ -671,3 +835,11 @@ class DeleteTrigger(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     trigger_id: str
+
+
+class RotateWebhookSecret(Struct, frozen=True, kw_only=True):
+    """Reply: the `WebhookTrigger` with its new secret in `new_secret` (shown only here)."""
+
+    workspace_id: str
+    trigger_id: str
+    rotation: NewWebhookSecret

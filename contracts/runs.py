@@ -7,7 +7,7 @@ from msgspec import Struct
 
 from contracts.registry import OverlapPolicy
 
-StartSource = Literal["api", "schedule", "manual", "external"]
+StartSource = Literal["api", "schedule", "manual", "webhook", "external"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]
 TERMINAL_STATUSES: frozenset[str] = frozenset(
     {"succeeded", "failed", "timed_out", "cancelled", "skipped"}

@@ -83,6 +83,8 @@ KEY_CREATE = f"{REGISTRY_PREFIX}.key.create"
 KEY_LIST = f"{REGISTRY_PREFIX}.key.list"
 KEY_REVOKE = f"{REGISTRY_PREFIX}.key.revoke"
 KEY_TOUCH = f"{REGISTRY_PREFIX}.key.touch"
+KEY_ROTATE = f"{REGISTRY_PREFIX}.key.rotate"
+KEY_UPDATE = f"{REGISTRY_PREFIX}.key.update"
 """Fire-and-forget: the ingress reports that a key was used (throttled per key)."""
 FLOW_CREATE = f"{REGISTRY_PREFIX}.flow.create"
 FLOW_LIST = f"{REGISTRY_PREFIX}.flow.list"
@@ -93,6 +95,7 @@ TRIGGER_GET = f"{REGISTRY_PREFIX}.trigger.get"
 TRIGGER_UPDATE = f"{REGISTRY_PREFIX}.trigger.update"
 TRIGGER_SET_ENABLED = f"{REGISTRY_PREFIX}.trigger.set_enabled"
 TRIGGER_DELETE = f"{REGISTRY_PREFIX}.trigger.delete"
+TRIGGER_ROTATE_SECRET = f"{REGISTRY_PREFIX}.trigger.rotate_secret"
 RUNNER_ANNOUNCE = f"{REGISTRY_PREFIX}.runner.announce"
 """Fire-and-forget: a runner announces the flow functions it serves (`RunnerAnnouncement`)."""
 FUNCTION_LIST = f"{REGISTRY_PREFIX}.function.list"
@@ -157,7 +160,11 @@ def workspace_slots_key(workspace_id: str) -> str:
 
 # --- Idempotency keys of the API trigger (JetStream KV; the ingress is the only writer) -----
 IDEMPOTENCY_BUCKET = "idempotency_keys"
-"""Key: `<workspace>.<sha256 of the Idempotency-Key>`; value: `IdempotentStart`."""
+"""Key: `<workspace>.<sha256 of the Idempotency-Key>`; value: `IdempotentStart`. A webhook
+delivery id is stored here too, under the digest of `hook:<trigger id>:<delivery id>`."""
+WEBHOOK_REFUSALS_BUCKET = "webhook_refusals"
+"""The refused deliveries of each webhook trigger (`WebhookRefusals`, key
+`<workspace>.<trigger>`); the ingress is the only writer."""
 
 
 # --- Scheduler timers (stream with NATS message schedules) ---------------------------------

@@ -7,7 +7,9 @@ otherwise), `OPERATOR_TOKEN` (generated when unset; printed and written to
 `deploy/nats/users.conf`, each service connects as its own user with a password generated for this
 run; unset: no NATS authentication, for local development on loopback), `METRICS_PORT_BASE`
 (9100: the registry, runner, scheduler and history serve `/metrics`, `/healthz` and `/readyz` on
-9101-9104; 0: not served), and anything the services read (`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
+9101-9104; 0: not served), `WEBHOOK_SECRET_KEY` (when unset, the key kept in
+`<DATA_DIR>/webhook-secret-key`, made on first run), and anything the services read
+(`RUNNER_FLOWS`, `LOG_LEVEL`, ...).
 Ctrl-C (or SIGTERM) stops the services, then NATS.
 """
 
@@ -20,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shared import nats_permissions, nats_server
+from shared import nats_permissions, nats_server, webhook_secrets
 
 SERVICES = ("registry", "runner", "scheduler", "history", "ingress")
 METRICS_OFFSETS = {"registry": 1, "runner": 2, "scheduler": 3, "history": 4}
@@ -97,6 +99,18 @@ def main() -> int:
         env=nats_permissions.server_environment(passwords),
     )
     env = {**os.environ, "NATS_URL": nats_url, "OPERATOR_TOKEN": token}
+    if not env.get("WEBHOOK_SECRET_KEY"):
+        # Webhook secrets are sealed at rest: a local run keeps its key beside its data, so the
+        # registry and the ingress share it and it survives restarts (production sets it).
+        key, made = webhook_secrets.local_sealing_key(data_dir)
+        env["WEBHOOK_SECRET_KEY"] = key
+        key_file = data_dir / webhook_secrets.KEY_FILE_NAME
+        print(
+            f"WEBHOOK_SECRET_KEY is unset: webhook secrets are sealed with the key "
+            f"{'made now in' if made else 'kept in'} {key_file} (set WEBHOOK_SECRET_KEY in "
+            "production; losing this file makes existing webhook secrets unusable)",
+            flush=True,
+        )
     env["INGRESS_PORT"] = str(ingress_port)
     env.setdefault("HISTORY_DB", str(data_dir / "history" / "history.sqlite"))
     services: dict[str, subprocess.Popen[bytes]] = {}

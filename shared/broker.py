@@ -224,6 +224,9 @@ def bucket_configs(replicas: int = 1) -> list[KeyValueConfig]:
             bucket=subjects.IDEMPOTENCY_BUCKET, history=1, replicas=replicas, ttl=25 * HOUR
         ),
         KeyValueConfig(
+            bucket=subjects.WEBHOOK_REFUSALS_BUCKET, history=1, replicas=replicas, ttl=30 * DAY
+        ),
+        KeyValueConfig(
             bucket=subjects.FLOW_FUNCTIONS_BUCKET,
             history=1,
             replicas=replicas,

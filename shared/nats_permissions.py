@@ -142,6 +142,8 @@ INGRESS_REGISTRY_CALLS = (
     subjects.KEY_CREATE,
     subjects.KEY_LIST,
     subjects.KEY_REVOKE,
+    subjects.KEY_ROTATE,
+    subjects.KEY_UPDATE,
     subjects.KEY_TOUCH,
     subjects.FLOW_CREATE,
     subjects.FLOW_LIST,
@@ -152,6 +154,7 @@ INGRESS_REGISTRY_CALLS = (
     subjects.TRIGGER_UPDATE,
     subjects.TRIGGER_SET_ENABLED,
     subjects.TRIGGER_DELETE,
+    subjects.TRIGGER_ROTATE_SECRET,
     subjects.FUNCTION_LIST,
 )
 """The registry's API as the ingress calls it: everything but the runners' announcements."""
@@ -162,8 +165,9 @@ def ingress() -> Grants:
     for name in (subjects.API_KEYS_BUCKET, subjects.FLOWS_BUCKET, subjects.TRIGGERS_BUCKET):
         grants.pub(*reads(bucket_stream(name)), *consumes(bucket_stream(name)))
     grants.pub(*reads(bucket_stream(subjects.RUNS_BUCKET)))
-    grants.pub(*reads(bucket_stream(subjects.IDEMPOTENCY_BUCKET)))
-    grants.pub(*kv_writes(subjects.IDEMPOTENCY_BUCKET))
+    # Its own buckets: what an `Idempotency-Key` started, and webhook refusals by trigger.
+    for name in (subjects.IDEMPOTENCY_BUCKET, subjects.WEBHOOK_REFUSALS_BUCKET):
+        grants.pub(*reads(bucket_stream(name)), *kv_writes(name))
     grants.pub(subjects.FLOW_STARTS)
     # A trigger's ledger is read with a consumer of its own.
     grants.pub(*reads(subjects.SCHEDULE_FIRES_STREAM), *consumes(subjects.SCHEDULE_FIRES_STREAM))

@@ -29,10 +29,11 @@ from contracts.registry import (
     ListTriggers,
     Trigger,
     TriggerPage,
+    WebhookTrigger,
 )
 from contracts.runs import TERMINAL_STATUSES, CancelRun, FlowStart, IdempotentStart, Run, RunEvent
 from contracts.scheduling import FireRecord
-from services.ingress import core
+from services.ingress import core, webhooks
 from services.ingress.auth_guard import FailureLimits, TokenBuckets, UnknownKeys, address_of
 from services.ingress.problems import ApiError, body_too_large
 from services.ingress.settings import IngressSettings
@@ -44,6 +45,7 @@ from shared.kv_mirror import KvMirror
 from shared.rpc import RemoteProblem, ServiceClient, ServiceTimeout, ServiceUnavailable
 from shared.stream_read import read_subject
 from shared.supervise import retried_within
+from shared.webhook_secrets import SecretBox
 
 T = TypeVar("T")
 
@@ -78,7 +80,9 @@ class Directory:
     KV buckets: the hot path's questions (whose key is this? whose flow? which API triggers?)
     are dictionary lookups, never a round trip."""
 
-    def __init__(self, unknown_keys: UnknownKeys | None = None) -> None:
+    def __init__(
+        self, unknown_keys: UnknownKeys | None = None, secret_box: SecretBox | None = None
+    ) -> None:
         if unknown_keys is None:  # remembers nothing
             unknown_keys = UnknownKeys(0.0, 0, time.monotonic)
         self.unknown_keys = unknown_keys
@@ -86,6 +90,9 @@ class Directory:
         self._key_by_digest: dict[str, ApiKey] = {}
         self._flow_by_id: dict[str, Flow] = {}
         self._triggers_by_flow: dict[str, dict[str, Trigger]] = {}
+        self._secret_box = secret_box
+        self._hooks: dict[str, webhooks.Endpoint] = {}
+        """Webhook triggers by id, their secrets opened once here, never per delivery."""
         self.mirrors: list[KvMirror[ApiKey] | KvMirror[Flow] | KvMirror[Trigger]] = []
 
     async def open(self, js: JetStreamContext) -> None:
@@ -120,12 +127,20 @@ class Directory:
     def triggers_of(self, flow_id: str) -> list[Trigger]:
         return list(self._triggers_by_flow.get(flow_id, {}).values())
 
+    def hook(self, trigger_id: str) -> webhooks.Endpoint | None:
+        return self._hooks.get(trigger_id)
+
     def _on_key(self, _: str, old: ApiKey | None, new: ApiKey | None) -> None:
         if old is not None:
             self._key_by_digest.pop(old.digest, None)
+            if old.previous_digest is not None:
+                self._key_by_digest.pop(old.previous_digest, None)
         if new is not None:
             self._key_by_digest[new.digest] = new
             self.unknown_keys.discard(new.digest)
+            if new.previous_digest is not None:
+                # The secret a rotation replaced, until its grace ends (checked per request).
+                self._key_by_digest[new.previous_digest] = new
 
     def _on_flow(self, _: str, old: Flow | None, new: Flow | None) -> None:
         if old is not None:
@@ -138,6 +153,10 @@ class Directory:
             self._triggers_by_flow.get(old.flow_id, {}).pop(old.id, None)
         if new is not None:
             self._triggers_by_flow.setdefault(new.flow_id, {})[new.id] = new
+        if old is not None:
+            self._hooks.pop(old.id, None)
+        if isinstance(new, WebhookTrigger):
+            self._hooks[new.id] = webhooks.open_endpoint(new, self._secret_box)
 
 
 # --- the ledger of a schedule trigger --------------------------------------------------------
@@ -225,6 +244,8 @@ class Ingress:
         key = self.directory.key(digest)
         if key is None:
             key = await self._key_after_miss(secret, digest, client)
+        if key.expires_at is not None or key.digest != digest:  # time decides: no round trip
+            key = core.unexpired(key, digest, datetime.now(UTC))
         self._note_use(key)
         return key
 

@@ -13,7 +13,7 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import docs, handlers, operations, problems, tracing
+from services.ingress import docs, handlers, hooks, operations, problems, tracing
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.auth_guard import UnknownKeys
 from services.ingress.settings import IngressSettings
@@ -22,6 +22,7 @@ from shared import tracing as shared_tracing
 from shared.service import configure_logging
 from shared.settings import from_environment
 from shared.supervise import supervised
+from shared.webhook_secrets import SecretBox
 
 READY_TIMEOUT = 30.0
 
@@ -33,7 +34,10 @@ def create_app(settings: IngressSettings) -> Litestar:
         js = nc.jetstream()
         await broker.ensure_topology(js, settings.nats_replicas)
         directory = Directory(
-            UnknownKeys(settings.unknown_key_seconds, settings.auth_tracked_entries, time.monotonic)
+            UnknownKeys(
+                settings.unknown_key_seconds, settings.auth_tracked_entries, time.monotonic
+            ),
+            SecretBox.from_setting(settings.webhook_secret_key),
         )
         await directory.open(js)
         loops = [
@@ -50,9 +54,13 @@ def create_app(settings: IngressSettings) -> Litestar:
             await js.key_value(subjects.RUNS_BUCKET),
             await js.key_value(subjects.IDEMPOTENCY_BUCKET),
         )
+        app.state.hooks = hooks.Hooks(
+            hooks.RefusalLog(await js.key_value(subjects.WEBHOOK_REFUSALS_BUCKET))
+        )
         try:
             yield
         finally:
+            await app.state.hooks.refusals.settled()
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
@@ -61,6 +69,7 @@ def create_app(settings: IngressSettings) -> Litestar:
     app = Litestar(
         route_handlers=[
             *handlers.ROUTES,
+            *hooks.ROUTES,
             *operations.ROUTES,
             docs.assets_router(),
             docs.asyncapi_document,

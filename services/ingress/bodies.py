@@ -17,21 +17,29 @@ from contracts.registry import (
     NewApiTrigger,
     NewManualTrigger,
     NewScheduleTrigger,
+    NewWebhookTrigger,
     TriggerChanges,
 )
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
+_WAIT = "`sync_wait_seconds` is a setting of `api` and `webhook` triggers"
+_MODE = "`response_mode` is a setting of `api` and `webhook` triggers"
 FIELD_HINTS: dict[tuple[type, str], str] = {
     (TriggerChanges, "enabled"): (
         "a trigger is paused and resumed with POST /v1/triggers/{id}/pause and "
         "POST /v1/triggers/{id}/resume, not with PATCH"
     ),
-    (NewScheduleTrigger, "sync_wait_seconds"): "`sync_wait_seconds` is a setting of `api` triggers",
-    (NewManualTrigger, "sync_wait_seconds"): "`sync_wait_seconds` is a setting of `api` triggers",
+    (NewScheduleTrigger, "sync_wait_seconds"): _WAIT,
+    (NewManualTrigger, "sync_wait_seconds"): _WAIT,
+    (NewScheduleTrigger, "response_mode"): _MODE,
+    (NewManualTrigger, "response_mode"): _MODE,
     (NewApiTrigger, "schedule"): 'only `"type": "schedule"` triggers take a `schedule`',
     (NewManualTrigger, "schedule"): 'only `"type": "schedule"` triggers take a `schedule`',
+    (NewWebhookTrigger, "schedule"): 'only `"type": "schedule"` triggers take a `schedule`',
+    (NewApiTrigger, "secret"): 'only `"type": "webhook"` triggers take a `secret`',
+    (NewApiTrigger, "scheme"): 'only `"type": "webhook"` triggers take a `scheme`',
 }
 """A sentence added when a known mistake shows up as an unknown field."""
 

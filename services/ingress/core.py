@@ -81,19 +81,45 @@ def bearer_secret(authorization: str | None) -> str:
     return secret.strip()
 
 
-def authenticate(authorization: str | None, lookup: Callable[[str], ApiKey | None]) -> ApiKey:
+def unexpired(key: ApiKey, digest: str, now: datetime) -> ApiKey:
+    """`key`, unless it has expired or `digest` is its secret that a rotation replaced and
+    whose grace has ended (`401 expired_key`): time decides, so every replica agrees."""
+    if key.expires_at is not None and now >= key.expires_at:
+        raise ApiError(
+            401,
+            "expired_key",
+            f"API key {key.prefix}… expired at {key.expires_at.isoformat()}; "
+            "create a new key or extend this one (PATCH /v1/keys/{id})",
+        )
+    if digest != key.digest and (key.previous_expires_at is None or now >= key.previous_expires_at):
+        ended = key.previous_expires_at.isoformat() if key.previous_expires_at else "now"
+        raise ApiError(
+            401,
+            "expired_key",
+            f"this secret of API key {key.id} was replaced by a rotation; it stopped working "
+            f"at {ended}: use the new secret",
+        )
+    return key
+
+
+def authenticate(
+    authorization: str | None,
+    lookup: Callable[[str], ApiKey | None],
+    now: datetime | None = None,
+) -> ApiKey:
     """The key behind the header, or a 401 that tells a typo from an unknown key."""
     secret = bearer_secret(authorization)
-    key = lookup(api_keys.digest(secret))
+    digest = api_keys.digest(secret)
+    key = lookup(digest)
     if key is not None:
-        return key
+        return unexpired(key, digest, now or datetime.now(UTC))
     raise refusal_of_unknown(secret)
 
 
 def refusal_of_unknown(secret: str) -> ApiError:
     """The 401 for a key the lookup missed: raised at once for a malformed key (a copy error,
     told apart by the checksum alone), returned for a well-formed one (revoked or never
-    issued, unless it was created a moment ago)."""
+    issued, unless it was created a moment ago). Only a miss pays for the checksum."""
     if not api_keys.is_well_formed(secret):
         raise ApiError(
             401,
@@ -132,6 +158,13 @@ def api_trigger_for(key: ApiKey, flow: Flow | None, triggers: list[Trigger]) -> 
     if flow is None or flow.workspace_id != key.workspace_id:
         # A foreign workspace's flow looks exactly like a missing one.
         raise ApiError(404, "flow_not_found", "no such flow in this key's workspace")
+    if key.flow_ids is not None and flow.id not in key.flow_ids:
+        raise ApiError(
+            403,
+            "flow_not_allowed",
+            f"key {key.prefix}… may only start the flows it was limited to; flow {flow.id} is "
+            "not one of them",
+        )
     api_triggers = sorted((t for t in triggers if isinstance(t, ApiTrigger)), key=lambda t: t.id)
     if not api_triggers:
         raise ApiError(

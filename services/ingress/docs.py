@@ -132,8 +132,10 @@ BY_OPERATOR: list[SecurityRequirement] = [{OPERATOR_TOKEN: []}]
 
 _MEANINGS = {
     400: "The request is malformed: `detail` names the field or parameter and what it may be.",
-    401: "No key, a malformed key (`malformed_key`) or a key that is not valid (`invalid_key`).",
-    403: "The key may not do this (`admin_key_required`, `no_api_trigger`, `operator_disabled`).",
+    401: "No key, a malformed key (`malformed_key`), a key that is not valid (`invalid_key`), "
+    "or an expired key or rotated-out secret (`expired_key`).",
+    403: "The key may not do this (`admin_key_required`, `no_api_trigger`, `operator_disabled`, "
+    "`flow_not_allowed`).",
     404: "No such record in this key's workspace (another workspace's looks the same).",
     409: "The record's state does not allow it (`trigger_paused`, `last_admin_key`, …); for a "
     "start that waited, the run was cancelled (`run_cancelled`) or skipped by the overlap policy "

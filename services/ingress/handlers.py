@@ -183,6 +183,42 @@ class KeyController(AdminController):
         request = api.CreateKey(workspace_id=admin.workspace_id, key=data)
         return await ingress.registry.call(subjects.KEY_CREATE, request, api.IssuedKey)
 
+    @post(
+        "/{key_id:str}/rotate",
+        status_code=200,
+        summary="Rotate an API key: a new secret (shown only here) for the same key; the old one "
+        "keeps working for `grace_seconds`",
+        responses=problems(*REGISTRY_ANSWERS, 404, 413, 422),
+    )
+    async def rotate_key(
+        self,
+        key_id: FromPath[str],
+        data: JSONBody[api.KeyRotation],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.IssuedKey:
+        request = api.RotateKey(workspace_id=admin.workspace_id, key_id=key_id, rotation=data)
+        issued = await ingress.registry.call(subjects.KEY_ROTATE, request, api.IssuedKey)
+        await ingress.directory.catch_up()  # once we answer, this ingress takes the new secret
+        return issued
+
+    @patch(
+        "/{key_id:str}",
+        summary="Change an API key's expiry or the flows a trigger key may start",
+        responses=problems(*REGISTRY_ANSWERS, 404, 413, 422),
+    )
+    async def update_key(
+        self,
+        key_id: FromPath[str],
+        data: JSONBody[api.KeyChanges],
+        ingress: NamedDependency[Ingress],
+        admin: NamedDependency[ApiKey],
+    ) -> api.ApiKeyView:
+        request = api.UpdateKey(workspace_id=admin.workspace_id, key_id=key_id, changes=data)
+        updated = await ingress.registry.call(subjects.KEY_UPDATE, request, api.ApiKeyView)
+        await ingress.directory.catch_up()
+        return updated
+
     @delete(
         "/{key_id:str}",
         status_code=200,
@@ -645,8 +681,9 @@ async def trigger_flow(
             flow, triggers = await ingress.flow_and_triggers(key.workspace_id, flow_id)
         trigger = core.api_trigger_for(key, flow, triggers)
     body, flow_input = await _read_json_body(request, ingress)
+    default_wait = 0.0 if trigger.response_mode == "accepted" else trigger.sync_wait_seconds
     wait, applied = core.sync_wait(
-        request.headers.get("prefer"), trigger.sync_wait_seconds, api.MAX_SYNC_WAIT_SECONDS
+        request.headers.get("prefer"), default_wait, api.MAX_SYNC_WAIT_SECONDS
     )
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:

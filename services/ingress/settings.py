@@ -50,6 +50,10 @@ class IngressSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How long storing a start is retried (a JetStream leader election takes 5-7 s) before
     the call answers `503 start_not_stored`."""
 
+    webhook_secret_key: str = ""
+    """Key that opens the webhook triggers' signing secrets (the registry's
+    `WEBHOOK_SECRET_KEY`); without it a delivery is answered `503`."""
+
     @property
     def base_url(self) -> str:
         """`public_url` without its trailing slash, or the one the listening address gives."""

@@ -14,6 +14,7 @@ from services.registry.handlers import answer, routes
 from services.registry.settings import RegistrySettings
 from shared import broker
 from shared.metrics import Readiness
+from shared.webhook_secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ class RegistryApp:
         self._nc = await broker.connect(self.settings.nats_url, "registry")
         js = self._nc.jetstream()
         await broker.ensure_topology(js, self.settings.nats_replicas)
-        table = routes(Registry(KvRegistryStore(js), limits=self.limits))
+        box = SecretBox.from_setting(self.settings.webhook_secret_key)
+        table = routes(Registry(KvRegistryStore(js), limits=self.limits, secret_box=box))
 
         async def on_request(msg: Msg) -> None:
             # Requests are answered concurrently: a slow one never holds up the others.

@@ -37,6 +37,7 @@ from contracts.registry import (
     GetTrigger,
     Held,
     IssuedKey,
+    KeyChanges,
     KeyPage,
     KeyScope,
     KeyUsed,
@@ -48,12 +49,15 @@ from contracts.registry import (
     NewApiTrigger,
     NewManualTrigger,
     NewScheduleTrigger,
+    NewWebhookTrigger,
     Problem,
     PythonFlowSettings,
     QuotaExceeded,
     QuotaName,
     QuotaUse,
     RevokeKey,
+    RotateKey,
+    RotateWebhookSecret,
     RunnerAnnouncement,
     Schedule,
     ScheduleBody,
@@ -65,14 +69,18 @@ from contracts.registry import (
     TriggerBase,
     TriggerChanges,
     TriggerPage,
+    UpdateKey,
     UpdateTrigger,
+    WebhookTrigger,
     Workspace,
     WorkspaceCreated,
 )
-from services.registry import quotas
+from services.registry import quotas, webhooks
 from services.registry.quotas import QuotaLimits, QuotaRefused
+from services.registry.webhooks import WebhookRuleError
 from shared import api_keys, schedules
 from shared.ids import is_valid_id, new_id
+from shared.webhook_secrets import SecretBox
 
 R = TypeVar("R", bound=msgspec.Struct)
 
@@ -233,6 +241,9 @@ def _view(key: ApiKey) -> ApiKeyView:
         prefix=key.prefix,
         created_at=key.created_at,
         last_used_at=key.last_used_at,
+        expires_at=key.expires_at,
+        flow_ids=key.flow_ids,
+        previous_expires_at=key.previous_expires_at if key.previous_digest else None,
     )
 
 
@@ -340,6 +351,13 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
     """`trigger` with `changes` applied, of the kind it is or becomes; refuses a change that
     does not fit that kind."""
     kind = trigger.type if changes.type is UNSET else changes.type
+    if (kind == "webhook") != isinstance(trigger, WebhookTrigger):
+        raise RegistryError(
+            422,
+            "webhook_type_fixed",
+            "a trigger cannot become or stop being a `webhook` one (its secrets belong to it): "
+            "create a new trigger instead",
+        )
     common: dict[str, Any] = {
         name: getattr(trigger, name) for name in TriggerBase.__struct_fields__
     }
@@ -351,12 +369,49 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
         common["overlap"] = changes.overlap
     common["version"] = trigger.version + 1
     common["updated_at"] = now
-    if changes.sync_wait_seconds is not UNSET and kind != "api":
+    if changes.sync_wait_seconds is not UNSET and kind not in ("api", "webhook"):
         raise RegistryError(
             422,
             "unexpected_sync_wait",
-            f"`sync_wait_seconds` is a setting of API triggers; this trigger is a `{kind}` one",
+            "`sync_wait_seconds` is a setting of API and webhook triggers; this trigger is a "
+            f"`{kind}` one",
         )
+    if changes.response_mode is not UNSET and kind not in ("api", "webhook"):
+        raise RegistryError(
+            422,
+            "unexpected_response_mode",
+            "`response_mode` is a setting of API and webhook triggers; this trigger is a "
+            f"`{kind}` one",
+        )
+    webhook_only = [
+        name
+        for name in ("events", "include_headers", "tolerance_seconds")
+        if getattr(changes, name) is not UNSET
+    ]
+    if webhook_only and kind != "webhook":
+        raise RegistryError(
+            422,
+            "unexpected_webhook_setting",
+            f"{_listed(webhook_only)} for webhook triggers; this trigger is a `{kind}` one",
+        )
+    if isinstance(trigger, WebhookTrigger):
+        if isinstance(changes.schedule, SchedulePatch):
+            raise RegistryError(
+                422, "unexpected_schedule", "a `webhook` trigger takes no `schedule`"
+            )
+        webhook: dict[str, Any] = {
+            name: getattr(changes, name)
+            for name in ("tolerance_seconds", "response_mode", "sync_wait_seconds")
+            if getattr(changes, name) is not UNSET
+        }
+        try:
+            if changes.events is not UNSET:
+                webhook["events"] = webhooks.checked_events(changes.events)
+            if changes.include_headers is not UNSET:
+                webhook["include_headers"] = webhooks.checked_headers(changes.include_headers)
+        except WebhookRuleError as error:
+            raise RegistryError(error.status, error.code, error.message) from None
+        return msgspec.structs.replace(trigger, **common, **webhook)
     if kind == "schedule":
         stored = trigger.schedule if isinstance(trigger, ScheduleTrigger) else None
         if isinstance(changes.schedule, SchedulePatch):
@@ -384,7 +439,11 @@ def _changed_trigger(trigger: Trigger, changes: TriggerChanges, now: datetime) -
             sync_wait = trigger.sync_wait_seconds
         else:
             sync_wait = DEFAULT_SYNC_WAIT_SECONDS
-        return ApiTrigger(**common, sync_wait_seconds=sync_wait)
+        if changes.response_mode is not UNSET:
+            mode = changes.response_mode
+        else:
+            mode = trigger.response_mode if isinstance(trigger, ApiTrigger) else "result"
+        return ApiTrigger(**common, sync_wait_seconds=sync_wait, response_mode=mode)
     return ManualTrigger(**common)
 
 
@@ -396,10 +455,13 @@ class Registry:
         store: RegistryStore,
         clock: Callable[[], datetime] = _now,
         limits: QuotaLimits | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._limits = limits if limits is not None else QuotaLimits()
+        self._box = secret_box
+        """Seals webhook secrets (None: `WEBHOOK_SECRET_KEY` unset, no webhook triggers)."""
         self._reconciled: dict[tuple[str, QuotaName], datetime] = {}
 
     # --- workspaces and keys ---------------------------------------------------------------
@@ -421,10 +483,15 @@ class Registry:
     async def create_key(self, request: CreateKey) -> IssuedKey:
         await self._workspace(request.workspace_id)
         name = _name(request.key.name, "key") or f"{request.key.scope} key"
+        limits = await self._key_limits(
+            request.workspace_id, request.key.scope, request.key.expires_at, request.key.flow_ids
+        )
         key_id = new_id("key")
         await self._take(request.workspace_id, quotas.API_KEYS, key_id, 1)
         try:
-            issued = await self._issue_key(request.workspace_id, name, request.key.scope, key_id)
+            issued = await self._issue_key(
+                request.workspace_id, name, request.key.scope, key_id, **limits
+            )
         except Exception:
             await self._give_back(request.workspace_id, quotas.API_KEYS, key_id)
             raise
@@ -459,8 +526,42 @@ class Registry:
                 AdminKeys(workspace_id=workspace_id, key_ids=ids),
             )
 
+    async def _key_limits(
+        self,
+        workspace_id: str,
+        scope: KeyScope,
+        expires_at: datetime | None,
+        flow_ids: builtins.list[str] | None,
+    ) -> dict[str, Any]:
+        """A key's expiry and flows, checked: an expiry in the future, flows of the workspace,
+        and flows only for trigger keys (an admin key manages every flow anyway)."""
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=UTC)
+            if expires_at <= self._clock():
+                raise RegistryError(
+                    422, "invalid_expiry", "`expires_at` must be in the future (RFC 3339)"
+                )
+        if flow_ids is not None:
+            if scope != "trigger":
+                raise RegistryError(
+                    422, "unexpected_flow_ids", "only trigger keys are limited to flows"
+                )
+            for flow_id in flow_ids:
+                await self._flow(workspace_id, flow_id)
+        return {
+            "expires_at": expires_at,
+            "flow_ids": tuple(dict.fromkeys(flow_ids)) if flow_ids is not None else None,
+        }
+
     async def _issue_key(
-        self, workspace_id: str, name: str, scope: KeyScope, key_id: str | None = None
+        self,
+        workspace_id: str,
+        name: str,
+        scope: KeyScope,
+        key_id: str | None = None,
+        expires_at: datetime | None = None,
+        flow_ids: tuple[str, ...] | None = None,
     ) -> IssuedKey:
         secret = api_keys.generate()
         key = ApiKey(
@@ -471,6 +572,8 @@ class Registry:
             prefix=api_keys.shown_prefix(secret),
             digest=api_keys.digest(secret),
             created_at=self._clock(),
+            expires_at=expires_at,
+            flow_ids=flow_ids,
         )
         await self._store.create(
             subjects.API_KEYS_BUCKET, subjects.record_key(workspace_id, key.id), key
@@ -518,6 +621,57 @@ class Registry:
         await self._store.delete(subjects.API_KEYS_BUCKET, storage_key)
         await self._give_back(request.workspace_id, quotas.API_KEYS, key.id)
         return _view(key)
+
+    async def rotate_key(self, request: RotateKey) -> IssuedKey:
+        """A new secret for the same key; the old one works until the grace ends."""
+        secret = api_keys.generate()
+
+        def rotate(key: ApiKey) -> ApiKey:
+            now = self._clock()
+            grace = request.rotation.grace_seconds
+            return msgspec.structs.replace(
+                key,
+                prefix=api_keys.shown_prefix(secret),
+                digest=api_keys.digest(secret),
+                previous_digest=key.digest if grace > 0 else None,
+                previous_expires_at=now + timedelta(seconds=grace) if grace > 0 else None,
+            )
+
+        key = await self._change_key(request.workspace_id, request.key_id, rotate)
+        return IssuedKey(key=_view(key), secret=secret)
+
+    async def update_key(self, request: UpdateKey) -> ApiKeyView:
+        changes: KeyChanges = request.changes
+        current = await self._change_key(request.workspace_id, request.key_id, lambda k: k)
+        limits = await self._key_limits(
+            request.workspace_id,
+            current.scope,
+            None if changes.expires_at is UNSET else changes.expires_at,
+            None if changes.flow_ids is UNSET else changes.flow_ids,
+        )
+        given = {
+            name: limits[name]
+            for name in ("expires_at", "flow_ids")
+            if getattr(changes, name) is not UNSET
+        }
+
+        def change(key: ApiKey) -> ApiKey:
+            return msgspec.structs.replace(key, **given)
+
+        return _view(await self._change_key(request.workspace_id, request.key_id, change))
+
+    async def _change_key(
+        self, workspace_id: str, key_id: str, change: Callable[[ApiKey], ApiKey]
+    ) -> ApiKey:
+        changed = None
+        if _both_valid(workspace_id, key_id):
+            storage_key = subjects.record_key(workspace_id, key_id)
+            changed = await self._store.update(
+                subjects.API_KEYS_BUCKET, storage_key, ApiKey, change
+            )
+        if changed is None:
+            raise RegistryError(404, "key_not_found", f"no API key {key_id!r}")
+        return changed
 
     async def key_used(self, event: KeyUsed) -> None:
         def touch(key: ApiKey) -> ApiKey:
@@ -632,13 +786,23 @@ class Registry:
             "paused_at": None if new.enabled else now,
         }
         trigger: Trigger
+        secret: str | None = None
         match new:
             case NewApiTrigger():
-                trigger = ApiTrigger(**common, sync_wait_seconds=new.sync_wait_seconds)
+                trigger = ApiTrigger(
+                    **common,
+                    sync_wait_seconds=new.sync_wait_seconds,
+                    response_mode=new.response_mode,
+                )
             case NewScheduleTrigger():
                 trigger = ScheduleTrigger(**common, schedule=_usable_schedule(new.schedule, now))
             case NewManualTrigger():
                 trigger = ManualTrigger(**common)
+            case NewWebhookTrigger():
+                try:
+                    trigger, secret = webhooks.new_webhook_trigger(common, new, self._box, now)
+                except WebhookRuleError as error:
+                    raise RegistryError(error.status, error.code, error.message) from None
         ws = trigger.workspace_id
         await self._take(ws, quotas.TRIGGERS, trigger.id, 1)
         try:
@@ -652,6 +816,8 @@ class Registry:
             await self._give_back(ws, quotas.TRIGGERS, trigger.id)
             await self._give_back(ws, quotas.SCHEDULE_FIRES, trigger.id)
             raise
+        if isinstance(trigger, WebhookTrigger) and secret is not None:
+            return webhooks.issued(trigger, secret)
         return trigger
 
     async def list_triggers(self, request: ListTriggers) -> TriggerPage:
@@ -661,10 +827,10 @@ class Registry:
         if request.flow_id is not None:
             triggers = [t for t in triggers if t.flow_id == request.flow_id]
         page, next_cursor = page_of(triggers, request.cursor, request.limit)
-        return TriggerPage(items=page, next_cursor=next_cursor)
+        return TriggerPage(items=[webhooks.public(t) for t in page], next_cursor=next_cursor)
 
     async def get_trigger(self, request: GetTrigger) -> Trigger:
-        return await self._trigger(request.workspace_id, request.trigger_id)
+        return webhooks.public(await self._trigger(request.workspace_id, request.trigger_id))
 
     async def update_trigger(self, request: UpdateTrigger) -> Trigger:
         changes = request.changes
@@ -676,7 +842,27 @@ class Registry:
             # Merged into the record as it is now: a concurrent edit is never undone.
             return _changed_trigger(trigger, changes, self._clock())
 
-        return await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        updated = await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        return webhooks.public(updated)
+
+    async def rotate_webhook_secret(self, request: RotateWebhookSecret) -> Trigger:
+        """A new current secret for a webhook trigger (shown once), the previous one kept for
+        the grace the request gives."""
+        issued: list[str] = []
+
+        def apply(trigger: Trigger) -> Trigger:
+            try:
+                changed, secret = webhooks.rotated(
+                    trigger, request.rotation, self._box, self._clock()
+                )
+            except WebhookRuleError as error:
+                raise RegistryError(error.status, error.code, error.message) from None
+            issued.append(secret)
+            return changed
+
+        updated = await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+        assert isinstance(updated, WebhookTrigger)
+        return webhooks.issued(updated, issued[-1])
 
     async def set_trigger_enabled(self, request: SetTriggerEnabled) -> Trigger:
         def apply(trigger: Trigger) -> Trigger:
@@ -692,7 +878,8 @@ class Registry:
                 resumed_at=now if request.enabled else None,
             )
 
-        return await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        updated = await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        return webhooks.public(updated)
 
     async def delete_trigger(self, request: DeleteTrigger) -> Trigger:
         trigger = await self._trigger(request.workspace_id, request.trigger_id)
@@ -701,7 +888,7 @@ class Registry:
         )
         await self._give_back(trigger.workspace_id, quotas.TRIGGERS, trigger.id)
         await self._give_back(trigger.workspace_id, quotas.SCHEDULE_FIRES, trigger.id)
-        return trigger
+        return webhooks.public(trigger)
 
     async def _change_trigger(
         self, workspace_id: str, trigger_id: str, apply: Callable[[Trigger], Trigger]

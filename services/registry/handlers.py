@@ -32,6 +32,8 @@ def routes(registry: Registry) -> dict[str, Route]:
         subjects.KEY_LIST: Route(api.ListKeys, registry.list_keys),
         subjects.KEY_REVOKE: Route(api.RevokeKey, registry.revoke_key),
         subjects.KEY_TOUCH: Route(api.KeyUsed, registry.key_used),
+        subjects.KEY_ROTATE: Route(api.RotateKey, registry.rotate_key),
+        subjects.KEY_UPDATE: Route(api.UpdateKey, registry.update_key),
         subjects.FLOW_CREATE: Route(api.CreateFlow, registry.create_flow),
         subjects.FLOW_LIST: Route(api.ListFlows, registry.list_flows),
         subjects.FLOW_GET: Route(api.GetFlow, registry.get_flow),
@@ -41,6 +43,9 @@ def routes(registry: Registry) -> dict[str, Route]:
         subjects.TRIGGER_UPDATE: Route(api.UpdateTrigger, registry.update_trigger),
         subjects.TRIGGER_SET_ENABLED: Route(api.SetTriggerEnabled, registry.set_trigger_enabled),
         subjects.TRIGGER_DELETE: Route(api.DeleteTrigger, registry.delete_trigger),
+        subjects.TRIGGER_ROTATE_SECRET: Route(
+            api.RotateWebhookSecret, registry.rotate_webhook_secret
+        ),
         subjects.RUNNER_ANNOUNCE: Route(api.RunnerAnnouncement, registry.runner_announced),
         subjects.FUNCTION_LIST: Route(api.ListFunctions, registry.list_functions),
     }

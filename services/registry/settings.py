@@ -24,6 +24,11 @@ class RegistrySettings(msgspec.Struct, frozen=True, kw_only=True):
     `<workspace id>.<quota>=<limit>` (quotas: triggers, flows, api_keys,
     schedule_fires_per_hour)."""
 
+    webhook_secret_key: str = ""
+    """Key that seals webhook signing secrets at rest (AES-GCM; 32 bytes in base64, the same
+    on the registry and the ingress; several comma-separated keys: the first seals, each
+    opens). Empty: webhook triggers cannot be created (`make run` makes one)."""
+
     def quota_limits(self) -> QuotaLimits:
         """The limits these settings give (raises ValueError for an unusable one)."""
         return QuotaLimits(

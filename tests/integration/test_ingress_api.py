@@ -598,7 +598,7 @@ async def test_a_value_outside_an_enum_is_refused_listing_the_allowed_values(
     ws, flow_id, trigger = await startable_flow(client)
 
     in_body = await client.post(
-        "/v1/triggers", json={"flow_id": flow_id, "type": "webhook"}, headers=ws.admin
+        "/v1/triggers", json={"flow_id": flow_id, "type": "email"}, headers=ws.admin
     )
     in_field = await client.patch(
         f"/v1/triggers/{trigger['id']}", json={"overlap": "never"}, headers=ws.admin
@@ -607,7 +607,10 @@ async def test_a_value_outside_an_enum_is_refused_listing_the_allowed_values(
         f"/v1/triggers/{trigger['id']}/run?overlap=never", headers=ws.admin
     )
 
-    assert '"api", "schedule", "manual"' in problem(in_body, 400, "invalid_request")["detail"]
+    assert (
+        '"api", "schedule", "manual", "webhook"'
+        in problem(in_body, 400, "invalid_request")["detail"]
+    )
     for response in (in_field, in_query):
         detail = problem(response, 400, "invalid_request")["detail"]
         assert "cancel_previous" in detail

@@ -31,7 +31,7 @@ def test_every_request_subject_and_bucket_of_the_contracts_has_a_channel() -> No
     requests = [value for value in constants.values() if value.startswith(prefixes)]
     buckets = [value for name, value in constants.items() if name.endswith("_BUCKET")]
     assert len(requests) >= 19
-    assert len(buckets) == 8
+    assert len(buckets) == 9
     expected = [
         *requests,
         *(f"{asyncapi.KV_PREFIX}.{bucket}.{{key}}" for bucket in buckets),
