@@ -399,7 +399,6 @@ def _like_prefix(text: str) -> str:
 
 # --- following the bucket ---------------------------------------------------------------------
 
-RUNS_SUBJECTS = f"$KV.{subjects.RUNS_BUCKET}.>"
 IDLE_CHECK = 1.0
 """Seconds without a change after which the follower checks that its consumer still exists (a
 server restart forgets it, and pulls then only go unanswered)."""
@@ -497,7 +496,8 @@ class RunsFollower:
         consumer = await self._js.add_consumer(
             stream,
             ConsumerConfig(
-                filter_subject=RUNS_SUBJECTS,
+                # No subject filter: the bucket's stream holds only its records, and a
+                # filter over a million subjects makes the server slower to deliver.
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=applied + 1,
                 ack_policy=AckPolicy.NONE,
@@ -537,10 +537,16 @@ class RunsFollower:
                     async with asyncio.timeout(IDLE_CHECK):
                         await self._arrived.wait()
                 except TimeoutError:
-                    # Nothing new for a while, unless the consumer is gone: ask, and start
-                    # over if so (`consumer_info` raises).
-                    await self._js.consumer_info(stream, consumer)
-                    await self._caught_up()
+                    # Nothing new for a while: ask (`consumer_info` raises if the consumer is
+                    # gone, and following starts over). Silence alone is no proof of being
+                    # caught up: a busy server may just be slow to deliver.
+                    info = await self._js.consumer_info(stream, consumer)
+                    if not info.num_pending:
+                        await self._caught_up()
+                    else:
+                        log.warning(
+                            "no run change for %gs, %d pending", IDLE_CHECK, info.num_pending
+                        )
                 continue
             batch = self._received[: self._batch_size]
             del self._received[: self._batch_size]
