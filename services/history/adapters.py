@@ -119,12 +119,13 @@ INSERT INTO runs (id, workspace_id, flow_id, trigger_id, status, source, queued_
                   error, revision, record)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
-    workspace_id = excluded.workspace_id, flow_id = excluded.flow_id,
-    trigger_id = excluded.trigger_id, status = excluded.status, source = excluded.source,
-    queued_at = excluded.queued_at, duration = excluded.duration, error = excluded.error,
+    status = excluded.status, duration = excluded.duration, error = excluded.error,
     revision = excluded.revision, record = excluded.record
 WHERE excluded.revision > runs.revision
 """
+# A run's workspace, flow, trigger, source and queued time are set when the runner creates its
+# record and never change: an update leaves them, and the indexes made of them alone, as they
+# are (SQLite rewrites every index holding a column the SET names).
 # The same rule as `core.is_newer`, kept in SQL so a batch is one statement per run.
 REMOVE = "DELETE FROM runs WHERE id = ? AND revision < ?"
 FORGET_CHUNK = 10_000
