@@ -71,6 +71,20 @@ def make_run(workspace_id: str, now: datetime, rng: random.Random) -> Run:
     )
 
 
+def live_run(workspace_id: str, now: datetime, rng: random.Random) -> Run:
+    """A run a busy runner records now: running, of any flow and trigger."""
+    trigger = rng.randrange(len(TRIGGERS))
+    return Run(
+        id=new_id("run"),
+        workspace_id=workspace_id,
+        flow_id=FLOWS[trigger % len(FLOWS)],
+        trigger_id=TRIGGERS[trigger],
+        status="running",
+        source=SOURCES[trigger % len(SOURCES)],
+        queued_at=now,
+    )
+
+
 async def write_runs(nc: Client, runs: list[Run]) -> float:
     """Publish the records into the bucket's stream and wait until it holds them all; records
     per second. Plain publishes, flushed in chunks: waiting for each acknowledgement made the
@@ -115,20 +129,7 @@ async def write_load(url: str, workspace_id: str, rate: float, seconds: float) -
             for run in begun[: due // 2]
         ]
         begun = begun[len(finals) :]
-        fresh = []
-        for _ in range(due - len(finals)):
-            trigger = rng.randrange(len(TRIGGERS))
-            fresh.append(
-                Run(
-                    id=new_id("run"),
-                    workspace_id=workspace_id,
-                    flow_id=FLOWS[trigger % len(FLOWS)],
-                    trigger_id=TRIGGERS[trigger],
-                    status="running",
-                    source="api",
-                    queued_at=now,
-                )
-            )
+        fresh = [live_run(workspace_id, now, rng) for _ in range(due - len(finals))]
         for run in [*finals, *fresh]:
             await nc.publish(f"$KV.{subjects.RUNS_BUCKET}.{workspace_id}.{run.id}", encode(run))
         begun += fresh
@@ -328,9 +329,11 @@ async def run(large: int, folder: Path, load_rate: float, load_seconds: float) -
             f"p99 {await timed(stats, 100):.2f} ms"
         )
 
-        live = [make_run(large_ws, now, rng) for _ in range(50_000)]
+        # Live runs are queued now, as a runner records them (their ids and times grow), not
+        # scattered over the past month like the loaded ones.
+        live = [live_run(large_ws, datetime.now(UTC), rng) for _ in range(50_000)]
         # The last change written is the newest run: once it heads the list, all are in.
-        newest = Run(**{**_fields(live[-1]), "queued_at": now + timedelta(minutes=1)})
+        newest = Run(**{**_fields(live[-1]), "queued_at": datetime.now(UTC)})
         live[-1] = newest
         started = time.perf_counter()
         await write_runs(nc, live)
