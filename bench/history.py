@@ -6,12 +6,17 @@ over 30 days, 50 flows, 500 triggers and 5 statuses. Then starts one history rep
 process and prints: the rebuild time and rate (its ingest ceiling) and its peak RSS; list p99
 (the history's NATS API, limit 50) with no filter, each single filter and status+flow, on page
 1 and page 200 (the last page for the small workspace), at both sizes and their ratio; stats
-p99 for one flow over 24 h; and the rate at which the running replica takes live changes. It
-measures, it does not assert.
+p99 for one flow over 24 h; the rate at which the running replica takes live changes; and the
+projection's lag while another process writes run changes at the runner's peak rate (`--rate`
+changes/s for `--load-seconds`: new runs, then their final records), sampled from outside (the
+age of the newest run the list shows) and as the replica reports it. It measures, it does not
+assert.
 """
 
 import argparse
 import asyncio
+import contextlib
+import json
 import random
 import sys
 import tempfile
@@ -21,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from bench.processes import Server, start_module, start_nats, stop_all
 from contracts import subjects
@@ -29,6 +35,7 @@ from contracts.runs import Run, RunStatus, StartSource
 from shared import broker
 from shared.codec import encode
 from shared.ids import new_id
+from shared.kv import bucket_stream
 from shared.rpc import ServiceClient, ServiceUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +43,15 @@ STATUSES: list[RunStatus] = ["succeeded", "failed", "running", "queued", "cancel
 SOURCES: list[StartSource] = ["api", "schedule", "manual", "external"]
 FLOWS = [f"flw_{n:021d}" for n in range(50)]
 TRIGGERS = [f"trg_{n:021d}" for n in range(500)]
-IN_FLIGHT = 512
+FLUSH_EVERY = 5000
+AHEAD = 50_000
+"""Records sent most ahead of what the stream has stored."""
 REPEATS = 200
+LOAD_RATE = 12_000
+"""Run changes a second the load writer aims at: the runner's peak (`make bench-runner`)."""
+LOAD_SECONDS = 20.0
+LOAD_TICK = 0.01
+LAG_SAMPLE_EVERY = 0.02
 
 
 def make_run(workspace_id: str, now: datetime, rng: random.Random) -> Run:
@@ -57,18 +71,110 @@ def make_run(workspace_id: str, now: datetime, rng: random.Random) -> Run:
     )
 
 
+def live_run(workspace_id: str, now: datetime, rng: random.Random) -> Run:
+    """A run a busy runner records now: running, of any flow and trigger."""
+    trigger = rng.randrange(len(TRIGGERS))
+    return Run(
+        id=new_id("run"),
+        workspace_id=workspace_id,
+        flow_id=FLOWS[trigger % len(FLOWS)],
+        trigger_id=TRIGGERS[trigger],
+        status="running",
+        source=SOURCES[trigger % len(SOURCES)],
+        queued_at=now,
+    )
+
+
 async def write_runs(nc: Client, runs: list[Run]) -> float:
-    """Publish the records into the bucket's stream, many in flight; records per second."""
+    """Publish the records into the bucket's stream and wait until it holds them all; records
+    per second. Plain publishes, flushed in chunks: waiting for each acknowledgement made the
+    writing, not the history, the slow part of a million-run bench."""
     js = nc.jetstream()
+    stream = bucket_stream(subjects.RUNS_BUCKET)
+    first = (await js.stream_info(stream)).state.last_seq
     started = time.perf_counter()
-    for offset in range(0, len(runs), IN_FLIGHT):
-        await asyncio.gather(
-            *(
-                js.publish(f"$KV.{subjects.RUNS_BUCKET}.{r.workspace_id}.{r.id}", encode(r))
-                for r in runs[offset : offset + IN_FLIGHT]
-            )
-        )
+    for offset in range(0, len(runs), FLUSH_EVERY):
+        for r in runs[offset : offset + FLUSH_EVERY]:
+            await nc.publish(f"$KV.{subjects.RUNS_BUCKET}.{r.workspace_id}.{r.id}", encode(r))
+        await nc.flush()
+        # Keep the server's storing within reach of what was sent.
+        await until_stored(js, stream, first + offset - AHEAD)
+    await until_stored(js, stream, first + len(runs))
     return len(runs) / (time.perf_counter() - started)
+
+
+async def until_stored(js: JetStreamContext, stream: str, sequence: int) -> None:
+    """Poll the stream until it holds `sequence` (the server stores in its own time)."""
+    while True:
+        if (await js.stream_info(stream)).state.last_seq >= sequence:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def write_load(url: str, workspace_id: str, rate: float, seconds: float) -> None:
+    """In its own process: run changes at `rate` a second, as a busy runner writes them (half
+    new runs, half the final record of a run begun one tick before), each queued at the moment
+    it is written. Plain publishes into the bucket's stream: the writer must not be what limits
+    the rate. Prints what it wrote as JSON."""
+    nc = await broker.connect(url, "bench-history-load")
+    rng = random.Random()
+    started = time.perf_counter()
+    written = 0
+    begun: list[Run] = []
+    while (elapsed := time.perf_counter() - started) < seconds:
+        due = int(rate * elapsed) - written
+        now = datetime.now(UTC)
+        finals = [
+            Run(**{**_fields(run), "status": "succeeded", "duration_seconds": 0.01})
+            for run in begun[: due // 2]
+        ]
+        begun = begun[len(finals) :]
+        fresh = [live_run(workspace_id, now, rng) for _ in range(due - len(finals))]
+        for run in [*finals, *fresh]:
+            await nc.publish(f"$KV.{subjects.RUNS_BUCKET}.{workspace_id}.{run.id}", encode(run))
+        begun += fresh
+        written += due
+        await nc.flush()
+        await asyncio.sleep(LOAD_TICK)
+    took = time.perf_counter() - started
+    await nc.drain()
+    print(json.dumps({"written": written, "seconds": took}), flush=True)
+
+
+async def lag_under_load(
+    client: ServiceClient, url: str, workspace_id: str, rate: float, seconds: float
+) -> tuple[dict[str, object], list[float], list[float]]:
+    """Starts the load writer and samples the lag until it is done: the age of the newest run
+    the list shows (the writer queues each run as it writes it) and the reported lag."""
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.history",
+        "--load-writer",
+        url,
+        workspace_id,
+        str(rate),
+        str(seconds),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    observed: list[float] = []
+    reported: list[float] = []
+    query = ListRuns(workspace_id=workspace_id, limit=1)
+    try:
+        while writer.returncode is None:
+            page = await client.call(subjects.HISTORY_RUNS_LIST, query, RunPage)
+            if page.items:  # once the writer has begun
+                age = (datetime.now(UTC) - page.items[0].queued_at).total_seconds()
+                observed.append(max(0.0, age))
+                reported.append(page.history_lag_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writer.wait()), LAG_SAMPLE_EVERY)
+        out, _ = await writer.communicate()
+    finally:
+        if writer.returncode is None:
+            writer.kill()
+    return json.loads(out), observed, reported
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -76,6 +182,13 @@ def rss_peak_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def percentile_ms(samples: list[float], percent: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[max(0, int(len(ordered) * percent / 100) - 1)] * 1000
 
 
 def p99_ms(samples: list[float]) -> float:
@@ -121,18 +234,26 @@ def filters(now: datetime) -> dict[str, dict[str, object]]:
     }
 
 
-async def list_p99s(client: ServiceClient, workspace_id: str, now: datetime) -> dict[str, float]:
+async def list_p99s(
+    client: ServiceClient, workspaces: tuple[str, str], now: datetime
+) -> dict[str, tuple[float, float]]:
+    """p99 of each filter and page in both workspaces, their calls taken in turn: on a shared
+    machine the noise of the moment then falls on both sizes alike."""
     figures = {}
     for name, given in filters(now).items():
         for page in (1, 200):
-            query = ListRuns(workspace_id=workspace_id, limit=50, **given)  # type: ignore[arg-type]
-            cursor = await cursor_of_page(client, query, page)
-            paged = ListRuns(**{**_fields(query), "cursor": cursor})
-
-            async def call(paged: ListRuns = paged) -> RunPage:
-                return await client.call(subjects.HISTORY_RUNS_LIST, paged, RunPage)
-
-            figures[f"{name}, page {page}"] = await timed(call)
+            calls = []
+            for workspace_id in workspaces:
+                query = ListRuns(workspace_id=workspace_id, limit=50, **given)  # type: ignore[arg-type]
+                cursor = await cursor_of_page(client, query, page)
+                calls.append(ListRuns(**{**_fields(query), "cursor": cursor}))
+            samples: tuple[list[float], list[float]] = ([], [])
+            for _ in range(REPEATS):
+                for paged, taken in zip(calls, samples, strict=True):
+                    started = time.perf_counter()
+                    await client.call(subjects.HISTORY_RUNS_LIST, paged, RunPage)
+                    taken.append(time.perf_counter() - started)
+            figures[f"{name}, page {page}"] = (p99_ms(samples[0]), p99_ms(samples[1]))
     return figures
 
 
@@ -157,7 +278,7 @@ async def wait_answering(client: ServiceClient, history: Server, timeout: float)
     raise RuntimeError(f"the history did not answer within {timeout:.0f}s")
 
 
-async def run(large: int, folder: Path) -> None:
+async def run(large: int, folder: Path, load_rate: float, load_seconds: float) -> None:
     nats, url = start_nats(folder)
     servers: list[Server] = [nats]
     try:
@@ -189,14 +310,13 @@ async def run(large: int, folder: Path) -> None:
         total = 1000 + large
         print(
             f"rebuild of {total:,} records: {rebuild:.1f} s ({total / rebuild:,.0f} records/s, "
-            f"process start included); peak RSS {rss_peak_mb(history.process.pid):.0f} MB"
+            f"process start included; {history.cpu_seconds():.1f} s of CPU); "
+            f"peak RSS {rss_peak_mb(history.process.pid):.0f} MB"
         )
 
-        small_p99 = await list_p99s(client, small_ws, now)
-        large_p99 = await list_p99s(client, large_ws, now)
+        p99s = await list_p99s(client, (small_ws, large_ws), now)
         print(f"\nlist p99 (limit 50), ms: 1,000 runs | {large:,} runs | ratio")
-        for name, at_small in small_p99.items():
-            at_large = large_p99[name]
+        for name, (at_small, at_large) in p99s.items():
             print(f"  {name:28} {at_small:7.2f} | {at_large:7.2f} | {at_large / at_small:5.2f}x")
 
         async def stats() -> RunStats:
@@ -209,9 +329,11 @@ async def run(large: int, folder: Path) -> None:
             f"p99 {await timed(stats, 100):.2f} ms"
         )
 
-        live = [make_run(large_ws, now, rng) for _ in range(50_000)]
+        # Live runs are queued now, as a runner records them (their ids and times grow), not
+        # scattered over the past month like the loaded ones.
+        live = [live_run(large_ws, datetime.now(UTC), rng) for _ in range(50_000)]
         # The last change written is the newest run: once it heads the list, all are in.
-        newest = Run(**{**_fields(live[-1]), "queued_at": now + timedelta(minutes=1)})
+        newest = Run(**{**_fields(live[-1]), "queued_at": datetime.now(UTC)})
         live[-1] = newest
         started = time.perf_counter()
         await write_runs(nc, live)
@@ -222,6 +344,24 @@ async def run(large: int, folder: Path) -> None:
             f"({len(live) / took:,.0f}/s; the bucket writes alone: see above); "
             f"peak RSS {rss_peak_mb(history.process.pid):.0f} MB"
         )
+
+        load_ws = new_id("wsp")
+        wrote, observed, reported = await lag_under_load(
+            client, url, load_ws, load_rate, load_seconds
+        )
+        achieved = float(wrote["written"]) / float(wrote["seconds"])  # type: ignore[arg-type]
+        print(
+            f"\nlag while {wrote['written']:,} run changes were written at {achieved:,.0f}/s "
+            f"(aim {load_rate:,.0f}/s, {load_seconds:.0f} s) by another process, "
+            f"{len(observed)} samples:\n"
+            f"  newest run listed is behind by: p50 {percentile_ms(observed, 50):.0f} ms, "
+            f"p99 {percentile_ms(observed, 99):.0f} ms, "
+            f"max {max(observed, default=0) * 1000:.0f} ms\n"
+            f"  history_lag_seconds reported: p99 {percentile_ms(reported, 99):.0f} ms, "
+            f"max {max(reported, default=0) * 1000:.0f} ms\n"
+            f"  ingest ceiling next to it: rebuild {total / rebuild:,.0f}/s, "
+            f"live burst {len(live) / took:,.0f}/s"
+        )
         await nc.drain()
     finally:
         stop_all(servers)
@@ -231,13 +371,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100_000, help="runs of the large workspace")
     parser.add_argument("--million", action="store_true", help="1,000,000 runs")
+    parser.add_argument("--rate", type=float, default=LOAD_RATE, help="run changes/s of the load")
+    parser.add_argument("--load-seconds", type=float, default=LOAD_SECONDS)
+    parser.add_argument("--load-writer", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.load_writer:  # the load's own process (see `lag_under_load`)
+        url, workspace_id, rate, seconds = args.load_writer
+        asyncio.run(write_load(url, workspace_id, float(rate), float(seconds)))
+        return 0
     large = 1_000_000 if args.million else args.runs
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(
         prefix="bench-history-", dir=shm if shm.is_dir() else None
     ) as folder:
-        asyncio.run(run(large, Path(folder)))
+        asyncio.run(run(large, Path(folder), args.rate, args.load_seconds))
     return 0
 
 

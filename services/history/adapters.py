@@ -5,28 +5,32 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 from contracts import subjects
 from contracts.history import ListRuns
-from contracts.runs import Run
+from contracts.runs import Run, RunStatus, StartSource
 from services.history import core
 from services.history.core import Change
 from shared.codec import decoder
 from shared.kv import bucket_stream
-from shared.pull import delivery
+from shared.pull import Puller, delivery
+from shared.supervise import cancel_and_wait
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RunStore(Protocol):
@@ -58,10 +62,17 @@ class RunStore(Protocol):
     def reset(self) -> None:
         """Forget everything (the stream was recreated)."""
 
+    def start_rebuild(self) -> None:
+        """The store is about to take a whole stream from scratch: it may leave out what a bulk
+        load does better at the end (secondary indexes, durable commits)."""
+
+    def finish_rebuild(self) -> None:
+        """The rebuild reached the head of the stream: make the store whole again."""
+
     def close(self) -> None: ...
 
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     workspace_id TEXT NOT NULL,
@@ -75,6 +86,12 @@ CREATE TABLE IF NOT EXISTS runs (
     revision INTEGER NOT NULL,
     record BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS position (
+    name TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+"""
+INDEXES = """
 -- Newest first by (queued_at, id) within a workspace, alone or with one equality filter; the
 -- trailing columns let a status filter and the stats read the index only.
 CREATE INDEX IF NOT EXISTS runs_by_time
@@ -87,44 +104,97 @@ CREATE INDEX IF NOT EXISTS runs_by_status
     ON runs (workspace_id, status, queued_at, id);
 CREATE INDEX IF NOT EXISTS runs_by_source
     ON runs (workspace_id, source, queued_at, id);
-CREATE TABLE IF NOT EXISTS position (
-    name TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL
-);
 """
+SECONDARY_INDEXES = (
+    "runs_by_time",
+    "runs_by_flow",
+    "runs_by_trigger",
+    "runs_by_status",
+    "runs_by_source",
+)
+SCHEMA = TABLES + INDEXES
 
 UPSERT = """
 INSERT INTO runs (id, workspace_id, flow_id, trigger_id, status, source, queued_at, duration,
                   error, revision, record)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
-    workspace_id = excluded.workspace_id, flow_id = excluded.flow_id,
-    trigger_id = excluded.trigger_id, status = excluded.status, source = excluded.source,
-    queued_at = excluded.queued_at, duration = excluded.duration, error = excluded.error,
+    status = excluded.status, duration = excluded.duration, error = excluded.error,
     revision = excluded.revision, record = excluded.record
 WHERE excluded.revision > runs.revision
 """
+# A run's workspace, flow, trigger, source and queued time are set when the runner creates its
+# record and never change: an update leaves them, and the indexes made of them alone, as they
+# are (SQLite rewrites every index holding a column the SET names).
 # The same rule as `core.is_newer`, kept in SQL so a batch is one statement per run.
 REMOVE = "DELETE FROM runs WHERE id = ? AND revision < ?"
 FORGET_CHUNK = 10_000
 """Runs removed per transaction by retention, so queries are never held up for long."""
 
 
+class RunRow(msgspec.Struct, frozen=True):
+    """The fields of a run record the projection indexes: decoding only these costs a third of
+    decoding a whole `Run` (the rest of the record is kept and answered as it came)."""
+
+    id: str
+    workspace_id: str
+    flow_id: str
+    status: RunStatus
+    source: StartSource
+    queued_at: datetime
+    trigger_id: str | None = None
+    error: str | None = None
+    duration_seconds: float | None = None
+
+
+REBUILD_COMMIT_CHANGES = 100_000
+"""Changes a rebuild applies per commit (a crash loses at most these: they come again)."""
+READER_CACHE_KIB = 16 * 1024
+WRITER_CACHE_KIB = 64 * 1024
+
+
 class SqliteRunStore:
-    """The projection in one SQLite file (WAL: readers never wait for the writer)."""
+    """The projection in one SQLite file (WAL: readers never wait for the writer).
+
+    One writer connection, used by one thread at a time (the history's writer thread), and a
+    reader connection per reading thread, so queries run beside a write."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
+        self._path = str(path)
+        if self._path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = self._connect(WRITER_CACHE_KIB)
         self._db.execute("PRAGMA journal_mode = WAL")
         # The bucket is the truth: a write lost to a crash is applied again from the stream,
         # because the position is committed with its data.
         self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB
-        self._db.execute("PRAGMA temp_store = MEMORY")
         self._db.executescript(SCHEMA)
+        self._decode_row = msgspec.json.Decoder(RunRow).decode
         self._decode = decoder(Run).decode
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._rebuilding = False
+        self._uncommitted = 0
+        """Changes applied since the last commit (a rebuild commits every so many)."""
+
+    def _connect(self, cache_kib: int) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA cache_size = -{cache_kib}")
+        db.execute("PRAGMA temp_store = MEMORY")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's reading connection (opened on its first query)."""
+        if self._path == ":memory:":
+            return self._db  # a private in-memory database: one connection sees it
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect(READER_CACHE_KIB)
+            db.execute("PRAGMA query_only = ON")
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
 
     def applied_sequence(self) -> int:
         row = self._db.execute("SELECT sequence FROM position WHERE name = 'runs'").fetchone()
@@ -133,11 +203,23 @@ class SqliteRunStore:
     def apply(self, changes: Sequence[Change], sequence: int, cutoff: datetime) -> None:
         puts = []
         removals = []
-        for change in core.newest_per_run(changes):
-            if change.run is None:
-                removals.append((change.run_id, change.revision))
-            elif core.kept(change, cutoff):
-                run = change.run
+        cutoff_us = core.microseconds(cutoff)
+        decode_row = self._decode_row
+        epoch, unit = core.EPOCH, core.MICROSECOND
+        for run_id, revision, record in core.newest_per_run(changes):
+            if record is None:
+                removals.append((run_id, revision))
+                continue
+            try:
+                run = decode_row(record)
+            except msgspec.DecodeError as error:  # ValidationError included
+                log.error("skipping undecodable run record %s: %s", run_id, error)
+                continue
+            queued_at = run.queued_at
+            if queued_at.tzinfo is None:
+                queued_at = queued_at.replace(tzinfo=UTC)
+            queued_at_us = (queued_at - epoch) // unit  # core.microseconds, inlined: per row
+            if core.kept(queued_at_us, cutoff_us):
                 puts.append(
                     (
                         run.id,
@@ -146,15 +228,16 @@ class SqliteRunStore:
                         run.trigger_id,
                         run.status,
                         run.source,
-                        core.microseconds(run.queued_at),
+                        queued_at_us,
                         run.duration_seconds,
                         run.error,
-                        change.revision,
-                        change.record,
+                        revision,
+                        record,
                     )
                 )
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(UPSERT, puts)
             db.executemany(REMOVE, removals)
@@ -163,10 +246,37 @@ class SqliteRunStore:
                 "ON CONFLICT (name) DO UPDATE SET sequence = max(sequence, excluded.sequence)",
                 (sequence,),
             )
-            db.execute("COMMIT")
+            self._uncommitted += len(changes)
+            # A rebuild commits far less often: each commit writes every page the batch
+            # touched, and random run ids touch most of the id index's pages every time.
+            if not self._rebuilding or self._uncommitted >= REBUILD_COMMIT_CHANGES:
+                db.execute("COMMIT")
+                self._uncommitted = 0
         except BaseException:
             db.execute("ROLLBACK")
+            self._uncommitted = 0
             raise
+
+    def start_rebuild(self) -> None:
+        # Only an empty store: its indexes are then built once from sorted data at the end,
+        # rather than kept up to date a million random inserts at a time. Commits need not
+        # be durable meanwhile: a rebuild cut short starts over from the bucket anyway.
+        if self._db.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None:
+            return
+        for index in SECONDARY_INDEXES:
+            self._db.execute(f"DROP INDEX IF EXISTS {index}")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._rebuilding = True
+
+    def finish_rebuild(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+        self._uncommitted = 0
+        self._rebuilding = False
+        self._db.executescript(INDEXES)  # only those missing
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        # The bulk load left a large write-ahead log: fold it in and give the space back.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def list_runs(self, query: ListRuns) -> tuple[list[Run], str | None]:
         where = ["workspace_id = ?"]
@@ -192,9 +302,15 @@ class SqliteRunStore:
         if query.since is not None:
             where.append("queued_at >= ?")
             params.append(core.microseconds(query.since))
-        if query.until is not None:
+        until = core.microseconds(query.until) if query.until is not None else None
+        position = core.position_of(query.cursor) if query.cursor is not None else None
+        if until is not None and (position is None or position[0] >= until):
+            # Without a cursor, or one at or after `until` (which then says it all). A cursor
+            # before `until` says it alone: given both, SQLite bounds the index scan with
+            # `until` and filters the cursor, reading every page before this one.
             where.append("queued_at < ?")
-            params.append(core.microseconds(query.until))
+            params.append(until)
+            position = None
         if query.q:
             # No index serves text search: it scans the workspace's runs the other filters
             # leave (documented; the filters narrow it).
@@ -204,10 +320,9 @@ class SqliteRunStore:
                 matches.append("id = ?")
                 params.append(query.q_run_id)
             where.append(f"({' OR '.join(matches)})")
-        if query.cursor is not None:
-            at, run_id = core.position_of(query.cursor)
+        if position is not None:
             where.append("(queued_at, id) < (?, ?)")
-            params.extend([at, run_id])
+            params.extend(position)
         # One more than the page says whether a next page exists. The index is named: with
         # several filters SQLite may otherwise pick one that does not give the order, and sort.
         sql = (
@@ -215,7 +330,7 @@ class SqliteRunStore:
             f"WHERE {' AND '.join(where)} ORDER BY queued_at DESC, id DESC LIMIT ?"
         )
         params.append(query.limit + 1)
-        rows = self._db.execute(sql, params).fetchall()
+        rows = self._reader().execute(sql, params).fetchall()
         page = rows[: query.limit]
         next_cursor = None
         if len(rows) > query.limit:
@@ -244,7 +359,7 @@ class SqliteRunStore:
             where.append("trigger_id = ?")
             params.append(trigger_id)
         sql = f"SELECT status, queued_at, duration FROM runs WHERE {' AND '.join(where)}"
-        return [(row[0], row[1], row[2]) for row in self._db.execute(sql, params)]
+        return self._reader().execute(sql, params).fetchall()
 
     def forget_before(self, cutoff: datetime) -> int:
         # Workspace by workspace, on the list's own index: an index of its own would slow
@@ -271,6 +386,10 @@ class SqliteRunStore:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for db in readers:
+            db.close()
         self._db.close()
 
 
@@ -281,53 +400,73 @@ def _like_prefix(text: str) -> str:
 
 # --- following the bucket ---------------------------------------------------------------------
 
-RUNS_SUBJECTS = f"$KV.{subjects.RUNS_BUCKET}.>"
-FETCH_TIMEOUT = 1.0
-"""Seconds one pull waits for new changes before asking again."""
+IDLE_CHECK = 1.0
+"""Seconds without a change after which the follower checks that its consumer still exists (a
+server restart forgets it, and pulls then only go unanswered)."""
 INACTIVE_THRESHOLD = 30.0
 """Seconds after which the server removes a reading consumer this replica left behind."""
+BUFFERED_BATCHES = 4
+"""Batches of changes received ahead of the writer: the next ones arrive while one is written,
+and no more than this waits in memory."""
 
 
-def change_of(msg: Msg, sequence: int) -> Change | None:
-    """The change a message of the bucket's stream carries (None: not a run record)."""
+def change_of(msg: Msg) -> Change:
+    """The change a message of the bucket's stream carries."""
     run_id = subjects.record_id(msg.subject)
-    if (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE) or not msg.data:
-        return Change(run_id=run_id, revision=sequence, run=None)
-    try:
-        run: Run = decoder(Run).decode(msg.data)
-    except msgspec.DecodeError as error:
-        log.error("skipping undecodable run record %s: %s", msg.subject, error)
-        return None
-    return Change(run_id=run.id, revision=sequence, run=run, record=msg.data)
+    sequence = delivery(msg).stream_sequence
+    headers = msg.headers
+    if not msg.data or (headers is not None and headers.get(KV_OP) in (KV_DEL, KV_PURGE)):
+        return Change(run_id, sequence, None)
+    return Change(run_id, sequence, msg.data)
+
+
+def pending_after(msg: Msg) -> int:
+    """How many messages the consumer still had for this replica after `msg`."""
+    tokens = (msg.reply or "").split(".")
+    # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>; v2 adds the
+    # domain and account hash after ACK and a random token at the end.
+    return int(tokens[8] if len(tokens) == 9 else tokens[10])
 
 
 class RunsFollower:
     """Projects the `runs` bucket's own stream into a `RunStore`: from the sequence after the
     last one applied, with a consumer of its own that keeps no state on the server (the
     position lives in the store, committed with the data). A restart resumes; a wiped store
-    starts from sequence 1, which rebuilds it (the stream holds every run's latest record)."""
+    starts from sequence 1, which rebuilds it (the stream holds every run's latest record).
+
+    The event loop only receives: every store call runs on `writer`, one thread, so SQLite
+    never holds up NATS, and the next changes arrive while a batch is written."""
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         store: RunStore,
         *,
         batch_size: int,
         retention_days: float,
+        writer: Executor,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._store = store
         self._batch_size = batch_size
         self._retention_days = retention_days
+        self._writer = writer
         self._clock = clock
+        self._received: list[Msg] = []
+        self._arrived = asyncio.Event()
         self.behind_since: datetime | None = clock()
         """None while caught up; else the age of the oldest change maybe not applied yet."""
         self.caught_up = asyncio.Event()
         """Set once the projection holds what the stream held when following began."""
+        self._rebuilding = False
 
     def lag_seconds(self) -> float:
         return core.lag_seconds(self._clock(), self.behind_since)
+
+    async def _write(self, call: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call, *args)
 
     async def follow(self) -> None:
         """Follow until cancelled or until something fails (run it under `supervised`)."""
@@ -340,20 +479,26 @@ class RunsFollower:
             if self.behind_since is None:
                 self.behind_since = self._clock()
             raise
+        finally:
+            self._received.clear()
 
     async def _follow(self, stream: str) -> None:
         info = await self._js.stream_info(stream)
         last = info.state.last_seq
-        if core.must_rebuild(self._store.applied_sequence(), last):
+        if core.must_rebuild(await self._write(self._store.applied_sequence), last):
             log.warning("the runs stream was recreated: rebuilding the history from it")
-            self._store.reset()
-        applied = self._store.applied_sequence()
+            await self._write(self._store.reset)
+        applied = await self._write(self._store.applied_sequence)
+        if applied == 0 and last > 0:
+            self._rebuilding = True
+            await self._write(self._store.start_rebuild)
         if applied >= last:
-            self._caught_up()
+            await self._caught_up()
         consumer = await self._js.add_consumer(
             stream,
             ConsumerConfig(
-                filter_subject=RUNS_SUBJECTS,
+                # No subject filter: the bucket's stream holds only its records, and a
+                # filter over a million subjects makes the server slower to deliver.
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=applied + 1,
                 ack_policy=AckPolicy.NONE,
@@ -361,43 +506,77 @@ class RunsFollower:
                 mem_storage=True,
             ),
         )
-        subscription = await self._js.pull_subscribe_bind(stream=stream, name=consumer.name)
+        assert consumer.name is not None
+        most = self._batch_size * BUFFERED_BATCHES
+        puller = Puller(
+            self._nc,
+            stream,
+            consumer.name,
+            capacity=lambda: most - len(self._received),
+            dispatch=self._receive,
+            least=min(most, max(1, self._batch_size // 2)),
+        )
+        pulling = asyncio.create_task(puller.run())
         try:
-            while True:
-                try:
-                    batch = await subscription.fetch(self._batch_size, timeout=FETCH_TIMEOUT)
-                except TimeoutError:
-                    # Nothing new for a while, unless the consumer is gone (a server restart
-                    # forgets it, and nats-py then only times out): ask, and start over if so.
-                    await self._js.consumer_info(stream, consumer.name)
-                    self._caught_up()
-                    continue
-                self._apply(batch)
+            await self._apply_received(stream, consumer.name, puller)
         finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            await cancel_and_wait(pulling)
             with contextlib.suppress(Exception, NotFoundError):
                 await self._js.delete_consumer(stream, consumer.name)
 
-    def _apply(self, batch: list[Msg]) -> None:
-        changes = []
-        for msg in batch:
-            change = change_of(msg, delivery(msg).stream_sequence)
-            if change is not None:
-                changes.append(change)
-        last = batch[-1].metadata  # the full metadata once a batch: it costs
-        cutoff = core.retention_cutoff(self._clock(), self._retention_days)
-        self._store.apply(changes, last.sequence.stream, cutoff)
-        if last.num_pending == 0:
-            self._caught_up()
-        else:
-            # What is still pending was written after the last change applied.
-            self.behind_since = datetime.fromtimestamp(delivery(batch[-1]).stored_at, UTC)
+    def _receive(self, msg: Msg) -> None:
+        if self.behind_since is None:
+            self.behind_since = datetime.fromtimestamp(delivery(msg).stored_at, UTC)
+        self._received.append(msg)
+        self._arrived.set()
 
-    def _caught_up(self) -> None:
+    async def _apply_received(self, stream: str, consumer: str, puller: Puller) -> None:
+        while True:
+            if not self._received:
+                self._arrived.clear()
+                try:
+                    async with asyncio.timeout(IDLE_CHECK):
+                        await self._arrived.wait()
+                except TimeoutError:
+                    # Nothing new for a while: ask (`consumer_info` raises if the consumer is
+                    # gone, and following starts over). Silence alone is no proof of being
+                    # caught up: a busy server may just be slow to deliver.
+                    info = await self._js.consumer_info(stream, consumer)
+                    if not info.num_pending:
+                        await self._caught_up()
+                    else:
+                        log.warning(
+                            "no run change for %gs, %d pending", IDLE_CHECK, info.num_pending
+                        )
+                continue
+            batch = self._received[: self._batch_size]
+            del self._received[: self._batch_size]
+            puller.freed.set()
+            cutoff = core.retention_cutoff(self._clock(), self._retention_days)
+            await self._write(self._apply, batch, cutoff)
+            if self._received:
+                # What is still to apply was written after the last change applied.
+                self.behind_since = datetime.fromtimestamp(
+                    delivery(self._received[0]).stored_at, UTC
+                )
+            elif pending_after(batch[-1]) == 0:
+                await self._caught_up()
+            else:
+                self.behind_since = datetime.fromtimestamp(delivery(batch[-1]).stored_at, UTC)
+
+    def _apply(self, batch: list[Msg], cutoff: datetime) -> None:
+        """On the writer thread: the batch's changes and its last sequence, in one transaction."""
+        changes = [change_of(msg) for msg in batch]
+        self._store.apply(changes, changes[-1].revision, cutoff)
+
+    async def _caught_up(self) -> None:
+        if self._rebuilding:
+            log.info("history rebuilt up to the head of the stream: building its indexes")
+            await self._write(self._store.finish_rebuild)
+            self._rebuilding = False
         self.behind_since = None
         self.caught_up.set()
 
-    def forget_expired(self) -> int:
+    async def forget_expired(self) -> int:
         cutoff = core.retention_cutoff(self._clock(), self._retention_days)
-        return self._store.forget_before(cutoff)
+        return await self._write(self._store.forget_before, cutoff)

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -32,35 +33,49 @@ class HistoryApp:
         self._nc: Client | None = None
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._answering: set[asyncio.Task[None]] = set()
+        # SQLite never runs on the event loop: one thread writes (the follower's batches and
+        # retention, in turn), a few read (queries, side by side, beside the writer: WAL).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="history-writer")
+        self._readers = ThreadPoolExecutor(
+            settings.history_readers, thread_name_prefix="history-reader"
+        )
         self.follower: RunsFollower | None = None
         self.queries: Queries | None = None
         self.readiness = Readiness()
 
     async def start(self) -> None:
         self._nc = await broker.connect(self.settings.nats_url, "history")
-        js = self._nc.jetstream()
-        await broker.ensure_topology(js, self.settings.nats_replicas)
+        await broker.ensure_topology(self._nc.jetstream(), self.settings.nats_replicas)
         if self._store is None:
             self._store = SqliteRunStore(self.settings.history_db)
         follower = self.follower = RunsFollower(
-            js,
+            self._nc,
             self._store,
             batch_size=self.settings.history_batch_size,
             retention_days=self.settings.history_retention_days,
+            writer=self._writer,
         )
         self._tasks.append(asyncio.create_task(supervised("following runs", follower.follow)))
-        self._tasks.append(asyncio.create_task(supervised("retention", self._forget_expired)))
         # Join the queue group only once caught up with what the bucket held at start: a
         # rebuilding replica would answer with a partial list while others have it all.
         await follower.caught_up.wait()
-        log.info("history caught up at stream sequence %d", self._store.applied_sequence())
+        self._tasks.append(asyncio.create_task(supervised("retention", self._forget_expired)))
+        log.info("history caught up")
         self.queries = Queries(self._store, follower.lag_seconds)
         table = routes(self.queries)
+        loop = asyncio.get_running_loop()
+
+        async def respond(msg: Msg) -> None:
+            reply = await loop.run_in_executor(self._readers, answer, table, msg.subject, msg.data)
+            await msg.respond(reply)
 
         async def on_query(msg: Msg) -> None:
-            # SQLite answers in milliseconds: answered in turn, on the loop.
+            # Answered on a reader thread, several at a time; the loop goes on receiving.
             if msg.reply:
-                await msg.respond(answer(table, msg.subject, msg.data))
+                task = asyncio.create_task(respond(msg))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
 
         self._subscription = await self._nc.subscribe(
             f"{subjects.HISTORY_PREFIX}.>", queue=subjects.HISTORY_QUEUE, cb=on_query
@@ -78,7 +93,7 @@ class HistoryApp:
     async def _forget_expired(self) -> None:
         while True:
             assert self.follower is not None
-            gone = self.follower.forget_expired()
+            gone = await self.follower.forget_expired()
             if gone:
                 log.info(
                     "retention: %d runs older than %g days left the history",
@@ -94,9 +109,14 @@ class HistoryApp:
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks.clear()
+        if self._answering:
+            await asyncio.wait(list(self._answering))
         nc, self._nc = self._nc, None
         if nc is not None:
             await nc.drain()
+        # A write or query already handed to a thread finishes before the store closes.
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
         store, self._store = self._store, None
         if store is not None:
             store.close()

@@ -4,11 +4,11 @@ a window of runs. No SQLite, no NATS here."""
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from contracts.history import DEFAULT_STATS_WINDOW_SECONDS, MinuteCount, RunStats
-from contracts.runs import TERMINAL_STATUSES, Run
+from contracts.runs import TERMINAL_STATUSES
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -26,16 +26,16 @@ def moment(us: int) -> datetime:
     return EPOCH + us * MICROSECOND
 
 
-@dataclass(frozen=True)
-class Change:
-    """One change of the `runs` bucket: a run's new record, or its removal (`run` None)."""
+class Change(NamedTuple):
+    """One change of the `runs` bucket: a run's new record, or its removal (`record` None).
+
+    A tuple, not a dataclass: a rebuild makes a million of them."""
 
     run_id: str
     revision: int
     """The KV revision, which is the stream sequence: later changes have higher ones."""
-    run: Run | None
-    record: bytes = b""
-    """The record as stored in the bucket (kept as is, answered as is)."""
+    record: bytes | None
+    """The record as stored in the bucket (kept as is, answered as is); None: removed."""
 
 
 def is_newer(incoming: int, stored: int | None) -> bool:
@@ -59,9 +59,9 @@ def retention_cutoff(now: datetime, retention_days: float) -> datetime:
     return now - timedelta(days=retention_days)
 
 
-def kept(change: Change, cutoff: datetime) -> bool:
+def kept(queued_at_us: int, cutoff_us: int) -> bool:
     """Whether a put is worth storing: one already past retention would only be forgotten."""
-    return change.run is None or change.run.queued_at >= cutoff
+    return queued_at_us >= cutoff_us
 
 
 def must_rebuild(applied_sequence: int, stream_last_sequence: int) -> bool:

@@ -13,5 +13,7 @@ class HistorySettings(msgspec.Struct, frozen=True, kw_only=True):
     safe: the replica rebuilds it from the `runs` bucket on start."""
     history_retention_days: float = 30.0
     """Runs queued longer ago than this leave the projection (the `runs` bucket keeps 30)."""
-    history_batch_size: int = 1000
+    history_batch_size: int = 2000
     """Most run changes applied in one SQLite transaction."""
+    history_readers: int = 2
+    """Threads (each with its own SQLite connection) answering queries side by side."""

@@ -54,7 +54,7 @@ def a_run(
 
 
 def put(run: Run, revision: int) -> Change:
-    return Change(run_id=run.id, revision=revision, run=run, record=encode(run))
+    return Change(run_id=run.id, revision=revision, record=encode(run))
 
 
 def apply(store: SqliteRunStore, *changes: Change) -> None:
@@ -111,8 +111,8 @@ def test_a_removed_run_leaves_but_an_older_removal_does_not_remove_a_newer_recor
     kept, removed = a_run(), a_run()
     apply(store, put(kept, 5), put(removed, 6))
 
-    apply(store, Change(run_id=kept.id, revision=4, run=None))
-    apply(store, Change(run_id=removed.id, revision=8, run=None))
+    apply(store, Change(run_id=kept.id, revision=4, record=None))
+    apply(store, Change(run_id=removed.id, revision=8, record=None))
 
     assert [r.id for r in listed(store)] == [kept.id]
 
@@ -164,6 +164,28 @@ def test_runs_queued_at_the_same_moment_are_paged_by_id_without_loss(
             break
 
     assert seen == sorted((r.id for r in runs), reverse=True)
+
+
+def test_a_window_is_paged_from_its_cursor_and_a_cursor_past_its_end_keeps_to_the_window(
+    store: SqliteRunStore,
+) -> None:
+    runs = [a_run(minutes) for minutes in range(20, 0, -1)]  # oldest first
+    apply(store, *(put(run, n + 1) for n, run in enumerate(runs)))
+    since, until = runs[3].queued_at, runs[15].queued_at
+    window = ListRuns(workspace_id=WS, limit=5, since=since, until=until)
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = store.list_runs(ListRuns(**{**_fields(window), "cursor": cursor}))
+        seen += [r.id for r in page]
+        if cursor is None:
+            break
+    late = core.cursor_of(core.microseconds(runs[18].queued_at), runs[18].id)
+    after_the_end, _ = store.list_runs(ListRuns(**{**_fields(window), "cursor": late}))
+
+    assert seen == [r.id for r in reversed(runs[3:15])]
+    assert [r.id for r in after_the_end] == seen[:5]
 
 
 def test_every_filter_narrows_the_list(store: SqliteRunStore) -> None:
