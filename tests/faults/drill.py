@@ -20,6 +20,9 @@ import httpx
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError
 
 from contracts import subjects
 from contracts.runs import TERMINAL_STATUSES, Run
@@ -261,6 +264,22 @@ async def _read(nc: Client, workspace_id: str) -> tuple[list[Run], list[FireReco
     return runs, entries
 
 
+READ_ATTEMPTS = 20
+
+
+async def _read_retried(nc: Client, workspace_id: str) -> tuple[list[Run], list[FireRecord]]:
+    """`_read`, retried as a client would while the cluster is still electing leaders after
+    the fault (JetStream answers 503 or not at all meanwhile)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return await _read(nc, workspace_id)
+        except (ServiceUnavailableError, NoRespondersError, NatsTimeoutError, TimeoutError):
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def _settled(ledger: Ledger, runs: list[Run], entries: list[FireRecord]) -> bool:
     ended = {run.id for run in runs if run.status in TERMINAL_STATUSES}
     if not ledger.accepted_run_ids() <= ended:
@@ -346,12 +365,12 @@ async def run_drill(stack: Stack, name: str, workload: Workload, fault: Fault) -
 
         deadline = time.monotonic() + SETTLE
         while True:
-            runs, entries = await _read(nc, ledger.workspace_id)
+            runs, entries = await _read_retried(nc, ledger.workspace_id)
             if _settled(ledger, runs, entries) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1)
         await asyncio.sleep(1.0)  # anything still on its way (a late duplicate) lands
-        runs, entries = await _read(nc, ledger.workspace_id)
+        runs, entries = await _read_retried(nc, ledger.workspace_id)
         report.timings["settle"] = time.monotonic() - settle_began
     await events.unsubscribe()
     await nc.close()
