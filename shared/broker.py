@@ -1,16 +1,17 @@
 """NATS wiring common to every service: connecting, the JetStream topology, dead letters."""
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoServersError
+from nats.errors import AuthorizationError
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import (
     KeyValueConfig,
@@ -93,6 +94,59 @@ def connect_options(settings: NatsConnectionSettings, name: str) -> dict[str, An
     return options
 
 
+class NatsRefused(ConnectionError):
+    """NATS refused this service's TLS or credentials: a setting to fix, not a wait to retry."""
+
+
+class _PlaintextServer(NatsError):
+    """A server without TLS, for a client configured to use it."""
+
+
+class _TlsOnlyClient(Client):
+    """A client that never sends its credentials in clear when TLS is configured.
+
+    nats-py upgrades a connection to TLS only when the server's INFO says `tls_required`, even
+    with a TLS context or a `tls://` URL: a server without TLS (or anyone in the middle
+    rewriting INFO) would otherwise receive the CONNECT, password included, in plain text.
+    """
+
+    def _connect_command(self) -> bytes:
+        server = self._current_server
+        wants_tls = "tls" in self.options or (server is not None and server.uri.scheme == "tls")
+        upgraded = self.options["tls_handshake_first"] or self._server_info.get("tls_required")
+        if wants_tls and not upgraded:
+            raise _PlaintextServer(
+                "TLS is configured but the server offers no TLS: credentials not sent"
+            )
+        return super()._connect_command()
+
+
+def refusal(error: Exception) -> str | None:
+    """What to fix when `error` ends a first connection for good (a certificate, TLS or the
+    credentials); None when it may pass (no server listening yet, a timeout)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate was not accepted ({error.verify_message}): "
+            "check NATS_TLS_CA_FILE and NATS_TLS_HOSTNAME"
+        )
+    if isinstance(error, ssl.SSLError) and "ALERT" in (getattr(error, "reason", None) or ""):
+        # The server ended the handshake with an alert: it wants a (different) client certificate.
+        return (
+            f"TLS: the server refused the handshake ({error.reason}): "
+            "check NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE"
+        )
+    if isinstance(error, _PlaintextServer):
+        return f"TLS: {error}: check NATS_URL and the server's tls block"
+    if isinstance(error, AuthorizationError) or (
+        isinstance(error, NatsError) and "authorization violation" in str(error).lower()
+    ):
+        return (
+            "the server refused the credentials (authorization violation): check NATS_USER and "
+            "NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED_FILE or NATS_CREDS_FILE"
+        )
+    return None
+
+
 async def connect(
     url: str,
     name: str,
@@ -101,19 +155,29 @@ async def connect(
     on_reconnected: Callable[[], None] | None = None,
     settings: NatsConnectionSettings | None = None,
 ) -> Client:
-    """Connect to any server of `url` (see `server_urls`), retrying the first connection for a
-    while, and reconnecting forever afterwards (to whichever server answers).
+    """Connect to any server of `url` (see `server_urls`), retrying the first connection for
+    `first_attempt_for` seconds, and reconnecting forever afterwards (to whichever server
+    answers).
 
     Credentials and TLS come from `settings`, by default from the environment (`NATS_USER`,
     `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_NKEY_SEED_FILE`, `NATS_CREDS_FILE`, `NATS_TLS_*`).
+    A first connection that a server refuses for its certificate, TLS or credentials raises
+    `NatsRefused` at once, saying which; one no server answers in time raises `TimeoutError`.
     """
     servers = server_urls(url)
     security = connect_options(
         from_environment(NatsConnectionSettings) if settings is None else settings, name
     )
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    last_error: list[Exception] = []
 
     async def on_error(error: Exception) -> None:
         log.warning("nats connection error (%s): %s", name, error)
+        if not attempt.done() and not refused.done():  # the first connection only
+            last_error[:] = [error]
+            reason = refusal(error)
+            if reason is not None:
+                refused.set_result(reason)
 
     async def on_disconnected() -> None:
         log.warning("nats disconnected (%s)", name)
@@ -126,28 +190,41 @@ async def connect(
             on_reconnected()
 
     _count_connection_events_of(name)
-    deadline = asyncio.get_running_loop().time() + first_attempt_for
-    while True:
-        try:
-            return await nats.connect(
-                servers=servers,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=2,
-                # Bounds a shutdown: draining waits for in-flight callbacks at most this long.
-                drain_timeout=5,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=reconnected,
-                **security,
-            )
-        except (OSError, NoServersError, TimeoutError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            log.info("waiting for NATS at %s (%s)", url, name)
-            await asyncio.sleep(0.5)
+    client = _TlsOnlyClient()
+    # nats-py retries a first connection forever when reconnects are unbounded (and says why
+    # only to `error_cb`), so the deadline and the refusals are watched here.
+    options: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        # Bounds a shutdown: draining waits for in-flight callbacks at most this long.
+        "drain_timeout": 5,
+        "allow_reconnect": True,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": reconnected,
+        **security,
+    }
+    attempt = asyncio.ensure_future(client.connect(**options))
+    watched: set[asyncio.Future[Any]] = {attempt, refused}
+    await asyncio.wait(watched, timeout=first_attempt_for, return_when=asyncio.FIRST_COMPLETED)
+    if attempt.done():
+        attempt.result()
+        return client
+    attempt.cancel()
+    with contextlib.suppress(asyncio.CancelledError, NatsError):
+        await attempt
+    with contextlib.suppress(NatsError, OSError):
+        await client.close()
+    if refused.done():
+        raise NatsRefused(f"{name} cannot connect to NATS at {url}: {refused.result()}")
+    refused.cancel()
+    cause = f": {last_error[0]}" if last_error else ""
+    raise TimeoutError(
+        f"no NATS server of {url} accepted {name!r} in {first_attempt_for:.0f}s{cause}"
+    )
 
 
 def _count_connection_events_of(name: str) -> None:
