@@ -43,7 +43,8 @@ def shown(record: Audited | None) -> dict[str, Any] | None:
             secrets=tuple(msgspec.structs.replace(s, sealed="") for s in record.secrets),
             new_secret=None,
         )
-    value: dict[str, Any] = msgspec.to_builtins(record)
+    # Through JSON: the values the entry will hold once stored, so two views compare as such.
+    value: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(record))
     return value
 
 
