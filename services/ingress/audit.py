@@ -103,9 +103,10 @@ _decode_entry = decoder(AuditEntry).decode
 
 def _entry(message: Msg) -> AuditEntry | None:
     try:
-        return _decode_entry(message.data)
+        entry: AuditEntry = _decode_entry(message.data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # written by a newer registry with a shape this one cannot read
+    return entry
 
 
 async def read_audit(js: JetStreamContext, query: AuditQuery) -> AuditPage:
