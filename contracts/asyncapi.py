@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from contracts import subjects
+from contracts.audit import AUDIT_RETENTION_DAYS, AuditEntry
 from contracts.history import ListRuns, RunPage, RunStats, RunStatsQuery
 from contracts.http import WebhookRefusals
 from contracts.registry import (
@@ -389,6 +390,28 @@ CHANNELS: tuple[Channel, ...] = (
         subscribers=(INGRESS,),
         parameters={"workspace_id": WORKSPACE, "trigger_id": TRIGGER},
         stream=subjects.SCHEDULE_FIRES_STREAM,
+    ),
+    Channel(
+        id="auditEntry",
+        address=subjects.audit_entry(
+            "{workspace_id}", "{resource_type}.{verb}", "{resource_id}", "{actor}"
+        ),
+        messages=(_m(AuditEntry),),
+        description="One change of a workspace, key, flow or trigger: who made it, before and "
+        "after as the API shows them (never a secret). Published once the change is stored, "
+        "with `Nats-Msg-Id` = the entry id; kept "
+        f"{AUDIT_RETENTION_DAYS} days. The ingress reads it for `GET /v1/audit`.",
+        publishers=(REGISTRY,),
+        subscribers=(INGRESS,),
+        parameters={
+            "workspace_id": WORKSPACE,
+            "resource_type": "`workspace`, `key`, `flow` or `trigger`",
+            "verb": "what was done (`created`, `updated`, `paused`, ...; the action is "
+            "`<resource_type>.<verb>`)",
+            "resource_id": "the changed record's id",
+            "actor": "the id of the API key that made the change, or `operator`",
+        },
+        stream=subjects.AUDIT_STREAM,
     ),
     _bucket(
         "workspacesBucket",

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from contracts.audit import UNKNOWN_ACTOR, Actor
+
 T = TypeVar("T")
 
 MAX_NAME_LENGTH = 200
@@ -685,6 +687,8 @@ class CreateWorkspace(Struct, frozen=True, kw_only=True):
     """Create a workspace and its first admin key. Reply: `WorkspaceCreated`."""
 
     workspace: NewWorkspace
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class WorkspaceCreated(Struct, frozen=True, kw_only=True):
@@ -699,6 +703,8 @@ class CreateKey(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     key: NewKey
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class ListKeys(Struct, frozen=True, kw_only=True):
@@ -715,6 +721,8 @@ class RevokeKey(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     key_id: str
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class RotateKey(Struct, frozen=True, kw_only=True):
@@ -723,6 +731,8 @@ class RotateKey(Struct, frozen=True, kw_only=True):
     workspace_id: str
     key_id: str
     rotation: KeyRotation
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class UpdateKey(Struct, frozen=True, kw_only=True):
@@ -731,6 +741,8 @@ class UpdateKey(Struct, frozen=True, kw_only=True):
     workspace_id: str
     key_id: str
     changes: KeyChanges
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class KeyUsed(Struct, frozen=True, kw_only=True):
@@ -746,6 +758,8 @@ class CreateFlow(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     flow: NewFlow
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class ListFlows(Struct, frozen=True, kw_only=True):
@@ -796,6 +810,8 @@ class CreateTrigger(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     trigger: NewTrigger
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class ListTriggers(Struct, frozen=True, kw_only=True):
@@ -820,6 +836,8 @@ class UpdateTrigger(Struct, frozen=True, kw_only=True):
     workspace_id: str
     trigger_id: str
     changes: TriggerChanges
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class SetTriggerEnabled(Struct, frozen=True, kw_only=True):
@@ -828,6 +846,8 @@ class SetTriggerEnabled(Struct, frozen=True, kw_only=True):
     workspace_id: str
     trigger_id: str
     enabled: bool
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class DeleteTrigger(Struct, frozen=True, kw_only=True):
@@ -835,6 +855,8 @@ class DeleteTrigger(Struct, frozen=True, kw_only=True):
 
     workspace_id: str
     trigger_id: str
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""
 
 
 class RotateWebhookSecret(Struct, frozen=True, kw_only=True):
@@ -843,3 +865,5 @@ class RotateWebhookSecret(Struct, frozen=True, kw_only=True):
     workspace_id: str
     trigger_id: str
     rotation: NewWebhookSecret
+    actor: Actor = UNKNOWN_ACTOR
+    """Who asked: the calling key's id, or `operator` (recorded in the audit log)."""

@@ -204,3 +204,27 @@ that the runner skipped by overlap policy become ledger entries."""
 def schedule_fire(workspace_id: str, trigger_id: str) -> str:
     """Subject of a trigger's `FireRecord`s (its ledger)."""
     return f"{SCHEDULE_FIRE_PREFIX}.{workspace_id}.{trigger_id}"
+
+
+# --- The audit log (stream; the registry is the only writer) -------------------------------
+AUDIT_STREAM = "AUDIT"
+AUDIT_PREFIX = "audit.v1"
+
+
+def audit_entry(workspace_id: str, action: str, resource_id: str, actor: str) -> str:
+    """Subject of one `AuditEntry`: `audit.v1.<workspace>.<resource type>.<verb>.<resource
+    id>.<actor>` (the action `trigger.paused` is the two tokens `trigger.paused`), so every
+    filter of `GET /v1/audit` is a subject filter the server applies."""
+    return f"{AUDIT_PREFIX}.{workspace_id}.{action}.{resource_id}.{actor}"
+
+
+def audit_filter(
+    workspace_id: str,
+    resource_type: str | None = None,
+    verb: str | None = None,
+    resource_id: str | None = None,
+    actor: str | None = None,
+) -> str:
+    """The subject filter of a workspace's audit entries, narrowed by whatever is given."""
+    tokens = (resource_type, verb, resource_id, actor)
+    return ".".join([AUDIT_PREFIX, workspace_id, *(token or "*" for token in tokens)])

@@ -23,6 +23,7 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
+from contracts.audit import AUDIT_RETENTION_DAYS
 from contracts.runs import DeadLetter
 from shared import metrics
 from shared.codec import encode
@@ -281,6 +282,15 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             # One subject per trigger: this bounds every trigger's ledger.
             max_msgs_per_subject=subjects.LEDGER_ENTRIES_PER_TRIGGER,
             duplicate_window=timedelta(minutes=10).total_seconds(),
+        ),
+        StreamConfig(
+            name=subjects.AUDIT_STREAM,
+            subjects=[f"{subjects.AUDIT_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=AUDIT_RETENTION_DAYS * DAY,
+            # Longer than the registry retries a publish: a retried entry is stored once.
+            duplicate_window=timedelta(minutes=2).total_seconds(),
         ),
     ]
 

@@ -54,6 +54,10 @@ MIRROR_LAG = Gauge(
     ["bucket"],
 )
 READY = Gauge(f"{PREFIX}_ready", "1 when this process answers /readyz with 200")
+AUDIT_ENTRIES_LOST = Counter(
+    f"{PREFIX}_audit_entries_lost",
+    "Changes the registry stored but could not record in the audit log (JetStream down)",
+)
 
 
 class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True):

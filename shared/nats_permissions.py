@@ -171,6 +171,8 @@ def ingress() -> Grants:
     grants.pub(subjects.FLOW_STARTS)
     # A trigger's ledger is read with a consumer of its own.
     grants.pub(*reads(subjects.SCHEDULE_FIRES_STREAM), *consumes(subjects.SCHEDULE_FIRES_STREAM))
+    # So is the audit log (`GET /v1/audit`), which only the registry writes.
+    grants.pub(*reads(subjects.AUDIT_STREAM), *consumes(subjects.AUDIT_STREAM))
     grants.pub(*INGRESS_REGISTRY_CALLS, subjects.RUN_CANCEL)
     grants.pub(subjects.HISTORY_RUNS_LIST, subjects.HISTORY_RUNS_STATS)
     # A synchronous call waits for its run's completion event.
@@ -184,6 +186,7 @@ def registry() -> Grants:
         stream = bucket_stream(name)
         grants.pub(*reads(stream), *consumes(stream), *kv_writes(name))
     grants.sub(f"{subjects.REGISTRY_PREFIX}.>")
+    grants.pub(f"{subjects.AUDIT_PREFIX}.>")  # an entry per change it stores
     return grants
 
 

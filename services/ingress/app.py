@@ -13,7 +13,7 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import docs, handlers, hooks, operations, problems, tracing
+from services.ingress import audit, docs, handlers, hooks, operations, problems, tracing
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.auth_guard import UnknownKeys
 from services.ingress.settings import IngressSettings
@@ -70,6 +70,7 @@ def create_app(settings: IngressSettings) -> Litestar:
         route_handlers=[
             *handlers.ROUTES,
             *hooks.ROUTES,
+            *audit.ROUTES,
             *operations.ROUTES,
             docs.assets_router(),
             docs.asyncapi_document,

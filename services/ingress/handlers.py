@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from contracts import history, subjects
 from contracts import registry as api
+from contracts.audit import OPERATOR
 from contracts.http import (
     HealthStatus,
     RunNotSucceeded,
@@ -145,7 +146,9 @@ class WorkspaceController(ResourceController):
     ) -> api.WorkspaceCreated:
         ingress.check_operator(request.headers.get("authorization"))
         return await ingress.registry.call(
-            subjects.WORKSPACE_CREATE, api.CreateWorkspace(workspace=data), api.WorkspaceCreated
+            subjects.WORKSPACE_CREATE,
+            api.CreateWorkspace(workspace=data, actor=OPERATOR),
+            api.WorkspaceCreated,
         )
 
 
@@ -180,7 +183,7 @@ class KeyController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.IssuedKey:
-        request = api.CreateKey(workspace_id=admin.workspace_id, key=data)
+        request = api.CreateKey(workspace_id=admin.workspace_id, key=data, actor=admin.id)
         return await ingress.registry.call(subjects.KEY_CREATE, request, api.IssuedKey)
 
     @post(
@@ -197,7 +200,9 @@ class KeyController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.IssuedKey:
-        request = api.RotateKey(workspace_id=admin.workspace_id, key_id=key_id, rotation=data)
+        request = api.RotateKey(
+            workspace_id=admin.workspace_id, key_id=key_id, rotation=data, actor=admin.id
+        )
         issued = await ingress.registry.call(subjects.KEY_ROTATE, request, api.IssuedKey)
         await ingress.directory.catch_up()  # once we answer, this ingress takes the new secret
         return issued
@@ -214,7 +219,9 @@ class KeyController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.ApiKeyView:
-        request = api.UpdateKey(workspace_id=admin.workspace_id, key_id=key_id, changes=data)
+        request = api.UpdateKey(
+            workspace_id=admin.workspace_id, key_id=key_id, changes=data, actor=admin.id
+        )
         updated = await ingress.registry.call(subjects.KEY_UPDATE, request, api.ApiKeyView)
         await ingress.directory.catch_up()
         return updated
@@ -231,7 +238,7 @@ class KeyController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.ApiKeyView:
-        request = api.RevokeKey(workspace_id=admin.workspace_id, key_id=key_id)
+        request = api.RevokeKey(workspace_id=admin.workspace_id, key_id=key_id, actor=admin.id)
         revoked = await ingress.registry.call(subjects.KEY_REVOKE, request, api.ApiKeyView)
         await ingress.directory.catch_up()  # once we answer, this ingress refuses the key
         return revoked
@@ -262,7 +269,7 @@ class FlowController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.Flow:
-        request = api.CreateFlow(workspace_id=admin.workspace_id, flow=data)
+        request = api.CreateFlow(workspace_id=admin.workspace_id, flow=data, actor=admin.id)
         return await ingress.registry.call(subjects.FLOW_CREATE, request, api.Flow)
 
     @get("/{flow_id:str}", summary="Get a flow", responses=problems(*REGISTRY_ANSWERS, 404))
@@ -323,7 +330,7 @@ class TriggerController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.Trigger:
-        request = api.CreateTrigger(workspace_id=admin.workspace_id, trigger=data)
+        request = api.CreateTrigger(workspace_id=admin.workspace_id, trigger=data, actor=admin.id)
         return await ingress.registry.call(subjects.TRIGGER_CREATE, request, api.Trigger)
 
     @get("/{trigger_id:str}", summary="Get a trigger", responses=problems(*REGISTRY_ANSWERS, 404))
@@ -348,7 +355,7 @@ class TriggerController(AdminController):
         admin: NamedDependency[ApiKey],
     ) -> api.Trigger:
         request = api.UpdateTrigger(
-            workspace_id=admin.workspace_id, trigger_id=trigger_id, changes=data
+            workspace_id=admin.workspace_id, trigger_id=trigger_id, changes=data, actor=admin.id
         )
         updated = await ingress.registry.call(subjects.TRIGGER_UPDATE, request, api.Trigger)
         await ingress.directory.catch_up()
@@ -366,7 +373,9 @@ class TriggerController(AdminController):
         ingress: NamedDependency[Ingress],
         admin: NamedDependency[ApiKey],
     ) -> api.Trigger:
-        request = api.DeleteTrigger(workspace_id=admin.workspace_id, trigger_id=trigger_id)
+        request = api.DeleteTrigger(
+            workspace_id=admin.workspace_id, trigger_id=trigger_id, actor=admin.id
+        )
         deleted = await ingress.registry.call(subjects.TRIGGER_DELETE, request, api.Trigger)
         await ingress.directory.catch_up()
         return deleted
@@ -479,7 +488,7 @@ async def _set_enabled(
     ingress: Ingress, admin: ApiKey, trigger_id: FromPath[str], enabled: bool
 ) -> api.Trigger:
     request = api.SetTriggerEnabled(
-        workspace_id=admin.workspace_id, trigger_id=trigger_id, enabled=enabled
+        workspace_id=admin.workspace_id, trigger_id=trigger_id, enabled=enabled, actor=admin.id
     )
     trigger = await ingress.registry.call(subjects.TRIGGER_SET_ENABLED, request, api.Trigger)
     await ingress.directory.catch_up()  # once we answer, this ingress applies the change

@@ -346,7 +346,7 @@ class WebhookTriggerController(handlers.AdminController):
         admin: NamedDependency[ApiKey],
     ) -> api.Trigger:
         request = api.RotateWebhookSecret(
-            workspace_id=admin.workspace_id, trigger_id=trigger_id, rotation=data
+            workspace_id=admin.workspace_id, trigger_id=trigger_id, rotation=data, actor=admin.id
         )
         trigger = await ingress.registry.call(subjects.TRIGGER_ROTATE_SECRET, request, api.Trigger)
         await ingress.directory.catch_up()  # once we answer, this ingress verifies with it

@@ -3,6 +3,7 @@ one writer (us)."""
 
 import asyncio
 import builtins
+import logging
 import random
 import weakref
 from collections.abc import Callable
@@ -13,10 +14,16 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from contracts import subjects
+from contracts.audit import AuditEntry
 from contracts.registry import AnnouncedFunction
 from services.registry.core import AlreadyExists
+from shared import metrics
 from shared.codec import encode
 from shared.kv import read_one, read_prefix
+from shared.supervise import retried_within
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=msgspec.Struct)
 
@@ -98,3 +105,39 @@ class KvRegistryStore:
 
     async def list_all(self, bucket: str) -> builtins.list[AnnouncedFunction]:
         return await read_prefix(self._js, bucket, None, AnnouncedFunction)
+
+
+AUDIT_PUBLISH_BUDGET = 10.0
+"""Seconds an audit entry's publish is retried (through a JetStream leader election, 5-7 s)."""
+
+
+class JetStreamAuditLog:
+    """`AuditLog` over the `AUDIT` stream: one message per entry, its id as `Nats-Msg-Id`, so
+    a publish retried after a lost acknowledgement stores the entry once."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def record(self, entry: AuditEntry) -> None:
+        subject = subjects.audit_entry(
+            entry.workspace_id, entry.action, entry.resource_id, entry.actor
+        )
+        payload = encode(entry)
+
+        async def publish() -> None:
+            await self._js.publish(subject, payload, headers={"Nats-Msg-Id": entry.id})
+
+        try:
+            await retried_within(f"audit entry {entry.id}", publish, AUDIT_PUBLISH_BUDGET)
+        except Exception:
+            # The change is stored and is answered as done: failing the request would make the
+            # caller believe it was not (and redo it). The loss is logged, with no secret in it.
+            metrics.AUDIT_ENTRIES_LOST.inc()
+            log.exception(
+                "lost the audit entry %s (%s of %s %s by %s)",
+                entry.id,
+                entry.action,
+                entry.resource_type,
+                entry.resource_id,
+                entry.actor,
+            )

@@ -8,7 +8,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts import subjects
-from services.registry.adapters import KvRegistryStore
+from services.registry.adapters import JetStreamAuditLog, KvRegistryStore
 from services.registry.core import Registry
 from services.registry.handlers import answer, routes
 from services.registry.settings import RegistrySettings
@@ -38,7 +38,13 @@ class RegistryApp:
         js = self._nc.jetstream()
         await broker.ensure_topology(js, self.settings.nats_replicas)
         box = SecretBox.from_setting(self.settings.webhook_secret_key)
-        table = routes(Registry(KvRegistryStore(js), limits=self.limits, secret_box=box))
+        registry = Registry(
+            KvRegistryStore(js),
+            limits=self.limits,
+            secret_box=box,
+            audit_log=JetStreamAuditLog(js),
+        )
+        table = routes(registry)
 
         async def on_request(msg: Msg) -> None:
             # Requests are answered concurrently: a slow one never holds up the others.

@@ -9,13 +9,14 @@ import re
 import typing
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET
 
 from contracts import subjects
+from contracts.audit import AuditAction
 from contracts.registry import (
     CURSOR_PATTERN,
     DEFAULT_SYNC_WAIT_SECONDS,
@@ -75,7 +76,8 @@ from contracts.registry import (
     Workspace,
     WorkspaceCreated,
 )
-from services.registry import quotas, webhooks
+from services.registry import audit, quotas, webhooks
+from services.registry.audit import Audited, AuditLog, NoAuditLog
 from services.registry.quotas import QuotaLimits, QuotaRefused
 from services.registry.webhooks import WebhookRuleError
 from shared import api_keys, schedules
@@ -83,6 +85,7 @@ from shared.ids import is_valid_id, new_id
 from shared.webhook_secrets import SecretBox
 
 R = TypeVar("R", bound=msgspec.Struct)
+S = TypeVar("S")
 
 BUILTIN_FUNCTIONS = frozenset({"echo", "sleep", "add", "fail"})
 """Flow functions every runner serves (`services.runner.builtin_flows`): accepted even before
@@ -233,18 +236,20 @@ def _both_valid(workspace_id: str, record_id: str) -> bool:
     return is_valid_id(workspace_id) and is_valid_id(record_id)
 
 
-def _view(key: ApiKey) -> ApiKeyView:
-    return ApiKeyView(
-        id=key.id,
-        name=key.name,
-        scope=key.scope,
-        prefix=key.prefix,
-        created_at=key.created_at,
-        last_used_at=key.last_used_at,
-        expires_at=key.expires_at,
-        flow_ids=key.flow_ids,
-        previous_expires_at=key.previous_expires_at if key.previous_digest else None,
-    )
+_view = audit.key_view
+
+
+class _Seen(Generic[S]):
+    """A change that remembers the record it was last applied to: the one a compare-and-swap
+    stored it over (a conflict applies it again to the record as it is then)."""
+
+    def __init__(self, change: Callable[[S], S]) -> None:
+        self._change = change
+        self.record: S | None = None
+
+    def __call__(self, record: S) -> S:
+        self.record = record
+        return self._change(record)
 
 
 def _check_url(url: str) -> None:
@@ -456,8 +461,10 @@ class Registry:
         clock: Callable[[], datetime] = _now,
         limits: QuotaLimits | None = None,
         secret_box: SecretBox | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self._store = store
+        self._audit_log: AuditLog = audit_log if audit_log is not None else NoAuditLog()
         self._clock = clock
         self._limits = limits if limits is not None else QuotaLimits()
         self._box = secret_box
@@ -477,6 +484,12 @@ class Registry:
             subjects.WORKSPACES_BUCKET,
             subjects.admin_keys_key(workspace.id),
             AdminKeys(workspace_id=workspace.id, key_ids=(admin_key.key.id,)),
+        )
+        await self._audit(
+            workspace.id, request.actor, "workspace.created", workspace.id, None, workspace
+        )
+        await self._audit(
+            workspace.id, request.actor, "key.created", admin_key.key.id, None, admin_key.key
         )
         return WorkspaceCreated(workspace=workspace, admin_key=admin_key)
 
@@ -509,6 +522,9 @@ class Registry:
                 AdminKeys,
                 with_key,
             )
+        await self._audit(
+            request.workspace_id, request.actor, "key.created", issued.key.id, None, issued.key
+        )
         return issued
 
     async def _admin_keys(self, workspace_id: str) -> None:
@@ -620,6 +636,7 @@ class Registry:
             )
         await self._store.delete(subjects.API_KEYS_BUCKET, storage_key)
         await self._give_back(request.workspace_id, quotas.API_KEYS, key.id)
+        await self._audit(request.workspace_id, request.actor, "key.revoked", key.id, key, None)
         return _view(key)
 
     async def rotate_key(self, request: RotateKey) -> IssuedKey:
@@ -637,7 +654,11 @@ class Registry:
                 previous_expires_at=now + timedelta(seconds=grace) if grace > 0 else None,
             )
 
-        key = await self._change_key(request.workspace_id, request.key_id, rotate)
+        seen = _Seen(rotate)
+        key = await self._change_key(request.workspace_id, request.key_id, seen)
+        await self._audit(
+            request.workspace_id, request.actor, "key.rotated", key.id, seen.record, key
+        )
         return IssuedKey(key=_view(key), secret=secret)
 
     async def update_key(self, request: UpdateKey) -> ApiKeyView:
@@ -658,7 +679,12 @@ class Registry:
         def change(key: ApiKey) -> ApiKey:
             return msgspec.structs.replace(key, **given)
 
-        return _view(await self._change_key(request.workspace_id, request.key_id, change))
+        seen = _Seen(change)
+        key = await self._change_key(request.workspace_id, request.key_id, seen)
+        await self._audit(
+            request.workspace_id, request.actor, "key.updated", key.id, seen.record, key
+        )
+        return _view(key)
 
     async def _change_key(
         self, workspace_id: str, key_id: str, change: Callable[[ApiKey], ApiKey]
@@ -716,6 +742,7 @@ class Registry:
         except Exception:
             await self._give_back(flow.workspace_id, quotas.FLOWS, flow.id)
             raise
+        await self._audit(flow.workspace_id, request.actor, "flow.created", flow.id, None, flow)
         return flow
 
     async def list_flows(self, request: ListFlows) -> FlowPage:
@@ -816,6 +843,7 @@ class Registry:
             await self._give_back(ws, quotas.TRIGGERS, trigger.id)
             await self._give_back(ws, quotas.SCHEDULE_FIRES, trigger.id)
             raise
+        await self._audit(ws, request.actor, "trigger.created", trigger.id, None, trigger)
         if isinstance(trigger, WebhookTrigger) and secret is not None:
             return webhooks.issued(trigger, secret)
         return trigger
@@ -842,7 +870,9 @@ class Registry:
             # Merged into the record as it is now: a concurrent edit is never undone.
             return _changed_trigger(trigger, changes, self._clock())
 
-        updated = await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        seen = _Seen(apply)
+        updated = await self._change_trigger(request.workspace_id, request.trigger_id, seen)
+        await self._audit_trigger(request.actor, "trigger.updated", seen.record, updated)
         return webhooks.public(updated)
 
     async def rotate_webhook_secret(self, request: RotateWebhookSecret) -> Trigger:
@@ -860,8 +890,10 @@ class Registry:
             issued.append(secret)
             return changed
 
-        updated = await self._update_trigger(request.workspace_id, request.trigger_id, apply)
+        seen = _Seen(apply)
+        updated = await self._update_trigger(request.workspace_id, request.trigger_id, seen)
         assert isinstance(updated, WebhookTrigger)
+        await self._audit_trigger(request.actor, "trigger.secret_rotated", seen.record, updated)
         return webhooks.issued(updated, issued[-1])
 
     async def set_trigger_enabled(self, request: SetTriggerEnabled) -> Trigger:
@@ -878,7 +910,10 @@ class Registry:
                 resumed_at=now if request.enabled else None,
             )
 
-        updated = await self._change_trigger(request.workspace_id, request.trigger_id, apply)
+        seen = _Seen(apply)
+        updated = await self._change_trigger(request.workspace_id, request.trigger_id, seen)
+        action: AuditAction = "trigger.resumed" if request.enabled else "trigger.paused"
+        await self._audit_trigger(request.actor, action, seen.record, updated)
         return webhooks.public(updated)
 
     async def delete_trigger(self, request: DeleteTrigger) -> Trigger:
@@ -888,6 +923,7 @@ class Registry:
         )
         await self._give_back(trigger.workspace_id, quotas.TRIGGERS, trigger.id)
         await self._give_back(trigger.workspace_id, quotas.SCHEDULE_FIRES, trigger.id)
+        await self._audit_trigger(request.actor, "trigger.deleted", trigger, None)
         return webhooks.public(trigger)
 
     async def _change_trigger(
@@ -919,6 +955,37 @@ class Registry:
             await self._settle_schedule(updated)
             return updated
         raise RuntimeError(f"trigger {trigger_id} kept changing under {CHANGE_ATTEMPTS} edits")
+
+    # --- the audit log ---------------------------------------------------------------------
+
+    async def _audit(
+        self,
+        workspace_id: str,
+        actor: str,
+        action: AuditAction,
+        resource_id: str,
+        before: Audited | None,
+        after: Audited | None,
+    ) -> None:
+        """Record a change once it is stored (nothing when the API would show no change)."""
+        entry = audit.entry(
+            at=self._clock(),
+            workspace_id=workspace_id,
+            actor=actor,
+            action=action,
+            resource_id=resource_id,
+            before=before,
+            after=after,
+        )
+        if entry is not None:
+            await self._audit_log.record(entry)
+
+    async def _audit_trigger(
+        self, actor: str, action: AuditAction, before: Trigger | None, after: Trigger | None
+    ) -> None:
+        trigger = after or before
+        assert trigger is not None
+        await self._audit(trigger.workspace_id, actor, action, trigger.id, before, after)
 
     # --- quotas ----------------------------------------------------------------------------
 

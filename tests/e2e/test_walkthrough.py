@@ -82,6 +82,17 @@ def test_an_api_trigger_call_answers_with_the_flow_s_result_and_records_the_run(
             1.0,
         )
 
+        # Step 9: the audit log shows the key made for the producer, and no secret.
+        audit = admin.get("/v1/audit", params={"resource_type": "key", "limit": 5})
+        assert audit.status_code == 200, audit.text
+        entries = audit.json()["items"]
+        assert [e["action"] for e in entries] == ["key.created", "key.created"]
+        assert entries[0]["resource_id"] == issued.json()["key"]["id"]
+        assert entries[0]["after"]["scope"] == "trigger"
+        assert entries[1]["actor"] == "operator"
+        assert trigger_key not in audit.text
+        assert admin_key not in audit.text
+
 
 def test_a_paused_api_trigger_refuses_calls_with_a_clear_problem(stack: Stack) -> None:
     admin_key = create_workspace(stack, "paused")

@@ -265,6 +265,25 @@ def test_a_per_second_schedule_starts_a_run_and_records_its_fire(walked: Secured
         assert admin.delete(f"/v1/triggers/{trigger_id}").status_code == 200
 
 
+def test_the_registry_records_changes_and_the_ingress_reads_them_on_their_own_users(
+    walked: Secured,
+) -> None:
+    with walked.client(walked.admin_key) as admin:
+        answered = admin.get("/v1/audit", params={"resource_type": "flow"})
+        assert answered.status_code == 200, answered.text
+        entries = answered.json()["items"]
+    assert [e["resource_id"] for e in entries] == [walked.flow_id]
+    assert entries[0]["action"] == "flow.created"
+
+
+async def test_only_the_registry_writes_the_audit_log(walked: Secured) -> None:
+    forged = subjects.audit_entry(walked.workspace_id, "key.revoked", "key_forged", "operator")
+    for user in ("ingress", "scheduler", "runner", "history"):
+        async with connected(walked.nats_url, user, PASSWORDS[user]) as (nc, connection):
+            await nc.publish(forged, b"{}")
+            assert await connection.refused("Publish", forged), user
+
+
 async def test_a_client_without_credentials_is_refused(secured: Secured) -> None:
     anonymous = nats.connect(servers=secured.nats_url.split(","), allow_reconnect=False)
     with pytest.raises(NatsError, match=r"(?i)authorization"):
