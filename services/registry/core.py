@@ -564,7 +564,18 @@ class Registry:
                     422, "unexpected_flow_ids", "only trigger keys are limited to flows"
                 )
             for flow_id in flow_ids:
-                await self._flow(workspace_id, flow_id)
+                try:
+                    await self._flow(workspace_id, flow_id)
+                except RegistryError as error:
+                    if error.problem.code != "flow_not_found":
+                        raise
+                    # A value of the body, not the resource the URL names: 422, not 404.
+                    raise RegistryError(
+                        422,
+                        "unknown_flow",
+                        f"`flow_ids` names {flow_id!r}, which is not a flow of this workspace: "
+                        "list the flows with GET /v1/flows",
+                    ) from error
         return {
             "expires_at": expires_at,
             "flow_ids": tuple(dict.fromkeys(flow_ids)) if flow_ids is not None else None,

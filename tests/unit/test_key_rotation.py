@@ -162,7 +162,7 @@ async def test_a_trigger_key_limited_to_flows_may_start_only_those(registry: Reg
         await registry.create_key(
             CreateKey(workspace_id=ws, key=NewKey(name="b", flow_ids=["flw_000000000000000000000"]))
         )
-    assert caught.value.problem.status == 404
+    assert (caught.value.problem.status, caught.value.problem.code) == (422, "unknown_flow")
 
 
 def test_a_digest_that_is_not_the_keys_own_needs_a_live_grace() -> None:
