@@ -27,7 +27,7 @@ from contracts.http import (
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import FirePage, SchedulePreview
-from services.ingress import core, docs
+from services.ingress import core, docs, operations
 from services.ingress.adapters import Ingress, read_ledger
 from services.ingress.core import fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
@@ -646,7 +646,8 @@ def authenticated(app: ASGIApp) -> ASGIApp:
         try:
             key = await ingress.key_from(authorization, client[0] if client else None)
         except ApiError as error:
-            await send_problem(send, error)
+            scope[operations.PROBLEM] = error.code  # type: ignore[literal-required]
+            await send_problem(send, error)  # counted as a refused start, with its code
             return
         scope.setdefault("state", {})[AUTHENTICATED] = key
         await app(scope, receive, send)

@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from contracts import subjects
 from contracts.registry import ApiKey
@@ -23,6 +24,7 @@ from shared import api_keys
 from shared.codec import encode
 from shared.ids import new_id
 from shared.kv import bucket_stream
+from shared.metrics import PREFIX
 
 OPERATOR = {"Authorization": "Bearer op-test"}
 HttpClient = AsyncTestClient[Any]
@@ -180,3 +182,31 @@ async def test_an_address_over_its_limit_gets_429_with_retry_after_at_no_cost_an
     assert valid.status_code == 200
     # A key that fails its checksum costs nothing either way and stays a 401 that says why.
     assert malformed.json()["code"] == "malformed_key"
+
+
+def refused_starts(reason: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        f"{PREFIX}_starts_refused_total", {"route": "/trigger/{flow_id}", "reason": reason}
+    )
+    return sample or 0.0
+
+
+async def test_a_refused_key_is_counted_as_a_refused_start_not_an_accepted_one(
+    nats_url: str,
+) -> None:
+    forged = api_keys.generate()
+    async with running(nats_url) as (client, _):
+        before = refused_starts("invalid_key"), refused_starts("malformed_key")
+        accepted_before = REGISTRY.get_sample_value(
+            f"{PREFIX}_starts_accepted_total", {"route": "/trigger/{flow_id}"}
+        )
+        answer = await client.post(f"/trigger/{new_id('flw')}", json={}, headers=bearer(forged))
+        assert (answer.status_code, answer.json()["code"]) == (401, "invalid_key")
+        answer = await client.post(f"/trigger/{new_id('flw')}", json={}, headers=bearer("nope"))
+        assert (answer.status_code, answer.json()["code"]) == (401, "malformed_key")
+        assert refused_starts("invalid_key") == before[0] + 1
+        assert refused_starts("malformed_key") == before[1] + 1
+        accepted_after = REGISTRY.get_sample_value(
+            f"{PREFIX}_starts_accepted_total", {"route": "/trigger/{flow_id}"}
+        )
+        assert accepted_after == accepted_before
