@@ -117,12 +117,18 @@ SCHEMA = TABLES + INDEXES
 UPSERT = """
 INSERT INTO runs (id, workspace_id, flow_id, trigger_id, status, source, queued_at, duration,
                   error, revision, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+       value ->> 6, value ->> 7, value ->> 8, value ->> 9, CAST(value ->> 10 AS BLOB)
+FROM json_each(?) WHERE true
 ON CONFLICT (id) DO UPDATE SET
     status = excluded.status, duration = excluded.duration, error = excluded.error,
     revision = excluded.revision, record = excluded.record
 WHERE excluded.revision > runs.revision
 """
+# A batch's rows go in as one JSON array, one statement: `executemany` steps once per row and
+# lets go of the GIL around each step, and taking it back from a busy event loop costs up to
+# the switch interval (5 ms) every time (measured: a quarter of the rate, with the loop busy).
+# (`WHERE true` tells the parser the ON CONFLICT is the upsert's, not the join's.)
 # A run's workspace, flow, trigger, source and queued time are set when the runner creates its
 # record and never change: an update leaves them, and the indexes made of them alone, as they
 # are (SQLite rewrites every index holding a column the SET names).
@@ -146,6 +152,8 @@ class RunRow(msgspec.Struct, frozen=True):
     error: str | None = None
     duration_seconds: float | None = None
 
+
+encode_rows = msgspec.json.Encoder().encode
 
 REBUILD_COMMIT_CHANGES = 100_000
 """Changes a rebuild applies per commit (a crash loses at most these: they come again)."""
@@ -232,15 +240,17 @@ class SqliteRunStore:
                         run.duration_seconds,
                         run.error,
                         revision,
-                        record,
+                        record.decode(),
                     )
                 )
         db = self._db
         if not db.in_transaction:
             db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(UPSERT, puts)
-            db.executemany(REMOVE, removals)
+            if puts:
+                db.execute(UPSERT, (encode_rows(puts),))
+            if removals:
+                db.executemany(REMOVE, removals)
             db.execute(
                 "INSERT INTO position (name, sequence) VALUES ('runs', ?) "
                 "ON CONFLICT (name) DO UPDATE SET sequence = max(sequence, excluded.sequence)",
