@@ -45,8 +45,8 @@ class RunStore(Protocol):
     ) -> None:
         """Apply a batch (older revisions than stored are refused) and record `sequence` as
         applied, in the same transaction: the position never runs ahead of the data. With
-        `commit` False the transaction stays open for the next batch (queries do not see it
-        yet; the next `apply` or `commit` ends it)."""
+        `commit` False the transaction stays open for the next batches (queries do not see
+        them yet, and a crash loses them with their position) until a commit ends it."""
 
     def commit(self) -> None:
         """Commit what `apply` left open, if anything."""
@@ -578,8 +578,7 @@ class RunsFollower:
         self._arrived.set()
 
     async def _apply_received(self, stream: str, consumer: str, puller: Puller) -> None:
-        last: Msg | None = None
-        """The last change applied (its stored time and what was pending after it)."""
+        last: Msg | None = None  # the last change applied: its stored time, what was pending
         while True:
             if not self._received and self._open_since is not None:
                 # Applied but not committed: commit once the interval is over, unless more
