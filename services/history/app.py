@@ -53,6 +53,7 @@ class HistoryApp:
             self._nc,
             self._store,
             batch_size=self.settings.history_batch_size,
+            commit_interval=self.settings.history_commit_interval,
             retention_days=self.settings.history_retention_days,
             writer=self._writer,
         )

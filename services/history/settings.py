@@ -14,6 +14,10 @@ class HistorySettings(msgspec.Struct, frozen=True, kw_only=True):
     history_retention_days: float = 30.0
     """Runs queued longer ago than this leave the projection (the `runs` bucket keeps 30)."""
     history_batch_size: int = 2000
-    """Most run changes applied in one SQLite transaction."""
+    """Most run changes applied in one SQLite statement."""
+    history_commit_interval: float = 0.1
+    """Seconds a transaction takes batches of run changes before it commits
+    (`HISTORY_COMMIT_INTERVAL`): one commit for many batches under load; queries see a change at
+    most this much later. 0 commits every batch."""
     history_readers: int = 2
     """Threads (each with its own SQLite connection) answering queries side by side."""

@@ -287,3 +287,42 @@ def test_the_stats_window_defaults_to_the_last_day_and_survives_the_first_year()
     assert core.stats_window(None, None, NOW) == (NOW - timedelta(hours=24), NOW)
     start = datetime(1, 1, 1, 3, tzinfo=UTC)
     assert core.stats_window(None, start, NOW) == (datetime.min.replace(tzinfo=UTC), start)
+
+
+def test_records_of_a_batch_come_back_byte_for_byte_whatever_their_text(
+    store: SqliteRunStore,
+) -> None:
+    # Several records travel in one blob, cut by byte offsets: multi-byte text must not shift them.
+    runs = [
+        a_run(3, status="failed", error='échec: 数据库 🚫 "quoted" \\ back'),
+        a_run(2, error=None),
+        a_run(1, status="failed", error="x" * 5000),
+    ]
+    changes = [put(run, n + 1) for n, run in enumerate(runs)]
+
+    apply(store, *changes)
+
+    assert listed(store) == runs[::-1]
+    assert listed(store, q="数据库") == [runs[0]]
+
+
+def test_batches_left_open_are_seen_once_committed_and_lost_with_their_position_on_a_crash(
+    tmp_path: Path,
+) -> None:
+    store = SqliteRunStore(tmp_path / "h.sqlite")
+    first, second, third = a_run(3), a_run(2), a_run(1)
+    store.apply([put(first, 1)], 1, LONG_AGO, commit=False)
+    store.apply([put(second, 2)], 2, LONG_AGO, commit=False)
+
+    assert listed(store) == []  # queries read another connection: not committed, not seen
+
+    store.commit()
+    assert listed(store) == [second, first]
+
+    store.apply([put(third, 3)], 3, LONG_AGO, commit=False)
+    store.close()  # a crash before the commit: the batch and its position go together
+    again = SqliteRunStore(tmp_path / "h.sqlite")
+
+    assert again.applied_sequence() == 2
+    assert listed(again) == [second, first]
+    again.close()
