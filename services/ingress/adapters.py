@@ -378,6 +378,36 @@ class Ingress:
         found = await read_one(self.runs, subjects.run_key(workspace_id, run_id), Run)
         return found[0] if found is not None else None
 
+    async def claim_start(
+        self, storage_key: str, record: IdempotentStart, not_stored: str
+    ) -> IdempotentStart | None:
+        """Store `record` under `storage_key` in the idempotency bucket unless one is there
+        already: None when ours is new, else the record found (a repeat). Retried like the
+        start itself: a create whose answer was lost finds its own record on the next try,
+        with the same run id, and goes on as a repeat. `503 start_not_stored` (`not_stored`,
+        with `%s` for the error's kind) when NATS does not take it in time."""
+        assert self.idempotency is not None
+        idempotency = self.idempotency
+        stored: bytes | None = None
+
+        async def claim() -> None:
+            nonlocal stored
+            try:
+                await idempotency.create(storage_key, encode(record))
+                stored = None
+            except KeyWrongLastSequenceError:
+                stored = (await idempotency.get(storage_key)).value or b""
+
+        try:
+            await retried_within(
+                f"storing the start of run {record.run_id} under {storage_key}",
+                claim,
+                self.settings.store_retry_seconds,
+            )
+        except Exception as error:  # NATS trouble: nothing was started
+            raise ApiError(503, "start_not_stored", not_stored % type(error).__name__) from error
+        return None if stored is None else decode(stored, IdempotentStart)
+
     async def claim_idempotency_key(
         self, workspace_id: str, key: str, flow_id: str, body: bytes, run_id: str
     ) -> tuple[str, bool]:
@@ -389,42 +419,20 @@ class Ingress:
                 "invalid_idempotency_key",
                 f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
             )
-        assert self.idempotency is not None
         storage_key = f"{workspace_id}.{hashlib.sha256(key.encode()).hexdigest()}"
         digest = hashlib.sha256(body).hexdigest()
         record = IdempotentStart(
             run_id=run_id, flow_id=flow_id, body_digest=digest, created_at=datetime.now(UTC)
         )
-        idempotency = self.idempotency
-        stored: bytes | None = None  # the record already under the key (None: ours is new)
-
-        async def claim() -> None:
-            nonlocal stored
-            try:
-                await idempotency.create(storage_key, encode(record))
-                stored = None
-            except KeyWrongLastSequenceError:
-                stored = (await idempotency.get(storage_key)).value or b""
-
-        try:
-            # Retried like the start itself: a create whose answer was lost finds its own
-            # record on the next try, with the same run id, and goes on as a repeat.
-            await retried_within(
-                f"storing Idempotency-Key of run {run_id}",
-                claim,
-                self.settings.store_retry_seconds,
-            )
-        except Exception as error:  # NATS trouble: nothing was started
-            raise ApiError(
-                503,
-                "start_not_stored",
-                f"the Idempotency-Key could not be stored ({type(error).__name__}) within "
-                f"{self.settings.store_retry_seconds:g}s; nothing was started, retry with the "
-                "same key",
-            ) from error
-        if stored is None:
+        original = await self.claim_start(
+            storage_key,
+            record,
+            f"the Idempotency-Key could not be stored (%s) within "
+            f"{self.settings.store_retry_seconds:g}s; nothing was started, retry with the "
+            "same key",
+        )
+        if original is None:
             return run_id, False
-        original: IdempotentStart = decode(stored, IdempotentStart)
         if original.flow_id != flow_id or original.body_digest != digest:
             raise ApiError(
                 422,

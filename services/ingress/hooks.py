@@ -36,7 +36,6 @@ from services.ingress.docs import REGISTRY_ANSWERS, problems
 from services.ingress.problems import ApiError, body_too_large
 from shared.codec import decode, encode
 from shared.ids import new_id
-from shared.supervise import retried_within
 
 log = logging.getLogger(__name__)
 
@@ -137,40 +136,18 @@ async def claim_delivery(
 ) -> tuple[str, bool]:
     """The run id of this delivery: `(run_id, False)` for a first delivery, `(the original
     run id, True)` for one seen before (within the 25 hours the store keeps it)."""
-    assert ingress.idempotency is not None
-    idempotency = ingress.idempotency
     record = IdempotentStart(
         run_id=run_id,
         flow_id=flow_id,
         body_digest=hashlib.sha256(body).hexdigest(),
         created_at=datetime.now(UTC),
     )
-    stored: bytes | None = None
-
-    async def claim() -> None:
-        nonlocal stored
-        try:
-            await idempotency.create(storage_key, encode(record))
-            stored = None
-        except KeyWrongLastSequenceError:
-            stored = (await idempotency.get(storage_key)).value or b""
-
-    try:
-        await retried_within(
-            f"storing webhook delivery of run {run_id}",
-            claim,
-            ingress.settings.store_retry_seconds,
-        )
-    except Exception as error:  # NATS trouble: nothing was started; the sender retries
-        raise ApiError(
-            503,
-            "start_not_stored",
-            f"the delivery could not be recorded ({type(error).__name__}); nothing was started, "
-            "send it again",
-        ) from error
-    if stored is None:
-        return run_id, False
-    return decode(stored, IdempotentStart).run_id, True
+    stored = await ingress.claim_start(
+        storage_key,
+        record,
+        "the delivery could not be recorded (%s); nothing was started, send it again",
+    )
+    return (run_id, False) if stored is None else (stored.run_id, True)
 
 
 # --- the delivery endpoint ---------------------------------------------------------------------
