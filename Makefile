@@ -68,7 +68,7 @@ bench-flood: $(STAMP) ## Valid POST /trigger req/s undisturbed vs under a flood 
 bench-scheduler: $(STAMP) ## 100,000 schedules on one scheduler (lag, RSS, CPU), a 10,000 herd, next to croniter+heapq
 	$(BIN)/python -m bench.scheduler
 
-bench-all: $(STAMP) ## Every benchmark in turn, then one table: stage, ours, bare, ratio, target (about 20 minutes)
+bench-all: $(STAMP) ## Every benchmark in turn, then one table: stage, ours, bare, ratio, target (about 10 minutes)
 	$(BIN)/python -m bench.all
 
 bench-faststream: $(STAMP) ## A FastStream pull subscriber's CPU per message next to bare nats-py and our runner's per run
