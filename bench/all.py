@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         for title, module, quick in BENCHMARKS
         if not args.only or module in args.only or module.removeprefix("bench.") in args.only
     ]
+    if not chosen:
+        names = ", ".join(module.removeprefix("bench.") for _, module, _ in BENCHMARKS)
+        parser.error(f"--only names none of the benchmarks: {names}")
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-all-") as folder:
         summary = Path(folder) / "rows.jsonl"
