@@ -109,6 +109,15 @@ def _entry(message: Msg) -> AuditEntry | None:
     return entry
 
 
+def shifted(moment: datetime, by: timedelta) -> datetime:
+    """`moment + by`, held at the first or last moment a datetime has (year 1, year 9999)."""
+    try:
+        return moment + by
+    except OverflowError:
+        edge = datetime.min if by < timedelta(0) else datetime.max
+        return edge.replace(tzinfo=moment.tzinfo)
+
+
 async def read_audit(js: JetStreamContext, query: AuditQuery) -> AuditPage:
     """One page of the workspace's entries, newest first."""
     subject = query.subject()
@@ -117,12 +126,15 @@ async def read_audit(js: JetStreamContext, query: AuditQuery) -> AuditPage:
     stream = subjects.AUDIT_STREAM
     below, floor = query.below(), 1
     try:
-        if query.until is not None:
-            end = await first_position_from(js, stream, subject, query.until + CLOCK_MARGIN)
+        high = None if query.until is None else shifted(query.until, CLOCK_MARGIN)
+        if high is not None and high.year < datetime.max.year:  # else: no bound at all
+            end = await first_position_from(js, stream, subject, high)
             if end is not None:
                 below = end if below is None else min(below, end)
-        if query.since is not None:
-            start = await first_position_from(js, stream, subject, query.since - CLOCK_MARGIN)
+        low = None if query.since is None else shifted(query.since, -CLOCK_MARGIN)
+        # Not from the first moment there is: the server takes it for no start time at all.
+        if low is not None and low > datetime.min.replace(tzinfo=low.tzinfo):
+            start = await first_position_from(js, stream, subject, low)
             if start is None:
                 return AuditPage(items=[])
             floor = start

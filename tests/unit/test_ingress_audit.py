@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts.audit import AuditEntry
+from services.ingress import audit
 from services.ingress.audit import AuditQuery
 from services.ingress.problems import ApiError
 
@@ -52,3 +53,12 @@ def test_since_is_inclusive_and_until_exclusive_on_the_entry_s_own_time() -> Non
     assert not AuditQuery(workspace_id=WS, until=at).takes(entry)
     assert AuditQuery(workspace_id=WS, until=at + timedelta(microseconds=1)).takes(entry)
     assert not AuditQuery(workspace_id=WS, since=at + timedelta(microseconds=1)).takes(entry)
+
+
+def test_a_window_at_the_ends_of_time_keeps_its_clock_margin_without_overflowing() -> None:
+    first = datetime(1, 1, 1, 0, 0, 2, tzinfo=UTC)
+    last = datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC)
+    assert audit.shifted(first, -audit.CLOCK_MARGIN) == datetime.min.replace(tzinfo=UTC)
+    assert audit.shifted(last, audit.CLOCK_MARGIN) == datetime.max.replace(tzinfo=UTC)
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    assert audit.shifted(now, -audit.CLOCK_MARGIN) == now - timedelta(minutes=1)
