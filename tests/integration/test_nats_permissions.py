@@ -29,6 +29,7 @@ from shared import nats_permissions, nats_server
 from shared.codec import encode
 from shared.ids import new_id
 from tests.faults.nats_nodes import Nats, api
+from tests.integration.processes import stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_TOKEN = "op-permissions-test"
@@ -188,14 +189,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         wait_healthy(stack, root)
         yield stack
     finally:
-        for process in stack.services.values():
-            process.send_signal(signal.SIGTERM)
-        for process in stack.services.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(stack.services.values())
         cluster.stop()
 
 

@@ -6,7 +6,6 @@ in operator mode uses JetStream."""
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from tests.integration.nats_credentials import (
     public,
     seed_file,
 )
+from tests.integration.processes import stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_TOKEN = "op-tls-test"
@@ -147,14 +147,7 @@ def stack(secure: Secure) -> Iterator[str]:
             time.sleep(0.1)
         yield api
     finally:
-        for process in secure.services.values():
-            process.send_signal(signal.SIGTERM)
-        for process in secure.services.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(secure.services.values())
 
 
 def test_a_start_ends_succeeded_with_every_service_on_mutual_tls_as_an_nkey_user(

@@ -22,6 +22,7 @@ from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunEvent
 from shared.codec import decode, encode
 from shared.ids import new_id
 from shared.kv import read_prefix
+from tests.integration.processes import stop_processes
 from tests.integration.test_runner_app import put_flow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,15 +67,7 @@ class Runners:
         return (self._logs / f"runner-{index}.log").read_text()
 
     def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
 
 
 @pytest.fixture
