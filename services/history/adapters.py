@@ -505,6 +505,9 @@ class RunsFollower:
         self.caught_up = asyncio.Event()
         """Set once the projection holds what the stream held when following began."""
         self._rebuilding = False
+        self.applied_sequence = 0
+        """The stream sequence of the last change applied (kept here so that readers on other
+        threads, such as a metrics scrape, never touch the writer's connection)."""
 
     def lag_seconds(self) -> float:
         return core.lag_seconds(self._clock(), self.behind_since)
@@ -535,7 +538,7 @@ class RunsFollower:
         if core.must_rebuild(await self._write(self._store.applied_sequence), last):
             log.warning("the runs stream was recreated: rebuilding the history from it")
             await self._write(self._store.reset)
-        applied = await self._write(self._store.applied_sequence)
+        applied = self.applied_sequence = await self._write(self._store.applied_sequence)
         if applied == 0 and last > 0:
             self._rebuilding = True
             await self._write(self._store.start_rebuild)
@@ -626,6 +629,7 @@ class RunsFollower:
             # written once for all of them; queries see a change that much later at most.
             commit = now - self._open_since >= self._commit_interval
             await self._write(self._apply, batch, cutoff, commit)
+            self.applied_sequence = delivery(batch[-1]).stream_sequence
             if commit:
                 self._open_since = self._uncommitted_since = None
             last = batch[-1]

@@ -89,7 +89,7 @@ class HistoryApp:
         self.readiness.require("nats", lambda: nc.is_connected)
         self.readiness.require("caught up", follower.caught_up.is_set)
         self.readiness.require("subscribed", lambda: self._subscription is not None)
-        metrics.watch_projection(follower.lag_seconds, store.applied_sequence)
+        metrics.watch_projection(follower.lag_seconds, lambda: follower.applied_sequence)
 
     async def _forget_expired(self) -> None:
         while True:

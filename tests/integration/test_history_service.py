@@ -18,6 +18,7 @@ from services.history.app import HistoryApp, create_app
 from services.history.settings import HistorySettings
 from shared.codec import encode
 from shared.ids import new_id
+from shared.kv import bucket_stream
 from shared.rpc import ServiceClient
 
 DEADLINE = 10.0
@@ -98,10 +99,14 @@ async def test_a_new_replica_rebuilds_the_history_from_the_bucket(
     written = [a_run(workspace_id, n, "succeeded") for n in range(300)]
     await asyncio.gather(*(record(runs, run) for run in written))
 
-    await history().start()  # an empty file: everything comes from the bucket
+    replica = history()
+    await replica.start()  # an empty file: everything comes from the bucket
     client = ServiceClient(nc, "history", 5.0)
 
     assert await everything(client, workspace_id) == list(reversed(written))
+    head = (await nc.jetstream().stream_info(bucket_stream(subjects.RUNS_BUCKET))).state.last_seq
+    assert replica.follower is not None
+    assert replica.follower.applied_sequence == head
     stats = await client.call(
         subjects.HISTORY_RUNS_STATS, RunStatsQuery(workspace_id=workspace_id), RunStats
     )
