@@ -348,9 +348,11 @@ async def run(large: int, folder: Path, load_rate: float, load_seconds: float) -
         )
 
         load_ws = new_id("wsp")
+        cpu_before = history.cpu_seconds()
         wrote, observed, reported = await lag_under_load(
             client, url, load_ws, load_rate, load_seconds
         )
+        load_cpu = history.cpu_seconds() - cpu_before
         achieved = float(wrote["written"]) / float(wrote["seconds"])  # type: ignore[arg-type]
         print(
             f"\nlag while {wrote['written']:,} run changes were written at {achieved:,.0f}/s "
@@ -361,6 +363,9 @@ async def run(large: int, folder: Path, load_rate: float, load_seconds: float) -
             f"max {max(observed, default=0) * 1000:.0f} ms\n"
             f"  history_lag_seconds reported: p99 {percentile_ms(reported, 99):.0f} ms, "
             f"max {max(reported, default=0) * 1000:.0f} ms\n"
+            f"  the history's CPU meanwhile: {load_cpu:.1f} s, "
+            f"{load_cpu / float(wrote['written']) * 1e6:.0f} us per change "  # type: ignore[arg-type]
+            f"(queries of the sampling included)\n"
             f"  ingest ceiling next to it: rebuild {total / rebuild:,.0f}/s, "
             f"live burst {len(live) / took:,.0f}/s"
         )

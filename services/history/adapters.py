@@ -499,6 +499,8 @@ class RunsFollower:
         self._uncommitted_since: datetime | None = None
         """When the oldest change applied but not committed yet was stored (its lag runs on)."""
         self._received: list[Msg] = []
+        self._window: list[Msg] = []
+        """Changes received for the open transaction, not written yet."""
         self._arrived = asyncio.Event()
         self.behind_since: datetime | None = clock()
         """None while caught up; else the age of the oldest change maybe not applied yet."""
@@ -528,6 +530,7 @@ class RunsFollower:
             raise
         finally:
             self._received.clear()
+            self._window.clear()  # not written: they come again from the applied position
 
     async def _follow(self, stream: str) -> None:
         # A transaction a previous attempt left open is whole (its position with its data).
@@ -593,7 +596,7 @@ class RunsFollower:
                         async with asyncio.timeout(due):
                             await self._arrived.wait()
                     continue
-                await self._write(self._store.commit)
+                await self._flush(commit=True)
                 self._open_since = self._uncommitted_since = None
                 if last is not None:
                     await self._account(last)
@@ -628,12 +631,30 @@ class RunsFollower:
             # transaction takes the batches of `commit_interval` seconds, so these pages are
             # written once for all of them; queries see a change that much later at most.
             commit = now - self._open_since >= self._commit_interval
-            await self._write(self._apply, batch, cutoff, commit)
-            self.applied_sequence = delivery(batch[-1]).stream_sequence
+            # The changes of a transaction are written together when it commits (or once a
+            # statement's worth is waiting): a run that is queued, starts and ends within it is
+            # then written once, not three times (each write updates most of the indexes).
+            # Queries see nothing before the commit either way. A rebuild writes every batch:
+            # it holds each run once.
+            self._window += batch
+            if commit or self._rebuilding or len(self._window) >= self._batch_size:
+                await self._flush(commit, cutoff)
             if commit:
                 self._open_since = self._uncommitted_since = None
             last = batch[-1]
             await self._account(last)
+
+    async def _flush(self, commit: bool, cutoff: datetime | None = None) -> None:
+        """Write the changes waiting in the window (and commit, if told)."""
+        if not self._window:
+            if commit:
+                await self._write(self._store.commit)
+            return
+        window, self._window = self._window, []
+        if cutoff is None:
+            cutoff = core.retention_cutoff(self._clock(), self._retention_days)
+        await self._write(self._apply, window, cutoff, commit)
+        self.applied_sequence = delivery(window[-1]).stream_sequence
 
     async def _account(self, last: Msg) -> None:
         """How far behind the queries are, after applying or committing up to `last`."""
