@@ -302,11 +302,12 @@ export async function runPage({ main, ids: [runId] }) {
     run = await draw();
   } catch (error) {
     main.replaceChildren(heading("Run"), pageError(error));
-    return;
+    // A start just stored has no record until a runner takes it: look again for a while.
+    if (error.status !== 404) return;
   }
-  if (TERMINAL.has(run.status)) return;
+  if (run && TERMINAL.has(run.status)) return;
   const stop = whileVisible(async () => {
-    if (TERMINAL.has(run.status)) return stop();
+    if (run && TERMINAL.has(run.status)) return stop();
     await redraw();
   }, 1500);
   return stop;

@@ -59,7 +59,9 @@ export function select(name, options, value) {
 
 /** Shows `message` under `control` (or clears it with an empty message). */
 export function setFieldError(control, message) {
-  const slot = document.getElementById(`${control.id}-error`);
+  const slot =
+    control.closest(".field")?.querySelector(".field-error") ||
+    document.getElementById(`${control.id}-error`);
   if (slot) slot.textContent = message || "";
   if (message) control.setAttribute("aria-invalid", "true");
   else control.removeAttribute("aria-invalid");
@@ -84,7 +86,9 @@ export function formError() {
 export function showError(form, error, byCode = {}) {
   const detail = error.detail || String(error);
   const controls = [...form.querySelectorAll("[name]")].filter((c) => !c.disabled);
-  const named = (name) => controls.find((c) => c.name === name && c.offsetParent !== null);
+  // A control hidden with its fieldset is not the one meant (a form not shown yet has no layout).
+  const shown = (c) => !c.isConnected || c.offsetParent !== null;
+  const named = (name) => controls.find((c) => c.name === name && shown(c));
   let target = byCode[error.code] ? named(byCode[error.code]) : undefined;
   if (!target) {
     for (const match of detail.matchAll(/`\$?\.?([A-Za-z_][\w.]*)`/g)) {
