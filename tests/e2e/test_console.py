@@ -44,6 +44,7 @@ class Console:
 
     def shot(self, name: str) -> None:
         SCREENSHOTS.mkdir(exist_ok=True)
+        self.page.evaluate("document.getElementById('toast').classList.remove('shown')")
         self.page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
 
     def api(self) -> httpx.Client:
@@ -60,7 +61,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def console(stack: Stack, browser: Browser) -> Iterator[Console]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, reduced_motion="reduce")
     page = context.new_page()
     page.set_default_timeout(10_000)
     errors: list[str] = []
@@ -270,11 +271,29 @@ def test_run_now_shows_the_result_and_the_run_appears_finished_in_the_list_and_i
     console.shot("runs")
 
 
+def test_in_a_narrow_window_the_page_fits_and_the_runs_table_scrolls_sideways(
+    console: Console,
+) -> None:
+    page = console.page
+    page.set_viewport_size({"width": 380, "height": 800})
+    try:
+        console.go("/runs")
+        expect(page.locator("tbody tr").first).to_be_visible()
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 380
+        table = page.locator(".table-wrap")
+        assert table.evaluate("wrap => wrap.scrollWidth > wrap.clientWidth")
+        expect(page.get_by_role("link", name="Keys")).to_be_in_viewport()
+        console.shot("runs-narrow")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def test_a_running_run_is_cancelled_from_its_page(console: Console) -> None:
     page = console.page
     with console.api() as api:
         flow = api.post(
-            "/v1/flows", json={"name": "napper", "settings": {"kind": "python", "function": "sleep"}}
+            "/v1/flows",
+            json={"name": "napper", "settings": {"kind": "python", "function": "sleep"}},
         ).json()
         trigger = api.post("/v1/triggers", json={"flow_id": flow["id"], "type": "manual"}).json()
         started = api.post(
