@@ -44,6 +44,9 @@ class Console:
 
     def shot(self, name: str) -> None:
         SCREENSHOTS.mkdir(exist_ok=True)
+        shown = self.page.locator("#main").inner_text()
+        assert "[object " not in shown
+        assert not re.search(r"^null$", shown, re.MULTILINE)
         self.page.evaluate("document.getElementById('toast').classList.remove('shown')")
         self.page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
 
@@ -141,6 +144,7 @@ def test_registering_a_flow_picks_a_function_the_runners_announce(console: Conso
     page = console.page
     page.get_by_role("link", name="Register a flow").click()
     expect(page.get_by_role("heading", name="Register a flow")).to_be_visible()
+    console.shot("flow-register")
     expect(page.get_by_text("Announced by the runners")).to_contain_text("echo")
     page.get_by_label("Name").fill("greeter")
     page.get_by_label("Function").fill("echo")
@@ -255,6 +259,8 @@ def test_run_now_shows_the_result_and_the_run_appears_finished_in_the_list_and_i
     expect(page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
     expect(page.locator(".facts .status-succeeded")).to_be_visible()
     expect(page.locator("pre.json").first).to_contain_text('"order": 42')
+    expect(page.get_by_role("heading", name="Result")).to_be_visible()
+    expect(page.locator("pre.json").nth(1)).to_contain_text('"order": 42')  # echo's result
     expect(page.get_by_role("heading", name="Attempts")).to_be_visible()
     expect(page.locator("table .status-succeeded")).to_be_visible()
     console.shot("run")

@@ -121,8 +121,9 @@ function signInPage(next) {
 onKeyRefused((error) => {
   session.signOut();
   refusal = error instanceof ApiError ? error : null;
-  const { path } = parseHash();
-  window.location.hash = `#/sign-in?next=${encodeURIComponent(path)}`;
+  const here = window.location.hash.slice(1); // the page, with its filters, to come back to
+  const next = here.startsWith("/sign-in") ? "/flows" : here;
+  window.location.hash = `#/sign-in?next=${encodeURIComponent(next)}`;
 });
 
 document.getElementById("sign-out").addEventListener("click", () => {

@@ -7,6 +7,7 @@ import { triggerRow, TRIGGER_HEADERS } from "./triggers.js";
 import {
   clearErrors,
   field,
+  fill,
   formError,
   h,
   heading,
@@ -138,7 +139,7 @@ export async function newFlowPage({ main }) {
     }
   });
   if (functions.length === 1) fn.value = functions[0].name;
-  main.replaceChildren(
+  fill(main,
     heading("Register a flow"),
     functionsError ? pageError(functionsError) : null,
     form,

@@ -9,6 +9,7 @@ import {
   confirmDialog,
   duration,
   field,
+  fill,
   h,
   heading,
   json,
@@ -278,7 +279,7 @@ export async function runPage({ main, ids: [runId] }) {
       ),
       "No attempt yet: the run is queued.",
     );
-    main.replaceChildren(
+    fill(main,
       heading(`Run ${run.id}`, cancel),
       actionsError,
       h("dl", { class: "facts" }, facts.map(([t, v]) => [h("dt", {}, t), h("dd", {}, v)])),

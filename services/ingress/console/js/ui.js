@@ -311,3 +311,9 @@ export async function pagedTable({ headers, load, toRow, empty = "Nothing here y
   await next();
   return h("div", { class: "paged" }, problems, wrap, emptyNote, h("div", { class: "more" }, more));
 }
+
+/** Replaces the children of `element` (arrays flattened, null and false left out). */
+export function fill(element, ...children) {
+  element.replaceChildren();
+  append(element, children);
+}
