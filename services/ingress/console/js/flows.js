@@ -60,7 +60,7 @@ export async function newFlowPage({ main }) {
   const kind = select(
     "kind",
     [
-      ["python", "Python function (served by a runner)"],
+      ["python", "Python function"],
       ["http", "HTTP request"],
     ],
     "python",
