@@ -137,7 +137,7 @@ def test_an_admin_signs_in_and_the_key_stays_in_the_tab_s_session_storage_only(
     assert console.admin_key in storage.values()
     assert page.evaluate("() => localStorage.length") == 0
     assert page.context.cookies() == []
-    assert "document.cookie", page.evaluate("() => document.cookie") == ""
+    assert page.evaluate("() => document.cookie") == ""
 
 
 def test_registering_a_flow_picks_a_function_the_runners_announce(console: Console) -> None:
