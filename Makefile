@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi bench-flood bench-fairness clean
+.PHONY: help install run chromium test test-browser test-unit test-integration test-e2e test-faults lint format typecheck bench bench-runner bench-quick bench-scheduler bench-history bench-all bench-faststream asyncapi bench-flood bench-fairness clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,8 +23,23 @@ install: $(STAMP) ## Create .venv and install the project with its pinned depend
 run: $(STAMP) ## Start NATS and all five services locally (Ctrl-C stops everything)
 	$(BIN)/python -m services
 
-test: $(STAMP) ## Run the whole test suite against a real nats-server (fault drills included)
+# The console's browser tests drive the system's Chromium. On a fresh Debian machine, as root,
+# Debian's package is installed once; otherwise say what to do (the tests fail without it).
+CHROMIUM_FOUND = command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
+chromium: ## Make sure a Chromium is installed for the browser tests (apt-get as root, once)
+	@if $(CHROMIUM_FOUND); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "No chromium found: the console's browser tests need one (sudo apt-get install chromium)" >&2; \
+	fi
+
+test: $(STAMP) chromium ## Run the whole test suite against a real nats-server (fault drills included)
 	$(BIN)/python -m pytest tests
+
+test-browser: $(STAMP) chromium ## Run the console's browser tests (Chromium, the whole stack)
+	$(BIN)/python -m pytest tests/e2e/test_console.py
 
 test-unit: $(STAMP) ## Run the unit tests only (no NATS)
 	$(BIN)/python -m pytest tests/unit

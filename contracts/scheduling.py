@@ -110,6 +110,15 @@ class SchedulePreview(Struct, frozen=True, kw_only=True):
     fires: list[PreviewFire]
 
 
+class DraftPreview(Struct, frozen=True, kw_only=True):
+    """Body of `POST /v1/schedules/preview?count=N`: the next occurrences of a schedule that no
+    trigger has yet (the console previews a form with it). No jitter is applied: a trigger's
+    fixed jitter offset comes from its id."""
+
+    timezone: str
+    fires: list[PreviewFire]
+
+
 class FirePage(Struct, frozen=True, kw_only=True):
     """Body of `GET /v1/triggers/{id}/fires`: ledger entries, newest occurrence first."""
 

@@ -13,7 +13,16 @@ from litestar.openapi.spec import Components
 from nats.errors import Error as NatsError
 
 from contracts import subjects
-from services.ingress import audit, docs, handlers, hooks, operations, problems, tracing
+from services.ingress import (
+    audit,
+    console,
+    docs,
+    handlers,
+    hooks,
+    operations,
+    problems,
+    tracing,
+)
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.auth_guard import UnknownKeys
 from services.ingress.settings import IngressSettings
@@ -74,6 +83,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             *operations.ROUTES,
             docs.assets_router(),
             docs.asyncapi_document,
+            *console.ROUTES,
         ],
         # Tracing outermost, so that a request's span covers the time the metrics count.
         middleware=[*tracing.middleware(), operations.http_metrics],

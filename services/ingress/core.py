@@ -14,10 +14,17 @@ from contracts.registry import (
     ApiKey,
     ApiTrigger,
     Flow,
+    Schedule,
     ScheduleTrigger,
     Trigger,
 )
-from contracts.scheduling import FirePage, FireRecord, PreviewFire, SchedulePreview
+from contracts.scheduling import (
+    DraftPreview,
+    FirePage,
+    FireRecord,
+    PreviewFire,
+    SchedulePreview,
+)
 from services.ingress.auth_guard import Limited
 from services.ingress.problems import ApiError
 from shared import api_keys, schedules
@@ -250,15 +257,35 @@ def schedule_preview(trigger: Trigger, count: int, now: datetime | None = None) 
         timezone=schedule.timezone,
         jitter_seconds=int(jitter.total_seconds()),
         enabled=trigger.enabled,
-        fires=[
-            PreviewFire(
-                scheduled_at=occurrence.scheduled_at,
-                local_time=occurrence.local.isoformat(),
-                fires_at=occurrence.scheduled_at + jitter,
-                fires=occurrence.skip is None,
-                skip=occurrence.skip,
-                note=occurrence.note,
-            )
-            for occurrence in found
-        ],
+        fires=_preview_fires(found, jitter),
     )
+
+
+def draft_preview(schedule: Schedule, count: int, now: datetime | None = None) -> DraftPreview:
+    """The next `count` occurrences of a schedule no trigger has yet (a form being filled in),
+    refused with the words the registry would use when it cannot be saved."""
+    moment = now or datetime.now(UTC)
+    problem = schedules.validate(schedule, moment)
+    if problem is not None:
+        raise ApiError(422, "invalid_schedule", problem)
+    try:
+        found = schedules.preview(schedule, moment, count)
+    except (ValueError, OverflowError) as error:
+        # InvalidSchedule is a ValueError; OverflowError: a fire beyond the year 9999.
+        raise ApiError(422, "invalid_schedule", str(error)) from error
+    # The jitter offset is fixed per trigger id, which the draft does not have yet.
+    return DraftPreview(timezone=schedule.timezone, fires=_preview_fires(found, timedelta()))
+
+
+def _preview_fires(found: list[schedules.Occurrence], jitter: timedelta) -> list[PreviewFire]:
+    return [
+        PreviewFire(
+            scheduled_at=occurrence.scheduled_at,
+            local_time=occurrence.local.isoformat(),
+            fires_at=occurrence.scheduled_at + jitter,
+            fires=occurrence.skip is None,
+            skip=occurrence.skip,
+            note=occurrence.note,
+        )
+        for occurrence in found
+    ]

@@ -26,10 +26,10 @@ from contracts.http import (
 )
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
-from contracts.scheduling import FirePage, SchedulePreview
+from contracts.scheduling import DraftPreview, FirePage, SchedulePreview
 from services.ingress import core, docs, operations
 from services.ingress.adapters import Ingress, read_ledger
-from services.ingress.core import fire_page, schedule_preview
+from services.ingress.core import draft_preview, fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
 from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, send_problem
 from shared.codec import encode
@@ -495,6 +495,26 @@ async def _set_enabled(
     return trigger
 
 
+class ScheduleController(AdminController):
+    path = "/v1/schedules"
+    tags = ["triggers"]
+
+    @post(
+        "/preview",
+        status_code=200,
+        summary="The next N occurrences of a schedule no trigger has yet (what a form would "
+        "save), or `422 invalid_schedule` with the reason it could not be saved",
+        responses=problems(*REGISTRY_ANSWERS, 413, 422),
+    )
+    async def preview_schedule(
+        self,
+        data: JSONBody[api.ScheduleBody],
+        admin: NamedDependency[ApiKey],
+        count: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+    ) -> DraftPreview:
+        return draft_preview(data, count)
+
+
 # --- runs -----------------------------------------------------------------------------------
 
 
@@ -857,6 +877,7 @@ ROUTES = [
     FlowController,
     FlowFunctionController,
     TriggerController,
+    ScheduleController,
     RunController,
     trigger_flow,
     health,

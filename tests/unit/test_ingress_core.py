@@ -14,6 +14,7 @@ from contracts.registry import (
     Flow,
     KeyScope,
     ManualTrigger,
+    OnceSchedule,
     PythonFlowSettings,
     ScheduleTrigger,
     Trigger,
@@ -281,3 +282,32 @@ def test_json_at_the_depth_limit_or_with_many_shallow_brackets_is_accepted() -> 
 
     assert core.depth_over(core.json_body(deepest), core.MAX_JSON_DEPTH) is False
     assert len(core.json_body(many)) == 10_000
+
+
+def test_a_draft_schedule_previews_its_next_fires_on_its_own_wall_clock() -> None:
+    draft = CronSchedule(cron="30 9 * * *", timezone="Europe/Berlin")
+    preview = core.draft_preview(draft, 2, NOW)
+    assert preview.timezone == "Europe/Berlin"
+    assert [fire.local_time for fire in preview.fires] == [
+        "2026-03-02T09:30:00+01:00",
+        "2026-03-03T09:30:00+01:00",
+    ]
+    assert all(fire.fires_at == fire.scheduled_at for fire in preview.fires)
+
+
+@pytest.mark.parametrize(
+    ("draft", "words"),
+    [
+        (CronSchedule(cron="61 * * * *"), "minute field '61'"),
+        (CronSchedule(cron="* * * * *", timezone="Mars/Olympus"), "Mars/Olympus"),
+        (OnceSchedule(at=datetime(2026, 1, 1, tzinfo=UTC)), "in the past"),
+        (CronSchedule(cron="0 0 * * *", start=datetime(9999, 12, 31, 23, tzinfo=UTC)), "year"),
+    ],
+)
+def test_a_draft_schedule_that_could_not_be_saved_is_refused_with_the_reason(
+    draft: Any, words: str
+) -> None:
+    with pytest.raises(ApiError) as refused:
+        core.draft_preview(draft, 3, NOW)
+    assert (refused.value.status, refused.value.code) == (422, "invalid_schedule")
+    assert words in refused.value.detail

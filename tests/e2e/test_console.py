@@ -1,0 +1,386 @@
+"""The operator console in a real browser (Debian's Chromium driven by Playwright) against the
+whole stack: the seed's steps end to end, as an operator clicks them. Screenshots of the main
+pages land in `screenshots/` (git-ignored) for a reviewer."""
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.e2e.conftest import ROOT, Stack
+from tests.e2e.test_walkthrough import create_workspace, poll
+
+pytestmark = pytest.mark.e2e
+
+SCREENSHOTS = ROOT / "screenshots"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium_path() -> str:
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        "no Chromium found: `make test-browser` installs Debian's package when run as root, "
+        "or run `apt-get install chromium`"
+    )
+
+
+@dataclass
+class Console:
+    page: Page
+    stack: Stack
+    admin_key: str
+    errors: list[str]
+
+    def go(self, hash_path: str) -> None:
+        self.page.goto(f"{self.stack.url}/console/#{hash_path}")
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        shown = self.page.locator("#main").inner_text()
+        assert "[object " not in shown
+        assert not re.search(r"^null$", shown, re.MULTILINE)
+        self.page.evaluate("document.getElementById('toast').classList.remove('shown')")
+        self.page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+    def api(self) -> httpx.Client:
+        return self.stack.client(self.admin_key)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def console(stack: Stack, browser: Browser) -> Iterator[Console]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, reduced_motion="reduce")
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else None,
+    )
+    yield Console(page, stack, create_workspace(stack, "console"), errors)
+    context.close()
+
+
+def flow_id_of(page: Page) -> str:
+    found = re.search(r"#/flows/(flw_\w+)", page.url)
+    assert found, page.url
+    return found[1]
+
+
+def trigger_id_of(page: Page) -> str:
+    found = re.search(r"#/triggers/(trg_\w+)$", page.url)
+    assert found, page.url
+    return found[1]
+
+
+# --- serving --------------------------------------------------------------------------------
+
+
+def test_the_root_redirects_to_the_console_whose_pages_run_only_their_own_scripts(
+    stack: Stack,
+) -> None:
+    root = httpx.get(f"{stack.url}/", follow_redirects=False)
+    assert root.status_code in (302, 307)
+    assert root.headers["location"].startswith("/console")
+    page = httpx.get(f"{stack.url}/console/")
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "<script" not in re.sub(r'<script type="module" src="[^"]+"></script>', "", page.text)
+    module = httpx.get(f"{stack.url}/console/js/app.js")
+    assert module.status_code == 200
+    assert "javascript" in module.headers["content-type"]
+
+
+# --- the seed's steps -----------------------------------------------------------------------
+
+
+def test_a_key_that_is_refused_is_shown_next_to_the_key_field(console: Console) -> None:
+    console.go("/flows")
+    page = console.page
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Workspace admin key").fill("not-a-key")
+    page.get_by_label("Workspace admin key").press("Enter")
+    expect(page.locator("#main .field-error")).to_contain_text("malformed_key")
+    expect(page.get_by_label("Workspace admin key")).to_have_attribute("aria-invalid", "true")
+
+
+def test_an_admin_signs_in_and_the_key_stays_in_the_tab_s_session_storage_only(
+    console: Console,
+) -> None:
+    page = console.page
+    page.get_by_label("Workspace admin key").fill(console.admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Flows")).to_be_visible()
+    storage = page.evaluate("() => ({...sessionStorage})")
+    assert console.admin_key in storage.values()
+    assert page.evaluate("() => localStorage.length") == 0
+    assert page.context.cookies() == []
+    assert page.evaluate("() => document.cookie") == ""
+
+
+def test_registering_a_flow_picks_a_function_the_runners_announce(console: Console) -> None:
+    page = console.page
+    page.get_by_role("link", name="Register a flow").click()
+    expect(page.get_by_role("heading", name="Register a flow")).to_be_visible()
+    console.shot("flow-register")
+    expect(page.get_by_text("Announced by the runners")).to_contain_text("echo")
+    page.get_by_label("Name").fill("greeter")
+    page.get_by_label("Function").fill("echo")
+    page.get_by_label("Function").press("Enter")
+    expect(page.get_by_role("heading", name="greeter")).to_be_visible()
+    assert flow_id_of(page)
+    console.go("/flows")
+    expect(page.get_by_role("link", name="greeter")).to_be_visible()
+    console.shot("flows")
+
+
+def test_an_api_trigger_shows_the_exact_curl_command_to_call_it(console: Console) -> None:
+    page = console.page
+    page.get_by_role("link", name="greeter").click()
+    flow_id = flow_id_of(page)
+    page.get_by_role("link", name="New trigger").click()
+    expect(page.get_by_role("heading", name="New trigger")).to_be_visible()
+    page.get_by_label("Name").fill("public api")
+    page.get_by_role("radio", name=re.compile("^API")).check()
+    page.get_by_role("button", name="Create trigger").click()
+    expect(page.get_by_role("heading", name="public api")).to_be_visible()
+    command = page.locator("pre.command")
+    expect(command).to_contain_text(f"{console.stack.url}/trigger/{flow_id}")
+    expect(command).to_contain_text("Authorization: Bearer")
+    expect(page.get_by_role("button", name="Copy command")).to_be_visible()
+
+
+def test_a_schedule_previews_its_next_fires_live_and_an_invalid_cron_is_shown_at_the_field(
+    console: Console,
+) -> None:
+    page = console.page
+    console.go("/triggers/new")
+    expect(page.get_by_role("heading", name="New trigger")).to_be_visible()
+    page.get_by_label("Name").fill("every two seconds")
+    page.get_by_role("radio", name=re.compile("^Schedule")).check()
+    page.get_by_label("Frequency").select_option("daily")
+    page.get_by_label("Time zone").fill("Europe/Berlin")
+    page.get_by_label("At (wall clock)").fill("09:30:00")
+    preview = page.locator(".preview-list li")
+    expect(preview).to_have_count(5)
+    expect(preview.first).to_contain_text("09:30:00+0")  # Berlin's wall clock, with its offset
+    console.shot("trigger-create-preview")
+
+    page.get_by_label("Frequency").select_option("cron")
+    cron = page.get_by_label("Cron expression")
+    cron.fill("61 * * * *")
+    expect(page.locator(f"#{cron.get_attribute('id')}-error")).to_contain_text("minute field")
+    expect(preview).to_have_count(0)
+    cron.press("Enter")  # the create's own refusal, next to the field and in the form's alert
+    expect(page.locator(".form-error[role=alert]")).to_contain_text("invalid_schedule")
+    expect(cron).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(f"#{cron.get_attribute('id')}-error")).to_contain_text("invalid_schedule")
+
+    cron.fill("*/2 * * * * *")
+    expect(preview).to_have_count(5)
+    cron.press("Enter")
+    expect(page.get_by_role("heading", name="every two seconds")).to_be_visible()
+    expect(page.get_by_role("heading", name="Fire ledger")).to_be_visible()
+    # Its fires show up in the ledger with their reasons.
+    trigger_id = trigger_id_of(page)
+    with console.api() as api:
+        poll(
+            lambda: api.get(f"/v1/triggers/{trigger_id}/fires").json()["items"],
+            lambda items: len(items) >= 2,
+        )
+    page.reload()
+    expect(page.locator("tbody tr .status-started").first).to_be_visible()
+    console.shot("trigger-ledger")
+
+
+def test_a_trigger_is_paused_resumed_and_edited(console: Console) -> None:
+    page = console.page
+    expect(page.get_by_role("heading", name="every two seconds")).to_be_visible()
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("button", name="Resume")).to_be_visible()
+    expect(page.locator(".facts .status-paused")).to_be_visible()
+    page.get_by_role("button", name="Resume").click()
+    expect(page.get_by_role("button", name="Pause")).to_be_visible()
+    expect(page.locator(".facts .status-active")).to_be_visible()
+
+    page.get_by_role("link", name="Edit").click()
+    expect(page.get_by_role("heading", name="Edit every two seconds")).to_be_visible()
+    cron = page.get_by_label("Cron expression")
+    expect(cron).to_have_value("*/2 * * * * *")
+    page.get_by_label("Name").fill("weekday mornings")
+    cron.fill("0 9 * * 1-5")
+    expect(page.locator(".preview-list li")).to_have_count(5)
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("heading", name="weekday mornings")).to_be_visible()
+    expect(page.locator(".facts")).to_contain_text("cron 0 9 * * 1-5 (Europe/Berlin)")
+
+
+def test_run_now_shows_the_result_and_the_run_appears_finished_in_the_list_and_its_page(
+    console: Console,
+) -> None:
+    page = console.page
+    console.go("/triggers/new")
+    page.get_by_label("Name").fill("by hand")
+    page.get_by_role("radio", name=re.compile("^Manual")).check()
+    page.get_by_role("button", name="Create trigger").click()
+    expect(page.get_by_role("heading", name="by hand")).to_be_visible()
+    trigger_id = trigger_id_of(page)
+    page.get_by_label("Input (JSON)").fill('{"order": 42}')
+    page.get_by_role("button", name="Run now").click()
+    outcome = page.locator(".outcome")
+    expect(outcome.locator(".status-succeeded")).to_be_visible()
+    expect(outcome.locator("pre.json")).to_contain_text('"order": 42')
+    run_link = outcome.get_by_role("link", name=re.compile(r"^run_"))
+    run_id = run_link.inner_text()
+
+    run_link.click()
+    expect(page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
+    expect(page.locator(".facts .status-succeeded")).to_be_visible()
+    expect(page.locator("pre.json").first).to_contain_text('"order": 42')
+    expect(page.get_by_role("heading", name="Result")).to_be_visible()
+    expect(page.locator("pre.json").nth(1)).to_contain_text('"order": 42')  # echo's result
+    expect(page.get_by_role("heading", name="Attempts")).to_be_visible()
+    expect(page.locator("table .status-succeeded")).to_be_visible()
+    console.shot("run")
+
+    console.go(f"/runs?trigger={trigger_id}&status=succeeded")
+    expect(page.locator(f"tr[data-run-id='{run_id}'] .status-succeeded")).to_be_visible()
+    # A run started elsewhere shows up without reloading (the page polls while visible).
+    with console.api() as api:
+        started = api.post(f"/v1/triggers/{trigger_id}/run", json={"order": 43})
+        assert started.status_code == 200, started.text
+    later = started.json()["run_id"]
+    expect(page.locator(f"tr[data-run-id='{later}'] .status-succeeded")).to_be_visible()
+    expect(page.get_by_label("succeeded")).to_be_checked()
+    console.shot("runs")
+
+
+def test_in_a_narrow_window_the_page_fits_and_the_runs_table_scrolls_sideways(
+    console: Console,
+) -> None:
+    page = console.page
+    page.set_viewport_size({"width": 380, "height": 800})
+    try:
+        console.go("/runs")
+        expect(page.locator("tbody tr").first).to_be_visible()
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 380
+        table = page.locator(".table-wrap")
+        assert table.evaluate("wrap => wrap.scrollWidth > wrap.clientWidth")
+        expect(page.get_by_role("link", name="Keys")).to_be_in_viewport()
+        console.shot("runs-narrow")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_a_running_run_is_cancelled_from_its_page(console: Console) -> None:
+    page = console.page
+    with console.api() as api:
+        flow = api.post(
+            "/v1/flows",
+            json={"name": "napper", "settings": {"kind": "python", "function": "sleep"}},
+        ).json()
+        trigger = api.post("/v1/triggers", json={"flow_id": flow["id"], "type": "manual"}).json()
+        started = api.post(
+            f"/v1/triggers/{trigger['id']}/run",
+            json={"seconds": 60},
+            headers={"Prefer": "respond-async"},
+        ).json()
+    console.go(f"/runs/{started['run_id']}")
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.get_by_role("dialog")).to_be_visible()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel run").click()
+    expect(page.locator(".facts .status-cancelled")).to_be_visible()
+
+
+def test_deleting_a_trigger_asks_for_confirmation_first(console: Console) -> None:
+    page = console.page
+    console.go("/triggers")
+    page.get_by_role("link", name="public api").click()
+    trigger_id = trigger_id_of(page)
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Delete this trigger?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    with console.api() as api:
+        assert api.get(f"/v1/triggers/{trigger_id}").status_code == 200
+    page.get_by_role("button", name="Delete").click()
+    dialog.get_by_role("button", name="Delete trigger").click()
+    expect(page.get_by_role("heading", name="greeter")).to_be_visible()
+    with console.api() as api:
+        assert api.get(f"/v1/triggers/{trigger_id}").status_code == 404
+
+
+def test_a_key_s_secret_is_shown_once_and_a_revoked_key_stops_working(console: Console) -> None:
+    page = console.page
+    page.get_by_role("link", name="Keys").click()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    page.get_by_label("Name").fill("producer")
+    page.get_by_label("Name").press("Enter")
+    panel = page.locator(".secret")
+    expect(panel).to_contain_text("it will not be shown again")
+    secret = panel.locator(".secret-value").inner_text()
+    assert secret.startswith("tpk_")
+    expect(panel.get_by_role("button", name="Copy secret")).to_be_visible()
+    row = page.locator("tr", has_text="producer")
+    expect(row).to_contain_text(secret[:8])
+    console.shot("keys")
+    with console.stack.client(secret) as producer:
+        assert producer.get("/v1/runs/run_0").status_code != 401
+    page.reload()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    assert secret not in page.content()  # shown once only
+
+    page.locator("tr", has_text="producer").get_by_role("button", name="Revoke").click()
+    page.get_by_role("dialog").get_by_role("button", name="Revoke key").click()
+    expect(page.locator("tr", has_text="producer")).to_have_count(0)
+    with console.stack.client(secret) as producer:
+        assert producer.get("/v1/runs/run_0").status_code == 401
+
+
+def test_a_key_the_api_refuses_sends_the_operator_back_to_sign_in_with_its_message(
+    console: Console,
+) -> None:
+    page = console.page
+    page.evaluate(
+        "key => sessionStorage.setItem(Object.keys(sessionStorage)[0], key)",
+        "tpk_" + "x" * 40,
+    )
+    console.go("/runs")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#main .field-error")).not_to_be_empty()
+    assert page.evaluate("() => sessionStorage.length") == 0
+    page.get_by_label("Workspace admin key").fill(console.admin_key)
+    page.get_by_label("Workspace admin key").press("Enter")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()  # back where it was
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.length") == 0
+
+
+def test_the_console_ran_without_a_script_error_or_a_policy_violation(console: Console) -> None:
+    # 401/4xx answers the console handled are logged by Chromium as failed loads: not errors.
+    unexpected = [e for e in console.errors if "Failed to load resource" not in e]
+    assert unexpected == [], json.dumps(unexpected, indent=1)
