@@ -44,7 +44,7 @@ lint: $(STAMP) ## Check style with ruff
 format: $(STAMP) ## Format and fix with ruff
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-typecheck: $(STAMP) ## mypy --strict on contracts/ and shared/
+typecheck: $(STAMP) ## mypy --strict on contracts/, shared/ and cli/
 	$(BIN)/mypy
 
 bench: $(STAMP) ## Load POST /trigger/{flow_id} next to a bare Litestar+JetStream baseline

@@ -7,12 +7,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
-import click
+import httpx
 import typer
 from typer.core import TyperGroup
 
@@ -46,7 +46,7 @@ class UsageProblem(Exception):
 class HoistingGroup(TyperGroup):
     """`tp`'s root: the connection options are read wherever they stand on the line."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # Typer's own click Context
         return super().parse_args(ctx, hoist_global_options(args))
 
 
@@ -111,6 +111,8 @@ class Connection:
     key: str | None = None
     operator_token: str | None = None
     profile: str | None = None
+    transport: httpx.BaseTransport | None = None
+    """How requests travel (tests pass an `httpx.MockTransport` as the invocation's `obj`)."""
 
     def config(self) -> config.Config:
         flags = {"url": self.url, "key": self.key, "operator_token": self.operator_token}
@@ -119,7 +121,12 @@ class Connection:
     def client(self) -> Client:
         settings = self.config()
         assert settings.url.value is not None  # the default URL at least
-        return Client(settings.url.value, settings.key.value, settings.operator_token.value)
+        return Client(
+            settings.url.value,
+            settings.key.value,
+            settings.operator_token.value,
+            transport=self.transport,
+        )
 
 
 @app.callback()
@@ -148,7 +155,8 @@ def connection_options(
     Exit codes: 0 ok, 1 API error, 2 usage or configuration, 3 cannot connect, 4 the run did
     not succeed, 5 watch gave up.
     """
-    ctx.obj = Connection(url=url, key=key, operator_token=operator_token, profile=profile)
+    given = ctx.obj if isinstance(ctx.obj, Connection) else Connection()
+    ctx.obj = replace(given, url=url, key=key, operator_token=operator_token, profile=profile)
 
 
 P = ParamSpec("P")
@@ -1633,6 +1641,7 @@ def delete_profile(name: Annotated[str, typer.Argument(help="The profile to dele
 @app.command("login")
 @handled
 def login(
+    ctx: typer.Context,
     name: ProfileName = None,
     url: Annotated[str | None, typer.Option(help="The API's URL (default: the profile's).")] = None,
     key: Annotated[
@@ -1646,7 +1655,8 @@ def login(
     target = url or os.environ.get("TP_URL") or stored.get("url") or config.DEFAULT_URL
     secret = key or typer.prompt("API key", hide_input=True)
     printer = Printer()
-    with Client(target, secret) as client:
+    transport = ctx.find_root().obj.transport if ctx.find_root().obj else None
+    with Client(target, secret, transport=transport) as client:
         try:
             client.list_keys(limit=1)
             kind = "an admin key"

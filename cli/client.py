@@ -124,7 +124,7 @@ class Client:
             response = self._http.request(
                 method,
                 path,
-                params=query,  # type: ignore[arg-type]  # lists repeat the parameter
+                params=query,  # a list repeats the parameter
                 json=json,
                 content=content,
                 headers=sent,

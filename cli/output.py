@@ -127,7 +127,7 @@ class Printer:
                         for column, value in zip(columns, values, strict=True)
                     )
                 )
-            self._console(self.out).print(table)
+            self._console(self.out, terminal=True).print(table)
             return
         self.out.write(plain_table([column.header for column in columns], cells))
 
@@ -141,7 +141,7 @@ class Printer:
             for name, value in pairs:
                 text = cell(value)
                 table.add_row(name, Text(text, style=STATUS_STYLES.get(text, "")))
-            self._console(self.out).print(table)
+            self._console(self.out, terminal=True).print(table)
             return
         self.out.write(plain_table(None, [[row["field"], cell(row["value"])] for row in rows]))
 
@@ -187,8 +187,10 @@ class Printer:
             self.err.write(f"error: {line}\n")
 
     @staticmethod
-    def _console(stream: TextIO) -> Console:
-        return Console(file=stream, highlight=False, soft_wrap=False)
+    def _console(stream: TextIO, terminal: bool | None = None) -> Console:
+        """A console on `stream`; `terminal` True draws colours even where Rich would not guess
+        it (the caller decided); `NO_COLOR` is still honoured."""
+        return Console(file=stream, highlight=False, soft_wrap=False, force_terminal=terminal)
 
 
 def plain_table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
