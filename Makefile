@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the project with its pinned dependencies
+install: $(STAMP) ## Create .venv and install the project with its pinned dependencies (and the `tp` CLI)
 
 run: $(STAMP) ## Start NATS and all five services locally (Ctrl-C stops everything)
 	$(BIN)/python -m services

@@ -20,6 +20,8 @@ from cli import config
 from cli.client import ApiError, CannotConnect, Client, MissingCredential
 from cli.output import Column, ExitCode, Printer, cell, exit_code_of
 
+APPEAR_SECONDS = 10.0
+"""How long `watch` waits for a run just accepted to have a record (a runner receives it)."""
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
 GLOBAL_OPTIONS = frozenset({"--url", "--key", "--operator-token", "--profile"})
 """Options of `tp` itself that may also be written after the command (`tp runs list --key K`)."""
@@ -1443,9 +1445,19 @@ def watch_run(
     """Follow a run until it ends; exit 0 if it succeeded, 4 if not, 5 on --timeout."""
     client, printer = session(ctx, json_output)
     deadline = None if timeout is None else time.monotonic() + timeout
+    appear_by = time.monotonic() + APPEAR_SECONDS
     seen = None
     while True:
-        run = client.get_run(run_id)
+        try:
+            run = client.get_run(run_id)
+        except ApiError as error:
+            # A start accepted a moment ago has no record until a runner receives it.
+            if error.code != "run_not_found" or time.monotonic() > appear_by:
+                raise
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            time.sleep(min(interval, 0.2))
+            continue
         if run["status"] != seen and not printer.json_mode:
             seen = run["status"]
             printer.note(f"{run_id} {seen}")

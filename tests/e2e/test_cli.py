@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -179,8 +180,8 @@ def test_a_slow_run_is_cancelled_and_watch_exits_4(tp: Tp) -> None:
     trigger = tp.json("triggers", "create", "manual", slow["id"])
     started = tp.json("triggers", "run", trigger["id"], "--input", '{"seconds": 30}', "--async")
     poll(
-        lambda: tp.json("runs", "get", started["run_id"])["status"],
-        lambda status: status == "running",
+        lambda: CliRunner().invoke(app, ["runs", "get", started["run_id"], "--json"], env=tp.env()),
+        lambda result: result.exit_code == 0 and json.loads(result.stdout)["status"] == "running",
     )
     assert tp.json("runs", "cancel", started["run_id"])["status"] == "cancelled"
     watched = tp("runs", "watch", started["run_id"], "--interval", "0.1", code=4)
@@ -198,21 +199,40 @@ def test_a_bad_request_prints_the_api_problem_and_exits_1(tp: Tp, flow_id: str) 
     assert json.loads(as_json.stderr)["code"] == "invalid_schedule"
 
 
-def test_the_installed_tp_command_uses_the_saved_profile(tp: Tp, flow_id: str) -> None:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("TP_")}
-    environ["TP_CONFIG"] = str(tp.config)
-    listed = subprocess.run(
-        [str(TP), "--profile", "e2e", "flows", "list", "--json"],
-        env=environ, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert flow_id in [flow["id"] for flow in json.loads(listed.stdout)["items"]]
-    # The profile file holds the admin key: readable by its owner only.
-    assert tp.config.stat().st_mode & 0o077 == 0
+def readme_cli_script() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## CLI\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    assert blocks, "the CLI section lost its walkthrough"
+    return str(blocks[0])
 
-    module = subprocess.run(
-        [sys.executable, "-m", "cli", "--url", "http://127.0.0.1:9", "health"],
-        env=environ, capture_output=True, text=True, timeout=30, check=False, cwd=ROOT,
+
+def test_the_readme_cli_walkthrough_works_as_written_with_the_installed_tp(
+    stack: Stack, tmp_path: Path
+) -> None:
+    script = readme_cli_script()
+    for text in ("http://127.0.0.1:8000", ".data/operator-token", '"$PWD/.venv/bin'):
+        assert text in script
+    script = (
+        script.replace("http://127.0.0.1:8000", stack.url)
+        .replace(".data/operator-token", str(stack.data / "operator-token"))
+        .replace('"$PWD/.venv/bin', f'"{TP.parent}')  # the installed `tp` of this interpreter
+    )
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("TP_")}
+    environ["TP_CONFIG"] = str(tmp_path / "config.toml")  # never the user's own profiles
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=90, check=False,
     )  # fmt: skip
-    assert module.returncode == 3
-    assert "cannot connect to http://127.0.0.1:9" in module.stderr
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert '"hello": "world"' in done.stdout  # the call's result
+    assert "succeeded" in done.stdout  # the watched run
+    assert '"note": "run now"' in done.stdout
+    assert "(invalid_schedule)" in done.stderr
+    assert "(invalid_key)" in done.stderr
+    assert "cannot connect to http://127.0.0.1:9" in done.stderr
+    assert done.stdout.count("exit status 1") == 2
+    assert "exit status 3" in done.stdout
+    # The profile the walkthrough saved holds the admin key: readable by its owner only.
+    assert (tmp_path / "config.toml").stat().st_mode & 0o077 == 0
+    assert "[acme]" in (tmp_path / "config.toml").read_text()

@@ -159,6 +159,20 @@ def test_watch_polls_until_the_run_ends_and_exits_by_its_outcome() -> None:
     assert ok.stderr.splitlines() == ["run_1 queued", "run_1 running", "run_1 succeeded"]
     failed = invoke(statuses("running", "failed"), "runs", "watch", "run_1", "--interval", "0.05")
     assert failed.exit_code == ExitCode.RUN_NOT_SUCCEEDED == 4
+    appearing = iter([404, 404, 200])
+
+    def not_yet(request: httpx.Request) -> httpx.Response:
+        if next(appearing) == 404:
+            problem = {**PROBLEM, "code": "run_not_found", "detail": "no run 'run_1'"}
+            return httpx.Response(404, json=problem)
+        return httpx.Response(200, json={**RUN, "status": "succeeded"})
+
+    appeared = invoke(not_yet, "runs", "watch", "run_1", "--interval", "0.05")
+    assert appeared.exit_code == 0, appeared.stderr  # a start a moment old has no record yet
+    gone = invoke(
+        answer({**PROBLEM, "code": "run_not_found"}, 404, problem=True), "runs", "get", "x"
+    )
+    assert gone.exit_code == 1
     gave_up = invoke(
         statuses("running"), "runs", "watch", "run_1", "--interval", "0.05", "--timeout", "0.2"
     )
