@@ -361,3 +361,95 @@ def test_an_id_with_a_slash_stays_one_path_segment() -> None:
     client = Client("http://x", "k", transport=httpx.MockTransport(handle))
     client.get_run("../keys")
     assert sent == ["/v1/runs/..%2Fkeys"]
+
+
+def test_a_webhook_trigger_takes_its_scheme_events_and_hmac_settings() -> None:
+    bodies: list[Any] = []
+
+    def create(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(201, json={"id": "trg_1", "type": "webhook", "new_secret": "whsec_x"})
+
+    result = invoke(
+        create,
+        "triggers", "create", "webhook", "flw_1", "--scheme", "hmac", "--hmac-header",
+        "X-Signature", "--hmac-encoding", "base64", "--hmac-prefix", "sha256=", "--event", "push",
+        "--event", "ping", "--include-header", "X-Request-Id", "--tolerance", "60",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert bodies == [
+        {
+            "type": "webhook",
+            "flow_id": "flw_1",
+            "scheme": "hmac",
+            "events": ["push", "ping"],
+            "include_headers": ["X-Request-Id"],
+            "hmac": {"signature_header": "X-Signature", "encoding": "base64", "prefix": "sha256="},
+            "tolerance_seconds": 60,
+        }
+    ]
+    assert "whsec_x" in result.stdout
+    assert "shown only this once" in result.stderr
+
+
+def test_an_http_flow_takes_its_method_headers_and_body_template() -> None:
+    bodies: list[Any] = []
+
+    def create(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(201, json={"id": "flw_1", **bodies[-1]})
+
+    result = invoke(
+        create,
+        "flows", "create", "notify", "--http-url", "https://hooks.test/x", "--method", "PUT",
+        "--header", "X-Token: abc", "--body", '{"run": "{{run_id}}", "input": "{{input}}"}',
+        "--timeout", "60", "--retries", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert bodies[0] == {
+        "name": "notify",
+        "settings": {
+            "kind": "http",
+            "url": "https://hooks.test/x",
+            "method": "PUT",
+            "headers": {"X-Token": "abc"},
+            "body": {"run": "{{run_id}}", "input": "{{input}}"},
+        },
+        "timeout_seconds": 60.0,
+        "retries": 2,
+    }
+    neither = invoke(create, "flows", "create", "f")
+    assert neither.exit_code == 2
+    assert "--function" in neither.stderr
+
+
+def test_login_saves_a_key_the_api_accepts_and_not_one_it_refuses(tmp_path: Any) -> None:
+    path = tmp_path / "config.toml"
+
+    def keys(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] == "Bearer tpk_good":
+            return httpx.Response(200, json={"items": [], "next_cursor": None})
+        problem = {**PROBLEM, "status": 401, "code": "invalid_key", "title": "Unauthorized"}
+        return httpx.Response(401, json=problem)
+
+    refused = invoke(keys, "login", "work", "--key", "tpk_bad", TP_CONFIG=str(path))
+    assert refused.exit_code == 1
+    assert "(invalid_key)" in refused.stderr
+    assert not path.exists()
+    saved = invoke(keys, "login", "work", "--key", "tpk_good", TP_CONFIG=str(path))
+    assert saved.exit_code == 0, saved.stderr
+    assert "admin key" in saved.stderr
+    assert 'key = "tpk_good"' in path.read_text()
+    assert 'url = "http://api.test"' in path.read_text()
+
+
+def test_shell_completion_completes_commands_and_option_values() -> None:
+    def complete(words: str) -> str:
+        env = {"_TP_COMPLETE": "complete_bash", "COMP_WORDS": words}
+        env["COMP_CWORD"] = str(len(words.split()) - 1)
+        return CliRunner().invoke(app, [], prog_name="tp", env=env).stdout
+
+    assert complete("tp triggers cre").split() == ["create"]
+    assert complete("tp runs list --status ti").split() == ["timed_out"]
+    script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="tp")
+    assert "_TP_COMPLETE=complete_bash" in script.stdout
