@@ -117,9 +117,9 @@ class Printer:
     def table(self, columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> None:
         cells = [[cell(column.of(row)) for column in columns] for row in rows]
         if self.terminal:
-            table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+            table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
             for column in columns:
-                table.add_column(column.header, overflow="fold")
+                table.add_column(column.header, no_wrap=True)
             for values in cells:
                 table.add_row(
                     *(
@@ -127,7 +127,15 @@ class Printer:
                         for column, value in zip(columns, values, strict=True)
                     )
                 )
-            self._console(self.out, terminal=True).print(table)
+            # Never fold an id in two: a table wider than the terminal is drawn whole and the
+            # terminal wraps its lines, as with plain text.
+            widths = [
+                max([len(column.header)] + [len(values[i]) for values in cells])
+                for i, column in enumerate(columns)
+            ]
+            console = self._console(self.out, terminal=True)
+            console.width = max(console.width, sum(widths) + 3 * len(widths))
+            console.print(table)
             return
         self.out.write(plain_table([column.header for column in columns], cells))
 
@@ -153,7 +161,7 @@ class Printer:
 
     def warn(self, line: str) -> None:
         if is_terminal(self.err):
-            self._console(self.err).print(Text(line, style="bold yellow"))
+            self._console(self.err).print(Text(line, style="bold yellow"), soft_wrap=True)
         else:
             self.err.write(line + "\n")
 
@@ -182,7 +190,7 @@ class Printer:
     def _error(self, line: str) -> None:
         if is_terminal(self.err):
             console = self._console(self.err)
-            console.print(Text("error: ", style="bold red") + Text(line))
+            console.print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True)
         else:
             self.err.write(f"error: {line}\n")
 

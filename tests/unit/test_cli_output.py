@@ -105,3 +105,13 @@ def test_a_response_without_a_problem_document_still_gives_a_message() -> None:
         "http_error",
         "<html>bad gateway</html>",
     )
+
+
+def test_a_table_wider_than_the_terminal_never_folds_an_id() -> None:
+    shown, out = printer(terminal=True)
+    ids = [f"run_{index:021d}" for index in range(2)]
+    rows = [{"id": run_id, "flow": "flw_" + "f" * 21, "reason": "x" * 90} for run_id in ids]
+    shown.table([Column("ID", "id"), Column("FLOW", "flow"), Column("REASON", "reason")], rows)
+    lines = out.getvalue().splitlines()
+    assert [line for line in lines if ids[0] in line]  # whole, on one line
+    assert [line for line in lines if ids[1] in line and "x" * 90 in line]
