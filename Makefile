@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the project with its pinned dependencies
+install: $(STAMP) ## Create .venv and install the project with its pinned dependencies (and the `tp` CLI)
 
 run: $(STAMP) ## Start NATS and all five services locally (Ctrl-C stops everything)
 	$(BIN)/python -m services
@@ -59,7 +59,7 @@ lint: $(STAMP) ## Check style with ruff
 format: $(STAMP) ## Format and fix with ruff
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-typecheck: $(STAMP) ## mypy --strict on contracts/ and shared/
+typecheck: $(STAMP) ## mypy --strict on contracts/, shared/ and cli/
 	$(BIN)/mypy
 
 bench: $(STAMP) ## Load POST /trigger/{flow_id} next to a bare Litestar+JetStream baseline

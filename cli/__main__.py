@@ -1,0 +1,5 @@
+"""`python -m cli`: the same as `tp`."""
+
+from cli.app import main
+
+main()
