@@ -2,15 +2,20 @@
 whole stack: the seed's steps end to end, as an operator clicks them. Screenshots of the main
 pages land in `screenshots/` (git-ignored) for a reviewer."""
 
+import hashlib
+import hmac
 import json
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from standardwebhooks.webhooks import Webhook
 
 from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.test_walkthrough import create_workspace, poll
@@ -156,8 +161,48 @@ def test_registering_a_flow_picks_a_function_the_runners_announce(console: Conso
     console.shot("flows")
 
 
+def test_an_http_flow_keeps_its_method_headers_and_timeout_and_a_refused_url_shows_at_the_field(
+    console: Console,
+) -> None:
+    page = console.page
+    console.go("/flows/new")
+    expect(page.get_by_role("heading", name="Register a flow")).to_be_visible()
+    page.get_by_label("Name").fill("notify ops")
+    page.get_by_label("Kind").select_option("http")
+    url = page.get_by_label("URL")
+    url.fill("ftp://example.com/hook")  # a URL the browser accepts, the API does not
+    page.get_by_label("Method").select_option("PUT")
+    page.get_by_label("Request timeout (seconds)").fill("7.5")
+    headers = page.get_by_label("Headers (optional)")
+    headers.fill("no colon here")
+    page.get_by_role("button", name="Register flow").click()
+    expect(page.locator(f"#{headers.get_attribute('id')}-error")).to_contain_text("Name: value")
+    headers.fill("X-Team: ops\nAuthorization: Bearer s3cret")
+    page.get_by_role("button", name="Register flow").click()
+    expect(page.locator(f"#{url.get_attribute('id')}-error")).to_contain_text("invalid_url")
+    expect(url).to_have_attribute("aria-invalid", "true")
+    expect(url).to_be_focused()
+    expect(page.locator(".form-error[role=alert]")).to_contain_text("See the field above")
+    console.shot("flow-register-http-error")
+
+    url.fill("https://example.com/hooks/ops")
+    page.get_by_role("button", name="Register flow").click()
+    expect(page.get_by_role("heading", name="notify ops")).to_be_visible()
+    facts = page.locator(".facts")
+    expect(facts).to_contain_text("PUT https://example.com/hooks/ops")
+    expect(facts).to_contain_text("times out after 7.5 s; headers X-Team, Authorization")
+    assert "s3cret" not in page.locator("#main").inner_text()  # header values stay unshown
+    with console.api() as api:
+        settings = api.get(f"/v1/flows/{flow_id_of(page)}").json()["settings"]
+    assert settings["method"] == "PUT"
+    assert settings["timeout_seconds"] == 7.5
+    assert settings["headers"] == {"X-Team": "ops", "Authorization": "Bearer s3cret"}
+    assert settings["body"] is None
+
+
 def test_an_api_trigger_shows_the_exact_curl_command_to_call_it(console: Console) -> None:
     page = console.page
+    console.go("/flows")
     page.get_by_role("link", name="greeter").click()
     flow_id = flow_id_of(page)
     page.get_by_role("link", name="New trigger").click()
@@ -331,6 +376,183 @@ def test_deleting_a_trigger_asks_for_confirmation_first(console: Console) -> Non
     expect(page.get_by_role("heading", name="greeter")).to_be_visible()
     with console.api() as api:
         assert api.get(f"/v1/triggers/{trigger_id}").status_code == 404
+
+
+def greeter_id(console: Console) -> str:
+    with console.api() as api:
+        flows = api.get("/v1/flows", params={"limit": 500}).json()["items"]
+    return next(flow["id"] for flow in flows if flow["name"] == "greeter")
+
+
+def standard_delivery(url: str, secret: str, body: bytes) -> httpx.Response:
+    message_id = f"msg_{uuid.uuid4().hex}"
+    signature = Webhook(secret).sign(message_id, datetime.now(UTC), body.decode())
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(datetime.now(UTC).timestamp())),
+        "webhook-signature": signature,
+    }
+    return httpx.post(url, content=body, headers=headers, timeout=10)
+
+
+def test_a_webhook_trigger_shows_its_secret_once_and_a_signed_delivery_shows_a_run(
+    console: Console,
+) -> None:
+    page = console.page
+    console.go(f"/triggers/new?flow={greeter_id(console)}")
+    expect(page.get_by_role("heading", name="New trigger")).to_be_visible()
+    page.get_by_label("Name").fill("billing hook")
+    page.get_by_role("radio", name=re.compile("^Webhook")).check()
+    page.get_by_label("Sender (signature scheme)").select_option("standard_webhooks")
+    expect(page.get_by_label("Response")).to_have_value("accepted")  # a webhook's default
+    expect(page.get_by_label("Signature header")).to_be_hidden()  # only for generic HMAC
+    console.shot("trigger-create-webhook")
+    page.get_by_role("button", name="Create trigger").click()
+    expect(page.get_by_role("heading", name="billing hook")).to_be_visible()
+    trigger_id = trigger_id_of(page)
+
+    panel = page.locator(".secret")
+    expect(panel).to_contain_text("it will not be shown again")
+    expect(panel.get_by_role("button", name="Copy secret")).to_be_visible()
+    secret = panel.locator(".secret-value").inner_text()
+    assert secret.startswith("whsec_")
+    url = f"{console.stack.url}/hooks/{trigger_id}"
+    expect(page.locator(".hook-url")).to_have_text(url)
+    expect(page.get_by_role("button", name="Copy URL")).to_be_visible()
+    expect(page.locator(".facts")).to_contain_text("Standard Webhooks")
+    console.shot("trigger-webhook")
+
+    delivered = standard_delivery(url, secret, b'{"type": "invoice.paid", "id": 42}')
+    assert delivered.status_code == 202, delivered.text
+    run_id = delivered.json()["run_id"]
+    forged = standard_delivery(url, "whsec_" + "A" * 43, b'{"type": "invoice.paid"}')
+    assert forged.status_code == 401, forged.text
+    with console.api() as api:
+        poll(
+            lambda: api.get(f"/v1/runs?trigger_id={trigger_id}").json()["items"],
+            lambda items: any(r["id"] == run_id and r["status"] == "succeeded" for r in items),
+        )
+        poll(  # refusals are counted in the background
+            lambda: api.get(f"/v1/triggers/{trigger_id}/refusals").json()["total"],
+            lambda total: total == 1,
+        )
+    page.reload()
+    expect(page.locator(".secret")).to_have_count(0)
+    assert secret not in page.content()  # shown once only
+    run_row = page.locator(f"tr[data-run-id='{run_id}']")
+    expect(run_row.locator(".status-succeeded")).to_be_visible()
+    expect(run_row).to_contain_text("webhook")
+    expect(run_row.get_by_role("link", name="greeter")).to_be_visible()  # the flow's name
+    refusals = page.locator(".refusals")
+    expect(refusals).to_contain_text("1 refused in all (1 invalid_signature)")
+    expect(refusals.locator("tbody tr")).to_have_count(1)
+
+    # Rotate, ending the old secret now: only the new one (shown once) verifies.
+    page.get_by_label("Keep the current secret for").select_option("0")
+    page.get_by_role("button", name="Rotate secret").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("stops verifying now")
+    dialog.get_by_role("button", name="Rotate secret").click()
+    new_secret = page.locator(".secret .secret-value").inner_text()
+    assert new_secret.startswith("whsec_")
+    assert new_secret != secret
+    assert standard_delivery(url, secret, b'{"type": "late"}').status_code == 401
+    assert standard_delivery(url, new_secret, b'{"type": "fresh"}').status_code == 202
+
+
+def test_a_github_webhook_takes_its_secret_and_events_and_a_push_signed_like_github_runs(
+    console: Console,
+) -> None:
+    page = console.page
+    console.go(f"/triggers/new?flow={greeter_id(console)}")
+    page.get_by_label("Name").fill("repo pushes")
+    page.get_by_role("radio", name=re.compile("^Webhook")).check()
+    page.get_by_label("Sender (signature scheme)").select_option("github")
+    expect(page.get_by_label("Timestamp tolerance (seconds)")).to_be_hidden()  # GitHub has none
+    secret = "a-github-secret-of-ours"
+    page.get_by_label("Signing secret (optional)").fill(secret)
+    page.get_by_label("Accepted events (optional)").fill("push, pull_request")
+    page.get_by_role("button", name="Create trigger").click()
+    expect(page.get_by_role("heading", name="repo pushes")).to_be_visible()
+    expect(page.locator(".secret .secret-value")).to_have_text(secret)
+    expect(page.locator(".facts")).to_contain_text("push, pull_request")
+    url = page.locator(".hook-url").inner_text()
+
+    def deliver(event: str) -> httpx.Response:
+        body = json.dumps({"ref": "refs/heads/main", "event": event}).encode()
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": f"sha256={digest}",
+        }
+        return httpx.post(url, content=body, headers=headers, timeout=10)
+
+    ignored = deliver("issues")
+    assert ignored.status_code == 200, ignored.text
+    assert ignored.json()["ignored"] is True
+    pushed = deliver("push")
+    assert pushed.status_code == 202, pushed.text
+    console.go(f"/runs?trigger={trigger_id_of_url(url)}")
+    expect(page.locator(f"tr[data-run-id='{pushed.json()['run_id']}']")).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(1)  # the ignored event started nothing
+
+
+def trigger_id_of_url(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def test_lists_name_the_flows_asking_once_per_flow_not_once_per_row(console: Console) -> None:
+    page = console.page
+    asked: list[str] = []
+
+    def note(request: Request) -> None:
+        if re.search(r"/v1/flows/flw_\w+$", request.url):
+            asked.append(request.url)
+
+    page.on("request", note)
+    try:
+        console.go("/runs")
+        expect(page.locator("tbody tr").first).to_be_visible()
+        greeter = greeter_id(console)
+        assert page.locator(f"tbody a[title='{greeter}']", has_text="greeter").count() >= 3
+        flows_shown = set(re.findall(r"flw_\w+", page.locator("tbody").inner_text()))
+        assert len(asked) == len(set(asked)) == len(flows_shown), asked
+    finally:
+        page.remove_listener("request", note)
+    console.go("/triggers")
+    expect(page.locator("tbody tr", has_text="billing hook")).to_contain_text("greeter")
+    expect(page.locator("tbody tr", has_text="billing hook")).to_contain_text("Standard Webhooks")
+
+
+def test_the_trigger_form_offers_every_flow_following_the_list_s_cursor_pages(
+    console: Console,
+) -> None:
+    page = console.page
+    with console.api() as api:
+        for name in ("picker-a", "picker-b", "picker-c"):
+            assert api.post(
+                "/v1/flows", json={"name": name, "settings": {"kind": "python", "function": "echo"}}
+            ).is_success
+        every = [flow["id"] for flow in api.get("/v1/flows", params={"limit": 500}).json()["items"]]
+    pages: list[str] = []
+
+    def small_pages(route: Route) -> None:  # pages of 2 flows, as if there were thousands
+        pages.append(route.request.url)
+        route.continue_(url=re.sub(r"limit=\d+", "limit=2", route.request.url))
+
+    page.route(re.compile(r"/v1/flows\?"), small_pages)
+    try:
+        console.go("/triggers/new")
+        flow = page.get_by_label("Flow", exact=True)
+        expect(flow.locator("option")).to_have_count(len(every))
+        assert len(pages) >= len(every) // 2  # every page was asked for
+        flow.select_option(every[-1])  # the last flow, on the last page
+        expect(flow.locator("option:checked")).to_contain_text("picker-c")
+    finally:
+        page.unroute(re.compile(r"/v1/flows\?"), small_pages)
 
 
 def test_a_key_s_secret_is_shown_once_and_a_revoked_key_stops_working(console: Console) -> None:

@@ -4,6 +4,7 @@
 import { ApiError, call, onKeyRefused, session } from "./api.js";
 import { flowPage, flowsPage, newFlowPage } from "./flows.js";
 import { keysPage } from "./keys.js";
+import { forgetFlows } from "./names.js";
 import { runPage, runsPage } from "./runs.js";
 import { editTriggerPage, newTriggerPage, triggerPage, triggersPage } from "./triggers.js";
 import { field, formError, h, showError } from "./ui.js";
@@ -38,6 +39,7 @@ async function render() {
   }
   if (stopPage) stopPage();
   stopPage = null;
+  forgetFlows(); // names are looked up again per page: a renamed or new flow shows as it is
   const { path, params } = parseHash();
   const signedIn = Boolean(session.key);
   document.getElementById("nav").hidden = !signedIn;

@@ -2,11 +2,13 @@
 // and a flow's page with its triggers and recent runs.
 
 import { get, post } from "./api.js";
+import { rememberFlows } from "./names.js";
 import { runRow, RUN_HEADERS } from "./runs.js";
 import { triggerRow, TRIGGER_HEADERS } from "./triggers.js";
 import {
   clearErrors,
   field,
+  setFieldError,
   fill,
   formError,
   h,
@@ -73,12 +75,38 @@ export async function newFlowPage({ main }) {
     { id: listId },
     functions.map((f) => h("option", { value: f.name }, `served by ${f.runner_id}`)),
   );
-  const url = h("input", { name: "url", type: "url", placeholder: "https://example.com/hook" });
+  const url = h("input", {
+    name: "url",
+    type: "url",
+    spellcheck: false,
+    placeholder: "https://example.com/hook",
+  });
   const method = select(
     "method",
     ["POST", "GET", "PUT", "PATCH", "DELETE"].map((m) => [m, m]),
     "POST",
   );
+  // Named as the API names them, so its problems land on these fields.
+  const headers = h("textarea", {
+    name: "settings.headers",
+    rows: 3,
+    spellcheck: false,
+    placeholder: "Authorization: Bearer …\nX-Team: ops",
+  });
+  const requestBody = h("textarea", {
+    name: "settings.body",
+    rows: 3,
+    spellcheck: false,
+    placeholder: '{"order": "{{input}}", "run": "{{run_id}}"}',
+  });
+  const requestTimeout = h("input", {
+    name: "settings.timeout_seconds",
+    type: "number",
+    min: 0.001,
+    max: 300,
+    step: "any",
+  });
+  requestTimeout.value = "30";
   const timeout = h("input", { name: "timeout_seconds", type: "number", min: 0.001, step: "any" });
   timeout.value = "300";
   const retries = h("input", { name: "retries", type: "number", min: 0, max: 20 });
@@ -98,8 +126,14 @@ export async function newFlowPage({ main }) {
     "fieldset",
     { hidden: true },
     h("legend", {}, "HTTP request"),
-    field("URL", url, { wide: true }),
+    field("URL", url, { wide: true, hint: "http or https; private and loopback addresses are refused when it runs" }),
     field("Method", method),
+    field("Request timeout (seconds)", requestTimeout, { hint: "Each request; at most 300" }),
+    field("Headers (optional)", headers, { wide: true, hint: "One “Name: value” a line" }),
+    field("Body (optional JSON template)", requestBody, {
+      wide: true,
+      hint: "Empty sends the run's input; \"{{input}}\", {{run_id}}, {{attempt}}… are replaced",
+    }),
   );
   const sync = () => {
     pythonPart.hidden = kind.value !== "python";
@@ -108,7 +142,7 @@ export async function newFlowPage({ main }) {
   kind.addEventListener("change", sync);
   const form = h(
     "form",
-    { class: "card form-grid" },
+    { class: "card form-grid", novalidate: true },
     field("Name", name),
     field("Kind", kind),
     pythonPart,
@@ -121,10 +155,33 @@ export async function newFlowPage({ main }) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors(form);
-    const settings =
-      kind.value === "python"
-        ? { kind: "python", function: fn.value.trim() }
-        : { kind: "http", url: url.value.trim(), method: method.value };
+    let settings = { kind: "python", function: fn.value.trim() };
+    if (kind.value === "http") {
+      settings = { kind: "http", url: url.value.trim(), method: method.value };
+      settings.timeout_seconds = Number(requestTimeout.value || 30);
+      const lines = headers.value.split("\n").filter((line) => line.trim());
+      const bad = lines.find((line) => !/^[^:\s]+\s*:/.test(line));
+      if (bad) {
+        setFieldError(headers, `“${bad.trim()}” is not “Name: value”`);
+        headers.focus();
+        return;
+      }
+      settings.headers = Object.fromEntries(
+        lines.map((line) => {
+          const at = line.indexOf(":");
+          return [line.slice(0, at).trim(), line.slice(at + 1).trim()];
+        }),
+      );
+      if (requestBody.value.trim()) {
+        try {
+          settings.body = JSON.parse(requestBody.value);
+        } catch (error) {
+          setFieldError(requestBody, `not valid JSON: ${error.message}`);
+          requestBody.focus();
+          return;
+        }
+      }
+    }
     const body = {
       name: name.value.trim(),
       settings,
@@ -154,11 +211,12 @@ export async function flowPage({ main, ids: [flowId] }) {
     main.replaceChildren(heading("Flow"), pageError(error));
     return;
   }
+  rememberFlows([flow]); // its triggers' and runs' rows name it without asking again
   const [triggers, runs] = await Promise.all([
     pagedTable({
       headers: TRIGGER_HEADERS,
       load: (cursor) => get("/v1/triggers", { flow_id: flow.id, limit: 25, cursor }),
-      toRow: (trigger) => triggerRow(trigger, { [flow.id]: flow }),
+      toRow: triggerRow,
       empty: "No triggers yet.",
     }),
     get("/v1/runs", { flow_id: flow.id, limit: 10 }).then(
@@ -178,6 +236,21 @@ export async function flowPage({ main, ids: [flowId] }) {
       h("dd", {}, h("code", {}, flow.id)),
       h("dt", {}, "Target"),
       h("dd", {}, flowTarget(flow)),
+      flow.settings.kind === "http"
+        ? [
+            h("dt", {}, "Request"),
+            h(
+              "dd",
+              {},
+              `times out after ${flow.settings.timeout_seconds} s; headers `,
+              Object.keys(flow.settings.headers || {}).join(", ") || "none",
+              " (values not shown); body ",
+              flow.settings.body === null || flow.settings.body === undefined
+                ? "the run's input"
+                : h("code", {}, JSON.stringify(flow.settings.body)),
+            ),
+          ]
+        : null,
       h("dt", {}, "Timeout"),
       h("dd", {}, `${flow.timeout_seconds} s`),
       h("dt", {}, "Retries"),

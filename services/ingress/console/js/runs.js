@@ -2,6 +2,7 @@
 // page with its input, result or error and every attempt; cancel a queued or running run.
 
 import { get, post } from "./api.js";
+import { flowLink, resolveFlows } from "./names.js";
 import {
   ago,
   badge,
@@ -44,13 +45,20 @@ export function runRow(run) {
     link(`#/runs/${run.id}`, run.id, { class: "mono" }),
     badge(run.status),
     run.source,
-    link(`#/flows/${run.flow_id}`, run.flow_id, { class: "mono" }),
+    flowLink(run.flow_id),
     ago(run.queued_at),
     duration(run.duration_seconds),
     String(run.attempts?.length || run.attempt || 1),
   );
   tr.dataset.runId = run.id;
   return tr;
+}
+
+/** A page of runs with their flows' names resolved (one request per flow not yet known). */
+export async function runsWithFlows(query) {
+  const page = await get("/v1/runs", query);
+  await resolveFlows(page.items.map((run) => run.flow_id));
+  return page;
 }
 
 /** The API's filters, from the page's hash query (`#/runs?status=failed&status=queued`). */
@@ -194,7 +202,7 @@ export async function runsPage({ main, params }) {
   async function loadMore() {
     more.disabled = true;
     try {
-      const page = await get("/v1/runs", { ...filters, limit: 50, cursor });
+      const page = await runsWithFlows({ ...filters, limit: 50, cursor });
       for (const run of page.items) place(run, { atTop: false });
       cursor = page.next_cursor || null;
       problems.replaceChildren();
@@ -207,7 +215,7 @@ export async function runsPage({ main, params }) {
   }
   // The newest page again: new runs go on top, the ones shown get their new status.
   async function refresh() {
-    const page = await get("/v1/runs", { ...filters, limit: 50 });
+    const page = await runsWithFlows({ ...filters, limit: 50 });
     for (const run of [...page.items].reverse()) place(run, { atTop: true });
     if (!cursor && page.next_cursor && shown.size <= page.items.length) cursor = page.next_cursor;
     more.hidden = !cursor;
@@ -230,6 +238,7 @@ export async function runsPage({ main, params }) {
 export async function runPage({ main, ids: [runId] }) {
   async function draw() {
     const run = await get(`/v1/runs/${encodeURIComponent(runId)}`);
+    await resolveFlows([run.flow_id]);
     const actionsError = h("div", { class: "form-error", role: "alert" });
     const cancel =
       run.status === "queued" || run.status === "running"
@@ -255,7 +264,7 @@ export async function runPage({ main, ids: [runId] }) {
         : null;
     const facts = [
       ["Status", badge(run.status)],
-      ["Flow", link(`#/flows/${run.flow_id}`, run.flow_id)],
+      ["Flow", flowLink(run.flow_id)],
       ["Trigger", run.trigger_id ? link(`#/triggers/${run.trigger_id}`, run.trigger_id) : "—"],
       ["Source", run.source],
       ["Queued", when(run.queued_at)],

@@ -1,8 +1,10 @@
 // Triggers: the list, the create and edit form (with the live preview of a schedule's next
-// fires), and a trigger's page: curl command, pause/resume, Run now, delete, fire ledger.
+// fires), and a trigger's page: curl command or webhook URL and secret rotation, pause/resume,
+// Run now, delete, fire ledger, refused deliveries.
 
 import { call, get, patch, post, remove } from "./api.js";
-import { runRow, RUN_HEADERS } from "./runs.js";
+import { allFlows, flowLink, flowName, resolveFlows } from "./names.js";
+import { runRow, RUN_HEADERS, runsWithFlows } from "./runs.js";
 import {
   ago,
   badge,
@@ -29,7 +31,17 @@ import {
   when,
 } from "./ui.js";
 
-export const TRIGGER_HEADERS = ["Name", "Type", "Flow", "State", "Schedule", "Updated"];
+export const TRIGGER_HEADERS = ["Name", "Type", "Flow", "State", "Schedule or sender", "Updated"];
+
+export const SCHEMES = {
+  standard_webhooks: "Standard Webhooks",
+  github: "GitHub",
+  stripe: "Stripe",
+  hmac: "HMAC-SHA256 (generic)",
+};
+
+/** The webhook URL a sender must call. */
+export const hookUrl = (trigger) => `${window.location.origin}/hooks/${trigger.id}`;
 
 export function describeSchedule(schedule) {
   if (!schedule) return "—";
@@ -52,29 +64,36 @@ export function describeSchedule(schedule) {
   }
 }
 
-export function triggerRow(trigger, flows = {}) {
-  const flow = flows[trigger.flow_id];
+function triggerDetail(trigger) {
+  if (trigger.type === "schedule") return describeSchedule(trigger.schedule);
+  if (trigger.type === "webhook") return `${SCHEMES[trigger.scheme] || trigger.scheme} webhook`;
+  return "—";
+}
+
+/** A row of the triggers table (its flow's name from names.js: call resolveFlows first). */
+export function triggerRow(trigger) {
   return row(
     link(`#/triggers/${trigger.id}`, trigger.name || trigger.id),
     h("span", { class: `type type-${trigger.type}` }, trigger.type),
-    link(`#/flows/${trigger.flow_id}`, flow ? flow.name : trigger.flow_id),
+    flowLink(trigger.flow_id),
     trigger.enabled ? badge("active") : badge("paused"),
-    trigger.type === "schedule" ? describeSchedule(trigger.schedule) : "—",
+    triggerDetail(trigger),
     ago(trigger.updated_at),
   );
 }
 
-async function flowsById() {
-  const page = await get("/v1/flows", { limit: 500 });
-  return Object.fromEntries(page.items.map((flow) => [flow.id, flow]));
+/** A page of triggers with their flows' names resolved (one request per unknown flow). */
+export async function triggersWithFlows(query) {
+  const page = await get("/v1/triggers", query);
+  await resolveFlows(page.items.map((trigger) => trigger.flow_id));
+  return page;
 }
 
 export async function triggersPage({ main }) {
-  const flows = await flowsById().catch(() => ({}));
   const list = await pagedTable({
     headers: TRIGGER_HEADERS,
-    load: (cursor) => get("/v1/triggers", { limit: 25, cursor }),
-    toRow: (trigger) => triggerRow(trigger, flows),
+    load: (cursor) => triggersWithFlows({ limit: 25, cursor }),
+    toRow: triggerRow,
     empty: "No triggers yet.",
   });
   main.replaceChildren(
@@ -127,12 +146,12 @@ function input(name, attributes = {}) {
  */
 async function triggerForm(main, { trigger, flowId }) {
   const editing = Boolean(trigger);
-  const flows = await flowsById();
+  const flows = await allFlows(); // every page of them: any flow of the workspace can be picked
   const schedule = trigger?.schedule || {};
   const type = trigger?.type || "api";
 
   const name = input("name", { maxlength: 200, value: trigger?.name || "" });
-  const flowOptions = Object.values(flows).map((f) => [f.id, f.name || f.id]);
+  const flowOptions = flows.map((f) => [f.id, f.name ? `${f.name} (${f.id})` : f.id]);
   const flow = select(
     "flow_id",
     flowOptions.length ? flowOptions : [["", "No flows: register one first"]],
@@ -146,6 +165,7 @@ async function triggerForm(main, { trigger, flowId }) {
       ["api", "API", "Started by POST /trigger/{flow_id} with a key"],
       ["schedule", "Schedule", "Started by the scheduler at every occurrence"],
       ["manual", "Manual", "Started only by Run now"],
+      ["webhook", "Webhook", "Started by a signed delivery from GitHub, Stripe, …"],
     ].map(([value, label, hint]) =>
       h(
         "label",
@@ -186,9 +206,110 @@ async function triggerForm(main, { trigger, flowId }) {
   const apiPart = h(
     "fieldset",
     { class: "form-grid" },
-    h("legend", {}, "API call"),
+    h("legend", {}, "Answer to the caller"),
     field("Wait for the run (seconds)", syncWait, { hint: "0 to 60; a caller may ask for more" }),
     field("Response", responseMode),
+  );
+  // A webhook's default is to answer 202 at once (senders time out and retry); an API call's
+  // is the result. The default follows the type until the operator picks one.
+  let responseChosen = editing;
+  responseMode.addEventListener("change", () => {
+    responseChosen = true;
+  });
+
+  // Webhook settings (the scheme, the secret and where an HMAC is are fixed once created)
+  const scheme = select("scheme", Object.entries(SCHEMES), trigger?.scheme || "standard_webhooks");
+  scheme.disabled = editing;
+  const secret = input("secret", {
+    type: "password",
+    minlength: 16,
+    maxlength: 512,
+    spellcheck: false,
+    placeholder: "empty: one is generated",
+  });
+  const events = input("events", {
+    spellcheck: false,
+    value: (trigger?.events || []).join(", "),
+    placeholder: "every event",
+  });
+  const includeHeaders = input("include_headers", {
+    spellcheck: false,
+    value: (trigger?.include_headers || []).join(", "),
+    placeholder: "none",
+  });
+  const tolerance = input("tolerance_seconds", { type: "number", min: 30, max: 3600 });
+  tolerance.value = String(trigger?.tolerance_seconds ?? 300);
+  const hmacSettings = trigger?.hmac || {};
+  const signatureHeader = input("signature_header", {
+    spellcheck: false,
+    value: hmacSettings.signature_header || "",
+    placeholder: "X-Shopify-Hmac-Sha256",
+  });
+  const encoding = select(
+    "encoding",
+    [
+      ["hex", "hex"],
+      ["base64", "base64"],
+    ],
+    hmacSettings.encoding || "hex",
+  );
+  const prefix = input("prefix", {
+    spellcheck: false,
+    value: hmacSettings.prefix || "",
+    placeholder: "such as sha256=",
+  });
+  const deliveryIdHeader = input("delivery_id_header", {
+    spellcheck: false,
+    value: hmacSettings.delivery_id_header || "",
+    placeholder: "X-Shopify-Webhook-Id",
+  });
+  const eventHeader = input("event_header", {
+    spellcheck: false,
+    value: hmacSettings.event_header || "",
+    placeholder: "X-Shopify-Topic",
+  });
+  for (const control of [signatureHeader, encoding, prefix, deliveryIdHeader, eventHeader]) {
+    control.disabled = editing;
+  }
+  const secretField = field("Signing secret (optional)", secret, { hint: "…" });
+  const secretHint = secretField.querySelector(".hint");
+  const SECRET_HINTS = {
+    standard_webhooks: "Paste the sender's whsec_… secret (Svix, Clerk, …), or leave empty and give the sender the generated one.",
+    github: "Leave empty and paste the generated secret into GitHub's “Secret” field, or paste the one GitHub has.",
+    stripe: "Paste the endpoint's signing secret (whsec_…) from Stripe's dashboard: Stripe makes its own.",
+    hmac: "The shared secret the sender signs with; empty generates one.",
+  };
+  const hmacPart = h(
+    "fieldset",
+    { class: "form-grid" },
+    h("legend", {}, "Where the signature is"),
+    field("Signature header", signatureHeader, {
+      hint: "Holds the HMAC-SHA256 of the raw body",
+    }),
+    field("Encoding", encoding),
+    field("Prefix (optional)", prefix),
+    field("Delivery id header", deliveryIdHeader, {
+      hint: "Without one, a captured delivery could be sent again",
+    }),
+    field("Event header (optional)", eventHeader),
+  );
+  const toleranceField = field("Timestamp tolerance (seconds)", tolerance, {
+    hint: "30 to 3600: an older signed timestamp is refused",
+  });
+  const webhookPart = h(
+    "fieldset",
+    { class: "form-grid webhook" },
+    h("legend", {}, "Webhook"),
+    field("Sender (signature scheme)", scheme),
+    editing ? null : secretField,
+    field("Accepted events (optional)", events, {
+      hint: "Comma-separated, such as push, pull_request; others are answered and ignored",
+    }),
+    field("Headers passed to the flow (optional)", includeHeaders, {
+      hint: "Comma-separated header names, copied into the input's delivery.headers",
+    }),
+    toleranceField,
+    hmacPart,
   );
 
   // Schedule settings
@@ -325,6 +446,7 @@ async function triggerForm(main, { trigger, flowId }) {
     { class: "card trigger-form", novalidate: true },
     h("div", { class: "form-grid" }, field("Name", name), field("Flow", flow)),
     types,
+    webhookPart,
     apiPart,
     schedulePart,
     h("div", { class: "form-grid" }, field("Overlap", overlap)),
@@ -338,6 +460,29 @@ async function triggerForm(main, { trigger, flowId }) {
   );
 
   const chosenType = () => form.querySelector("input[name=type]:checked").value;
+  const names = (text) =>
+    text
+      .split(/[\s,]+/)
+      .map((part) => part.trim())
+      .filter(Boolean);
+
+  function webhookBody() {
+    const body = {
+      events: names(events.value),
+      include_headers: names(includeHeaders.value),
+      tolerance_seconds: Number(tolerance.value || 300),
+    };
+    if (editing) return body; // the scheme, secret and HMAC settings stay as created
+    body.scheme = scheme.value;
+    if (secret.value) body.secret = secret.value;
+    if (scheme.value === "hmac") {
+      body.hmac = { signature_header: signatureHeader.value.trim(), encoding: encoding.value };
+      if (prefix.value) body.hmac.prefix = prefix.value;
+      if (deliveryIdHeader.value.trim()) body.hmac.delivery_id_header = deliveryIdHeader.value.trim();
+      if (eventHeader.value.trim()) body.hmac.event_header = eventHeader.value.trim();
+    }
+    return body;
+  }
 
   function scheduleBody() {
     const kind = frequency.value;
@@ -419,8 +564,13 @@ async function triggerForm(main, { trigger, flowId }) {
   let shownKind = null;
   function sync() {
     const current = chosenType();
-    apiPart.hidden = current !== "api";
+    apiPart.hidden = current !== "api" && current !== "webhook";
     schedulePart.hidden = current !== "schedule";
+    webhookPart.hidden = current !== "webhook";
+    if (!responseChosen) responseMode.value = current === "webhook" ? "accepted" : "result";
+    hmacPart.hidden = scheme.value !== "hmac";
+    toleranceField.hidden = scheme.value !== "standard_webhooks" && scheme.value !== "stripe";
+    secretHint.textContent = SECRET_HINTS[scheme.value];
     if (shownKind !== frequency.value) {
       shownKind = frequency.value;
       recurrence.replaceChildren(...byKind[shownKind]());
@@ -437,11 +587,12 @@ async function triggerForm(main, { trigger, flowId }) {
     clearErrors(form);
     const current = chosenType();
     const body = { name: name.value.trim(), flow_id: flow.value, overlap: overlap.value };
-    if (current === "api") {
+    if (current === "api" || current === "webhook") {
       body.sync_wait_seconds = Number(syncWait.value || 0);
       body.response_mode = responseMode.value;
     }
     if (current === "schedule") body.schedule = scheduleBody();
+    if (current === "webhook") Object.assign(body, webhookBody());
     try {
       let saved;
       if (editing) {
@@ -454,6 +605,8 @@ async function triggerForm(main, { trigger, flowId }) {
         toast("Trigger saved");
       } else {
         saved = await post("/v1/triggers", { type: current, ...body });
+        // Shown once on the trigger's page; kept in memory only, never in the URL or storage.
+        if (saved.new_secret) issuedSecret = { triggerId: saved.id, secret: saved.new_secret };
         toast("Trigger created");
       }
       window.location.hash = `#/triggers/${saved.id}`;
@@ -467,7 +620,11 @@ async function triggerForm(main, { trigger, flowId }) {
           return;
         }
       }
-      showError(form, error, { flow_not_found: "flow_id", invalid_name: "name" });
+      showError(form, error, {
+        flow_not_found: "flow_id",
+        invalid_name: "name",
+        invalid_secret: "secret",
+      });
     }
   });
   sync();
@@ -494,6 +651,174 @@ export async function editTriggerPage({ main, ids: [triggerId] }) {
 }
 
 // --- a trigger's page -------------------------------------------------------------------
+
+/** A webhook secret just issued (create or rotate), shown once by the trigger's next page. */
+let issuedSecret = null;
+
+function takeIssuedSecret(triggerId) {
+  const issued = issuedSecret?.triggerId === triggerId ? issuedSecret.secret : null;
+  issuedSecret = null;
+  return issued;
+}
+
+function webhookSecretPanel(trigger, secret) {
+  const fingerprint = trigger.secrets?.[0]?.fingerprint;
+  return h(
+    "section",
+    { class: "card secret", role: "alert" },
+    h("h2", {}, "Signing secret"),
+    h(
+      "p",
+      { class: "warning" },
+      h("strong", {}, "Copy this secret now: it will not be shown again. "),
+      "Give it to the sender; it is stored encrypted and only its fingerprint is shown later.",
+    ),
+    h(
+      "div",
+      { class: "secret-line" },
+      h("code", { class: "secret-value", "data-secret": "" }, secret),
+      copyButton(secret, "Copy secret"),
+    ),
+    fingerprint ? h("p", {}, "Fingerprint ", h("code", {}, fingerprint)) : null,
+  );
+}
+
+const SENDER_STEPS = {
+  standard_webhooks:
+    "Give the sender this URL and the secret; it signs with the webhook-id, webhook-timestamp " +
+    "and webhook-signature headers.",
+  github:
+    "In the repository's Settings → Webhooks: Payload URL is this URL, Content type " +
+    "application/json, Secret is the signing secret.",
+  stripe:
+    "In Stripe's dashboard (Developers → Webhooks), add an endpoint with this URL; its signing " +
+    "secret must be the trigger's (rotate with Stripe's whsec_… pasted, if the trigger made its own).",
+  hmac: "The sender posts to this URL with the HMAC-SHA256 of the raw body in the signature header.",
+};
+
+function webhookSection(trigger) {
+  const url = hookUrl(trigger);
+  const hmac = trigger.hmac;
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Where the sender posts"),
+    h("p", {}, SENDER_STEPS[trigger.scheme] || ""),
+    h(
+      "div",
+      { class: "secret-line" },
+      h("code", { class: "hook-url" }, url),
+      copyButton(url, "Copy URL"),
+    ),
+    hmac
+      ? h(
+          "p",
+          { class: "hint" },
+          `Signature in ${hmac.signature_header} (${hmac.encoding}`,
+          hmac.prefix ? `, after “${hmac.prefix}”` : "",
+          ")",
+          hmac.delivery_id_header ? `; delivery id in ${hmac.delivery_id_header}` : "",
+          hmac.event_header ? `; event in ${hmac.event_header}` : "",
+          ".",
+        )
+      : null,
+  );
+}
+
+const GRACES = [
+  ["3600", "1 hour"],
+  ["86400", "24 hours"],
+  ["604800", "7 days"],
+  ["0", "no longer: end it now"],
+];
+
+function rotateSecretForm(trigger, redraw) {
+  const grace = select("previous_valid_seconds", GRACES, "86400");
+  const form = h(
+    "form",
+    { class: "card rotate" },
+    h("h2", {}, "Rotate the signing secret"),
+    h(
+      "p",
+      {},
+      "A new secret verifies at once; the current one keeps verifying for the time chosen, so " +
+        "the sender can be switched over without refusals.",
+    ),
+    h("div", { class: "form-grid" }, field("Keep the current secret for", grace)),
+    formError(),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Rotate secret")),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const seconds = Number(grace.value);
+    const label = GRACES.find(([value]) => value === grace.value)[1];
+    const sure = await confirmDialog(
+      "Rotate the signing secret?",
+      seconds
+        ? `The new secret is shown once. The current one stops verifying in ${label}.`
+        : "The new secret is shown once. The current one stops verifying now: deliveries " +
+            "signed with it are refused from this moment.",
+      "Rotate secret",
+    );
+    if (!sure) return;
+    try {
+      const rotated = await post(`/v1/triggers/${trigger.id}/secrets`, {
+        previous_valid_seconds: seconds,
+      });
+      issuedSecret = { triggerId: trigger.id, secret: rotated.new_secret };
+      toast("Secret rotated");
+      await redraw();
+    } catch (error) {
+      showError(form, error);
+    }
+  });
+  return form;
+}
+
+function secretRow(secret, index) {
+  return row(
+    h("code", {}, secret.fingerprint),
+    index === 0 && !secret.expires_at ? badge("current") : badge("previous"),
+    when(secret.created_at),
+    secret.expires_at ? when(secret.expires_at) : "—",
+  );
+}
+
+async function refusalsSection(trigger) {
+  const shown = await get(`/v1/triggers/${trigger.id}/refusals`).then(
+    (answer) => {
+      const counts = Object.entries(answer.by_code || {})
+        .map(([code, count]) => `${count} ${code}`)
+        .join(", ");
+      return [
+        h(
+          "p",
+          { class: "refusal-total" },
+          answer.total
+            ? `${answer.total} refused in all (${counts}); the latest first:`
+            : "No delivery refused.",
+        ),
+        answer.total
+          ? table(
+              ["When", "Code", "Detail", "Delivery", "Sender"],
+              answer.latest.map((refusal) =>
+                row(
+                  when(refusal.at),
+                  h("code", {}, `${refusal.status} ${refusal.code}`),
+                  refusal.detail,
+                  refusal.delivery_id || "—",
+                  refusal.remote || "—",
+                ),
+              ),
+            )
+          : null,
+      ];
+    },
+    (error) => pageError(error),
+  );
+  return h("section", { class: "refusals" }, h("h2", {}, "Refused deliveries"), shown);
+}
 
 function curlCommand(trigger) {
   const origin = window.location.origin;
@@ -592,7 +917,9 @@ export async function triggerPage({ main, ids: [triggerId] }) {
     main.replaceChildren(heading("Trigger"), pageError(error));
     return;
   }
-  const flow = await get(`/v1/flows/${trigger.flow_id}`).catch(() => null);
+  await resolveFlows([trigger.flow_id]);
+  const issued = takeIssuedSecret(trigger.id);
+  const redraw = () => triggerPage({ main, ids: [trigger.id] });
   const actionsError = h("div", { class: "form-error", role: "alert" });
   async function act(fn) {
     actionsError.replaceChildren();
@@ -607,14 +934,14 @@ export async function triggerPage({ main, ids: [triggerId] }) {
         act(async () => {
           await post(`/v1/triggers/${trigger.id}/pause`);
           toast("Trigger paused");
-          await triggerPage({ main, ids: [trigger.id] });
+          await redraw();
         }),
       )
     : button("Resume", () =>
         act(async () => {
           await post(`/v1/triggers/${trigger.id}/resume`);
           toast("Trigger resumed");
-          await triggerPage({ main, ids: [trigger.id] });
+          await redraw();
         }),
       );
   const deleteButton = button(
@@ -637,15 +964,33 @@ export async function triggerPage({ main, ids: [triggerId] }) {
   const facts = [
     ["Id", h("code", {}, trigger.id)],
     ["Type", trigger.type],
-    ["Flow", link(`#/flows/${trigger.flow_id}`, flow ? flow.name : trigger.flow_id)],
+    ["Flow", flowLink(trigger.flow_id)],
     ["State", trigger.enabled ? badge("active") : badge("paused")],
     ["Overlap", trigger.overlap],
     ["Version", String(trigger.version)],
     ["Updated", when(trigger.updated_at)],
   ];
   if (trigger.type === "schedule") facts.splice(2, 0, ["Schedule", describeSchedule(trigger.schedule)]);
-  if (trigger.type === "api") {
-    facts.push(["Waits", `${trigger.sync_wait_seconds} s (${trigger.response_mode})`]);
+  if (trigger.type === "webhook") {
+    facts.splice(
+      2,
+      0,
+      ["Sender", SCHEMES[trigger.scheme] || trigger.scheme],
+      ["Events", trigger.events?.length ? trigger.events.join(", ") : "every event"],
+    );
+    if (trigger.include_headers?.length) {
+      facts.push(["Headers passed", trigger.include_headers.join(", ")]);
+    }
+    if (trigger.scheme === "standard_webhooks" || trigger.scheme === "stripe") {
+      facts.push(["Timestamp tolerance", `${trigger.tolerance_seconds} s`]);
+    }
+  }
+  if (trigger.type === "api" || trigger.type === "webhook") {
+    const answer =
+      trigger.response_mode === "accepted"
+        ? "202 at once"
+        : `the result, waiting up to ${trigger.sync_wait_seconds} s`;
+    facts.push(["Answers", answer]);
   }
   const sections = [
     heading(
@@ -657,6 +1002,20 @@ export async function triggerPage({ main, ids: [triggerId] }) {
     actionsError,
     h("dl", { class: "facts" }, facts.map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)])),
   ];
+  if (issued) sections.splice(1, 0, webhookSecretPanel(trigger, issued));
+  if (trigger.type === "webhook") {
+    sections.push(
+      webhookSection(trigger),
+      h("h2", {}, "Signing secrets"),
+      table(
+        ["Fingerprint", "State", "Created", "Stops verifying"],
+        (trigger.secrets || []).map(secretRow),
+        "No secret.",
+      ),
+      rotateSecretForm(trigger, redraw),
+      await refusalsSection(trigger),
+    );
+  }
   if (trigger.type === "api") {
     const command = curlCommand(trigger);
     sections.push(
@@ -697,7 +1056,7 @@ export async function triggerPage({ main, ids: [triggerId] }) {
     });
     sections.push(h("h2", {}, "Next fires"), upcoming, h("h2", {}, "Fire ledger"), ledger);
   }
-  const runs = await get("/v1/runs", { trigger_id: trigger.id, limit: 10 }).then(
+  const runs = await runsWithFlows({ trigger_id: trigger.id, limit: 10 }).then(
     (page) => table(RUN_HEADERS, page.items.map(runRow), "No runs yet."),
     (error) => pageError(error),
   );
