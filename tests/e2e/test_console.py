@@ -303,6 +303,7 @@ def test_run_now_shows_the_result_and_the_run_appears_finished_in_the_list_and_i
     run_link.click()
     expect(page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
     expect(page.locator(".facts .status-succeeded")).to_be_visible()
+    expect(page.locator(".facts").get_by_role("link", name="by hand")).to_be_visible()
     expect(page.locator("pre.json").first).to_contain_text('"order": 42')
     expect(page.get_by_role("heading", name="Result")).to_be_visible()
     expect(page.locator("pre.json").nth(1)).to_contain_text('"order": 42')  # echo's result
@@ -479,9 +480,9 @@ def test_a_github_webhook_takes_its_secret_and_events_and_a_push_signed_like_git
     expect(page.locator(".facts")).to_contain_text("push, pull_request")
     url = page.locator(".hook-url").inner_text()
 
-    def deliver(event: str) -> httpx.Response:
+    def deliver(event: str, signed_with: str = secret) -> httpx.Response:
         body = json.dumps({"ref": "refs/heads/main", "event": event}).encode()
-        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        digest = hmac.new(signed_with.encode(), body, hashlib.sha256).hexdigest()
         headers = {
             "Content-Type": "application/json",
             "X-GitHub-Event": event,
@@ -495,9 +496,20 @@ def test_a_github_webhook_takes_its_secret_and_events_and_a_push_signed_like_git
     assert ignored.json()["ignored"] is True
     pushed = deliver("push")
     assert pushed.status_code == 202, pushed.text
+
+    # Rotate to a secret pasted in (the 24 hours' grace by default): both verify meanwhile.
+    page.get_by_label("New secret (optional)").fill("a-second-github-secret")
+    page.get_by_role("button", name="Rotate secret").click()
+    page.get_by_role("dialog").get_by_role("button", name="Rotate secret").click()
+    expect(page.locator(".secret .secret-value")).to_have_text("a-second-github-secret")
+    expect(page.locator("tbody tr", has_text="previous")).to_have_count(1)
+    rotated = deliver("push", signed_with="a-second-github-secret")
+    assert rotated.status_code == 202, rotated.text
+    assert deliver("push").status_code == 202  # the previous secret, in its grace
+
     console.go(f"/runs?trigger={trigger_id_of_url(url)}")
     expect(page.locator(f"tr[data-run-id='{pushed.json()['run_id']}']")).to_be_visible()
-    expect(page.locator("tbody tr")).to_have_count(1)  # the ignored event started nothing
+    expect(page.locator("tbody tr")).to_have_count(3)  # the ignored event started nothing
 
 
 def trigger_id_of_url(url: str) -> str:

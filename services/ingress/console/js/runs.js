@@ -238,7 +238,10 @@ export async function runsPage({ main, params }) {
 export async function runPage({ main, ids: [runId] }) {
   async function draw() {
     const run = await get(`/v1/runs/${encodeURIComponent(runId)}`);
-    await resolveFlows([run.flow_id]);
+    const [trigger] = await Promise.all([
+      run.trigger_id ? get(`/v1/triggers/${run.trigger_id}`).catch(() => null) : null,
+      resolveFlows([run.flow_id]),
+    ]);
     const actionsError = h("div", { class: "form-error", role: "alert" });
     const cancel =
       run.status === "queued" || run.status === "running"
@@ -265,7 +268,14 @@ export async function runPage({ main, ids: [runId] }) {
     const facts = [
       ["Status", badge(run.status)],
       ["Flow", flowLink(run.flow_id)],
-      ["Trigger", run.trigger_id ? link(`#/triggers/${run.trigger_id}`, run.trigger_id) : "—"],
+      [
+        "Trigger",
+        run.trigger_id
+          ? link(`#/triggers/${run.trigger_id}`, trigger?.name || run.trigger_id, {
+              title: run.trigger_id,
+            })
+          : "—",
+      ],
       ["Source", run.source],
       ["Queued", when(run.queued_at)],
       ["Started", when(run.started_at)],

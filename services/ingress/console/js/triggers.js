@@ -734,6 +734,13 @@ const GRACES = [
 
 function rotateSecretForm(trigger, redraw) {
   const grace = select("previous_valid_seconds", GRACES, "86400");
+  const supplied = input("secret", {
+    type: "password",
+    minlength: 16,
+    maxlength: 512,
+    spellcheck: false,
+    placeholder: "empty: one is generated",
+  });
   const form = h(
     "form",
     { class: "card rotate" },
@@ -744,7 +751,14 @@ function rotateSecretForm(trigger, redraw) {
       "A new secret verifies at once; the current one keeps verifying for the time chosen, so " +
         "the sender can be switched over without refusals.",
     ),
-    h("div", { class: "form-grid" }, field("Keep the current secret for", grace)),
+    h(
+      "div",
+      { class: "form-grid" },
+      field("Keep the current secret for", grace),
+      field("New secret (optional)", supplied, {
+        hint: "Paste the sender's own when it makes them (Stripe, Svix)",
+      }),
+    ),
     formError(),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Rotate secret")),
   );
@@ -763,9 +777,9 @@ function rotateSecretForm(trigger, redraw) {
     );
     if (!sure) return;
     try {
-      const rotated = await post(`/v1/triggers/${trigger.id}/secrets`, {
-        previous_valid_seconds: seconds,
-      });
+      const body = { previous_valid_seconds: seconds };
+      if (supplied.value) body.secret = supplied.value;
+      const rotated = await post(`/v1/triggers/${trigger.id}/secrets`, body);
       issuedSecret = { triggerId: trigger.id, secret: rotated.new_secret };
       toast("Secret rotated");
       await redraw();
