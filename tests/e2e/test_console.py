@@ -507,6 +507,15 @@ def test_a_github_webhook_takes_its_secret_and_events_and_a_push_signed_like_git
     assert rotated.status_code == 202, rotated.text
     assert deliver("push").status_code == 202  # the previous secret, in its grace
 
+    # An edit keeps the scheme and secrets and changes the events.
+    page.get_by_role("link", name="Edit").click()
+    expect(page.get_by_label("Sender (signature scheme)")).to_be_disabled()
+    events = page.get_by_label("Accepted events (optional)")
+    expect(events).to_have_value("push, pull_request")
+    events.fill("push")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator(".facts dt:text-is('Events') + dd")).to_have_text("push")
+
     console.go(f"/runs?trigger={trigger_id_of_url(url)}")
     expect(page.locator(f"tr[data-run-id='{pushed.json()['run_id']}']")).to_be_visible()
     expect(page.locator("tbody tr")).to_have_count(3)  # the ignored event started nothing
