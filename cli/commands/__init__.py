@@ -1,0 +1,1 @@
+"""`tp`'s commands, a module per resource; each defines its Typer `app`, wired in `cli.app`."""
