@@ -77,7 +77,8 @@ def flow_id(tp: Tp) -> str:
     assert flow["settings"] == {"kind": "python", "function": "echo"}
     listed = tp("flows", "list").stdout
     assert flow["id"] in listed
-    assert "echo" in tp("flows", "functions").stdout
+    # The runners announce their functions once up, which may come after the ingress answers.
+    poll(lambda: tp("flows", "functions").stdout, lambda listed: "echo" in listed)
     return str(flow["id"])
 
 
