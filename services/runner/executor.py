@@ -166,15 +166,21 @@ async def execute_within(
     clock: Clock,
     *,
     http: HttpCaller | None = None,
+    timeout: asyncio.Timeout | None = None,
 ) -> Run:
     """`execute`, stopped after the flow's timeout: then the attempt is `timed_out`.
+
+    `timeout`: the flow's timeout made by the caller, who arms it with the flow's deadline
+    (`reschedule`) when it may be reached; by default one armed now.
 
     A sync function keeps its worker thread until it returns (Python cannot stop a thread);
     its result is ignored.
     """
+    if timeout is None:
+        timeout = asyncio.timeout(flow.timeout_seconds)
     try:
         # `asyncio.timeout`, not `wait_for`: no second task per run.
-        async with asyncio.timeout(flow.timeout_seconds):
+        async with timeout:
             return await execute(run, flow, functions, clock, http=http)
     except TimeoutError:
         error = f"the attempt took longer than the flow's timeout of {flow.timeout_seconds:g}s"
