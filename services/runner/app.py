@@ -42,7 +42,7 @@ from shared.ids import new_id
 from shared.jetstream import Writer
 from shared.kv_mirror import KvMirror
 from shared.metrics import Readiness, sample_consumers
-from shared.pull import Puller, delivery
+from shared.pull import Delivery, Puller, delivery
 from shared.supervise import cancel_and_wait, supervised
 from shared.tracing import consumed
 
@@ -278,15 +278,22 @@ class RunnerApp:
     def _arrive(self, msg: Msg) -> None:
         """A start came: it runs now if its workspace may take a slot, or waits its turn."""
         try:
-            delivered = delivery(msg).delivered
+            # Parsed once here and handed to the handler with the message (when it runs now).
+            seen: Delivery | None = delivery(msg)
         except ValueError:  # not a JetStream message (a test's): no delivery limit
-            delivered = 1
-        if is_last_delivery(delivered, self._settings.runner_max_deliver):
+            seen = None
+        if seen is not None and is_last_delivery(seen.delivered, self._settings.runner_max_deliver):
             # Its handler dead-letters it at once: no slot to share, no turn to wait for.
-            self._run(msg, None)
+            self._run(msg, None, seen)
             return
         fair = self._fair
-        fair.add(workspace_of(msg.subject, msg.data), msg, asyncio.get_running_loop().time())
+        workspace = workspace_of(msg.subject, msg.data)
+        if not self._stopping and fair.run_now(workspace):
+            # Nothing waits and a slot is free for it: what `add`, `next` and `overflow`
+            # would decide, without queueing it.
+            self._run(msg, workspace, seen)
+            return
+        fair.add(workspace, msg, asyncio.get_running_loop().time())
         self._in_progress.keep(msg)
         self._pump()
         # Only what cannot run now waits; past the buffer's bound, some of it goes back.
@@ -312,11 +319,14 @@ class RunnerApp:
             self._in_progress.release(msg)
             self._run(msg, workspace)
 
-    def _run(self, msg: Msg, workspace: str | None) -> None:
+    def _run(self, msg: Msg, workspace: str | None, seen: Delivery | None = None) -> None:
         start_flow = self._start_flow
         assert start_flow is not None
         active = tracing.tracer()
-        handling = start_flow(msg) if active is None else consumed(active, msg, start_flow)
+        if active is None:
+            handling = start_flow(msg, seen)
+        else:
+            handling = consumed(active, msg, functools.partial(start_flow, seen=seen))
         task = asyncio.create_task(handling)
         self._in_flight.add(task)
         task.add_done_callback(functools.partial(self._finished, workspace))

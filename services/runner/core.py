@@ -33,6 +33,7 @@ import contextlib
 import logging
 import random
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,6 +79,11 @@ RECORD_OVERHEAD = 16 * 1024
 """Bytes a run record adds to its start's input (ids, times, attempts and their errors): a
 start whose body leaves less room than this is failed before it runs (see the README's
 "Sizes")."""
+SWEEP_SLACK = 0.01
+"""Seconds a due `running` record may wait for others due soon after it (one timer for all)."""
+ARM_TIMEOUT_LATE_MARGIN = 1.0
+"""A flow whose timeout is at least this much longer than `record_running_after` has it armed
+only when its `running` record is written: earlier, its time cannot be up."""
 FRESH_FOR = START_DUPLICATE_WINDOW.total_seconds() / 2
 """A start stored within this many seconds of its run id's making cannot have a stored twin
 with the same `Nats-Msg-Id`: JetStream would have dropped it (half the window: clock skew)."""
@@ -176,6 +182,14 @@ def too_large(record: Run, size: int, limit: int) -> Run:
 
 def refusal(subject: str, start: FlowStart) -> str:
     """Why a start on `subject` can never be run (empty: it may be)."""
+    valid = _ID.fullmatch
+    if (
+        valid(start.run_id)
+        and valid(start.workspace_id)
+        and valid(start.flow_id)
+        and (start.trigger_id is None or valid(start.trigger_id))
+    ):  # the usual case, without building the list below
+        return misfiled_start(subject, start)
     invalid = [
         name
         for name in ("run_id", "workspace_id", "flow_id")
@@ -498,11 +512,30 @@ class Unrecorded:
     """A run started before its record exists (`runs_unrecorded`), and what became of
     the `running` record written once it has run a while."""
 
-    __slots__ = ("key", "owner", "preempted", "revision", "running", "task", "writing")
+    __slots__ = (
+        "deadline",
+        "executing",
+        "key",
+        "owner",
+        "preempted",
+        "revision",
+        "running",
+        "task",
+        "timeout",
+        "writing",
+    )
 
-    def __init__(self, key: str, running: Run) -> None:
+    def __init__(
+        self, key: str, running: Run, timeout: asyncio.Timeout | None = None, deadline: float = 0
+    ) -> None:
         self.key = key
         self.running = running
+        self.executing = True
+        """Whether its flow is still being run (its `running` record is then written)."""
+        self.timeout = timeout
+        """The flow's timeout, when it is armed once the run has gone on for a while."""
+        self.deadline = deadline
+        """When the flow's time is up (event loop time), for `timeout`."""
         self.task = asyncio.current_task()
         """The handler's task, which runs the flow."""
         self.writing: asyncio.Task[None] | None = None
@@ -557,6 +590,10 @@ class StartRuns:
         """The tasks running a flow, by run key."""
         self._aborted: set[str] = set()
         """Run keys whose task `abort` cancelled."""
+        self._young: deque[tuple[float, Unrecorded]] = deque()
+        """Unrecorded runs by when their `running` record is due (event loop time)."""
+        self._sweeping: asyncio.TimerHandle | None = None
+        """The timer of the next `_sweep`, while runs are young."""
 
     def abort(self, workspace_id: str, run_id: str) -> None:
         """Stop working on a run another replica recorded as cancelled (if we run it)."""
@@ -887,14 +924,25 @@ class StartRuns:
         """Run the flow now; write its `running` record only if it is still going after
         `record_running_after` seconds, and its final one with a `create` if it was not."""
         now = self._clock()
-        run = Unrecorded(key, begin(queued(start, now, sequence), now, self._runner_id))
-        timer = asyncio.get_running_loop().call_later(
-            self._record_running_after, self._record_running, run
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        # Most runs end long before their timeout: theirs is armed only if they are still
+        # going when their `running` record is written (`_sweep`), not a timer per run.
+        late = flow.timeout_seconds >= self._record_running_after + ARM_TIMEOUT_LATE_MARGIN
+        run = Unrecorded(
+            key,
+            begin(queued(start, now, sequence), now, self._runner_id),
+            asyncio.timeout(None) if late else None,
+            began + flow.timeout_seconds,
         )
+        due = began + self._record_running_after
+        self._young.append((due, run))
+        if self._sweeping is None:
+            self._sweeping = loop.call_at(due + SWEEP_SLACK, self._sweep)
         try:
             finished = await self._execute(msg, key, run.running, None, flow, run)
         finally:
-            timer.cancel()
+            run.executing = False
         if run.writing is not None:
             await run.writing  # the record it writes decides between create and swap
         if run.preempted:
@@ -948,6 +996,25 @@ class StartRuns:
             current = found[0]
         return "taken_over", current
 
+    def _sweep(self) -> None:
+        """Write the `running` record of every unrecorded run that has gone on for
+        `record_running_after` seconds, and arm its flow's timeout (one timer for all of
+        them: they are due in the order they started)."""
+        self._sweeping = None
+        young = self._young
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while young and young[0][0] <= now:
+            _, run = young.popleft()
+            if not run.executing:
+                continue
+            if run.timeout is not None:
+                with contextlib.suppress(RuntimeError):  # its flow ended meanwhile
+                    run.timeout.reschedule(run.deadline)
+            self._record_running(run)
+        if young:
+            self._sweeping = loop.call_at(young[0][0] + SWEEP_SLACK, self._sweep)
+
     def _record_running(self, run: Unrecorded) -> None:
         run.writing = asyncio.create_task(self._write_running(run))
 
@@ -998,7 +1065,12 @@ class StartRuns:
         self._keep_alive.keep(msg)
         try:
             return await execute_within(
-                running, flow, self._functions, self._clock, http=self._http
+                running,
+                flow,
+                self._functions,
+                self._clock,
+                http=self._http,
+                timeout=unrecorded.timeout if unrecorded is not None else None,
             )
         except asyncio.CancelledError:
             self._keep_alive.release(msg)  # the attempt is over: no beats while handing back

@@ -152,7 +152,8 @@ async def execute(
     except (Exception, SystemExit) as exception:
         return _finish_attempt(run, clock(), error=describe(exception))
     try:
-        result = msgspec.json.decode(msgspec.json.encode(result))
+        if result is not None:  # None is JSON already (most flows that return nothing)
+            result = msgspec.json.decode(msgspec.json.encode(result))
     except Exception as exception:
         error = f"the result of flow function {name!r} is not JSON: {describe(exception)}"
         return _finish_attempt(run, clock(), error=error)
@@ -166,15 +167,21 @@ async def execute_within(
     clock: Clock,
     *,
     http: HttpCaller | None = None,
+    timeout: asyncio.Timeout | None = None,
 ) -> Run:
     """`execute`, stopped after the flow's timeout: then the attempt is `timed_out`.
+
+    `timeout`: the flow's timeout made by the caller, who arms it with the flow's deadline
+    (`reschedule`) when it may be reached; by default one armed now.
 
     A sync function keeps its worker thread until it returns (Python cannot stop a thread);
     its result is ignored.
     """
+    if timeout is None:
+        timeout = asyncio.timeout(flow.timeout_seconds)
     try:
         # `asyncio.timeout`, not `wait_for`: no second task per run.
-        async with asyncio.timeout(flow.timeout_seconds):
+        async with timeout:
             return await execute(run, flow, functions, clock, http=http)
     except TimeoutError:
         error = f"the attempt took longer than the flow's timeout of {flow.timeout_seconds:g}s"
@@ -183,8 +190,19 @@ async def execute_within(
         )
 
 
+_is_coroutine_function: dict[FlowFunction, bool] = {}
+"""`inspect.iscoroutinefunction` of each flow function called so far (a few, and asked on
+every run)."""
+
+
 async def _call(function: FlowFunction, input: Any, context: FlowContext) -> Any:
-    if inspect.iscoroutinefunction(function):
+    try:
+        is_async = _is_coroutine_function[function]
+    except KeyError:
+        is_async = _is_coroutine_function[function] = inspect.iscoroutinefunction(function)
+    except TypeError:  # an unhashable callable: asked every time
+        is_async = inspect.iscoroutinefunction(function)
+    if is_async:
         return await function(input, context)
     # A plain function may block (I/O, CPU): keep it off the event loop.
     return await asyncio.to_thread(function, input, context)

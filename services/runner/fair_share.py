@@ -131,6 +131,16 @@ class FairShare(Generic[Item]):
         self.waiting_total += 1
         self._busy[workspace] = self._busy.get(workspace, 0) + 1
 
+    def run_now(self, workspace: str) -> bool:
+        """Whether a start of `workspace` that just came runs at once, counted as running:
+        when nothing waits and it may take a slot (`add` then `next` would pick it)."""
+        if self.waiting_total or not self.may_run(workspace):
+            return False
+        self._running[workspace] = self._running.get(workspace, 0) + 1
+        self.running_total += 1
+        self._busy[workspace] = self._busy.get(workspace, 0) + 1
+        return True
+
     def next(self) -> tuple[str, Item] | None:
         """The waiting start to run now, counted as running (None: none may run): of the
         workspaces that may take a slot, the one holding the fewest, the longest waiting first."""

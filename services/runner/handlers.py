@@ -17,7 +17,7 @@ from services.runner.core import RECORD_OVERHEAD, CancelRuns, StartRuns, refusal
 from shared.broker import is_last_delivery, reject
 from shared.codec import decode, encode
 from shared.logs import bind
-from shared.pull import delivery
+from shared.pull import Delivery, delivery
 from shared.supervise import retried_within
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ class StartFlow:
         self._starts = starts
         self._max_deliver = max_deliver
 
-    async def __call__(self, msg: Msg) -> None:
-        """Handle one message; a failure to handle it hands it back to JetStream for later."""
+    async def __call__(self, msg: Msg, seen: Delivery | None = None) -> None:
+        """Handle one message (`seen`: its delivery facts, when the caller parsed them
+        already); a failure to handle it hands it back to JetStream for later."""
         try:
-            await self.start_flow(msg)
+            await self.start_flow(msg, seen)
         except asyncio.CancelledError:
             # Stopping: let another replica take the message over now.
             with contextlib.suppress(Exception):
@@ -69,8 +70,10 @@ class StartFlow:
         except ValueError:  # not a JetStream message (a test's): no limit
             return False
 
-    async def start_flow(self, msg: Msg) -> None:
-        if self._is_last_delivery(msg):
+    async def start_flow(self, msg: Msg, seen: Delivery | None = None) -> None:
+        if seen is None:
+            seen = _delivery_of(msg)
+        if seen is not None and is_last_delivery(seen.delivered, self._max_deliver):
             # Handed back on every delivery so far (waiting for a slot, or failing): the
             # server would never deliver it again, so it ends here, with its reason.
             reason = (
@@ -103,11 +106,13 @@ class StartFlow:
             metrics.refused("unknown_flow")
             await reject(self._js, msg, reason, SERVICE)
             return
+        if seen is None:
+            raise ValueError(f"not a JetStream delivery: {msg.reply!r}")
         if len(msg.data) + RECORD_OVERHEAD > self._starts.max_record_bytes:
-            await self._starts.fail_too_large(msg, start, delivery(msg), len(msg.data))
+            await self._starts.fail_too_large(msg, start, seen, len(msg.data))
             return
         msg_id = msg.headers.get(MSG_ID) if msg.headers else None
-        await self._starts.start(msg, start, flow, delivery(msg), msg_id)
+        await self._starts.start(msg, start, flow, seen, msg_id)
 
     async def _end_here(self, msg: Msg, reason: str) -> None:
         """Dead-letter a start at its last delivery; its run (if the start names one that may
@@ -142,6 +147,13 @@ class StartFlow:
         with contextlib.suppress(msgspec.DecodeError):
             request: AbortRun = decode(msg.data, AbortRun)
             self._starts.abort(request.workspace_id, request.run_id)
+
+
+def _delivery_of(msg: Msg) -> Delivery | None:
+    try:
+        return delivery(msg)
+    except ValueError:  # not a JetStream message (a test's): no limit
+        return None
 
 
 def _runnable_start(msg: Msg) -> FlowStart | None:

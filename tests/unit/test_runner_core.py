@@ -676,3 +676,29 @@ async def test_cancelling_in_a_workspace_id_that_is_no_id_is_run_not_found(runne
 
     assert isinstance(outcome, Problem)
     assert outcome.status == 404
+
+
+async def test_a_fast_path_run_that_outlasts_its_flow_s_timeout_is_timed_out_after_its_record(
+    runner: Runner,
+) -> None:
+    # Its timeout is armed only once the run has gone on long enough for a `running` record.
+    runner.starts._record_running_after = 0.05
+    flow = msgspec.structs.replace(flow_of("wait"), timeout_seconds=1.1)
+    start = runner.start_of(flow, "never released")
+    key = subjects.run_key(WS, start.run_id)
+    began = asyncio.get_running_loop().time()
+
+    msg = await asyncio.wait_for(
+        runner.deliver(start, flow, sequence=3, msg_id=start.run_id), timeout=5
+    )
+
+    took = asyncio.get_running_loop().time() - began
+    assert 1.1 <= took < 2.0
+    run = runner.record(start)
+    assert run.status == "timed_out"
+    assert [e.status for e in runner.events.published if e.id == start.run_id] == [
+        "running",
+        "timed_out",
+    ]
+    assert msg.acked
+    assert runner.store.get(key) == run
