@@ -633,7 +633,7 @@ def authenticated(app: ASGIApp) -> ASGIApp:
     lands on this route, and each refusal costs the ingress's CPU that valid calls need.
 
     The usual call (a known flow with an enabled API trigger, no wait, no `Idempotency-Key`,
-    its whole body in one message and valid JSON) is started and answered here too, with the
+    its whole body, as `Content-Length` gives it, in the first message, and valid JSON) is started and answered here too, with the
     same functions as `trigger_flow`: the framework's request, parameters and response objects
     cost more than the rest of the start together. Anything else goes on to `trigger_flow`
     (with the body already read handed on), which then decides exactly as it always did.
@@ -698,9 +698,10 @@ async def _started_here(
         return _NOTHING_READ
     message = await receive()
     body = message.get("body", b"")
+    # The whole body when it holds `Content-Length` bytes, whatever `more_body` says (the
+    # server may still send an empty last message, which nobody needs to wait for).
     if (
         message["type"] != "http.request"
-        or message.get("more_body", False)
         or len(body) > ingress.settings.max_body_bytes
         or length != str(len(body)).encode()
     ):
