@@ -633,10 +633,11 @@ def authenticated(app: ASGIApp) -> ASGIApp:
     lands on this route, and each refusal costs the ingress's CPU that valid calls need.
 
     The usual call (a known flow with an enabled API trigger, no wait, no `Idempotency-Key`,
-    its whole body, as `Content-Length` gives it, in the first message, and valid JSON) is started and answered here too, with the
-    same functions as `trigger_flow`: the framework's request, parameters and response objects
-    cost more than the rest of the start together. Anything else goes on to `trigger_flow`
-    (with the body already read handed on), which then decides exactly as it always did.
+    its whole body, as `Content-Length` gives it, in the first message, and valid JSON) is
+    started and answered here too, with the same functions as `trigger_flow`: the framework's
+    request, parameters and response objects cost more than the rest of the start together.
+    Anything else goes on to `trigger_flow` (with the body already read handed on), which
+    then decides exactly as it always did.
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
