@@ -27,8 +27,8 @@ from contracts.http import (
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import FirePage, SchedulePreview
-from services.ingress import core, docs, operations
-from services.ingress.adapters import Ingress, read_ledger
+from services.ingress import core, docs, front_door, operations
+from services.ingress.adapters import Ingress, Unsettled, read_ledger
 from services.ingress.core import fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
 from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, send_problem
@@ -658,14 +658,21 @@ def authenticated(app: ASGIApp) -> ASGIApp:
                     length = value
             elif name == b"idempotency-key":
                 plain = False
-        client = scope.get("client")
+        state = scope.setdefault("state", {})
+        found = state.get(front_door.FOUND)  # as far as the front door got, if it ran
         try:
-            key = await ingress.key_from(authorization, client[0] if client else None)
+            if found is None:
+                client = scope.get("client")
+                key = await ingress.key_from(authorization, client[0] if client else None)
+            elif isinstance(found, Unsettled):
+                key = await ingress.key_after_lookup(found)
+            else:
+                key = found
         except ApiError as error:
             scope[operations.PROBLEM] = error.code  # type: ignore[literal-required]
             await send_problem(send, error)  # counted as a refused start, with its code
             return
-        scope.setdefault("state", {})[AUTHENTICATED] = key
+        state[AUTHENTICATED] = key
         if plain and length is not None:
             received = await _started_here(ingress, key, scope, receive, send, prefer, length)
             if received is not None:  # not the usual call: the handler takes it from here
@@ -839,7 +846,7 @@ def new_start(
         requested_at=datetime.now(UTC),
         overlap=overlap or trigger.overlap,
     )
-    return start, f"{ingress.settings.base_url}/v1/runs/{run_id}"
+    return start, f"{ingress.runs_url}{run_id}"
 
 
 async def _start(
