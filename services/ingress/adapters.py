@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -196,6 +197,18 @@ KEY_TOUCH_INTERVAL = 60.0
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
+@dataclass(frozen=True, kw_only=True)
+class Unsettled:
+    """A well-formed key the directory misses, admitted by the failure limits (a token of each
+    spent): only a lookup settles it (`Ingress.key_after_lookup`)."""
+
+    secret: str
+    digest: str
+    address: str
+    refusal: ApiError
+    """The answer if it turns out not to exist."""
+
+
 class Ingress:
     def __init__(
         self,
@@ -206,6 +219,8 @@ class Ingress:
         idempotency: KeyValue | None = None,
     ) -> None:
         self.settings = settings
+        self.runs_url = f"{settings.base_url}/v1/runs/"
+        """The base of a run's status URL (worked out once: every start answers with one)."""
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.directory = directory
@@ -239,34 +254,44 @@ class Ingress:
         misses is looked up once more after the key mirror caught up, unless `client` (the
         source address) or the key is over its limit of failures, or the key is known not to
         exist: see `auth_guard`."""
+        found = self.key_now(authorization, client)
+        return found if isinstance(found, ApiKey) else await self.key_after_lookup(found)
+
+    def key_now(self, authorization: str | None, client: str | None = None) -> ApiKey | Unsettled:
+        """`key_from` as far as it goes without a round trip: the key the directory holds, or
+        the refusal raised (malformed, over a limit of failures, known not to exist), or the
+        key only a lookup can settle (admitted by the limits: `key_after_lookup` goes on)."""
         secret = core.bearer_secret(authorization)
         digest = api_keys.digest(secret)
         key = self.directory.key(digest)
         if key is None:
-            key = await self._key_after_miss(secret, digest, client)
+            refusal = core.refusal_of_unknown(secret)  # a malformed key is refused here, for free
+            address = address_of(client)
+            # Decided before any round trip: a request over the limit costs none.
+            limited = self.failures.admit(address, digest)
+            if limited is not None:
+                raise core.too_many_failures(limited, datetime.now(UTC))
+            if digest in self.directory.unknown_keys:
+                raise refusal
+            return Unsettled(secret=secret, digest=digest, address=address, refusal=refusal)
+        return self._in_use(key, digest)
+
+    async def key_after_lookup(self, unsettled: Unsettled) -> ApiKey:
+        """The key `key_now` could not settle, once the key mirror caught up, or its refusal."""
+        caught_up = await self.directory.catch_up_keys()
+        key = self.directory.key(unsettled.digest)
+        if key is not None:  # created a moment ago: not a failure
+            self.failures.refund(unsettled.address, unsettled.digest)
+            return self._in_use(key, unsettled.digest)
+        if caught_up:  # a mirror that could not catch up proves nothing
+            self.directory.unknown_keys.add(unsettled.digest)
+        raise unsettled.refusal
+
+    def _in_use(self, key: ApiKey, digest: str) -> ApiKey:
         if key.expires_at is not None or key.digest != digest:  # time decides: no round trip
             key = core.unexpired(key, digest, datetime.now(UTC))
         self._note_use(key)
         return key
-
-    async def _key_after_miss(self, secret: str, digest: str, client: str | None) -> ApiKey:
-        refusal = core.refusal_of_unknown(secret)  # a malformed key is refused here, for free
-        address = address_of(client)
-        # Decided before any round trip: a request over the limit costs none.
-        limited = self.failures.admit(address, digest)
-        if limited is not None:
-            raise core.too_many_failures(limited, datetime.now(UTC))
-        unknown_keys = self.directory.unknown_keys
-        if digest in unknown_keys:
-            raise refusal
-        caught_up = await self.directory.catch_up_keys()
-        key = self.directory.key(digest)
-        if key is not None:  # created a moment ago: not a failure
-            self.failures.refund(address, digest)
-            return key
-        if caught_up:  # a mirror that could not catch up proves nothing
-            unknown_keys.add(digest)
-        raise refusal
 
     def check_operator(self, authorization: str | None) -> None:
         expected = self.settings.operator_token

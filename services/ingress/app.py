@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
+from litestar.types import ASGIApp
 from nats.errors import Error as NatsError
 
 from contracts import subjects
@@ -25,6 +26,7 @@ from services.ingress import (
 )
 from services.ingress.adapters import Directory, Ingress
 from services.ingress.auth_guard import UnknownKeys
+from services.ingress.front_door import front_door
 from services.ingress.settings import IngressSettings
 from shared import broker
 from shared import tracing as shared_tracing
@@ -118,8 +120,9 @@ def create_app(settings: IngressSettings) -> Litestar:
     return app
 
 
-def create_app_from_environment() -> Litestar:
-    """Factory for the HTTP server (each worker process builds its own app)."""
+def create_app_from_environment() -> ASGIApp:
+    """Factory for the HTTP server (each worker process builds its own app), behind the front
+    door that refuses forged keys before the framework sees them."""
     configure_logging("ingress")  # a worker process does not inherit the server's handlers
     shared_tracing.configure("ingress")
-    return create_app(from_environment(IngressSettings))
+    return front_door(create_app(from_environment(IngressSettings)))

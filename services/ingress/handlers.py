@@ -11,7 +11,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts import history, subjects
 from contracts import registry as api
@@ -27,8 +27,8 @@ from contracts.http import (
 from contracts.registry import ApiKey, OverlapPolicy
 from contracts.runs import TERMINAL_STATUSES, FlowStart, Run, RunStatus, StartSource
 from contracts.scheduling import DraftPreview, FirePage, SchedulePreview
-from services.ingress import core, docs, operations
-from services.ingress.adapters import Ingress, read_ledger
+from services.ingress import core, docs, front_door, operations
+from services.ingress.adapters import Ingress, Unsettled, read_ledger
 from services.ingress.core import draft_preview, fire_page, schedule_preview
 from services.ingress.docs import BY_KEY, BY_OPERATOR, REGISTRY_ANSWERS, problems
 from services.ingress.problems import PROBLEM_JSON, ApiError, body_too_large, send_problem
@@ -650,29 +650,125 @@ AUTHENTICATED = "api_key"
 def authenticated(app: ASGIApp) -> ASGIApp:
     """Middleware of `POST /trigger/{flow_id}`: the caller's key, found before the framework
     builds the request, or the refusal answered at once. A flood of keys that are not valid
-    lands on this route, and each refusal costs the ingress's CPU that valid calls need."""
+    lands on this route, and each refusal costs the ingress's CPU that valid calls need.
+
+    The usual call (a known flow with an enabled API trigger, no wait, no `Idempotency-Key`,
+    its whole body, as `Content-Length` gives it, in the first message, and valid JSON) is
+    started and answered here too, with the same functions as `trigger_flow`: the framework's
+    request, parameters and response objects cost more than the rest of the start together.
+    Anything else goes on to `trigger_flow` (with the body already read handed on), which
+    then decides exactly as it always did.
+    """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         ingress: Ingress = scope["litestar_app"].state.ingress
-        authorization = next(
-            (
-                value.decode("latin-1")
-                for name, value in scope["headers"]
-                if name == b"authorization"
-            ),
-            None,
-        )
-        client = scope.get("client")
+        # One pass over the headers (the server lowercases their names); the first of each
+        # counts, as with the framework's `request.headers.get`.
+        authorization = prefer = length = None
+        plain = True  # no Idempotency-Key
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"prefer":
+                if prefer is None:
+                    prefer = value.decode("latin-1")
+            elif name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"idempotency-key":
+                plain = False
+        state = scope.setdefault("state", {})
+        found = state.get(front_door.FOUND)  # as far as the front door got, if it ran
         try:
-            key = await ingress.key_from(authorization, client[0] if client else None)
+            if found is None:
+                client = scope.get("client")
+                key = await ingress.key_from(authorization, client[0] if client else None)
+            elif isinstance(found, Unsettled):
+                key = await ingress.key_after_lookup(found)
+            else:
+                key = found
         except ApiError as error:
             scope[operations.PROBLEM] = error.code  # type: ignore[literal-required]
             await send_problem(send, error)  # counted as a refused start, with its code
             return
-        scope.setdefault("state", {})[AUTHENTICATED] = key
+        state[AUTHENTICATED] = key
+        if plain and length is not None:
+            received = await _started_here(ingress, key, scope, receive, send, prefer, length)
+            if received is not None:  # not the usual call: the handler takes it from here
+                await app(scope, _replaying(received, receive), send)
+            return
         await app(scope, receive, send)
 
     return middleware
+
+
+async def _started_here(
+    ingress: Ingress,
+    key: ApiKey,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    prefer: str | None,
+    length: bytes,
+) -> Message | None:
+    """Start and answer the usual call (see `authenticated`); None once answered, else the
+    message read from `receive` (None read: the handler decides everything as usual)."""
+    flow_id = scope["path_params"]["flow_id"]
+    directory = ingress.directory
+    try:
+        trigger = core.api_trigger_for(key, directory.flow(flow_id), directory.triggers_of(flow_id))
+    except ApiError:
+        return _NOTHING_READ  # maybe a stale directory: the handler catches up, or refuses
+    default_wait = 0.0 if trigger.response_mode == "accepted" else trigger.sync_wait_seconds
+    wait, applied = core.sync_wait(prefer, default_wait, api.MAX_SYNC_WAIT_SECONDS)
+    if wait > 0:
+        return _NOTHING_READ
+    message = await receive()
+    body = message.get("body", b"")
+    # The whole body when it holds `Content-Length` bytes, whatever `more_body` says (the
+    # server may still send an empty last message, which nobody needs to wait for).
+    if (
+        message["type"] != "http.request"
+        or len(body) > ingress.settings.max_body_bytes
+        or length != str(len(body)).encode()
+    ):
+        return message
+    try:
+        flow_input = core.json_body(body) if body.strip() else None
+    except (ApiError, RecursionError):
+        return message  # the handler answers the same refusal
+    start, status_url = new_start(ingress, trigger, "api", flow_input)
+    try:
+        await ingress.start(start)
+    except ApiError as error:
+        scope[operations.PROBLEM] = error.code  # type: ignore[literal-required]
+        await send_problem(send, error)
+        return None
+    content = encode(StartAccepted(run_id=start.run_id, status="queued", status_url=status_url))
+    headers = [(b"location", status_url.encode("latin-1"))]
+    if applied is not None:
+        headers.append((b"preference-applied", applied.encode("latin-1")))
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": content, "more_body": False})
+    return None
+
+
+_NOTHING_READ: Message = {"type": "http.request", "body": b"", "more_body": True}
+"""Marks that `_started_here` read nothing: `receive` is handed on as it is."""
+
+
+def _replaying(message: Message, receive: Receive) -> Receive:
+    """`receive`, giving `message` (read already) first."""
+    if message is _NOTHING_READ:
+        return receive
+    pending = [message]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 @post(
@@ -750,6 +846,29 @@ async def _read_json_body(request: Request[Any, Any, Any], ingress: Ingress) -> 
     return body, core.json_body(body)
 
 
+def new_start(
+    ingress: Ingress,
+    trigger: api.Trigger,
+    source: StartSource,
+    flow_input: Any,
+    overlap: OverlapPolicy | None = None,
+    run_id: str | None = None,
+) -> tuple[FlowStart, str]:
+    """The start of a new run (or of `run_id`) of `trigger`'s flow, and its status URL."""
+    run_id = run_id or new_id("run")
+    start = FlowStart(
+        run_id=run_id,
+        workspace_id=trigger.workspace_id,
+        flow_id=trigger.flow_id,
+        input=flow_input,
+        source=source,
+        trigger_id=trigger.id,
+        requested_at=datetime.now(UTC),
+        overlap=overlap or trigger.overlap,
+    )
+    return start, f"{ingress.runs_url}{run_id}"
+
+
 async def _start(
     request: Request[Any, Any, Any],
     ingress: Ingress,
@@ -769,21 +888,11 @@ async def _start(
     runner keeps one record per run id) and it covers a first request that stored its key but
     not its start.
     """
-    run_id = run_id or new_id("run")
-    status_url = f"{ingress.settings.base_url}/v1/runs/{run_id}"
+    start, status_url = new_start(ingress, trigger, source, flow_input, overlap, run_id)
+    run_id = start.run_id
     headers = {"Location": status_url}
     if applied is not None:
         headers["Preference-Applied"] = applied
-    start = FlowStart(
-        run_id=run_id,
-        workspace_id=trigger.workspace_id,
-        flow_id=trigger.flow_id,
-        input=flow_input,
-        source=source,
-        trigger_id=trigger.id,
-        requested_at=datetime.now(UTC),
-        overlap=overlap or trigger.overlap,
-    )
     if repeated:
         try:
             known = await ingress.find_run(trigger.workspace_id, run_id)

@@ -45,23 +45,37 @@ PROBLEM = "trigger_plane.problem"
 """Scope key under which an exception handler leaves the problem code it answered with."""
 
 _Children = tuple[Any, Any, Any]
+_children: dict[tuple[str, str, int], _Children] = {}
+"""The label children of each (method, route, status) seen, bound once and kept."""
+
+
+def _bound(method: str, route: str, status: int) -> _Children:
+    found = _children[(method, route, status)] = (
+        REQUESTS.labels(method, route, str(status)),
+        REQUEST_SECONDS.labels(method, route),
+        STARTS_ACCEPTED.labels(route) if route in START_ROUTES else None,
+    )
+    return found
+
+
+def count(method: str, route: str, status: int, seconds: float, problem: str | None) -> None:
+    """One request answered on `route` with `status` (and `problem`, its problem code, if any)
+    after `seconds`: a dictionary lookup, a counter increment and a histogram observation."""
+    key = (method, route, status)
+    requests, duration, accepted = _children.get(key) or _bound(*key)
+    requests.inc()
+    duration.observe(seconds)
+    if accepted is not None:
+        if problem is None:
+            # Answered without a problem: stored (a synchronous answer of a run that failed
+            # is an accepted start too).
+            accepted.inc()
+        else:
+            STARTS_REFUSED.labels(route, problem).inc()
 
 
 def http_metrics(app: ASGIApp) -> ASGIApp:
-    """Middleware counting and timing every routed request (see the module's docstring).
-
-    The label children are bound once per (method, route, status) and kept: a request costs
-    a dictionary lookup, a counter increment and a histogram observation.
-    """
-    children: dict[tuple[str, str, int], _Children] = {}
-
-    def bound(method: str, route: str, status: int) -> _Children:
-        found = children[(method, route, status)] = (
-            REQUESTS.labels(method, route, str(status)),
-            REQUEST_SECONDS.labels(method, route),
-            STARTS_ACCEPTED.labels(route) if route in START_ROUTES else None,
-        )
-        return found
+    """Middleware counting and timing every routed request (see the module's docstring)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,20 +93,9 @@ def http_metrics(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_noting_status)
         finally:
-            method = scope["method"]
             route = scope.get("path_template") or scope["path"]
-            key = (method, route, status)
-            requests, seconds, accepted = children.get(key) or bound(*key)
-            requests.inc()
-            seconds.observe(perf_counter() - started)
-            if accepted is not None:
-                problem = scope.get(PROBLEM)  # type: ignore[misc]
-                if problem is None:
-                    # Answered without a problem: stored (a synchronous answer of a run that
-                    # failed is an accepted start too).
-                    accepted.inc()
-                else:
-                    STARTS_REFUSED.labels(route, problem).inc()
+            seconds = perf_counter() - started
+            count(scope["method"], route, status, seconds, scope.get(PROBLEM))  # type: ignore[arg-type]
 
     return middleware
 

@@ -227,6 +227,73 @@ async def test_a_trigger_call_without_a_body_starts_the_flow_with_no_input(
     assert (await start_of(flow_starts, started.json()["run_id"])).input is None
 
 
+async def test_a_start_answered_before_the_handler_looks_like_one_the_handler_answers(
+    client: HttpClient, flow_starts: Subscription
+) -> None:
+    # The usual call is answered by the route's middleware; an Idempotency-Key sends it on to
+    # the handler. A client cannot tell which one answered.
+    ws, flow_id, trigger = await startable_flow(client)
+    headers = {**ws.admin, "Prefer": "respond-async"}
+
+    usual = await client.post(f"/trigger/{flow_id}", json={"n": 1}, headers=headers)
+    handled = await client.post(
+        f"/trigger/{flow_id}", json={"n": 1}, headers={**headers, "Idempotency-Key": new_id("k")}
+    )
+
+    for response in (usual, handled):
+        assert response.status_code == 202, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["preference-applied"] == "respond-async"
+        assert response.headers["location"] == response.json()["status_url"]
+        assert set(response.json()) == {"run_id", "status", "status_url"}
+        start = await start_of(flow_starts, response.json()["run_id"])
+        assert (start.flow_id, start.trigger_id, start.input) == (flow_id, trigger["id"], {"n": 1})
+    assert set(usual.headers) == set(handled.headers)
+
+
+async def test_a_body_sent_in_pieces_is_started_as_if_sent_whole(
+    client: HttpClient, flow_starts: Subscription
+) -> None:
+    # Straight over ASGI: the test client sends a body in one message.
+    ws, flow_id, _ = await startable_flow(client)
+    path = f"/trigger/{flow_id}"
+    headers = [(name.lower().encode(), value.encode()) for name, value in ws.admin.items()]
+
+    async def post(length: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+        pieces = [b'{"n": ', b"2}"]
+        answer: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            body = pieces.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(pieces)}
+
+        async def send(message: dict[str, Any]) -> None:
+            answer.append(message.get("status") or message.get("body"))
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [*headers, *length, (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+        return answer[0], answer[1]
+
+    for length in ([], [(b"content-length", b"8")]):  # without a length, and with one
+        status, body = client.blocking_portal.call(post, length)
+
+        assert status == 202, body
+        assert (await start_of(flow_starts, decode(body, dict)["run_id"])).input == {"n": 2}
+
+
 # --- the operator ---------------------------------------------------------------------------
 
 

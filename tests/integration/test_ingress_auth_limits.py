@@ -17,6 +17,7 @@ from contracts import subjects
 from contracts.registry import ApiKey
 from services.ingress.adapters import Ingress
 from services.ingress.app import create_app as create_ingress
+from services.ingress.front_door import front_door
 from services.ingress.settings import IngressSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
@@ -30,13 +31,26 @@ OPERATOR = {"Authorization": "Bearer op-test"}
 HttpClient = AsyncTestClient[Any]
 
 
+routed: list[str] = []
+"""The paths of the requests that reached the framework's router, in the running ingress."""
+
+
 @contextlib.asynccontextmanager
 async def running(nats_url: str, **settings: Any) -> AsyncIterator[tuple[HttpClient, Ingress]]:
-    """An ingress of this test's own (its limits start full) with a registry beside it on the
-    app's loop (see tests/integration/test_ingress_api.py for why)."""
+    """An ingress of this test's own (its limits start full), behind its front door, with a
+    registry beside it on the app's loop (see tests/integration/test_ingress_api.py for why)."""
     registry = create_registry(RegistrySettings(nats_url=nats_url))
     app = create_ingress(IngressSettings(nats_url=nats_url, operator_token="op-test", **settings))
-    async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
+    # Behind the front door, as the server runs it: most refusals here are answered there.
+    routed.clear()
+    router = app.asgi_handler
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        routed.append(scope["path"])
+        await router(scope, receive, send)
+
+    app.asgi_handler = counted
+    async with AsyncTestClient(app=front_door(app), raise_server_exceptions=False) as client:
         client.blocking_portal.call(registry.start)
         try:
             yield client, app.state.ingress
@@ -210,3 +224,29 @@ async def test_a_refused_key_is_counted_as_a_refused_start_not_an_accepted_one(
             f"{PREFIX}_starts_accepted_total", {"route": "/trigger/{flow_id}"}
         )
         assert accepted_after == accepted_before
+
+
+async def test_a_key_refused_without_a_lookup_is_answered_before_the_framework_routes_it(
+    nats_url: str,
+) -> None:
+    forged = api_keys.generate()
+    async with running(nats_url) as (client, _):
+        admin = await admin_of_new_workspace(client)
+        path = f"/trigger/{new_id('flw')}"
+        first = await client.post(path, json={}, headers=bearer(forged))  # looked up once
+        reached = len(routed)
+        refused_before = refused_starts("invalid_key")
+
+        again = await client.post(path, json={}, headers=bearer(forged))
+        malformed = await client.post(path, json={}, headers=bearer("nope"))
+        assert len(routed) == reached  # answered at the front door
+        known = await client.post(path, json={}, headers=admin)
+
+    assert (first.status_code, first.json()["code"]) == (401, "invalid_key")
+    assert (again.status_code, again.json()["code"]) == (401, "invalid_key")
+    assert again.headers["content-type"] == "application/problem+json"
+    assert (malformed.status_code, malformed.json()["code"]) == (401, "malformed_key")
+    assert refused_starts("invalid_key") == refused_before + 1  # counted there too
+    # A valid key goes on to the route (this flow does not exist).
+    assert (known.status_code, known.json()["code"]) == (404, "flow_not_found")
+    assert routed[-1] == path
