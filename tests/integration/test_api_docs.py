@@ -13,6 +13,7 @@ from services.ingress.settings import IngressSettings
 
 HttpClient = AsyncTestClient[Any]
 _LINKS = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
+_FETCHED_BY_SCRIPT = re.compile(r"""src:\s*["'](https?://[^"']+)["']""")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,22 @@ async def test_a_docs_page_loads_every_asset_from_the_ingress_itself(
         asset = await client.get(link)
         assert asset.status_code == 200, link
         assert len(asset.content) > 1000, link
+
+
+@pytest.mark.parametrize("page", ["/schema/swagger", "/schema/redoc"])
+async def test_a_docs_page_s_scripts_fetch_no_image_or_script_from_another_host(
+    client: HttpClient, page: str
+) -> None:
+    # Redoc's footer loads Redocly's logo from its CDN unless the bundle is served amended.
+    response = await client.get(page)
+    scripts = [link for link in _LINKS.findall(response.text) if link.endswith(".js")]
+
+    fetched = []
+    for script in scripts:
+        fetched += _FETCHED_BY_SCRIPT.findall((await client.get(script)).text)
+
+    assert scripts
+    assert fetched == []
 
 
 async def test_the_schema_document_is_served_as_json(client: HttpClient) -> None:
