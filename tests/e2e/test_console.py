@@ -623,6 +623,18 @@ def test_a_key_the_api_refuses_sends_the_operator_back_to_sign_in_with_its_messa
     assert page.evaluate("() => sessionStorage.length") == 0
 
 
+def test_a_page_opened_signed_out_is_the_one_shown_once_signed_in(console: Console) -> None:
+    # A new tab has no key: a bookmarked filter must survive the sign-in it leads to.
+    page = console.page
+    console.go("/runs?status=failed")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Workspace admin key").fill(console.admin_key)
+    page.get_by_label("Workspace admin key").press("Enter")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_label("failed", exact=True)).to_be_checked()
+    assert page.url.endswith("#/runs?status=failed")
+
+
 def test_the_console_ran_without_a_script_error_or_a_policy_violation(console: Console) -> None:
     # 401/4xx answers the console handled are logged by Chromium as failed loads: not errors.
     unexpected = [e for e in console.errors if "Failed to load resource" not in e]
