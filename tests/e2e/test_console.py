@@ -635,6 +635,19 @@ def test_a_page_opened_signed_out_is_the_one_shown_once_signed_in(console: Conso
     assert page.url.endswith("#/runs?status=failed")
 
 
+def test_a_run_filter_the_api_refuses_is_shown_under_its_field(console: Console) -> None:
+    page = console.page
+    console.go("/runs?source=api&since=yesterday")  # a hand-edited address
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    since = page.get_by_label("Since")
+    expect(since).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".field", has=since).locator(".field-error")).to_contain_text(
+        "`since` 'yesterday' is not a time"
+    )
+    expect(page.get_by_text("No runs match.")).to_be_hidden()
+    expect(page.get_by_label("Source")).to_have_value("api")
+
+
 def test_the_console_ran_without_a_script_error_or_a_policy_violation(console: Console) -> None:
     # 401/4xx answers the console handled are logged by Chromium as failed loads: not errors.
     unexpected = [e for e in console.errors if "Failed to load resource" not in e]

@@ -7,10 +7,12 @@ import {
   ago,
   badge,
   button,
+  clearErrors,
   confirmDialog,
   duration,
   field,
   fill,
+  formError,
   h,
   heading,
   json,
@@ -19,6 +21,7 @@ import {
   problemText,
   row,
   select,
+  showError,
   table,
   toast,
   when,
@@ -77,8 +80,9 @@ function filtersOf(params) {
 
 const asUtc = (local) => (local ? new Date(local).toISOString() : "");
 function asLocalInput(iso) {
-  if (!iso) return "";
-  const moment = new Date(iso);
+  const moment = new Date(iso || "");
+  // Not a time (a hand-edited address): the field stays empty and the API's answer says why.
+  if (Number.isNaN(moment.getTime())) return "";
   const offset = moment.getTimezoneOffset() * 60000;
   return new Date(moment.getTime() - offset).toISOString().slice(0, 16);
 }
@@ -103,9 +107,10 @@ function filterForm(params) {
       ),
     ),
   );
-  const flow = h("input", { name: "flow", value: filters.flow_id || "", placeholder: "flw_…" });
+  // Named as the API's parameters, so an error about one is shown under its field.
+  const flow = h("input", { name: "flow_id", value: filters.flow_id || "", placeholder: "flw_…" });
   const trigger = h("input", {
-    name: "trigger",
+    name: "trigger_id",
     value: filters.trigger_id || "",
     placeholder: "trg_…",
   });
@@ -138,6 +143,7 @@ function filterForm(params) {
       field("Until", until),
       field("Search", q),
     ),
+    formError(),
     h(
       "div",
       { class: "actions" },
@@ -168,7 +174,7 @@ function filterForm(params) {
 export async function runsPage({ main, params }) {
   const filters = filtersOf(params);
   const body = h("tbody");
-  const problems = h("div", { class: "form-error", role: "alert" });
+  const form = filterForm(params);
   const freshness = h("p", { class: "freshness", "aria-live": "off" });
   const empty = h("p", { class: "empty" }, "No runs match.");
   const more = h("button", { type: "button", class: "ghost" }, "Load more");
@@ -205,17 +211,29 @@ export async function runsPage({ main, params }) {
       const page = await runsWithFlows({ ...filters, limit: 50, cursor });
       for (const run of page.items) place(run, { atTop: false });
       cursor = page.next_cursor || null;
-      problems.replaceChildren();
+      clearErrors(form);
       settle(page);
     } catch (error) {
-      problems.replaceChildren(problemText(error));
+      empty.hidden = true; // not "No runs match": nothing was answered
+      clearErrors(form);
+      showError(form, error); // a refused filter is shown under its field
     }
     more.disabled = false;
     more.hidden = !cursor;
   }
   // The newest page again: new runs go on top, the ones shown get their new status.
   async function refresh() {
-    const page = await runsWithFlows({ ...filters, limit: 50 });
+    let page;
+    try {
+      page = await runsWithFlows({ ...filters, limit: 50 });
+    } catch (error) {
+      // Said once, without taking the focus: a refused filter is already shown at its field.
+      if (!form.querySelector("[aria-invalid]")) {
+        form.querySelector(".form-error").replaceChildren(problemText(error));
+      }
+      return;
+    }
+    clearErrors(form);
     for (const run of [...page.items].reverse()) place(run, { atTop: true });
     if (!cursor && page.next_cursor && shown.size <= page.items.length) cursor = page.next_cursor;
     more.hidden = !cursor;
@@ -225,8 +243,7 @@ export async function runsPage({ main, params }) {
   await loadMore();
   main.replaceChildren(
     heading("Runs"),
-    filterForm(params),
-    problems,
+    form,
     freshness,
     wrap,
     empty,
