@@ -293,9 +293,10 @@ def test_run_now_shows_the_result_and_the_run_appears_finished_in_the_list_and_i
     expect(page.get_by_role("heading", name="by hand")).to_be_visible()
     trigger_id = trigger_id_of(page)
     page.get_by_label("Input (JSON)").fill('{"order": 42}')
-    page.get_by_role("button", name="Run now").click()
+    page.get_by_role("button", name="Run now").press("Enter")  # by keyboard
     outcome = page.locator(".outcome")
     expect(outcome.locator(".status-succeeded")).to_be_visible()
+    expect(page.get_by_role("button", name="Run now")).to_be_focused()  # the place is kept
     expect(outcome.locator("pre.json")).to_contain_text('"order": 42')
     run_link = outcome.get_by_role("link", name=re.compile(r"^run_"))
     run_id = run_link.inner_text()
@@ -646,6 +647,48 @@ def test_a_run_filter_the_api_refuses_is_shown_under_its_field(console: Console)
     )
     expect(page.get_by_text("No runs match.")).to_be_hidden()
     expect(page.get_by_label("Source")).to_have_value("api")
+
+
+def test_the_run_list_pages_by_keyboard_and_keeps_the_focus_when_the_last_page_is_in(
+    console: Console,
+) -> None:
+    page = console.page
+    with console.api() as api:
+        every = [run["id"] for run in api.get("/v1/runs", params={"limit": 500}).json()["items"]]
+    assert len(every) > 4
+
+    def small_pages(route: Route) -> None:  # pages of 2 runs, as if there were thousands
+        route.continue_(url=re.sub(r"limit=\d+", "limit=2", route.request.url))
+
+    page.route(re.compile(r"/v1/runs\?"), small_pages)
+    try:
+        console.go("/runs")
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        more = page.get_by_role("button", name="Load more")
+        more.focus()
+        for _ in range(len(every)):
+            if not more.is_visible():
+                break
+            shown = rows.count()
+            page.keyboard.press("Enter")
+            expect(rows).not_to_have_count(shown)
+        expect(more).to_be_hidden()
+        assert rows.evaluate_all("rows => rows.map(row => row.dataset.runId)") == every
+        assert page.evaluate("document.activeElement.closest('tbody tr')?.dataset.runId")
+    finally:
+        page.unroute(re.compile(r"/v1/runs\?"), small_pages)
+
+    page.route(re.compile(r"/v1/flows\?"), small_pages)  # the other lists page alike
+    try:
+        console.go("/flows")
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        page.get_by_role("button", name="Load more").press("Enter")
+        expect(rows).to_have_count(4)
+        expect(page.get_by_role("button", name="Load more")).to_be_focused()
+    finally:
+        page.unroute(re.compile(r"/v1/flows\?"), small_pages)
 
 
 def test_the_console_ran_without_a_script_error_or_a_policy_violation(console: Console) -> None:

@@ -206,10 +206,18 @@ export async function runsPage({ main, params }) {
     freshness.textContent = `Updated ${new Date().toLocaleTimeString()}${lag}; refreshes every ${POLL_MS / 1000} s while this page is open.`;
   }
   async function loadMore() {
-    more.disabled = true;
+    if (more.getAttribute("aria-disabled")) return;
+    const pressed = document.activeElement === more;
+    // Not `disabled`: a focused button that is disabled loses the focus to the page.
+    more.setAttribute("aria-disabled", "true");
+    let first = null;
     try {
       const page = await runsWithFlows({ ...filters, limit: 50, cursor });
-      for (const run of page.items) place(run, { atTop: false });
+      for (const run of page.items) {
+        const known = shown.has(run.id);
+        place(run, { atTop: false });
+        if (!known && !first) first = shown.get(run.id);
+      }
       cursor = page.next_cursor || null;
       clearErrors(form);
       settle(page);
@@ -218,8 +226,10 @@ export async function runsPage({ main, params }) {
       clearErrors(form);
       showError(form, error); // a refused filter is shown under its field
     }
-    more.disabled = false;
+    more.removeAttribute("aria-disabled");
     more.hidden = !cursor;
+    // The last page is in and the button goes: the keyboard goes on from the first run it added.
+    if (pressed && more.hidden && first) first.querySelector("a").focus();
   }
   // The newest page again: new runs go on top, the ones shown get their new status.
   async function refresh() {

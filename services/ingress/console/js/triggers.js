@@ -867,6 +867,7 @@ function runNowPanel(trigger) {
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (submit.getAttribute("aria-disabled")) return; // the run before is still going
     clearErrors(form);
     outcome.replaceChildren();
     const text = payload.value.trim();
@@ -879,7 +880,8 @@ function runNowPanel(trigger) {
         return;
       }
     }
-    submit.disabled = true;
+    // Not `disabled`: a focused button that is disabled loses the focus to the page.
+    submit.setAttribute("aria-disabled", "true");
     outcome.replaceChildren(h("p", { class: "loading" }, "Started; waiting for the result…"));
     try {
       const { status, data } = await call("POST", `/v1/triggers/${trigger.id}/run`, {
@@ -908,7 +910,7 @@ function runNowPanel(trigger) {
       outcome.replaceChildren();
       showError(form, error);
     }
-    submit.disabled = false;
+    submit.removeAttribute("aria-disabled");
   });
   return form;
 }

@@ -293,7 +293,9 @@ export async function pagedTable({ headers, load, toRow, empty = "Nothing here y
   let cursor = null;
   const more = h("button", { type: "button", class: "ghost" }, "Load more");
   async function next() {
-    more.disabled = true;
+    if (more.getAttribute("aria-disabled")) return;
+    // Not `disabled`: a focused button that is disabled loses the focus to the page.
+    more.setAttribute("aria-disabled", "true");
     try {
       const page = await load(cursor);
       body.append(...page.items.map(toRow));
@@ -302,7 +304,7 @@ export async function pagedTable({ headers, load, toRow, empty = "Nothing here y
     } catch (error) {
       problems.replaceChildren(problemText(error));
     }
-    more.disabled = false;
+    more.removeAttribute("aria-disabled");
     more.hidden = !cursor;
     wrap.hidden = body.children.length === 0;
     emptyNote.hidden = body.children.length > 0;
