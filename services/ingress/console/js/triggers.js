@@ -945,20 +945,30 @@ export async function triggerPage({ main, ids: [triggerId] }) {
       actionsError.replaceChildren(problemText(error));
     }
   }
+  // The page is drawn again: the keyboard's focus goes to the button that undoes the change.
+  const toggled = () => main.querySelector("[data-pause-resume]")?.focus();
   const pauseOrResume = trigger.enabled
-    ? button("Pause", () =>
-        act(async () => {
-          await post(`/v1/triggers/${trigger.id}/pause`);
-          toast("Trigger paused");
-          await redraw();
-        }),
+    ? button(
+        "Pause",
+        () =>
+          act(async () => {
+            await post(`/v1/triggers/${trigger.id}/pause`);
+            toast("Trigger paused");
+            await redraw();
+            toggled();
+          }),
+        { "data-pause-resume": "" },
       )
-    : button("Resume", () =>
-        act(async () => {
-          await post(`/v1/triggers/${trigger.id}/resume`);
-          toast("Trigger resumed");
-          await redraw();
-        }),
+    : button(
+        "Resume",
+        () =>
+          act(async () => {
+            await post(`/v1/triggers/${trigger.id}/resume`);
+            toast("Trigger resumed");
+            await redraw();
+            toggled();
+          }),
+        { "data-pause-resume": "" },
       );
   const deleteButton = button(
     "Delete",
