@@ -151,11 +151,19 @@ export async function copyText(text) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
+    // No Clipboard API outside a secure context (plain http to another host): copy from a
+    // selected textarea, then give the focus back to the button, so the keyboard keeps its place.
+    const before = document.activeElement;
     const area = h("textarea", { readonly: true }, text);
     document.body.append(area);
     area.select();
-    document.execCommand("copy");
+    const copied = document.execCommand("copy");
     area.remove();
+    before?.focus?.();
+    if (!copied) {
+      toast("Could not copy: select the text and copy it yourself");
+      return;
+    }
   }
   toast("Copied to the clipboard");
 }
