@@ -707,6 +707,36 @@ def test_the_run_list_pages_by_keyboard_and_keeps_the_focus_when_the_last_page_i
         page.unroute(re.compile(r"/v1/flows\?"), small_pages)
 
 
+def test_more_new_runs_than_a_page_between_two_refreshes_leave_no_hole_in_the_list(
+    console: Console,
+) -> None:
+    page = console.page
+
+    def small_pages(route: Route) -> None:  # pages of 2 runs: 3 new runs are more than a page
+        route.continue_(url=re.sub(r"limit=\d+", "limit=2", route.request.url))
+
+    page.route(re.compile(r"/v1/runs\?"), small_pages)
+    try:
+        console.go("/runs")
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        with console.api() as api:
+            manual = next(
+                t["id"] for t in api.get("/v1/triggers").json()["items"] if t["type"] == "manual"
+            )
+            started = {api.post(f"/v1/triggers/{manual}/run").json()["run_id"] for _ in range(3)}
+
+            expected: list[str] = poll(  # once the run history has the three
+                lambda: [r["id"] for r in api.get("/v1/runs", params={"limit": 5}).json()["items"]],
+                lambda ids: started <= set(ids[:3]),
+            )
+        expect(page.locator(f"tr[data-run-id='{expected[0]}']")).to_be_visible()
+        expect(rows).to_have_count(5)
+        assert rows.evaluate_all("rows => rows.map(row => row.dataset.runId)") == expected
+    finally:
+        page.unroute(re.compile(r"/v1/runs\?"), small_pages)
+
+
 def test_the_console_ran_without_a_script_error_or_a_policy_violation(console: Console) -> None:
     # 401/4xx answers the console handled are logged by Chromium as failed loads: not errors.
     unexpected = [e for e in console.errors if "Failed to load resource" not in e]

@@ -234,8 +234,22 @@ export async function runsPage({ main, params }) {
   // The newest page again: new runs go on top, the ones shown get their new status.
   async function refresh() {
     let page;
+    const fresh = [];
     try {
       page = await runsWithFlows({ ...filters, limit: 50 });
+      fresh.push(...page.items);
+      // More than a page of new runs since the last look: follow the pages down to the runs
+      // shown, so the list has no hole (a few pages at most; then it starts over from the top).
+      const joins = () => fresh.some((run) => shown.has(run.id));
+      for (let more = 0; shown.size && page.next_cursor && !joins() && more < 4; more++) {
+        page = await runsWithFlows({ ...filters, limit: 50, cursor: page.next_cursor });
+        fresh.push(...page.items);
+      }
+      if (shown.size && !joins()) {
+        body.replaceChildren();
+        shown.clear();
+        cursor = page.next_cursor || null;
+      }
     } catch (error) {
       // Said once, without taking the focus: a refused filter is already shown at its field.
       if (!form.querySelector("[aria-invalid]")) {
@@ -244,7 +258,7 @@ export async function runsPage({ main, params }) {
       return;
     }
     clearErrors(form);
-    for (const run of [...page.items].reverse()) place(run, { atTop: true });
+    for (const run of fresh.reverse()) place(run, { atTop: true });
     if (!cursor && page.next_cursor && shown.size <= page.items.length) cursor = page.next_cursor;
     more.hidden = !cursor;
     settle(page);
