@@ -371,7 +371,11 @@ def test_a_running_run_is_cancelled_from_its_page(console: Console) -> None:
             headers={"Prefer": "respond-async"},
         ).json()
     console.go(f"/runs/{started['run_id']}")
-    page.get_by_role("button", name="Cancel run").click()
+    cancel = page.get_by_role("button", name="Cancel run")
+    cancel.focus()  # by keyboard: the page is drawn anew every 1.5 s while the run goes on
+    page.wait_for_timeout(1_700)
+    expect(cancel).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.get_by_role("dialog")).to_be_visible()
     page.get_by_role("dialog").get_by_role("button", name="Cancel run").click()
     expect(page.locator(".facts .status-cancelled")).to_be_visible()

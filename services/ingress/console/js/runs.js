@@ -355,9 +355,14 @@ export async function runPage({ main, ids: [runId] }) {
   }
   let run;
   async function redraw() {
-    const focused = document.activeElement?.closest("main") ? null : document.activeElement;
+    const focused = document.activeElement;
+    const inMain = focused !== main && main.contains(focused);
+    // The page is drawn anew every 1.5 s while the run goes on: a control the keyboard is on
+    // (Cancel run, a link) gets the focus back in the new drawing, or it could never be used.
+    const same = (e) => e.tagName === focused.tagName && e.textContent === focused.textContent;
     run = await draw();
-    if (focused) focused.focus?.();
+    if (!inMain) focused?.focus?.();
+    else [...main.querySelectorAll("a, button, [tabindex]")].find(same)?.focus();
   }
   try {
     run = await draw();
