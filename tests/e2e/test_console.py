@@ -724,6 +724,9 @@ def test_more_new_runs_than_a_page_between_two_refreshes_leave_no_hole_in_the_li
         console.go("/runs")
         rows = page.locator("tbody tr")
         expect(rows).to_have_count(2)
+        first_id = rows.first.get_attribute("data-run-id")
+        on_a_run = page.locator(f"tr[data-run-id='{first_id}']").get_by_role("link").first
+        on_a_run.focus()  # the keyboard is on a row the refreshes draw anew
         with console.api() as api:
             manual = next(
                 t["id"] for t in api.get("/v1/triggers").json()["items"] if t["type"] == "manual"
@@ -736,6 +739,7 @@ def test_more_new_runs_than_a_page_between_two_refreshes_leave_no_hole_in_the_li
             )
         expect(page.locator(f"tr[data-run-id='{expected[0]}']")).to_be_visible()
         expect(rows).to_have_count(5)
+        expect(on_a_run).to_be_focused()
         assert rows.evaluate_all("rows => rows.map(row => row.dataset.runId)") == expected
     finally:
         page.unroute(re.compile(r"/v1/runs\?"), small_pages)

@@ -194,8 +194,16 @@ export async function runsPage({ main, params }) {
   function place(run, { atTop }) {
     const fresh = runRow(run);
     const old = shown.get(run.id);
-    if (old) old.replaceWith(fresh);
-    else if (atTop) body.prepend(fresh);
+    if (old) {
+      // A refreshed row keeps the keyboard's focus if it had it (every 3 s it is drawn anew).
+      const focused = old.contains(document.activeElement) ? document.activeElement : null;
+      old.replaceWith(fresh);
+      if (focused) {
+        const twins = [...fresh.querySelectorAll(focused.tagName)];
+        const twin = twins.find((e) => e.textContent === focused.textContent) || twins[0];
+        twin?.focus({ preventScroll: true });
+      }
+    } else if (atTop) body.prepend(fresh);
     else body.append(fresh);
     shown.set(run.id, fresh);
   }
