@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 from litestar import Litestar, Response, get
+from litestar.enums import ParamType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -27,6 +28,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
     SecurityRequirement,
@@ -218,10 +220,29 @@ def state_retry_after(app: Litestar) -> None:
                 response.headers = {"Retry-After": RETRY_AFTER}
 
 
+PREFER = Parameter(
+    name="Prefer",
+    param_in=ParamType.HEADER,
+    required=False,
+    description="`respond-async`: answer `202` at once; `wait=N`: wait up to N seconds (at most "
+    "60) for the run's result instead of the trigger's `sync_wait_seconds`.",
+    schema=Schema(type=OpenAPIType.STRING, examples=["respond-async", "wait=5"]),
+)
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    required=False,
+    description="A retry with the same key and body answers for the same run (never a second "
+    "start); the same key with another body is `422 idempotency_key_reused`.",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+)
+
+
 @dataclass
 class TakesAnyJson(Operation):
-    """An operation whose body is any JSON value, read raw by the handler (the flow's input):
-    documented here because the handler declares no `data` parameter."""
+    """An operation whose body is any JSON value, read raw by the handler (the flow's input),
+    and that waits for its run as `Prefer` says: documented here because the handler reads
+    both from the raw request."""
 
     def __post_init__(self) -> None:
         self.request_body = RequestBody(
@@ -229,6 +250,17 @@ class TakesAnyJson(Operation):
             required=False,
             content={"application/json": OpenAPIMediaType(schema=Schema())},
         )
+        self.parameters = [*(self.parameters or []), PREFER]
+
+
+@dataclass
+class StartsOnce(TakesAnyJson):
+    """`POST /trigger/{flow_id}`: also takes an `Idempotency-Key`, so that Swagger's "Try it
+    out" can send one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
 
 
 def run_answers(accepted_description: str) -> dict[int, ResponseSpec]:

@@ -75,3 +75,19 @@ async def test_the_asyncapi_document_is_served_next_to_the_openapi_document(
     document = response.json()
     assert document["asyncapi"] == "3.0.0"
     assert document["channels"]["flowStart"]["address"] == "flow.v1.start.{workspace_id}"
+
+
+async def test_a_start_documents_the_headers_swagger_must_offer_to_send(
+    client: HttpClient,
+) -> None:
+    # Without them "Try it out" cannot ask for `202` at once nor retry safely.
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    trigger = paths["/trigger/{flow_id}"]["post"]
+    run_now = paths["/v1/triggers/{trigger_id}/run"]["post"]
+
+    def headers(operation: dict[str, Any]) -> set[str]:
+        return {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+
+    assert headers(trigger) == {"Prefer", "Idempotency-Key"}
+    assert headers(run_now) == {"Prefer"}
+    assert "422" in trigger["responses"]  # a reused Idempotency-Key with another body
