@@ -85,6 +85,7 @@ def create_app(settings: IngressSettings) -> Litestar:
             *operations.ROUTES,
             docs.assets_router(),
             docs.asyncapi_document,
+            docs.redoc_bundle,
             *console.ROUTES,
         ],
         # Tracing outermost, so that a request's span covers the time the metrics count.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 from litestar import Litestar, Response, get
+from litestar.enums import ParamType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
@@ -27,6 +28,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
     SecurityRequirement,
@@ -76,7 +78,7 @@ def render_plugins() -> list[OpenAPIRenderPlugin]:
             favicon=_NO_FAVICON,
         ),
         RedocRenderPlugin(
-            js_url=f"{ASSETS_PATH}/redoc/bundles/redoc.standalone.js",
+            js_url=REDOC_JS_PATH,
             google_fonts=False,
             favicon=_NO_FAVICON,
         ),
@@ -92,6 +94,33 @@ def assets_router() -> Router:
         cache_control=None,
         include_in_schema=False,
         name="docs-assets",
+    )
+
+
+REDOC_JS_PATH = f"{SCHEMA_PATH}/redoc.standalone.js"
+_REDOCLY_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+# An image of no size, so the footer's link keeps its text and shows no broken image.
+_NO_IMAGE = (
+    b"data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22"
+    b" width=%220%22 height=%220%22/%3E"
+)
+
+
+@functools.cache
+def _redoc_bundle() -> bytes:
+    bundle = (assets_directory() / "redoc" / "bundles" / "redoc.standalone.js").read_bytes()
+    # Redoc's sidebar footer always loads Redocly's logo from its CDN (no option turns it off):
+    # offline that is a failed request in the console, online a call to another host.
+    return bundle.replace(_REDOCLY_LOGO, _NO_IMAGE)
+
+
+@get(REDOC_JS_PATH, include_in_schema=False, sync_to_thread=False, name="redoc-bundle")
+def redoc_bundle() -> Response[bytes]:
+    """Redoc's standalone bundle, with its one image from another host replaced."""
+    return Response(
+        _redoc_bundle(),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=86400"},
     )
 
 
@@ -119,7 +148,8 @@ SECURITY_SCHEMES = {
         scheme="bearer",
         bearer_format="tpk_…",
         description="A workspace API key (`tpk_…`): admin keys manage the workspace, trigger "
-        "keys may only call triggers and read runs.",
+        "keys may only call triggers and read one run by its id (`GET /v1/runs/{run_id}`, a "
+        "start's `status_url`).",
     ),
     OPERATOR_TOKEN: SecurityScheme(
         type="http",
@@ -190,10 +220,29 @@ def state_retry_after(app: Litestar) -> None:
                 response.headers = {"Retry-After": RETRY_AFTER}
 
 
+PREFER = Parameter(
+    name="Prefer",
+    param_in=ParamType.HEADER,
+    required=False,
+    description="`respond-async`: answer `202` at once; `wait=N`: wait up to N seconds (at most "
+    "60) for the run's result instead of the trigger's `sync_wait_seconds`.",
+    schema=Schema(type=OpenAPIType.STRING, examples=["respond-async", "wait=5"]),
+)
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    required=False,
+    description="A retry with the same key and body answers for the same run (never a second "
+    "start); the same key with another body is `422 idempotency_key_reused`.",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+)
+
+
 @dataclass
 class TakesAnyJson(Operation):
-    """An operation whose body is any JSON value, read raw by the handler (the flow's input):
-    documented here because the handler declares no `data` parameter."""
+    """An operation whose body is any JSON value, read raw by the handler (the flow's input),
+    and that waits for its run as `Prefer` says: documented here because the handler reads
+    both from the raw request."""
 
     def __post_init__(self) -> None:
         self.request_body = RequestBody(
@@ -201,6 +250,17 @@ class TakesAnyJson(Operation):
             required=False,
             content={"application/json": OpenAPIMediaType(schema=Schema())},
         )
+        self.parameters = [*(self.parameters or []), PREFER]
+
+
+@dataclass
+class StartsOnce(TakesAnyJson):
+    """`POST /trigger/{flow_id}`: also takes an `Idempotency-Key`, so that Swagger's "Try it
+    out" can send one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
 
 
 def run_answers(accepted_description: str) -> dict[int, ResponseSpec]:

@@ -780,10 +780,10 @@ def _replaying(message: Message, receive: Receive) -> Receive:
     "`Prefer: respond-async` answers `202` at once. `Idempotency-Key` makes retries safe.",
     status_code=202,
     security=BY_KEY,
-    operation_class=docs.TakesAnyJson,
+    operation_class=docs.StartsOnce,
     middleware=[authenticated],
     responses={
-        **problems(400, 401, 403, 404, 413, 429, 503),
+        **problems(400, 401, 403, 404, 413, 422, 429, 503),
         **docs.run_answers("The start is stored; the run did not end within the wait."),
     },
 )

@@ -214,7 +214,23 @@ def test_an_api_trigger_shows_the_exact_curl_command_to_call_it(console: Console
     command = page.locator("pre.command")
     expect(command).to_contain_text(f"{console.stack.url}/trigger/{flow_id}")
     expect(command).to_contain_text("Authorization: Bearer")
-    expect(page.get_by_role("button", name="Copy command")).to_be_visible()
+    copy = page.get_by_role("button", name="Copy command")
+    expect(copy).to_be_visible()
+    # Over plain http to another host there is no Clipboard API: the console copies another way
+    # and the keyboard's focus stays on the button.
+    page.evaluate(
+        "window.savedClipboard = navigator.clipboard;"
+        "Object.defineProperty(navigator, 'clipboard', {value: undefined, configurable: true})"
+    )
+    try:
+        copy.press("Enter")
+        expect(page.locator("#toast")).to_have_text("Copied to the clipboard")
+        expect(copy).to_be_focused()
+    finally:
+        page.evaluate(
+            "Object.defineProperty(navigator, 'clipboard', "
+            "{value: window.savedClipboard, configurable: true})"
+        )
 
 
 def test_a_schedule_previews_its_next_fires_live_and_an_invalid_cron_is_shown_at_the_field(
@@ -263,11 +279,11 @@ def test_a_schedule_previews_its_next_fires_live_and_an_invalid_cron_is_shown_at
 def test_a_trigger_is_paused_resumed_and_edited(console: Console) -> None:
     page = console.page
     expect(page.get_by_role("heading", name="every two seconds")).to_be_visible()
-    page.get_by_role("button", name="Pause").click()
-    expect(page.get_by_role("button", name="Resume")).to_be_visible()
+    page.get_by_role("button", name="Pause").press("Enter")  # by keyboard: the focus stays
+    expect(page.get_by_role("button", name="Resume")).to_be_focused()
     expect(page.locator(".facts .status-paused")).to_be_visible()
-    page.get_by_role("button", name="Resume").click()
-    expect(page.get_by_role("button", name="Pause")).to_be_visible()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Pause")).to_be_focused()
     expect(page.locator(".facts .status-active")).to_be_visible()
 
     page.get_by_role("link", name="Edit").click()
@@ -293,9 +309,10 @@ def test_run_now_shows_the_result_and_the_run_appears_finished_in_the_list_and_i
     expect(page.get_by_role("heading", name="by hand")).to_be_visible()
     trigger_id = trigger_id_of(page)
     page.get_by_label("Input (JSON)").fill('{"order": 42}')
-    page.get_by_role("button", name="Run now").click()
+    page.get_by_role("button", name="Run now").press("Enter")  # by keyboard
     outcome = page.locator(".outcome")
     expect(outcome.locator(".status-succeeded")).to_be_visible()
+    expect(page.get_by_role("button", name="Run now")).to_be_focused()  # the place is kept
     expect(outcome.locator("pre.json")).to_contain_text('"order": 42')
     run_link = outcome.get_by_role("link", name=re.compile(r"^run_"))
     run_id = run_link.inner_text()
@@ -354,7 +371,11 @@ def test_a_running_run_is_cancelled_from_its_page(console: Console) -> None:
             headers={"Prefer": "respond-async"},
         ).json()
     console.go(f"/runs/{started['run_id']}")
-    page.get_by_role("button", name="Cancel run").click()
+    cancel = page.get_by_role("button", name="Cancel run")
+    cancel.focus()  # by keyboard: the page is drawn anew every 1.5 s while the run goes on
+    page.wait_for_timeout(1_700)
+    expect(cancel).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.get_by_role("dialog")).to_be_visible()
     page.get_by_role("dialog").get_by_role("button", name="Cancel run").click()
     expect(page.locator(".facts .status-cancelled")).to_be_visible()
@@ -621,6 +642,107 @@ def test_a_key_the_api_refuses_sends_the_operator_back_to_sign_in_with_its_messa
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert page.evaluate("() => sessionStorage.length") == 0
+
+
+def test_a_page_opened_signed_out_is_the_one_shown_once_signed_in(console: Console) -> None:
+    # A new tab has no key: a bookmarked filter must survive the sign-in it leads to.
+    page = console.page
+    console.go("/runs?status=failed")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Workspace admin key").fill(console.admin_key)
+    page.get_by_label("Workspace admin key").press("Enter")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_label("failed", exact=True)).to_be_checked()
+    assert page.url.endswith("#/runs?status=failed")
+
+
+def test_a_run_filter_the_api_refuses_is_shown_under_its_field(console: Console) -> None:
+    page = console.page
+    console.go("/runs?source=api&since=yesterday")  # a hand-edited address
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    since = page.get_by_label("Since")
+    expect(since).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".field", has=since).locator(".field-error")).to_contain_text(
+        "`since` 'yesterday' is not a time"
+    )
+    expect(page.get_by_text("No runs match.")).to_be_hidden()
+    expect(page.get_by_label("Source")).to_have_value("api")
+
+
+def test_the_run_list_pages_by_keyboard_and_keeps_the_focus_when_the_last_page_is_in(
+    console: Console,
+) -> None:
+    page = console.page
+    with console.api() as api:
+        every = [run["id"] for run in api.get("/v1/runs", params={"limit": 500}).json()["items"]]
+    assert len(every) > 4
+
+    def small_pages(route: Route) -> None:  # pages of 2 runs, as if there were thousands
+        route.continue_(url=re.sub(r"limit=\d+", "limit=2", route.request.url))
+
+    page.route(re.compile(r"/v1/runs\?"), small_pages)
+    try:
+        console.go("/runs")
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        more = page.get_by_role("button", name="Load more")
+        more.focus()
+        for _ in range(len(every)):
+            if not more.is_visible():
+                break
+            shown = rows.count()
+            page.keyboard.press("Enter")
+            expect(rows).not_to_have_count(shown)
+        expect(more).to_be_hidden()
+        assert rows.evaluate_all("rows => rows.map(row => row.dataset.runId)") == every
+        assert page.evaluate("document.activeElement.closest('tbody tr')?.dataset.runId")
+    finally:
+        page.unroute(re.compile(r"/v1/runs\?"), small_pages)
+
+    page.route(re.compile(r"/v1/flows\?"), small_pages)  # the other lists page alike
+    try:
+        console.go("/flows")
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        page.get_by_role("button", name="Load more").press("Enter")
+        expect(rows).to_have_count(4)
+        expect(page.get_by_role("button", name="Load more")).to_be_focused()
+    finally:
+        page.unroute(re.compile(r"/v1/flows\?"), small_pages)
+
+
+def test_more_new_runs_than_a_page_between_two_refreshes_leave_no_hole_in_the_list(
+    console: Console,
+) -> None:
+    page = console.page
+
+    def small_pages(route: Route) -> None:  # pages of 2 runs: 3 new runs are more than a page
+        route.continue_(url=re.sub(r"limit=\d+", "limit=2", route.request.url))
+
+    page.route(re.compile(r"/v1/runs\?"), small_pages)
+    try:
+        console.go("/runs")
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        first_id = rows.first.get_attribute("data-run-id")
+        on_a_run = page.locator(f"tr[data-run-id='{first_id}']").get_by_role("link").first
+        on_a_run.focus()  # the keyboard is on a row the refreshes draw anew
+        with console.api() as api:
+            manual = next(
+                t["id"] for t in api.get("/v1/triggers").json()["items"] if t["type"] == "manual"
+            )
+            started = {api.post(f"/v1/triggers/{manual}/run").json()["run_id"] for _ in range(3)}
+
+            expected: list[str] = poll(  # once the run history has the three
+                lambda: [r["id"] for r in api.get("/v1/runs", params={"limit": 5}).json()["items"]],
+                lambda ids: started <= set(ids[:3]),
+            )
+        expect(page.locator(f"tr[data-run-id='{expected[0]}']")).to_be_visible()
+        expect(rows).to_have_count(5)
+        expect(on_a_run).to_be_focused()
+        assert rows.evaluate_all("rows => rows.map(row => row.dataset.runId)") == expected
+    finally:
+        page.unroute(re.compile(r"/v1/runs\?"), small_pages)
 
 
 def test_the_console_ran_without_a_script_error_or_a_policy_violation(console: Console) -> None:

@@ -13,6 +13,7 @@ from services.ingress.settings import IngressSettings
 
 HttpClient = AsyncTestClient[Any]
 _LINKS = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
+_FETCHED_BY_SCRIPT = re.compile(r"""src:\s*["'](https?://[^"']+)["']""")
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,22 @@ async def test_a_docs_page_loads_every_asset_from_the_ingress_itself(
         assert len(asset.content) > 1000, link
 
 
+@pytest.mark.parametrize("page", ["/schema/swagger", "/schema/redoc"])
+async def test_a_docs_page_s_scripts_fetch_no_image_or_script_from_another_host(
+    client: HttpClient, page: str
+) -> None:
+    # Redoc's footer loads Redocly's logo from its CDN unless the bundle is served amended.
+    response = await client.get(page)
+    scripts = [link for link in _LINKS.findall(response.text) if link.endswith(".js")]
+
+    fetched = []
+    for script in scripts:
+        fetched += _FETCHED_BY_SCRIPT.findall((await client.get(script)).text)
+
+    assert scripts
+    assert fetched == []
+
+
 async def test_the_schema_document_is_served_as_json(client: HttpClient) -> None:
     response = await client.get("/schema/openapi.json")
 
@@ -58,3 +75,19 @@ async def test_the_asyncapi_document_is_served_next_to_the_openapi_document(
     document = response.json()
     assert document["asyncapi"] == "3.0.0"
     assert document["channels"]["flowStart"]["address"] == "flow.v1.start.{workspace_id}"
+
+
+async def test_a_start_documents_the_headers_swagger_must_offer_to_send(
+    client: HttpClient,
+) -> None:
+    # Without them "Try it out" cannot ask for `202` at once nor retry safely.
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    trigger = paths["/trigger/{flow_id}"]["post"]
+    run_now = paths["/v1/triggers/{trigger_id}/run"]["post"]
+
+    def headers(operation: dict[str, Any]) -> set[str]:
+        return {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+
+    assert headers(trigger) == {"Prefer", "Idempotency-Key"}
+    assert headers(run_now) == {"Prefer"}
+    assert "422" in trigger["responses"]  # a reused Idempotency-Key with another body

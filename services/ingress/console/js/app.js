@@ -45,7 +45,9 @@ async function render() {
   document.getElementById("nav").hidden = !signedIn;
   document.getElementById("sign-out").hidden = !signedIn;
   if (!signedIn || path === "/sign-in") {
-    main.replaceChildren(signInPage(params.get("next")));
+    // A page opened signed out (a bookmark, a link: a new tab has no key) is shown once signed in.
+    const next = path === "/sign-in" ? params.get("next") : window.location.hash.slice(1);
+    main.replaceChildren(signInPage(next));
     main.querySelector("input").focus();
     return;
   }

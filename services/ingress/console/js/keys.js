@@ -50,7 +50,7 @@ export async function keysPage({ main }) {
   const scope = select(
     "scope",
     [
-      ["trigger", "Trigger: may only call triggers and read runs"],
+      ["trigger", "Trigger: may only call triggers"],
       ["admin", "Admin: manages the workspace"],
     ],
     "trigger",

@@ -7,10 +7,12 @@ import {
   ago,
   badge,
   button,
+  clearErrors,
   confirmDialog,
   duration,
   field,
   fill,
+  formError,
   h,
   heading,
   json,
@@ -19,6 +21,7 @@ import {
   problemText,
   row,
   select,
+  showError,
   table,
   toast,
   when,
@@ -77,8 +80,9 @@ function filtersOf(params) {
 
 const asUtc = (local) => (local ? new Date(local).toISOString() : "");
 function asLocalInput(iso) {
-  if (!iso) return "";
-  const moment = new Date(iso);
+  const moment = new Date(iso || "");
+  // Not a time (a hand-edited address): the field stays empty and the API's answer says why.
+  if (Number.isNaN(moment.getTime())) return "";
   const offset = moment.getTimezoneOffset() * 60000;
   return new Date(moment.getTime() - offset).toISOString().slice(0, 16);
 }
@@ -103,9 +107,10 @@ function filterForm(params) {
       ),
     ),
   );
-  const flow = h("input", { name: "flow", value: filters.flow_id || "", placeholder: "flw_…" });
+  // Named as the API's parameters, so an error about one is shown under its field.
+  const flow = h("input", { name: "flow_id", value: filters.flow_id || "", placeholder: "flw_…" });
   const trigger = h("input", {
-    name: "trigger",
+    name: "trigger_id",
     value: filters.trigger_id || "",
     placeholder: "trg_…",
   });
@@ -138,6 +143,7 @@ function filterForm(params) {
       field("Until", until),
       field("Search", q),
     ),
+    formError(),
     h(
       "div",
       { class: "actions" },
@@ -168,7 +174,7 @@ function filterForm(params) {
 export async function runsPage({ main, params }) {
   const filters = filtersOf(params);
   const body = h("tbody");
-  const problems = h("div", { class: "form-error", role: "alert" });
+  const form = filterForm(params);
   const freshness = h("p", { class: "freshness", "aria-live": "off" });
   const empty = h("p", { class: "empty" }, "No runs match.");
   const more = h("button", { type: "button", class: "ghost" }, "Load more");
@@ -188,8 +194,16 @@ export async function runsPage({ main, params }) {
   function place(run, { atTop }) {
     const fresh = runRow(run);
     const old = shown.get(run.id);
-    if (old) old.replaceWith(fresh);
-    else if (atTop) body.prepend(fresh);
+    if (old) {
+      // A refreshed row keeps the keyboard's focus if it had it (every 3 s it is drawn anew).
+      const focused = old.contains(document.activeElement) ? document.activeElement : null;
+      old.replaceWith(fresh);
+      if (focused) {
+        const twins = [...fresh.querySelectorAll(focused.tagName)];
+        const twin = twins.find((e) => e.textContent === focused.textContent) || twins[0];
+        twin?.focus({ preventScroll: true });
+      }
+    } else if (atTop) body.prepend(fresh);
     else body.append(fresh);
     shown.set(run.id, fresh);
   }
@@ -200,23 +214,59 @@ export async function runsPage({ main, params }) {
     freshness.textContent = `Updated ${new Date().toLocaleTimeString()}${lag}; refreshes every ${POLL_MS / 1000} s while this page is open.`;
   }
   async function loadMore() {
-    more.disabled = true;
+    if (more.getAttribute("aria-disabled")) return;
+    const pressed = document.activeElement === more;
+    // Not `disabled`: a focused button that is disabled loses the focus to the page.
+    more.setAttribute("aria-disabled", "true");
+    let first = null;
     try {
       const page = await runsWithFlows({ ...filters, limit: 50, cursor });
-      for (const run of page.items) place(run, { atTop: false });
+      for (const run of page.items) {
+        const known = shown.has(run.id);
+        place(run, { atTop: false });
+        if (!known && !first) first = shown.get(run.id);
+      }
       cursor = page.next_cursor || null;
-      problems.replaceChildren();
+      clearErrors(form);
       settle(page);
     } catch (error) {
-      problems.replaceChildren(problemText(error));
+      empty.hidden = true; // not "No runs match": nothing was answered
+      clearErrors(form);
+      showError(form, error); // a refused filter is shown under its field
     }
-    more.disabled = false;
+    more.removeAttribute("aria-disabled");
     more.hidden = !cursor;
+    // The last page is in and the button goes: the keyboard goes on from the first run it added.
+    if (pressed && more.hidden && first) first.querySelector("a").focus();
   }
   // The newest page again: new runs go on top, the ones shown get their new status.
   async function refresh() {
-    const page = await runsWithFlows({ ...filters, limit: 50 });
-    for (const run of [...page.items].reverse()) place(run, { atTop: true });
+    let page;
+    const fresh = [];
+    try {
+      page = await runsWithFlows({ ...filters, limit: 50 });
+      fresh.push(...page.items);
+      // More than a page of new runs since the last look: follow the pages down to the runs
+      // shown, so the list has no hole (a few pages at most; then it starts over from the top).
+      const joins = () => fresh.some((run) => shown.has(run.id));
+      for (let more = 0; shown.size && page.next_cursor && !joins() && more < 4; more++) {
+        page = await runsWithFlows({ ...filters, limit: 50, cursor: page.next_cursor });
+        fresh.push(...page.items);
+      }
+      if (shown.size && !joins()) {
+        body.replaceChildren();
+        shown.clear();
+        cursor = page.next_cursor || null;
+      }
+    } catch (error) {
+      // Said once, without taking the focus: a refused filter is already shown at its field.
+      if (!form.querySelector("[aria-invalid]")) {
+        form.querySelector(".form-error").replaceChildren(problemText(error));
+      }
+      return;
+    }
+    clearErrors(form);
+    for (const run of fresh.reverse()) place(run, { atTop: true });
     if (!cursor && page.next_cursor && shown.size <= page.items.length) cursor = page.next_cursor;
     more.hidden = !cursor;
     settle(page);
@@ -225,8 +275,7 @@ export async function runsPage({ main, params }) {
   await loadMore();
   main.replaceChildren(
     heading("Runs"),
-    filterForm(params),
-    problems,
+    form,
     freshness,
     wrap,
     empty,
@@ -314,9 +363,14 @@ export async function runPage({ main, ids: [runId] }) {
   }
   let run;
   async function redraw() {
-    const focused = document.activeElement?.closest("main") ? null : document.activeElement;
+    const focused = document.activeElement;
+    const inMain = focused !== main && main.contains(focused);
+    // The page is drawn anew every 1.5 s while the run goes on: a control the keyboard is on
+    // (Cancel run, a link) gets the focus back in the new drawing, or it could never be used.
+    const same = (e) => e.tagName === focused.tagName && e.textContent === focused.textContent;
     run = await draw();
-    if (focused) focused.focus?.();
+    if (!inMain) focused?.focus?.();
+    else [...main.querySelectorAll("a, button, [tabindex]")].find(same)?.focus();
   }
   try {
     run = await draw();

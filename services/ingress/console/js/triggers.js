@@ -867,6 +867,7 @@ function runNowPanel(trigger) {
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (submit.getAttribute("aria-disabled")) return; // the run before is still going
     clearErrors(form);
     outcome.replaceChildren();
     const text = payload.value.trim();
@@ -879,7 +880,8 @@ function runNowPanel(trigger) {
         return;
       }
     }
-    submit.disabled = true;
+    // Not `disabled`: a focused button that is disabled loses the focus to the page.
+    submit.setAttribute("aria-disabled", "true");
     outcome.replaceChildren(h("p", { class: "loading" }, "Started; waiting for the result…"));
     try {
       const { status, data } = await call("POST", `/v1/triggers/${trigger.id}/run`, {
@@ -908,7 +910,7 @@ function runNowPanel(trigger) {
       outcome.replaceChildren();
       showError(form, error);
     }
-    submit.disabled = false;
+    submit.removeAttribute("aria-disabled");
   });
   return form;
 }
@@ -943,20 +945,30 @@ export async function triggerPage({ main, ids: [triggerId] }) {
       actionsError.replaceChildren(problemText(error));
     }
   }
+  // The page is drawn again: the keyboard's focus goes to the button that undoes the change.
+  const toggled = () => main.querySelector("[data-pause-resume]")?.focus();
   const pauseOrResume = trigger.enabled
-    ? button("Pause", () =>
-        act(async () => {
-          await post(`/v1/triggers/${trigger.id}/pause`);
-          toast("Trigger paused");
-          await redraw();
-        }),
+    ? button(
+        "Pause",
+        () =>
+          act(async () => {
+            await post(`/v1/triggers/${trigger.id}/pause`);
+            toast("Trigger paused");
+            await redraw();
+            toggled();
+          }),
+        { "data-pause-resume": "" },
       )
-    : button("Resume", () =>
-        act(async () => {
-          await post(`/v1/triggers/${trigger.id}/resume`);
-          toast("Trigger resumed");
-          await redraw();
-        }),
+    : button(
+        "Resume",
+        () =>
+          act(async () => {
+            await post(`/v1/triggers/${trigger.id}/resume`);
+            toast("Trigger resumed");
+            await redraw();
+            toggled();
+          }),
+        { "data-pause-resume": "" },
       );
   const deleteButton = button(
     "Delete",

@@ -151,11 +151,19 @@ export async function copyText(text) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
+    // No Clipboard API outside a secure context (plain http to another host): copy from a
+    // selected textarea, then give the focus back to the button, so the keyboard keeps its place.
+    const before = document.activeElement;
     const area = h("textarea", { readonly: true }, text);
     document.body.append(area);
     area.select();
-    document.execCommand("copy");
+    const copied = document.execCommand("copy");
     area.remove();
+    before?.focus?.();
+    if (!copied) {
+      toast("Could not copy: select the text and copy it yourself");
+      return;
+    }
   }
   toast("Copied to the clipboard");
 }
@@ -293,7 +301,9 @@ export async function pagedTable({ headers, load, toRow, empty = "Nothing here y
   let cursor = null;
   const more = h("button", { type: "button", class: "ghost" }, "Load more");
   async function next() {
-    more.disabled = true;
+    if (more.getAttribute("aria-disabled")) return;
+    // Not `disabled`: a focused button that is disabled loses the focus to the page.
+    more.setAttribute("aria-disabled", "true");
     try {
       const page = await load(cursor);
       body.append(...page.items.map(toRow));
@@ -302,7 +312,7 @@ export async function pagedTable({ headers, load, toRow, empty = "Nothing here y
     } catch (error) {
       problems.replaceChildren(problemText(error));
     }
-    more.disabled = false;
+    more.removeAttribute("aria-disabled");
     more.hidden = !cursor;
     wrap.hidden = body.children.length === 0;
     emptyNote.hidden = body.children.length > 0;
