@@ -165,7 +165,7 @@ def create_api_trigger(
         url = connection(ctx).api_url()
         Printer().note(
             f"call it: tp call {flow_id} --input '{{...}}'   or   curl -X POST {url}/trigger/"
-            f"{created['flow_id']} -H 'Authorization: Bearer $KEY' -H 'Content-Type: "
+            f'{created["flow_id"]} -H "Authorization: Bearer $KEY" -H \'Content-Type: '
             "application/json' -d '{...}'"
         )
 

@@ -2,6 +2,7 @@
 what they print, and their exit codes."""
 
 import json
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -453,3 +454,20 @@ def test_shell_completion_completes_commands_and_option_values() -> None:
     assert complete("tp runs list --status ti").split() == ["timed_out"]
     script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="tp")
     assert "_TP_COMPLETE=complete_bash" in script.stdout
+
+
+def test_the_curl_hint_of_a_new_api_trigger_sends_the_key_the_shell_holds() -> None:
+    trigger = {"id": "trg_1", "type": "api", "flow_id": "flw_1", "name": None, "enabled": True}
+    created = invoke(answer(trigger, 201), "triggers", "create", "api", "flw_1")
+    assert created.exit_code == 0, created.stderr
+    curl = created.stderr[created.stderr.index("curl ") :].split("\n")[0]
+    # The hint as a user pastes it, with `curl` swapped for a command that prints its arguments.
+    shown = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + curl.removeprefix("curl ")],
+        env={"KEY": "tpk_from_the_shell", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert "Authorization: Bearer tpk_from_the_shell" in shown
+    assert "http://api.test/trigger/flw_1" in shown
