@@ -133,8 +133,11 @@ class JetStreamTimers:
                 if head is not None and not supersedes(tick, head):
                     return False
             headers[jetstream.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+            writer = self._writer
             try:
-                await self._writer.publish(subjects.schedule_timer(trigger_id), payload, headers)
+                await writer.send(
+                    writer.prepare(subjects.schedule_timer(trigger_id), payload, headers)
+                )
             except KeyWrongLastSequenceError:
                 expected = None  # the chain moved: judge its new head
                 continue
@@ -191,23 +194,60 @@ class JetStreamTimers:
             await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
 
 
+class PreparedWrite:
+    """A core `Write` of the writer's wire form: encoded when made, put on the wire by `send`."""
+
+    __slots__ = ("_prepared", "_writer")
+
+    def __init__(self, writer: jetstream.Writer, prepared: jetstream.Prepared) -> None:
+        self._writer = writer
+        self._prepared = prepared
+
+    def send(self) -> Awaitable[object]:
+        return self._writer.send(self._prepared)
+
+
+class TracedWrite:
+    """A core `Write` in a trace span of its own (a fire starts a trace: nothing before it
+    belongs to one): encoded when sent, since the span begins then."""
+
+    __slots__ = ("_headers", "_start", "_subject", "_tracer", "_writer")
+
+    def __init__(
+        self, writer: jetstream.Writer, tracer: Any, subject: str, start: FlowStart, msg_id: str
+    ) -> None:
+        self._writer = writer
+        self._tracer = tracer
+        self._subject = subject
+        self._start = start
+        self._headers = {"Nats-Msg-Id": msg_id}
+
+    def send(self) -> Awaitable[object]:
+        return self._publish()
+
+    async def _publish(self) -> None:
+        with tracing.producer_span(
+            self._tracer, self._subject, self._start, self._headers, root=True
+        ):
+            await self._writer.publish(self._subject, encode(self._start), self._headers)
+
+
 class JetStreamStartPublisher:
     """`StartPublisher` as JetStream publishes to `flow.v1.start.<ws>`, de-duplicated by
-    `Nats-Msg-Id`."""
+    `Nats-Msg-Id`; each start is encoded when prepared (before its due moment)."""
 
     def __init__(self, writer: jetstream.Writer) -> None:
         self._writer = writer
 
-    async def publish(self, start: FlowStart, msg_id: str) -> None:
+    def prepare(self, start: FlowStart, msg_id: str) -> PreparedWrite | TracedWrite:
         subject = subjects.flow_start(start.workspace_id)
-        headers = {"Nats-Msg-Id": msg_id}
         active = tracing.tracer()
-        if active is None:
-            await self._writer.publish(subject, encode(start), headers)
-            return
-        # A fire starts a trace of its own: nothing before it belongs to one.
-        with tracing.producer_span(active, subject, start, headers, root=True):
-            await self._writer.publish(subject, encode(start), headers)
+        if active is not None:
+            return TracedWrite(self._writer, active, subject, start, msg_id)
+        writer = self._writer
+        return PreparedWrite(
+            writer, writer.prepare(subject, encode(start), {"Nats-Msg-Id": msg_id})
+        )
 
 
 class JetStreamLedger:
@@ -234,10 +274,13 @@ class JetStreamLedger:
         return entry.scheduled_at
 
     async def record(self, entry: FireRecord) -> None:
-        await self._writer.publish(
-            subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
-            encode(entry),
-            {"Nats-Msg-Id": ledger_entry_id(entry)},
+        writer = self._writer
+        await writer.send(
+            writer.prepare(
+                subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
+                encode(entry),
+                {"Nats-Msg-Id": ledger_entry_id(entry)},
+            )
         )
 
 

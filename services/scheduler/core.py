@@ -156,11 +156,21 @@ class Ledger(Protocol):
         """The occurrence of the trigger's newest ledger entry, or None when it has none."""
 
 
+class Write(Protocol):
+    """A write made ready ahead of its moment (encoded), so that the moment only sends it."""
+
+    def send(self) -> Awaitable[object]:
+        """Put the write on its way now (no await: the writes of every tick due at the same
+        moment leave together); awaiting the result waits until it is stored, and raises when
+        it was not. Send a write once, and await what it returns."""
+
+
 class StartPublisher(Protocol):
     """Where flow starts go (in production: JetStream `flow.v1.start.<ws>`, awaiting the PubAck)."""
 
-    async def publish(self, start: FlowStart, msg_id: str) -> None:
-        """Store `start` durably; a second publish with the same `msg_id` is stored once."""
+    def prepare(self, start: FlowStart, msg_id: str) -> Write:
+        """The write that stores `start` durably; a second one with the same `msg_id` is stored
+        once."""
 
 
 def armed_schedule(trigger: Trigger | None) -> Schedule | None:
@@ -767,7 +777,9 @@ class Scheduler:
         plan = plan_pause(trigger, paused_at)
         if plan is None:
             return
-        await self._carry_out(trigger, plan, starts_of(trigger, plan.decisions, plan.now))
+        await self._carry_out(
+            trigger, plan, self._prepare(starts_of(trigger, plan.decisions, plan.now))
+        )
 
     # --- Ticks -----------------------------------------------------------------------------
 
@@ -815,8 +827,8 @@ class Scheduler:
                 return "stale"
         assert trigger is not None
         plan = plan_tick(trigger, tick, self._clock(), misfire_after=self._misfire_after)
-        # Built before a tick is held, so that its due time costs only the publish.
-        starts = starts_of(trigger, plan.decisions, plan.now)
+        # Built and encoded before a tick is held, so that its due moment only sends them.
+        starts = self._prepare(starts_of(trigger, plan.decisions, plan.now))
         if plan.hold > 0:
             if on_hold is not None:
                 on_hold()
@@ -850,7 +862,7 @@ class Scheduler:
                     await self._park_next(trigger, tick, plan.due, seen)
                     return "decided_before"
                 if carried is not plan:
-                    starts = starts_of(trigger, carried.decisions, carried.now)
+                    starts = self._prepare(starts_of(trigger, carried.decisions, carried.now))
         # The starts are stored first, then the ledger entries, then the next timer, and the
         # caller acks the tick only once all of them are acknowledged: a failed start parks
         # nothing (a parked timer would replace the tick before its retry) and records
@@ -905,16 +917,16 @@ class Scheduler:
         self,
         trigger: Trigger,
         plan: Plan,
-        starts: list[tuple[FlowStart, str]],
+        starts: list[Write],
         still_working: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Store the `starts` of `plan` (raising if one fails), then record every decision,
         each retried until stored (`_record`)."""
-        publishes = [self._starts.publish(start, msg_id) for start, msg_id in starts]
-        if len(publishes) == 1:
-            await publishes[0]  # the usual case: no task to wrap it in
-        elif publishes:
-            await asyncio.gather(*publishes)
+        if len(starts) == 1:
+            await starts[0].send()  # the usual case: no task to wrap it in
+        elif starts:
+            # All sent before any is awaited; gathered, so each one's answer is awaited.
+            await asyncio.gather(*[start.send() for start in starts])
         due = plan.due
         if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
             log.warning(
@@ -938,6 +950,9 @@ class Scheduler:
                     decision.status,
                     decision.reason,
                 )
+
+    def _prepare(self, starts: list[tuple[FlowStart, str]]) -> list[Write]:
+        return [self._starts.prepare(start, msg_id) for start, msg_id in starts]
 
     async def _record(
         self, entry: FireRecord, still_working: Callable[[], Awaitable[None]] | None

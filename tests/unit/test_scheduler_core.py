@@ -119,10 +119,18 @@ class FakeStartPublisher:
         self.published: list[tuple[FlowStart, str]] = []
         self.failing = False
 
+    def prepare(self, start: FlowStart, msg_id: str) -> "FakeWrite":
+        return FakeWrite(lambda: self.publish(start, msg_id))
+
     async def publish(self, start: FlowStart, msg_id: str) -> None:
         if self.failing:
             raise ConnectionError("no PubAck")
         self.published.append((start, msg_id))
+
+
+class FakeWrite:
+    def __init__(self, send: Callable[[], Awaitable[None]]) -> None:
+        self.send = send
 
 
 def schedule_trigger(trigger_id: str = "trg_1", cron: str = "*/15 * * * *", **changes) -> Trigger:
