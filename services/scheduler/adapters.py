@@ -62,16 +62,20 @@ class Alarm:
     """
 
     def __init__(self) -> None:
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[
+            tuple[float, int, asyncio.Future[None], Callable[[], None] | None]
+        ] = []
         self._order = itertools.count()
         self._ring_at: float | None = None
         self._ringing: asyncio.TimerHandle | None = None
 
-    async def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float, then: Callable[[], None] | None = None) -> None:
+        """Sleep `seconds`; `then` is called the moment they are over, in the same turn of the
+        event loop as every other sleep due then, before any of the sleepers resumes."""
         loop = asyncio.get_running_loop()
         wake = loop.create_future()
         at = loop.time() + seconds
-        heapq.heappush(self._sleepers, (at, next(self._order), wake))
+        heapq.heappush(self._sleepers, (at, next(self._order), wake, then))
         if self._ring_at is None or at < self._ring_at:
             self._ring(loop, at)
         await wake
@@ -86,9 +90,15 @@ class Alarm:
         self._ringing = self._ring_at = None
         sleepers, now = self._sleepers, loop.time()
         while sleepers and sleepers[0][0] <= now:
-            wake = heapq.heappop(sleepers)[2]
-            if not wake.done():  # a cancelled sleep leaves its future behind
-                wake.set_result(None)
+            _, _, wake, then = heapq.heappop(sleepers)
+            if wake.done():  # a cancelled sleep leaves its future behind
+                continue
+            if then is not None:
+                try:
+                    then()
+                except Exception:
+                    log.exception("an alarm's callback failed")
+            wake.set_result(None)
         if sleepers:
             self._ring(loop, sleepers[0][0])
 

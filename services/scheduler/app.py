@@ -79,13 +79,15 @@ class SchedulerApp:
         )
         # Every fire makes three confirmed writes: the lean writer's, not `js.publish`.
         writer = await jetstream.Writer.open(nc, adapters.PUBLISH_TIMEOUT)
+        alarm = adapters.Alarm()
         scheduler = self._scheduler = Scheduler(
             mirror,
             adapters.JetStreamTimers(js, writer, settings.timer_lead),
             metrics.MeasuredStartPublisher(adapters.JetStreamStartPublisher(writer)),
             ledger=metrics.CountedLedger(adapters.JetStreamLedger(js, writer)),
             clock=self._clock,
-            sleep=adapters.Alarm().sleep,
+            sleep=alarm.sleep,
+            wake_sleep=alarm.sleep,
             misfire_after=settings.misfire_after,
         )
         retry_delay = settings.tick_retry_delay

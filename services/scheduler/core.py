@@ -76,6 +76,10 @@ Clock = Callable[[], datetime]
 """Returns the current time as an aware datetime."""
 Sleep = Callable[[float], Awaitable[None]]
 """Waits the given number of seconds (`asyncio.sleep`; tests advance a fake clock instead)."""
+WakeSleep = Callable[[float, Callable[[], None]], Awaitable[None]]
+"""Waits the given number of seconds and calls the function the moment they are over, before
+the waiter resumes (`adapters.Alarm.sleep`: the held ticks due at the same moment send their
+starts from one callback, so the whole batch leaves in one write)."""
 
 TickStanding = Literal["current", "stale", "store_behind"]
 """What a tick is to the known trigger: of its current armed version, of an older version or a
@@ -625,6 +629,50 @@ def overlap_skip_entry(run: Run, trigger: Trigger | None, now: datetime) -> Fire
 # --- The scheduler: the decisions applied through the Protocols -----------------------------
 
 
+async def _sleep_then(sleep: Sleep, seconds: float, then: Callable[[], None]) -> None:
+    await sleep(seconds)
+    then()
+
+
+class _SendWhenDue:
+    """Called the moment a held tick is due: sends its prepared starts if its trigger is still
+    the one it was decided for and the moment is not long past (else the tick is decided
+    again, as of then). Never raises: it runs in the alarm's callback, among other ticks'."""
+
+    __slots__ = ("_clock", "_decided_at", "_starts", "_trigger", "_triggers", "error", "sent")
+
+    def __init__(
+        self,
+        triggers: TriggerStore,
+        trigger: Trigger,
+        starts: list[Write],
+        clock: Clock,
+        decided_at: datetime,
+    ) -> None:
+        self._triggers = triggers
+        self._trigger = trigger
+        self._starts = starts
+        self._clock = clock
+        self._decided_at = decided_at
+        self.sent: list[Awaitable[object]] | None = None
+        """What awaits each start being stored, once sent; None when they were not sent."""
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        trigger = self._trigger
+        if self._triggers.get(trigger.id) is not trigger:
+            return
+        if self._clock() - self._decided_at > LATE_WAKE:
+            return
+        sent: list[Awaitable[object]] = []
+        self.sent = sent
+        try:
+            for start in self._starts:
+                sent.append(start.send())
+        except Exception as error:  # the connection is closed, or its buffer is full
+            self.error = error
+
+
 class Scheduler:
     """Keeps the parked timers in line with the triggers and turns due ticks into decisions.
 
@@ -641,6 +689,7 @@ class Scheduler:
         ledger: Ledger,
         clock: Clock = now_utc,
         sleep: Sleep = asyncio.sleep,
+        wake_sleep: WakeSleep | None = None,
         concurrency: int = 512,
         misfire_after: float = 10.0,
     ) -> None:
@@ -650,6 +699,7 @@ class Scheduler:
         self._ledger = ledger
         self._clock = clock
         self._sleep = sleep
+        self._wake_sleep = wake_sleep or functools.partial(_sleep_then, sleep)
         self._concurrency = concurrency
         self._misfire_after = timedelta(seconds=misfire_after)
         self._following = False
@@ -777,9 +827,8 @@ class Scheduler:
         plan = plan_pause(trigger, paused_at)
         if plan is None:
             return
-        await self._carry_out(
-            trigger, plan, self._prepare(starts_of(trigger, plan.decisions, plan.now))
-        )
+        starts = self._prepare(starts_of(trigger, plan.decisions, plan.now))
+        await self._carry_out(trigger, plan, [start.send() for start in starts])
 
     # --- Ticks -----------------------------------------------------------------------------
 
@@ -829,11 +878,22 @@ class Scheduler:
         plan = plan_tick(trigger, tick, self._clock(), misfire_after=self._misfire_after)
         # Built and encoded before a tick is held, so that its due moment only sends them.
         starts = self._prepare(starts_of(trigger, plan.decisions, plan.now))
+        sent: list[Awaitable[object]] | None = None
         if plan.hold > 0:
             if on_hold is not None:
                 on_hold()
-            await self._sleep(plan.hold)
-            if (
+            if redelivered or plan.misses:
+                # The ledger may hold some of its decisions already (see below): sent after.
+                await self._sleep(plan.hold)
+            else:
+                sending = _SendWhenDue(self._triggers, trigger, starts, self._clock, plan.now)
+                await self._wake_sleep(plan.hold, sending)
+                sent = sending.sent
+                if sending.error is not None:
+                    if sent:
+                        await asyncio.gather(*sent, return_exceptions=True)
+                    raise sending.error
+            if sent is None and (
                 self._triggers.get(tick.trigger_id) is not trigger
                 or self._clock() - plan.now > LATE_WAKE
             ):
@@ -843,7 +903,7 @@ class Scheduler:
                     tick, redelivered=redelivered, seen=seen, still_working=still_working
                 )
         carried = plan
-        if redelivered or plan.misses:
+        if sent is None and (redelivered or plan.misses):
             # Another replica may have decided these occurrences already: the one this tick
             # was delivered to first, or the chain that went on while this process was paused
             # (late, it would call missed what was started on time). What the ledger holds
@@ -868,7 +928,9 @@ class Scheduler:
         # nothing (a parked timer would replace the tick before its retry) and records
         # nothing it did not do, and the next timer never replaces a tick whose decisions are
         # not all stored.
-        await self._carry_out(trigger, carried, starts, still_working)
+        if sent is None:
+            sent = [start.send() for start in starts]
+        await self._carry_out(trigger, carried, sent, still_working)
         await self._park_next(trigger, tick, plan.due, seen)
         return "started"
 
@@ -917,16 +979,15 @@ class Scheduler:
         self,
         trigger: Trigger,
         plan: Plan,
-        starts: list[Write],
+        sent: list[Awaitable[object]],
         still_working: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Store the `starts` of `plan` (raising if one fails), then record every decision,
-        each retried until stored (`_record`)."""
-        if len(starts) == 1:
-            await starts[0].send()  # the usual case: no task to wrap it in
-        elif starts:
-            # All sent before any is awaited; gathered, so each one's answer is awaited.
-            await asyncio.gather(*[start.send() for start in starts])
+        """Wait until the `sent` starts of `plan` are stored (raising if one was not), then
+        record every decision, each retried until stored (`_record`)."""
+        if len(sent) == 1:
+            await sent[0]  # the usual case: no task to wrap it in
+        elif sent:
+            await asyncio.gather(*sent)  # each one's answer awaited, even after a failure
         due = plan.due
         if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
             log.warning(
