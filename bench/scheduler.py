@@ -138,7 +138,8 @@ def summary(lags: list[float]) -> str:
         return "no fires"
     ordered = sorted(lags)
     return (
-        f"{len(ordered)} fires, lag p50 {statistics.median(ordered) * 1000:.0f} ms, "
+        f"{len(ordered)} fires, lag min {ordered[0] * 1000:.0f} ms, "
+        f"p50 {statistics.median(ordered) * 1000:.0f} ms, "
         f"p99 {p99(ordered) * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
     )
 

@@ -191,6 +191,17 @@ class Writer:
             flush_queue.put_nowait(loop.create_future())
         return self._answer(token, future)
 
+    def flush(self) -> None:
+        """Write what the connection holds now, without waiting for its flusher (which runs
+        only once the current turn of the event loop is over): the first writes of a large
+        batch are then stored while the rest are sent. Kept for the flusher while reconnecting.
+        """
+        nc = self._nc
+        if nc._pending_data_size and nc.is_connected and nc._transport is not None:
+            nc._transport.writelines(nc._pending)
+            nc._pending = []
+            nc._pending_data_size = 0
+
     async def _answer(self, token: str, future: "asyncio.Future[Msg]") -> int:
         try:
             msg = await future

@@ -61,7 +61,9 @@ class Alarm:
     spread the ledger writes between the starts, and a herd's last start came later).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, flush: Callable[[], None] | None = None, flush_every: int = 500) -> None:
+        self._flush = flush
+        self._flush_every = flush_every
         self._sleepers: list[
             tuple[float, int, asyncio.Future[None], Callable[[], None] | None]
         ] = []
@@ -89,6 +91,7 @@ class Alarm:
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ringing = self._ring_at = None
         sleepers, now = self._sleepers, loop.time()
+        flush, flush_every, called = self._flush, self._flush_every, 0
         while sleepers and sleepers[0][0] <= now:
             _, _, wake, then = heapq.heappop(sleepers)
             if wake.done():  # a cancelled sleep leaves its future behind
@@ -98,7 +101,12 @@ class Alarm:
                     then()
                 except Exception:
                     log.exception("an alarm's callback failed")
+                called += 1
+                if flush is not None and called % flush_every == 0:
+                    flush()  # the server stores these while the next ones are sent
             wake.set_result(None)
+        if flush is not None and called % flush_every:
+            flush()
         if sleepers:
             self._ring(loop, sleepers[0][0])
 

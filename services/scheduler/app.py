@@ -79,7 +79,9 @@ class SchedulerApp:
         )
         # Every fire makes three confirmed writes: the lean writer's, not `js.publish`.
         writer = await jetstream.Writer.open(nc, adapters.PUBLISH_TIMEOUT)
-        alarm = adapters.Alarm()
+        # The starts of the held ticks due at one moment are sent from the alarm's callbacks,
+        # and written a chunk at a time as they are.
+        alarm = adapters.Alarm(flush=writer.flush)
         scheduler = self._scheduler = Scheduler(
             mirror,
             adapters.JetStreamTimers(js, writer, settings.timer_lead),

@@ -73,3 +73,13 @@ async def test_a_failing_callback_leaves_its_sleeper_and_the_others_on_time() ->
         timeout=1.0,
     )
     assert called == ["b"]
+
+
+async def test_a_batch_due_together_is_flushed_a_chunk_at_a_time_and_at_its_end() -> None:
+    called: list[int] = []
+    flushed_after: list[int] = []
+    alarm = Alarm(flush=lambda: flushed_after.append(len(called)), flush_every=4)
+
+    await asyncio.gather(*(alarm.sleep(0.01, lambda: called.append(1)) for _ in range(10)))
+
+    assert flushed_after == [4, 8, 10]
