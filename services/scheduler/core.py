@@ -193,6 +193,7 @@ def supersedes(tick: ScheduleTick, head: ScheduleTick) -> bool:
     return tick.scheduled_at > head.scheduled_at
 
 
+@functools.lru_cache(maxsize=32768)  # each fire needs it for its start and its ledger entry
 def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
     """The identity of one fire: the `Nats-Msg-Id` of its start and the seed of its run id."""
     return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
