@@ -46,6 +46,8 @@ another replica or a timer moved it; the head is read again every time)."""
 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 """Names the subjects (wildcards allowed) whose last sequence `Nats-Expected-Last-Subject-
 Sequence` is checked against, instead of the published subject alone (nats-server 2.11+)."""
+FIRST_VERSION = 1
+"""The version of a trigger as created (`Trigger.version`)."""
 TICKS_PENDING = 100_000
 """Most ticks the replicas together hold unacknowledged (the server's default is 1,000, less
 than one herd held until its due second)."""
@@ -157,6 +159,10 @@ class JetStreamTimers:
                     writer.prepare(subjects.schedule_timer(trigger_id), payload, headers)
                 )
             except KeyWrongLastSequenceError:
+                if seen == 0 and tick.trigger_version == FIRST_VERSION:
+                    # A new trigger's chain, parked by another replica that saw the creation
+                    # too (see `Timers.park`): with replicas, every creation meets one.
+                    return False
                 expected = None  # the chain moved: judge its new head
                 continue
             return True

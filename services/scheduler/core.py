@@ -135,7 +135,10 @@ class Timers(Protocol):
 
         `seen` is the chain position the caller knows to be the head (the stream sequence of
         the tick it handles; 0 for a trigger with no timer and no tick at all): tried first, it
-        saves reading the head, which is read only when the chain has moved since."""
+        saves reading the head, which is read only when the chain has moved since. A park
+        with `seen` 0 of a trigger's first version that finds a chain returns False without
+        reading it: only that same version can have parked it (another replica that saw the
+        creation too), and whoever handles its tick parks the next."""
 
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         """The trigger's parked timer, or None if there is none."""
@@ -744,7 +747,11 @@ class Scheduler:
             parked = await self._park_current(
                 trigger_id, self._clock(), seen=0 if created else None
             )
-            if not parked:
+            if not parked and armed_schedule(self._triggers.get(trigger_id)) is None:
+                # Only a disarmed trigger loses its chain. An armed one with nothing left to
+                # park (a one-off whose time passed while this replica caught up with a herd
+                # of creations) may have its last tick in flight, parked in time by another
+                # replica: purging it would lose that fire.
                 await self._timers.cancel(trigger_id)
 
     async def reconcile(self) -> None:
