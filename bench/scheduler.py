@@ -23,6 +23,7 @@ Bounded: several minutes with the defaults. `--quick` runs smaller numbers.
 import argparse
 import asyncio
 import heapq
+import itertools
 import os
 import statistics
 import tempfile
@@ -51,6 +52,9 @@ WORKSPACE = new_id("ws")
 FLOW = new_id("flw")
 SETTLE = 15
 """Seconds after the scheduler is up before the spread's steady state is measured."""
+LAUNCHES = itertools.count(1)
+"""Numbers the scheduler processes' log files: `wait_up` looks for the line a process logs once
+up, which a second round with the same file name found at once (its first round's)."""
 HERD_LEAD = 2.5
 """The scheduler's default `TIMER_LEAD`: how early a herd's timers go off."""
 
@@ -138,7 +142,8 @@ def summary(lags: list[float]) -> str:
         return "no fires"
     ordered = sorted(lags)
     return (
-        f"{len(ordered)} fires, lag p50 {statistics.median(ordered) * 1000:.0f} ms, "
+        f"{len(ordered)} fires, lag min {ordered[0] * 1000:.0f} ms, "
+        f"p50 {statistics.median(ordered) * 1000:.0f} ms, "
         f"p99 {p99(ordered) * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
     )
 
@@ -191,7 +196,7 @@ async def scheduler_spread(
     print(f"  wrote {n} triggers in {time.monotonic() - began:.1f}s")
     lags = Lags()
     sub = await nc.subscribe(subjects.FLOW_STARTS, cb=lags.record)
-    server = start_module("scheduler", "services.scheduler", env, logs, ROOT)
+    server = start_module(f"scheduler-{next(LAUNCHES)}", "services.scheduler", env, logs, ROOT)
     try:
         up = await wait_up(server, 300)
         print(
@@ -251,7 +256,9 @@ async def scheduler_herd(
     """Seconds from the due second to the last start stored, and CPU (us) per fire."""
     await fresh_state(nc)
     servers = [
-        start_module(f"scheduler-herd-{replicas}-{r}", "services.scheduler", env, logs, ROOT)
+        start_module(
+            f"scheduler-herd-{replicas}-{r}-{next(LAUNCHES)}", "services.scheduler", env, logs, ROOT
+        )
         for r in range(replicas)
     ]
     lags = Lags()

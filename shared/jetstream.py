@@ -8,11 +8,13 @@ neither a NUID nor a `wait_for` (see `Writer`).
 
 import asyncio
 import itertools
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
 
@@ -25,6 +27,13 @@ TIMEOUT = 5.0
 """Seconds to wait for the server's answer (nats-py's JetStream default)."""
 DEADLINE_SLOT = 0.25
 """Seconds of deadlines that share one timer (how late a timeout may fire)."""
+
+
+class Prepared(NamedTuple):
+    """A write in its wire form (`Writer.prepare`), with the token its answer comes back to."""
+
+    token: str
+    command: bytes
 
 
 class _Error(msgspec.Struct):
@@ -116,6 +125,98 @@ class Writer:
         otherwise."""
         headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
         return await self.publish(f"$KV.{bucket}.{key}", value, headers)
+
+    def prepare(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> "Prepared":
+        """The wire form of a `publish`, built ahead of the moment it is sent (`send`).
+
+        Header names and values are written as given: ours (ids, times, subjects) hold no line
+        breaks, which nats-py would strip and check with a regular expression on every write.
+        """
+        token = str(next(self._counter))
+        reply = self._prefix + token
+        if not headers:
+            command = b"PUB %s %s %d\r\n%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(payload),
+                payload,
+            )
+            return Prepared(token, command)
+        head = (
+            "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        ).encode()
+        command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            len(head),
+            len(head) + len(payload),
+            head,
+            payload,
+        )
+        return Prepared(token, command)
+
+    def send(self, prepared: "Prepared") -> Coroutine[Any, Any, int]:
+        """Put a prepared write on the wire now (no await: a batch of them due at the same
+        moment leaves in one socket write) and return what awaits its answer (as `publish`).
+
+        Each prepared write is sent once. Await what it returns, even when giving up on it.
+        """
+        nc = self._nc
+        if nc.is_closed:
+            raise ConnectionClosedError
+        if not nc.is_connected and (
+            nc._max_pending_size <= 0
+            or nc._pending_data_size + len(prepared.command) > nc._max_pending_size
+        ):
+            raise OutboundBufferLimitError  # as nats-py's publish while reconnecting
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        token = prepared.token
+        self._pending[token] = future
+        slot = int((loop.time() + self._timeout) / DEADLINE_SLOT) + 1
+        tokens = self._slots.get(slot)
+        if tokens is None:
+            tokens = self._slots[slot] = []
+            loop.call_at(slot * DEADLINE_SLOT, self._expire, slot)
+        tokens.append(token)
+        # What nats-py's `publish` does once it built the command: buffer it and wake the
+        # flusher (which writes every buffered command at once, or keeps them while
+        # reconnecting). nats-py 2.16's internals, pinned in pyproject.toml.
+        nc._pending.append(prepared.command)
+        nc._pending_data_size += len(prepared.command)
+        flush_queue = nc._flush_queue
+        if flush_queue is not None and flush_queue.empty():
+            flush_queue.put_nowait(loop.create_future())
+        return self._answer(token, future)
+
+    def flush(self) -> None:
+        """Write what the connection holds now, without waiting for its flusher (which runs
+        only once the current turn of the event loop is over): the first writes of a large
+        batch are then stored while the rest are sent. Kept for the flusher while reconnecting.
+        """
+        nc = self._nc
+        if nc._pending_data_size and nc.is_connected and nc._transport is not None:
+            nc._transport.writelines(nc._pending)
+            nc._pending = []
+            nc._pending_data_size = 0
+
+    async def _answer(self, token: str, future: "asyncio.Future[Msg]") -> int:
+        try:
+            msg = await future
+        finally:
+            self._pending.pop(token, None)
+        answer = _answer.decode(msg.data)
+        if answer.error is not None:
+            if answer.error.err_code in WRONG_LAST_SEQUENCE:
+                raise KeyWrongLastSequenceError(description=answer.error.description)
+            raise APIError(
+                code=answer.error.code,
+                err_code=answer.error.err_code,
+                description=answer.error.description,
+            )
+        return answer.seq
 
     def _expire(self, slot: int) -> None:
         """Fail the requests of deadline `slot` that are still unanswered."""

@@ -46,6 +46,8 @@ another replica or a timer moved it; the head is read again every time)."""
 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 """Names the subjects (wildcards allowed) whose last sequence `Nats-Expected-Last-Subject-
 Sequence` is checked against, instead of the published subject alone (nats-server 2.11+)."""
+FIRST_VERSION = 1
+"""The version of a trigger as created (`Trigger.version`)."""
 TICKS_PENDING = 100_000
 """Most ticks the replicas together hold unacknowledged (the server's default is 1,000, less
 than one herd held until its due second)."""
@@ -61,17 +63,23 @@ class Alarm:
     spread the ledger writes between the starts, and a herd's last start came later).
     """
 
-    def __init__(self) -> None:
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+    def __init__(self, flush: Callable[[], None] | None = None, flush_every: int = 500) -> None:
+        self._flush = flush
+        self._flush_every = flush_every
+        self._sleepers: list[
+            tuple[float, int, asyncio.Future[None], Callable[[], None] | None]
+        ] = []
         self._order = itertools.count()
         self._ring_at: float | None = None
         self._ringing: asyncio.TimerHandle | None = None
 
-    async def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float, then: Callable[[], None] | None = None) -> None:
+        """Sleep `seconds`; `then` is called the moment they are over, in the same turn of the
+        event loop as every other sleep due then, before any of the sleepers resumes."""
         loop = asyncio.get_running_loop()
         wake = loop.create_future()
         at = loop.time() + seconds
-        heapq.heappush(self._sleepers, (at, next(self._order), wake))
+        heapq.heappush(self._sleepers, (at, next(self._order), wake, then))
         if self._ring_at is None or at < self._ring_at:
             self._ring(loop, at)
         await wake
@@ -85,10 +93,22 @@ class Alarm:
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ringing = self._ring_at = None
         sleepers, now = self._sleepers, loop.time()
+        flush, flush_every, called = self._flush, self._flush_every, 0
         while sleepers and sleepers[0][0] <= now:
-            wake = heapq.heappop(sleepers)[2]
-            if not wake.done():  # a cancelled sleep leaves its future behind
-                wake.set_result(None)
+            _, _, wake, then = heapq.heappop(sleepers)
+            if wake.done():  # a cancelled sleep leaves its future behind
+                continue
+            if then is not None:
+                try:
+                    then()
+                except Exception:
+                    log.exception("an alarm's callback failed")
+                called += 1
+                if flush is not None and called % flush_every == 0:
+                    flush()  # the server stores these while the next ones are sent
+            wake.set_result(None)
+        if flush is not None and called % flush_every:
+            flush()
         if sleepers:
             self._ring(loop, sleepers[0][0])
 
@@ -133,9 +153,16 @@ class JetStreamTimers:
                 if head is not None and not supersedes(tick, head):
                     return False
             headers[jetstream.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+            writer = self._writer
             try:
-                await self._writer.publish(subjects.schedule_timer(trigger_id), payload, headers)
+                await writer.send(
+                    writer.prepare(subjects.schedule_timer(trigger_id), payload, headers)
+                )
             except KeyWrongLastSequenceError:
+                if seen == 0 and tick.trigger_version == FIRST_VERSION:
+                    # A new trigger's chain, parked by another replica that saw the creation
+                    # too (see `Timers.park`): with replicas, every creation meets one.
+                    return False
                 expected = None  # the chain moved: judge its new head
                 continue
             return True
@@ -191,23 +218,60 @@ class JetStreamTimers:
             await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
 
 
+class PreparedWrite:
+    """A core `Write` of the writer's wire form: encoded when made, put on the wire by `send`."""
+
+    __slots__ = ("_prepared", "_writer")
+
+    def __init__(self, writer: jetstream.Writer, prepared: jetstream.Prepared) -> None:
+        self._writer = writer
+        self._prepared = prepared
+
+    def send(self) -> Awaitable[object]:
+        return self._writer.send(self._prepared)
+
+
+class TracedWrite:
+    """A core `Write` in a trace span of its own (a fire starts a trace: nothing before it
+    belongs to one): encoded when sent, since the span begins then."""
+
+    __slots__ = ("_headers", "_start", "_subject", "_tracer", "_writer")
+
+    def __init__(
+        self, writer: jetstream.Writer, tracer: Any, subject: str, start: FlowStart, msg_id: str
+    ) -> None:
+        self._writer = writer
+        self._tracer = tracer
+        self._subject = subject
+        self._start = start
+        self._headers = {"Nats-Msg-Id": msg_id}
+
+    def send(self) -> Awaitable[object]:
+        return self._publish()
+
+    async def _publish(self) -> None:
+        with tracing.producer_span(
+            self._tracer, self._subject, self._start, self._headers, root=True
+        ):
+            await self._writer.publish(self._subject, encode(self._start), self._headers)
+
+
 class JetStreamStartPublisher:
     """`StartPublisher` as JetStream publishes to `flow.v1.start.<ws>`, de-duplicated by
-    `Nats-Msg-Id`."""
+    `Nats-Msg-Id`; each start is encoded when prepared (before its due moment)."""
 
     def __init__(self, writer: jetstream.Writer) -> None:
         self._writer = writer
 
-    async def publish(self, start: FlowStart, msg_id: str) -> None:
+    def prepare(self, start: FlowStart, msg_id: str) -> PreparedWrite | TracedWrite:
         subject = subjects.flow_start(start.workspace_id)
-        headers = {"Nats-Msg-Id": msg_id}
         active = tracing.tracer()
-        if active is None:
-            await self._writer.publish(subject, encode(start), headers)
-            return
-        # A fire starts a trace of its own: nothing before it belongs to one.
-        with tracing.producer_span(active, subject, start, headers, root=True):
-            await self._writer.publish(subject, encode(start), headers)
+        if active is not None:
+            return TracedWrite(self._writer, active, subject, start, msg_id)
+        writer = self._writer
+        return PreparedWrite(
+            writer, writer.prepare(subject, encode(start), {"Nats-Msg-Id": msg_id})
+        )
 
 
 class JetStreamLedger:
@@ -234,10 +298,13 @@ class JetStreamLedger:
         return entry.scheduled_at
 
     async def record(self, entry: FireRecord) -> None:
-        await self._writer.publish(
-            subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
-            encode(entry),
-            {"Nats-Msg-Id": ledger_entry_id(entry)},
+        writer = self._writer
+        await writer.send(
+            writer.prepare(
+                subjects.schedule_fire(entry.workspace_id, entry.trigger_id),
+                encode(entry),
+                {"Nats-Msg-Id": ledger_entry_id(entry)},
+            )
         )
 
 

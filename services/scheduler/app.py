@@ -79,13 +79,17 @@ class SchedulerApp:
         )
         # Every fire makes three confirmed writes: the lean writer's, not `js.publish`.
         writer = await jetstream.Writer.open(nc, adapters.PUBLISH_TIMEOUT)
+        # The starts of the held ticks due at one moment are sent from the alarm's callbacks,
+        # and written a chunk at a time as they are.
+        alarm = adapters.Alarm(flush=writer.flush)
         scheduler = self._scheduler = Scheduler(
             mirror,
             adapters.JetStreamTimers(js, writer, settings.timer_lead),
             metrics.MeasuredStartPublisher(adapters.JetStreamStartPublisher(writer)),
             ledger=metrics.CountedLedger(adapters.JetStreamLedger(js, writer)),
             clock=self._clock,
-            sleep=adapters.Alarm().sleep,
+            sleep=alarm.sleep,
+            wake_sleep=alarm.sleep,
             misfire_after=settings.misfire_after,
         )
         retry_delay = settings.tick_retry_delay

@@ -76,6 +76,10 @@ Clock = Callable[[], datetime]
 """Returns the current time as an aware datetime."""
 Sleep = Callable[[float], Awaitable[None]]
 """Waits the given number of seconds (`asyncio.sleep`; tests advance a fake clock instead)."""
+WakeSleep = Callable[[float, Callable[[], None]], Awaitable[None]]
+"""Waits the given number of seconds and calls the function the moment they are over, before
+the waiter resumes (`adapters.Alarm.sleep`: the held ticks due at the same moment send their
+starts from one callback, so the whole batch leaves in one write)."""
 
 TickStanding = Literal["current", "stale", "store_behind"]
 """What a tick is to the known trigger: of its current armed version, of an older version or a
@@ -131,7 +135,10 @@ class Timers(Protocol):
 
         `seen` is the chain position the caller knows to be the head (the stream sequence of
         the tick it handles; 0 for a trigger with no timer and no tick at all): tried first, it
-        saves reading the head, which is read only when the chain has moved since."""
+        saves reading the head, which is read only when the chain has moved since. A park
+        with `seen` 0 of a trigger's first version that finds a chain returns False without
+        reading it: only that same version can have parked it (another replica that saw the
+        creation too), and whoever handles its tick parks the next."""
 
     async def parked(self, trigger_id: str) -> ScheduleTick | None:
         """The trigger's parked timer, or None if there is none."""
@@ -156,11 +163,21 @@ class Ledger(Protocol):
         """The occurrence of the trigger's newest ledger entry, or None when it has none."""
 
 
+class Write(Protocol):
+    """A write made ready ahead of its moment (encoded), so that the moment only sends it."""
+
+    def send(self) -> Awaitable[object]:
+        """Put the write on its way now (no await: the writes of every tick due at the same
+        moment leave together); awaiting the result waits until it is stored, and raises when
+        it was not. Send a write once, and await what it returns."""
+
+
 class StartPublisher(Protocol):
     """Where flow starts go (in production: JetStream `flow.v1.start.<ws>`, awaiting the PubAck)."""
 
-    async def publish(self, start: FlowStart, msg_id: str) -> None:
-        """Store `start` durably; a second publish with the same `msg_id` is stored once."""
+    def prepare(self, start: FlowStart, msg_id: str) -> Write:
+        """The write that stores `start` durably; a second one with the same `msg_id` is stored
+        once."""
 
 
 def armed_schedule(trigger: Trigger | None) -> Schedule | None:
@@ -179,6 +196,7 @@ def supersedes(tick: ScheduleTick, head: ScheduleTick) -> bool:
     return tick.scheduled_at > head.scheduled_at
 
 
+@functools.lru_cache(maxsize=32768)  # each fire needs it for its start and its ledger entry
 def fire_key(trigger_id: str, scheduled_at: datetime) -> str:
     """The identity of one fire: the `Nats-Msg-Id` of its start and the seed of its run id."""
     return f"{trigger_id}:{scheduled_at.astimezone(UTC).isoformat()}"
@@ -615,6 +633,50 @@ def overlap_skip_entry(run: Run, trigger: Trigger | None, now: datetime) -> Fire
 # --- The scheduler: the decisions applied through the Protocols -----------------------------
 
 
+async def _sleep_then(sleep: Sleep, seconds: float, then: Callable[[], None]) -> None:
+    await sleep(seconds)
+    then()
+
+
+class _SendWhenDue:
+    """Called the moment a held tick is due: sends its prepared starts if its trigger is still
+    the one it was decided for and the moment is not long past (else the tick is decided
+    again, as of then). Never raises: it runs in the alarm's callback, among other ticks'."""
+
+    __slots__ = ("_clock", "_decided_at", "_starts", "_trigger", "_triggers", "error", "sent")
+
+    def __init__(
+        self,
+        triggers: TriggerStore,
+        trigger: Trigger,
+        starts: list[Write],
+        clock: Clock,
+        decided_at: datetime,
+    ) -> None:
+        self._triggers = triggers
+        self._trigger = trigger
+        self._starts = starts
+        self._clock = clock
+        self._decided_at = decided_at
+        self.sent: list[Awaitable[object]] | None = None
+        """What awaits each start being stored, once sent; None when they were not sent."""
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        trigger = self._trigger
+        if self._triggers.get(trigger.id) is not trigger:
+            return
+        if self._clock() - self._decided_at > LATE_WAKE:
+            return
+        sent: list[Awaitable[object]] = []
+        self.sent = sent
+        try:
+            for start in self._starts:
+                sent.append(start.send())
+        except Exception as error:  # the connection is closed, or its buffer is full
+            self.error = error
+
+
 class Scheduler:
     """Keeps the parked timers in line with the triggers and turns due ticks into decisions.
 
@@ -631,6 +693,7 @@ class Scheduler:
         ledger: Ledger,
         clock: Clock = now_utc,
         sleep: Sleep = asyncio.sleep,
+        wake_sleep: WakeSleep | None = None,
         concurrency: int = 512,
         misfire_after: float = 10.0,
     ) -> None:
@@ -640,6 +703,7 @@ class Scheduler:
         self._ledger = ledger
         self._clock = clock
         self._sleep = sleep
+        self._wake_sleep = wake_sleep or functools.partial(_sleep_then, sleep)
         self._concurrency = concurrency
         self._misfire_after = timedelta(seconds=misfire_after)
         self._following = False
@@ -683,7 +747,11 @@ class Scheduler:
             parked = await self._park_current(
                 trigger_id, self._clock(), seen=0 if created else None
             )
-            if not parked:
+            if not parked and armed_schedule(self._triggers.get(trigger_id)) is None:
+                # Only a disarmed trigger loses its chain. An armed one with nothing left to
+                # park (a one-off whose time passed while this replica caught up with a herd
+                # of creations) may have its last tick in flight, parked in time by another
+                # replica: purging it would lose that fire.
                 await self._timers.cancel(trigger_id)
 
     async def reconcile(self) -> None:
@@ -767,7 +835,8 @@ class Scheduler:
         plan = plan_pause(trigger, paused_at)
         if plan is None:
             return
-        await self._carry_out(trigger, plan, starts_of(trigger, plan.decisions, plan.now))
+        starts = self._prepare(starts_of(trigger, plan.decisions, plan.now))
+        await self._carry_out(trigger, plan, [start.send() for start in starts])
 
     # --- Ticks -----------------------------------------------------------------------------
 
@@ -815,13 +884,24 @@ class Scheduler:
                 return "stale"
         assert trigger is not None
         plan = plan_tick(trigger, tick, self._clock(), misfire_after=self._misfire_after)
-        # Built before a tick is held, so that its due time costs only the publish.
-        starts = starts_of(trigger, plan.decisions, plan.now)
+        # Built and encoded before a tick is held, so that its due moment only sends them.
+        starts = self._prepare(starts_of(trigger, plan.decisions, plan.now))
+        sent: list[Awaitable[object]] | None = None
         if plan.hold > 0:
             if on_hold is not None:
                 on_hold()
-            await self._sleep(plan.hold)
-            if (
+            if redelivered or plan.misses:
+                # The ledger may hold some of its decisions already (see below): sent after.
+                await self._sleep(plan.hold)
+            else:
+                sending = _SendWhenDue(self._triggers, trigger, starts, self._clock, plan.now)
+                await self._wake_sleep(plan.hold, sending)
+                sent = sending.sent
+                if sending.error is not None:
+                    if sent:
+                        await asyncio.gather(*sent, return_exceptions=True)
+                    raise sending.error
+            if sent is None and (
                 self._triggers.get(tick.trigger_id) is not trigger
                 or self._clock() - plan.now > LATE_WAKE
             ):
@@ -831,7 +911,7 @@ class Scheduler:
                     tick, redelivered=redelivered, seen=seen, still_working=still_working
                 )
         carried = plan
-        if redelivered or plan.misses:
+        if sent is None and (redelivered or plan.misses):
             # Another replica may have decided these occurrences already: the one this tick
             # was delivered to first, or the chain that went on while this process was paused
             # (late, it would call missed what was started on time). What the ledger holds
@@ -850,13 +930,15 @@ class Scheduler:
                     await self._park_next(trigger, tick, plan.due, seen)
                     return "decided_before"
                 if carried is not plan:
-                    starts = starts_of(trigger, carried.decisions, carried.now)
+                    starts = self._prepare(starts_of(trigger, carried.decisions, carried.now))
         # The starts are stored first, then the ledger entries, then the next timer, and the
         # caller acks the tick only once all of them are acknowledged: a failed start parks
         # nothing (a parked timer would replace the tick before its retry) and records
         # nothing it did not do, and the next timer never replaces a tick whose decisions are
         # not all stored.
-        await self._carry_out(trigger, carried, starts, still_working)
+        if sent is None:
+            sent = [start.send() for start in starts]
+        await self._carry_out(trigger, carried, sent, still_working)
         await self._park_next(trigger, tick, plan.due, seen)
         return "started"
 
@@ -905,16 +987,15 @@ class Scheduler:
         self,
         trigger: Trigger,
         plan: Plan,
-        starts: list[tuple[FlowStart, str]],
+        sent: list[Awaitable[object]],
         still_working: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Store the `starts` of `plan` (raising if one fails), then record every decision,
-        each retried until stored (`_record`)."""
-        publishes = [self._starts.publish(start, msg_id) for start, msg_id in starts]
-        if len(publishes) == 1:
-            await publishes[0]  # the usual case: no task to wrap it in
-        elif publishes:
-            await asyncio.gather(*publishes)
+        """Wait until the `sent` starts of `plan` are stored (raising if one was not), then
+        record every decision, each retried until stored (`_record`)."""
+        if len(sent) == 1:
+            await sent[0]  # the usual case: no task to wrap it in
+        elif sent:
+            await asyncio.gather(*sent)  # each one's answer awaited, even after a failure
         due = plan.due
         if due.unlisted and due.unlisted_from is not None and due.unlisted_until is not None:
             log.warning(
@@ -938,6 +1019,9 @@ class Scheduler:
                     decision.status,
                     decision.reason,
                 )
+
+    def _prepare(self, starts: list[tuple[FlowStart, str]]) -> list[Write]:
+        return [self._starts.prepare(start, msg_id) for start, msg_id in starts]
 
     async def _record(
         self, entry: FireRecord, still_working: Callable[[], Awaitable[None]] | None

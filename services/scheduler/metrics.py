@@ -5,6 +5,7 @@ scheduled time: the delay a schedule's user sees before the run is queued.
 """
 
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import get_args
 
@@ -12,7 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from contracts.runs import FlowStart
 from contracts.scheduling import FireRecord, FireStatus
-from services.scheduler.core import Ledger, StartPublisher
+from services.scheduler.core import Ledger, StartPublisher, Write
 from shared.metrics import PREFIX
 
 FIRE_LAG = Histogram(
@@ -34,10 +35,26 @@ class MeasuredStartPublisher:
     def __init__(self, inner: StartPublisher) -> None:
         self._inner = inner
 
-    async def publish(self, start: FlowStart, msg_id: str) -> None:
-        await self._inner.publish(start, msg_id)
-        if start.scheduled_at is not None:
-            FIRE_LAG.observe(max(0.0, time.time() - start.scheduled_at.timestamp()))
+    def prepare(self, start: FlowStart, msg_id: str) -> Write:
+        return MeasuredWrite(self._inner.prepare(start, msg_id), start.scheduled_at)
+
+
+class MeasuredWrite:
+    """A start's `Write` whose lag is observed once it is stored."""
+
+    __slots__ = ("_inner", "_scheduled")
+
+    def __init__(self, inner: Write, scheduled_at: datetime | None) -> None:
+        self._inner = inner
+        self._scheduled = scheduled_at.timestamp() if scheduled_at is not None else None
+
+    def send(self) -> Awaitable[object]:
+        return self._stored(self._inner.send())
+
+    async def _stored(self, sent: Awaitable[object]) -> None:
+        await sent
+        if self._scheduled is not None:
+            FIRE_LAG.observe(max(0.0, time.time() - self._scheduled))
 
 
 class CountedLedger:

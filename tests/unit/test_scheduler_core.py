@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from nats.js.errors import NoStreamResponseError
 
-from contracts.registry import ApiTrigger, CronSchedule, ScheduleTrigger, Trigger
+from contracts.registry import ApiTrigger, CronSchedule, OnceSchedule, ScheduleTrigger, Trigger
 from contracts.runs import FlowStart, Run
 from contracts.scheduling import FireRecord, ScheduleTick
 from services.scheduler.adapters import at_header
@@ -61,6 +61,8 @@ class FakeTimers:
 
     async def park(self, tick: ScheduleTick, *, seen: int | None = None) -> bool:
         head = self.parked_ticks.get(tick.trigger_id) or self.gone_off.get(tick.trigger_id)
+        if seen == 0 and head is not None and tick.trigger_version == 1:
+            return False  # a new trigger's chain another replica parked: not read
         if seen != 0 or head is not None:
             self.head_lookups += 1
             if head is not None and not supersedes(tick, head):
@@ -119,10 +121,18 @@ class FakeStartPublisher:
         self.published: list[tuple[FlowStart, str]] = []
         self.failing = False
 
+    def prepare(self, start: FlowStart, msg_id: str) -> "FakeWrite":
+        return FakeWrite(lambda: self.publish(start, msg_id))
+
     async def publish(self, start: FlowStart, msg_id: str) -> None:
         if self.failing:
             raise ConnectionError("no PubAck")
         self.published.append((start, msg_id))
+
+
+class FakeWrite:
+    def __init__(self, send: Callable[[], Awaitable[None]]) -> None:
+        self.send = send
 
 
 def schedule_trigger(trigger_id: str = "trg_1", cron: str = "*/15 * * * *", **changes) -> Trigger:
@@ -973,3 +983,20 @@ async def test_a_tick_is_kept_in_progress_while_its_entry_is_retried(world: Worl
         tick("trg_1", 1, "2026-01-01T10:15:00+00:00"), still_working=still_working
     )
     assert len(kept) == 3
+
+
+async def test_a_replica_that_sees_a_one_off_created_after_its_time_leaves_its_tick_alone(
+    world: World,
+):
+    # Another replica parked the timer in time and it went off: its tick is in flight. This
+    # replica handles the creation late (busy with a herd): nothing is left to park, and
+    # cancelling would purge the tick before it is delivered (the fire would never start).
+    at = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
+    await world.scheduler.reconcile()
+    world.timers.gone_off["trg_1"] = tick("trg_1", 1, at.isoformat())
+    world.clock.now = at + timedelta(seconds=3)
+    await world.write(
+        msgspec.structs.replace(schedule_trigger("trg_1"), schedule=OnceSchedule(at=at))
+    )
+    assert world.timers.cancels == []
+    assert world.timers.gone_off["trg_1"] == tick("trg_1", 1, at.isoformat())
