@@ -93,31 +93,27 @@ class Writer:
         takes the subject and nats-py's `TimeoutError` without an answer in time.
         """
         token = str(next(self._counter))
+        future = self._awaited(token)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            self._pending.pop(token, None)
+            raise
+        return await self._answer(token, future)
+
+    def _awaited(self, token: str) -> "asyncio.Future[Msg]":
+        """The future the answer to `token` resolves, failed by `_expire` if none comes in time
+        (between `timeout` and `timeout + DEADLINE_SLOT` from now)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._pending[token] = future
-        # Times out between `timeout` and `timeout + DEADLINE_SLOT` from now.
         slot = int((loop.time() + self._timeout) / DEADLINE_SLOT) + 1
         tokens = self._slots.get(slot)
         if tokens is None:
             tokens = self._slots[slot] = []
             loop.call_at(slot * DEADLINE_SLOT, self._expire, slot)
         tokens.append(token)
-        try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            msg = await future
-        finally:
-            self._pending.pop(token, None)
-        answer = _answer.decode(msg.data)
-        if answer.error is not None:
-            if answer.error.err_code in WRONG_LAST_SEQUENCE:
-                raise KeyWrongLastSequenceError(description=answer.error.description)
-            raise APIError(
-                code=answer.error.code,
-                err_code=answer.error.err_code,
-                description=answer.error.description,
-            )
-        return answer.seq
+        return future
 
     async def put_if_last(self, bucket: str, key: str, value: bytes, last: int) -> int:
         """KV compare-and-swap: write `value` under `key` if its revision is `last` (0: if
@@ -171,16 +167,8 @@ class Writer:
             or nc._pending_data_size + len(prepared.command) > nc._max_pending_size
         ):
             raise OutboundBufferLimitError  # as nats-py's publish while reconnecting
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
         token = prepared.token
-        self._pending[token] = future
-        slot = int((loop.time() + self._timeout) / DEADLINE_SLOT) + 1
-        tokens = self._slots.get(slot)
-        if tokens is None:
-            tokens = self._slots[slot] = []
-            loop.call_at(slot * DEADLINE_SLOT, self._expire, slot)
-        tokens.append(token)
+        future = self._awaited(token)
         # What nats-py's `publish` does once it built the command: buffer it and wake the
         # flusher (which writes every buffered command at once, or keeps them while
         # reconnecting). nats-py 2.16's internals, pinned in pyproject.toml.
@@ -188,7 +176,7 @@ class Writer:
         nc._pending_data_size += len(prepared.command)
         flush_queue = nc._flush_queue
         if flush_queue is not None and flush_queue.empty():
-            flush_queue.put_nowait(loop.create_future())
+            flush_queue.put_nowait(future.get_loop().create_future())
         return self._answer(token, future)
 
     def flush(self) -> None:
