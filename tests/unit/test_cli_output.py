@@ -8,26 +8,7 @@ import httpx
 
 from cli.client import ApiError
 from cli.output import Column, Printer, cell, exit_code_of, plain_table
-
-RUN = {
-    "id": "run_1",
-    "workspace_id": "ws_1",
-    "flow_id": "flw_1",
-    "status": "failed",
-    "source": "api",
-    "trigger_id": None,
-    "queued_at": "2026-12-01T09:30:00.123456Z",
-    "duration_seconds": 1.5,
-    "attempts": [],
-    "error": "boom",
-}
-PROBLEM = {
-    "status": 404,
-    "code": "trigger_not_found",
-    "title": "Not Found",
-    "detail": "no trigger 'trg_x' in this workspace",
-    "type": "about:blank",
-}
+from tests.unit.cli_samples import PROBLEM, RUN
 
 
 def printer(json_mode: bool = False, terminal: bool = False) -> tuple[Printer, io.StringIO]:
