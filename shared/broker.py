@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.audit import AUDIT_RETENTION_DAYS
 from contracts.runs import DeadLetter
-from shared import metrics
+from shared import metrics, wire
 from shared.codec import encode
 from shared.settings import NatsConnectionSettings, from_environment
 
@@ -103,7 +103,7 @@ class _PlaintextServer(NatsError):
     """A server without TLS, for a client configured to use it."""
 
 
-class _TlsOnlyClient(Client):
+class _TlsOnlyClient(wire.Client):
     """A client that never sends its credentials in clear when TLS is configured.
 
     nats-py upgrades a connection to TLS only when the server's INFO says `tls_required`, even

@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
+
+from shared import wire
 
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 """JetStream error codes of a failed compare-and-swap (`Nats-Expected-Last-Subject-Sequence`)."""
@@ -63,7 +63,7 @@ class Writer:
         self._nc = nc
         self._prefix = prefix
         self._timeout = timeout
-        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._counter = itertools.count()
         self._slots: dict[int, list[str]] = {}
         """Deadline slot -> the tokens of the requests that time out with it."""
@@ -71,17 +71,19 @@ class Writer:
     @classmethod
     async def open(cls, nc: Client, timeout: float = TIMEOUT) -> "Writer":
         writer = cls(nc, f"{nc.new_inbox()}.", timeout)
-        await nc.subscribe(f"{writer._prefix}*", cb=writer._on_reply)
+        await wire.subscribe(nc, f"{writer._prefix}*", writer._on_reply)
         return writer
 
-    async def _on_reply(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject[len(self._prefix) :], None)
+    def _on_reply(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> None:
+        future = self._pending.pop(subject[len(self._prefix) :], None)
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+        if headers and headers.get(STATUS) == NO_RESPONDERS:
             future.set_exception(NoStreamResponseError())
         else:
-            future.set_result(msg)
+            future.set_result(data)
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, Any] | None = None
@@ -90,22 +92,24 @@ class Writer:
 
         Raises `KeyWrongLastSequenceError` when an expected last sequence did not hold,
         nats-py's `APIError` for any other refusal, `NoStreamResponseError` when no stream
-        takes the subject and nats-py's `TimeoutError` without an answer in time.
+        takes the subject, nats-py's `TimeoutError` without an answer in time and its
+        `MaxPayloadError` for a payload over the server's limit.
         """
+        wire.check_size(self._nc, payload)
         token = str(next(self._counter))
         future = self._awaited(token)
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            wire.send(self._nc, wire.command(subject, payload, self._prefix + token, headers))
         except BaseException:
             self._pending.pop(token, None)
             raise
         return await self._answer(token, future)
 
-    def _awaited(self, token: str) -> "asyncio.Future[Msg]":
+    def _awaited(self, token: str) -> "asyncio.Future[bytes]":
         """The future the answer to `token` resolves, failed by `_expire` if none comes in time
         (between `timeout` and `timeout + DEADLINE_SLOT` from now)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._pending[token] = future
         slot = int((loop.time() + self._timeout) / DEADLINE_SLOT) + 1
         tokens = self._slots.get(slot)
@@ -125,33 +129,9 @@ class Writer:
     def prepare(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> "Prepared":
-        """The wire form of a `publish`, built ahead of the moment it is sent (`send`).
-
-        Header names and values are written as given: ours (ids, times, subjects) hold no line
-        breaks, which nats-py would strip and check with a regular expression on every write.
-        """
+        """The wire form of a `publish`, built ahead of the moment it is sent (`send`)."""
         token = str(next(self._counter))
-        reply = self._prefix + token
-        if not headers:
-            command = b"PUB %s %s %d\r\n%s\r\n" % (
-                subject.encode(),
-                reply.encode(),
-                len(payload),
-                payload,
-            )
-            return Prepared(token, command)
-        head = (
-            "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        ).encode()
-        command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-            subject.encode(),
-            reply.encode(),
-            len(head),
-            len(head) + len(payload),
-            head,
-            payload,
-        )
-        return Prepared(token, command)
+        return Prepared(token, wire.command(subject, payload, self._prefix + token, headers))
 
     def send(self, prepared: "Prepared") -> Coroutine[Any, Any, int]:
         """Put a prepared write on the wire now (no await: a batch of them due at the same
@@ -159,43 +139,20 @@ class Writer:
 
         Each prepared write is sent once. Await what it returns, even when giving up on it.
         """
-        nc = self._nc
-        if nc.is_closed:
-            raise ConnectionClosedError
-        if not nc.is_connected and (
-            nc._max_pending_size <= 0
-            or nc._pending_data_size + len(prepared.command) > nc._max_pending_size
-        ):
-            raise OutboundBufferLimitError  # as nats-py's publish while reconnecting
         token = prepared.token
-        future = self._awaited(token)
-        # What nats-py's `publish` does once it built the command: buffer it and wake the
-        # flusher (which writes every buffered command at once, or keeps them while
-        # reconnecting). nats-py 2.16's internals, pinned in pyproject.toml.
-        nc._pending.append(prepared.command)
-        nc._pending_data_size += len(prepared.command)
-        flush_queue = nc._flush_queue
-        if flush_queue is not None and flush_queue.empty():
-            flush_queue.put_nowait(future.get_loop().create_future())
-        return self._answer(token, future)
+        wire.send(self._nc, prepared.command)
+        return self._answer(token, self._awaited(token))
 
     def flush(self) -> None:
-        """Write what the connection holds now, without waiting for its flusher (which runs
-        only once the current turn of the event loop is over): the first writes of a large
-        batch are then stored while the rest are sent. Kept for the flusher while reconnecting.
-        """
-        nc = self._nc
-        if nc._pending_data_size and nc.is_connected and nc._transport is not None:
-            nc._transport.writelines(nc._pending)
-            nc._pending = []
-            nc._pending_data_size = 0
+        """See `wire.flush`."""
+        wire.flush(self._nc)
 
-    async def _answer(self, token: str, future: "asyncio.Future[Msg]") -> int:
+    async def _answer(self, token: str, future: "asyncio.Future[bytes]") -> int:
         try:
-            msg = await future
+            data = await future
         finally:
             self._pending.pop(token, None)
-        answer = _answer.decode(msg.data)
+        answer = _answer.decode(data)
         if answer.error is not None:
             if answer.error.err_code in WRONG_LAST_SEQUENCE:
                 raise KeyWrongLastSequenceError(description=answer.error.description)

@@ -3,7 +3,8 @@
 nats-py's `fetch` takes each message off a queue with `next_msg`, which creates two tasks, a
 uuid and a timer per message (about 40 µs on this machine, more than a no-op run's own work).
 Here one pull request at a time asks for as many messages as there are free slots; the server
-delivers them to a callback subscription, which hands each to `dispatch` at once. The request
+delivers them to a `wire` subscription, which hands each to `dispatch` as it is read (a
+`wire.Delivered`, whose acks cost no nats-py publish). The request
 ends when all its messages came, or with the server's status (404/408 when it expires, 409 or
 503 on trouble), or locally after `expires` plus a margin (its server restarted and forgot it).
 
@@ -20,6 +21,7 @@ from typing import NamedTuple
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from shared import wire
 from shared.codec import encode
 
 log = logging.getLogger(__name__)
@@ -64,27 +66,30 @@ class Puller:
         self._refusal: str | None = None
         """Why the server refused the current request (its 409 or 503), or None."""
 
-    async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        status = headers.get(STATUS)
-        if status is not None:
-            # A status comes to the request's own reply subject (messages keep their own
-            # subject): the status of an earlier request, given up locally, says nothing of
-            # this one.
-            current = msg.subject.endswith(f".{self._request}")
-            if current and status != HEARTBEAT:  # over: expired, nothing left, or refused
-                if status in REFUSALS:
-                    self._refusal = f"{status} {headers.get(DESCRIPTION) or ''}".strip()
-                self._asked = 0
-                self._answered.set()
-            return
+    def _on_message(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> None:
+        if headers:
+            status = headers.get(STATUS)
+            if status is not None:
+                # A status comes to the request's own reply subject (messages keep their own
+                # subject): the status of an earlier request, given up locally, says nothing
+                # of this one.
+                current = subject.endswith(f".{self._request}")
+                if current and status != HEARTBEAT:  # over: expired, nothing left, or refused
+                    if status in REFUSALS:
+                        self._refusal = f"{status} {headers.get(DESCRIPTION) or ''}".strip()
+                    self._asked = 0
+                    self._answered.set()
+                return
         self._asked -= 1
         if self._asked <= 0:
             self._answered.set()
+        msg = wire.delivered(self._nc, subject, reply, data, headers)
         if self._stopping:
             # Stopping: hand it straight back rather than let it sit out its ack wait.
             with contextlib.suppress(Exception):
-                await msg.nak()
+                msg.nak_now()
             return
         self._dispatch(msg)
 
@@ -92,7 +97,7 @@ class Puller:
         """Pull until cancelled; then let the last request run out, handing back what it
         brings."""
         inbox = self._nc.new_inbox()
-        subscription = await self._nc.subscribe(f"{inbox}.*", cb=self._on_message)
+        subscription = await wire.subscribe(self._nc, f"{inbox}.*", self._on_message)
         expires_ns = int(self._expires * 1e9)
         refused_in_a_row = 0
         try:
@@ -129,7 +134,7 @@ class Puller:
                 with contextlib.suppress(BaseException):
                     await self._answer()
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await wire.unsubscribe(self._nc, subscription)
 
     async def _answer(self) -> None:
         """Wait for the current request to end (locally given up if its answer never comes)."""

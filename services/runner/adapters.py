@@ -23,7 +23,7 @@ from services.runner.core import (
     no_workspace_limit,
     without,
 )
-from shared import jetstream
+from shared import jetstream, wire
 from shared.codec import decode, encode
 from shared.kv import read_one
 from shared.kv_mirror import KvMirror
@@ -123,10 +123,13 @@ class NatsRunEvents:
         """
         # One event per status and attempt: a retried publish is stored once.
         event_id = f"{run.id}.{run.status}.{run.attempt}.{len(run.attempts)}"
-        await self._nc.publish(
-            subjects.run_event(run.workspace_id, run.id, run.status),
-            event_payload(run, value),
-            headers={MSG_ID: event_id},
+        wire.send(
+            self._nc,
+            wire.command(
+                subjects.run_event(run.workspace_id, run.id, run.status),
+                event_payload(run, value),
+                headers={MSG_ID: event_id},
+            ),
         )
 
 

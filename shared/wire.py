@@ -1,0 +1,199 @@
+"""Messages on the hot paths, read and written below nats-py's per-message machinery.
+
+nats-py hands each message of a callback subscription to that subscription's task through a
+queue (a task step and a coroutine per message) and builds every command it sends through
+checks meant for any caller's headers. For the runner's three writes and two reads per run
+that machinery cost more than the run. Here:
+
+- `Client` hands the messages of a `subscribe`d subject to a plain function from the
+  connection's read loop itself, decoded as nats-py would (the same header parsing), with no
+  queue, task or `Msg` in between. Every other subscription works as in nats-py.
+- `command` builds a `PUB`/`HPUB` command and `send` buffers it for the connection's flusher,
+  the way nats-py's `publish` does once it built one (and with its refusals while closed,
+  draining or reconnecting with a full buffer). No await: commands sent in one turn of the
+  event loop leave in one socket write.
+- `Delivered` is a JetStream delivery whose acks are such commands.
+
+A client that is not a `Client` (a test's, from `nats.connect`) still works: `subscribe` then
+falls back to an ordinary callback subscription. These use nats-py 2.16's internals (`_subs`,
+`_pending`, `_flush_queue`, `_process_headers`), pinned in pyproject.toml; the tests of
+`shared.jetstream` and `shared.pull` run against a real server through both kinds of client.
+"""
+
+import asyncio
+from collections.abc import Callable
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    MaxPayloadError,
+    OutboundBufferLimitError,
+)
+
+Handler = Callable[[str, str, bytes, dict[str, str] | None], None]
+"""`(subject, reply, data, headers)` of one message, called as the connection reads it."""
+
+ACK = b"+ACK"
+NAK = b"-NAK"
+PROGRESS = b"+WPI"
+TERM = b"+TERM"
+
+
+class Client(NatsClient):
+    """nats-py's client, handing the messages of `subscribe`d subjects to their `Handler`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, Handler] = {}
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        handler = self._direct.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        parsed = await self._process_headers(headers) if headers else None
+        handler(subject.decode(), reply.decode(), data, parsed)
+
+
+async def subscribe(nc: NatsClient, subject: str, handler: Handler) -> Subscription:
+    """Subscribe `handler` to `subject`: called from the read loop on a `Client`, from an
+    ordinary callback subscription on any other client. A handler must not block; what it
+    starts that awaits is its own task."""
+
+    async def unused(msg: Msg) -> None:  # pragma: no cover - only on a plain client
+        handler(msg.subject, msg.reply, msg.data, msg.headers)
+
+    subscription = await nc.subscribe(subject, cb=unused)
+    if isinstance(nc, Client):
+        nc._direct[subscription._id] = handler
+    return subscription
+
+
+async def unsubscribe(nc: NatsClient, subscription: Subscription) -> None:
+    if isinstance(nc, Client):
+        nc._direct.pop(subscription._id, None)
+    await subscription.unsubscribe()
+
+
+def command(
+    subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+) -> bytes:
+    """The `PUB` (or with `headers`, `HPUB`) command publishing `payload` to `subject`.
+
+    Header names and values are written as given: ours (ids, times, subjects) hold no line
+    breaks, which nats-py strips and checks with a regular expression on every write.
+    """
+    if not headers:
+        if reply:
+            return b"PUB %s %s %d\r\n%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(payload),
+                payload,
+            )
+        return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+    head = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    if reply:
+        return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            len(head),
+            len(head) + len(payload),
+            head,
+            payload,
+        )
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        len(head),
+        len(head) + len(payload),
+        head,
+        payload,
+    )
+
+
+def send(nc: NatsClient, command: bytes) -> None:
+    """Buffer `command` for the connection's flusher and wake it: what nats-py's `publish`
+    does once it built the command (it keeps the buffer while reconnecting). Raises as
+    `publish` does while the connection is closed or draining, or reconnecting with its buffer
+    full (a payload over the server's limit is the caller's to refuse: `check_size`)."""
+    if nc.is_closed:
+        raise ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise ConnectionDrainingError
+    size = len(command)
+    if not nc.is_connected and (
+        nc._max_pending_size <= 0 or nc._pending_data_size + size > nc._max_pending_size
+    ):
+        raise OutboundBufferLimitError
+    nc._pending.append(command)
+    nc._pending_data_size += size
+    stats = nc.stats
+    stats["out_msgs"] += 1
+    stats["out_bytes"] += size
+    flush_queue = nc._flush_queue
+    if flush_queue is not None and flush_queue.empty():
+        # nats-py's flusher resolves what it takes off its queue.
+        flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def check_size(nc: NatsClient, payload: bytes) -> None:
+    """Raise nats-py's `MaxPayloadError` for a payload over the server's limit (which would
+    close the connection)."""
+    if len(payload) > nc._max_payload:
+        raise MaxPayloadError
+
+
+def flush(nc: NatsClient) -> None:
+    """Write what the connection holds now, without waiting for its flusher (which runs only
+    once the current turn of the event loop is over): the first writes of a large batch are
+    then stored while the rest are sent. Kept for the flusher while reconnecting."""
+    if nc._pending_data_size and nc.is_connected and nc._transport is not None:
+        nc._transport.writelines(nc._pending)
+        nc._pending = []
+        nc._pending_data_size = 0
+
+
+class Delivered(Msg):
+    """A JetStream message whose acks are sent as `send` commands (nats-py's `Msg` otherwise:
+    `subject`, `reply`, `data`, `headers`, `metadata`)."""
+
+    def _answer(self, answer: bytes) -> None:
+        send(self._client, b"PUB %s %d\r\n%s\r\n" % (self.reply.encode(), len(answer), answer))
+
+    async def ack(self) -> None:
+        self._check_reply()  # nats-py's errors: no reply subject, acknowledged already
+        self._answer(ACK)
+        self._ackd = True
+
+    async def nak(self, delay: int | float | None = None) -> None:
+        self.nak_now(delay)
+
+    def nak_now(self, delay: int | float | None = None) -> None:
+        """`nak`, from code that cannot await."""
+        self._check_reply()
+        self._answer(NAK if not delay else b'%s {"delay":%d}' % (NAK, int(delay * 1e9)))
+        self._ackd = True
+
+    async def in_progress(self) -> None:
+        if not self.reply:
+            self._check_reply()
+        self._answer(PROGRESS)
+
+    async def term(self) -> None:
+        self._check_reply()
+        self._answer(TERM)
+        self._ackd = True
+
+
+def delivered(
+    nc: NatsClient, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+) -> Delivered:
+    return Delivered(_client=nc, subject=subject, reply=reply, data=data, headers=headers)

@@ -1,0 +1,124 @@
+"""Messages read and written below nats-py's per-message machinery (`shared.wire`), against a
+real nats-server: the same subjects, headers and JetStream acks as nats-py's own."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import MaxPayloadError, MsgAlreadyAckdError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, StreamConfig
+
+from shared import jetstream, wire
+from shared.ids import new_id
+
+Received = tuple[str, str, bytes, dict[str, str] | None]
+
+
+@pytest.fixture(params=["wire client", "plain nats-py client"])
+async def client(
+    request: pytest.FixtureRequest, nc: Client, nats_url: str
+) -> AsyncIterator[Client]:
+    if request.param == "wire client":
+        assert isinstance(nc, wire.Client)
+        yield nc
+        return
+    plain = await nats.connect(nats_url)
+    yield plain
+    await plain.drain()
+
+
+async def test_a_message_reaches_its_handler_with_its_subject_reply_and_headers(
+    client: Client,
+) -> None:
+    subject = f"wire.{new_id('x')}"
+    received: asyncio.Queue[Received] = asyncio.Queue()
+    subscription = await wire.subscribe(
+        client, f"{subject}.*", lambda *message: received.put_nowait(message)
+    )
+
+    wire.send(client, wire.command(f"{subject}.a", b"plain"))
+    wire.send(client, wire.command(f"{subject}.b", b"with", "answer.here", {"Trace": "t-1"}))
+    wire.send(client, wire.command(f"{subject}.c", b"", headers={"Nats-Msg-Id": "m-1"}))
+
+    got = [await asyncio.wait_for(received.get(), 5) for _ in range(3)]
+    assert got == [
+        (f"{subject}.a", "", b"plain", None),
+        (f"{subject}.b", "answer.here", b"with", {"Trace": "t-1"}),
+        (f"{subject}.c", "", b"", {"Nats-Msg-Id": "m-1"}),
+    ]
+    await wire.unsubscribe(client, subscription)
+    wire.send(client, wire.command(f"{subject}.d", b"after"))
+    await client.flush()
+    await asyncio.sleep(0.05)
+    assert received.empty()
+
+
+async def _one_delivery(js: JetStreamContext, stream: str, subject: str) -> wire.Delivered:
+    subscription = await js.pull_subscribe_bind(durable="workers", stream=stream)
+    [msg] = await subscription.fetch(1, timeout=5)
+    return wire.delivered(js._nc, msg.subject, msg.reply, msg.data, msg.headers)
+
+
+async def _stream(js: JetStreamContext) -> tuple[str, str]:
+    stream, subject = new_id("WIRE"), new_id("wire")
+    await js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(durable_name="workers", ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
+    )
+    await js.publish(subject, b"work")
+    return stream, subject
+
+
+async def _settled(js: JetStreamContext, stream: str) -> ConsumerInfo:
+    """The consumer's state once it has taken in the acks sent (within 5 s)."""
+    deadline = time.monotonic() + 5
+    while (info := await js.consumer_info(stream, "workers")).num_ack_pending:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    return info
+
+
+async def test_an_acknowledged_delivery_is_done_and_cannot_be_acknowledged_twice(
+    client: Client,
+) -> None:
+    js = client.jetstream()
+    stream, subject = await _stream(js)
+    msg = await _one_delivery(js, stream, subject)
+
+    await msg.in_progress()  # as often as wanted, before the ack
+    await msg.ack()
+    with pytest.raises(MsgAlreadyAckdError):
+        await msg.ack()
+    info = await _settled(js, stream)
+    assert (info.num_ack_pending, info.num_pending, info.delivered.stream_seq) == (0, 0, 1)
+
+
+async def test_a_delivery_handed_back_with_a_delay_comes_back_after_it(client: Client) -> None:
+    js = client.jetstream()
+    stream, subject = await _stream(js)
+    msg = await _one_delivery(js, stream, subject)
+
+    handed_back = time.monotonic()
+    await msg.nak(delay=0.6)
+    again = await _one_delivery(js, stream, subject)
+    assert time.monotonic() - handed_back >= 0.5
+    assert again.data == b"work"
+    assert again.metadata.num_delivered == 2
+    await again.term()  # terminated: never delivered again
+    info = await _settled(js, stream)
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+
+
+async def test_a_write_over_the_servers_payload_limit_is_refused_before_it_is_sent(
+    client: Client,
+) -> None:
+    writer = await jetstream.Writer.open(client)
+    with pytest.raises(MaxPayloadError):
+        await writer.publish(f"wire.{new_id('x')}", b"x" * (client.max_payload + 1))
+    assert client.is_connected
