@@ -62,6 +62,16 @@ def begin(record: Run, now: datetime, runner_id: str = "") -> Run:
     new one; whether it finished is for its runner to say, if it comes back (`AttemptOutcome`).
     After `MAX_LOST_ATTEMPTS` such attempts the run is failed instead (check the status).
     """
+    if record.status == "queued" and not record.attempts:  # the first attempt: most runs
+        return msgspec.structs.replace(
+            record,
+            status="running",
+            attempt=1,
+            attempts=[Attempt(number=1, runner_id=runner_id, started_at=now)],
+            started_at=record.started_at or now,
+            finished_at=None,
+            retry_at=None,
+        )
     attempts = list(record.attempts)
     taken_over: int | None = None
     if record.status == "running":

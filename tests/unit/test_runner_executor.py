@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from contracts.registry import Flow, PythonFlowSettings
-from contracts.runs import FlowStart, Run
+from contracts.runs import Attempt, FlowStart, Run
 from services.runner.executor import begin, execute, queued
 from services.runner.flows import FlowContext, FlowRegistry
 
@@ -185,11 +185,13 @@ def test_a_start_becomes_a_queued_record_with_everything_it_carried() -> None:
 def test_beginning_a_queued_run_is_its_first_attempt() -> None:
     later = T0 + timedelta(seconds=5)
 
-    record = begin(queued(FlowStart(run_id="r", workspace_id="w", flow_id="f"), T0), later)
+    record = begin(queued(FlowStart(run_id="r", workspace_id="w", flow_id="f"), T0), later, "rnr_1")
 
     assert record.status == "running"
     assert record.attempt == 1
     assert record.started_at == later
+    assert record.attempts == [Attempt(number=1, runner_id="rnr_1", started_at=later)]
+    assert (record.finished_at, record.retry_at, record.queued_at) == (None, None, T0)
 
 
 def test_beginning_a_run_left_running_by_a_dead_runner_is_a_new_attempt() -> None:
