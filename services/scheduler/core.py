@@ -389,15 +389,18 @@ def tick_of(trigger: Trigger, occurrence: Occurrence) -> ScheduleTick:
     )
 
 
-def next_tick(trigger: Trigger | None, after: datetime, now: datetime) -> ScheduleTick | None:
+def next_tick(
+    trigger: Trigger | None, after: datetime, now: datetime, *, due_too: bool = False
+) -> ScheduleTick | None:
     """The timer to park for `trigger`: its next occurrence after `after` that is not yet due
-    (an occurrence already due is left behind); None if the trigger is not armed or its
-    schedule is over."""
+    (an occurrence already due is left behind, unless `due_too`: then its timer goes off at
+    once and its tick decides it); None if the trigger is not armed or its schedule is
+    over."""
     schedule = armed_schedule(trigger)
     if trigger is None or schedule is None:
         return None
     jitter = schedules.jitter_offset(trigger.id, schedule.jitter)
-    if after + jitter < now:
+    if after + jitter < now and not due_too:
         after = now - jitter
     occurrence = next(iter(schedules.occurrences(schedule, after)), None)
     if occurrence is None:
@@ -744,9 +747,16 @@ class Scheduler:
         """Make the trigger's timer match its current state: park a fresh one, or cancel it.
         `created`: the trigger is new, so it has no timer or tick yet (most likely)."""
         async with self._lock(trigger_id):
-            parked = await self._park_current(
-                trigger_id, self._clock(), seen=0 if created else None
-            )
+            trigger = self._triggers.get(trigger_id)
+            if created and trigger is not None:
+                # From its creation on: an occurrence due before this replica got to the
+                # creation (a herd of creations ahead of it) is parked due, so its tick fires
+                # it or records it missed; a replica that parked it in time has the chain.
+                parked = await self._park_current(
+                    trigger_id, trigger.created_at, seen=0, due_too=True
+                )
+            else:
+                parked = await self._park_current(trigger_id, self._clock())
             if not parked and armed_schedule(self._triggers.get(trigger_id)) is None:
                 # Only a disarmed trigger loses its chain. An armed one with nothing left to
                 # park (a one-off whose time passed while this replica caught up with a herd
@@ -1053,14 +1063,14 @@ class Scheduler:
             backoff = min(backoff * 2, RECORD_MAX_BACKOFF)
 
     async def _park_current(
-        self, trigger_id: str, after: datetime, *, seen: int | None = None
+        self, trigger_id: str, after: datetime, *, seen: int | None = None, due_too: bool = False
     ) -> bool:
-        """Park the trigger's next occurrence after `after` that is not yet due (`next_tick`),
-        unless its chain of timers is already there or past it (`Timers.park`: a timer that
-        went off for it has its tick held or waiting, and whoever handles it parks the next);
-        False if the trigger is not armed or its schedule is over. `seen` as in `Timers.park`.
-        Call with the trigger's lock held."""
-        tick = next_tick(self._triggers.get(trigger_id), after, self._clock())
+        """Park the trigger's next occurrence after `after` that is not yet due (`next_tick`,
+        with `due_too`), unless its chain of timers is already there or past it
+        (`Timers.park`: a timer that went off for it has its tick held or waiting, and whoever
+        handles it parks the next); False if the trigger is not armed or its schedule is over.
+        `seen` as in `Timers.park`. Call with the trigger's lock held."""
+        tick = next_tick(self._triggers.get(trigger_id), after, self._clock(), due_too=due_too)
         if tick is None:
             return False
         await self._timers.park(tick, seen=seen)

@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from contracts import subjects
-from contracts.registry import CronSchedule, ScheduleTrigger, Trigger
+from contracts.registry import CronSchedule, OnceSchedule, ScheduleTrigger, Trigger
 from contracts.runs import DeadLetter, FlowStart, Run, RunEvent
 from contracts.scheduling import FireRecord, ScheduleTick
 from services.ingress.adapters import read_ledger
@@ -172,6 +172,26 @@ async def test_a_per_second_schedule_starts_its_flow_every_second(
         assert start.requested_at is not None
         assert start.scheduled_at is not None
         assert start.requested_at >= start.scheduled_at
+
+
+@pytest.mark.usefixtures("scheduler")
+async def test_a_one_off_due_before_the_scheduler_handles_its_creation_still_starts_its_flow(
+    registry: Registry, starts: StartLog
+):
+    # As when the scheduler is busy with a herd of creations: by the time it handles this one,
+    # its moment has passed. Its timer is parked due and goes off at once.
+    created = now() - timedelta(seconds=3)
+    at = (created + timedelta(seconds=1)).replace(microsecond=0)
+    trigger = schedule_trigger(
+        NEVER_DURING_THE_TEST, schedule=OnceSchedule(at=at), created_at=created
+    )
+    await registry.put(trigger)
+
+    fired = await starts.wait_for(lambda start: start.trigger_id == trigger.id, timeout=5)
+    assert fired.scheduled_at == at
+    await starts.assert_none(
+        lambda start: start.trigger_id == trigger.id and start is not fired, during=1.0
+    )
 
 
 @pytest.mark.usefixtures("scheduler")

@@ -615,7 +615,8 @@ async def test_a_dst_gap_tick_is_recorded_and_the_next_occurrence_parked(world: 
 async def test_the_timer_of_a_gap_skip_is_parked_as_a_non_fire(world: World):
     await world.scheduler.reconcile()
     world.clock.now = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
-    await world.write(with_schedule(cron="30 2 * * *", timezone="Europe/Berlin", dst_gap="skip"))
+    created = with_schedule(cron="30 2 * * *", timezone="Europe/Berlin", dst_gap="skip")
+    await world.write(msgspec.structs.replace(created, created_at=world.clock.now))
     parked = world.timers.parked_ticks["trg_1"]
     assert parked.skip == "dst_gap"
     assert parked.scheduled_at == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
@@ -983,6 +984,50 @@ async def test_a_tick_is_kept_in_progress_while_its_entry_is_retried(world: Worl
         tick("trg_1", 1, "2026-01-01T10:15:00+00:00"), still_working=still_working
     )
     assert len(kept) == 3
+
+
+async def test_a_one_off_whose_time_passed_before_its_creation_was_handled_still_fires(
+    world: World,
+):
+    # Created 10:00:00 for 10:00:01; this replica gets to the creation at 10:00:04 (a herd of
+    # creations ahead of it) and no replica parked it: it used to be left behind, never fired
+    # and never recorded. Its timer is parked due, and its tick fires it (within the misfire
+    # threshold).
+    created_at, at = (
+        datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC),
+        datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC),
+    )
+    await world.scheduler.reconcile()
+    world.clock.now = at + timedelta(seconds=3)
+    one_off = msgspec.structs.replace(
+        schedule_trigger("trg_1"), schedule=OnceSchedule(at=at), created_at=created_at
+    )
+    await world.write(one_off)
+    parked = world.timers.parked_ticks["trg_1"]
+    assert parked == tick("trg_1", 1, at.isoformat())
+
+    await world.scheduler.fire(parked)
+    assert started_times(world) == ["10:00:01"]
+    assert world.ledger.statuses() == [("10:00:01", "started")]
+
+
+async def test_a_schedule_created_during_a_late_catch_up_decides_the_occurrences_it_missed(
+    world: World,
+):
+    # Every 15 minutes, created at 10:10 and handled at 10:31: 10:15 and 10:30 are due. The
+    # first is parked due; its tick decides both (misfire policy skip, both later than the
+    # 10 s threshold: missed) and parks 10:45.
+    created_at = datetime(2026, 1, 1, 10, 10, tzinfo=UTC)
+    await world.scheduler.reconcile()
+    world.clock.now = datetime(2026, 1, 1, 10, 31, tzinfo=UTC)
+    await world.write(msgspec.structs.replace(with_schedule(misfire="skip"), created_at=created_at))
+    parked = world.timers.parked_ticks["trg_1"]
+    assert parked == tick("trg_1", 1, "2026-01-01T10:15:00+00:00")
+
+    await world.scheduler.fire(parked)
+    assert started_times(world) == []
+    assert [status for _, status in world.ledger.statuses()] == ["missed", "missed"]
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:45:00+00:00")
 
 
 async def test_a_replica_that_sees_a_one_off_created_after_its_time_leaves_its_tick_alone(
