@@ -1,9 +1,10 @@
 """JetStream writes confirmed by the server, for hot paths.
 
 The same request as nats-py's `js.publish` and `kv.create`/`kv.update`, for less CPU: the
-runner makes three such writes per run. The server's answer is decoded by one reused msgspec
-decoder instead of `json.loads` plus a dataclass built field by field, and a request costs
-neither a NUID nor a `wait_for` (see `Writer`).
+runner writes every run record this way, the scheduler its timers, ticks and ledger. The
+request is a `wire` command and its answer comes to a `wire` subscription; it is decoded by one
+reused msgspec decoder instead of `json.loads` plus a dataclass built field by field, and a
+request costs neither a NUID nor a `wait_for` (see `Writer`).
 """
 
 import asyncio

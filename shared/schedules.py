@@ -140,13 +140,24 @@ def validate(schedule: Schedule, now: datetime | None = None) -> str | None:
         return f"jitter must be between 0 and {MAX_JITTER} seconds, not {schedule.jitter}"
     if schedule.catch_up_window < 0:
         return f"catch_up_window must be 0 or more seconds, not {schedule.catch_up_window}"
-    start, end = _bound(schedule.start, zone), _bound(schedule.end, zone)
+    field, moment = "start", schedule.start
+    try:
+        start = _bound(moment, zone)
+        field, moment = "end", schedule.end
+        end = _bound(moment, zone)
+        at = None
+        if isinstance(schedule, OnceSchedule):
+            field, moment = "at", schedule.at
+            at = _resolve_once(schedule, zone)
+    except OverflowError:  # such as 0001-01-01T01:00:00+19:00: before the year 1 in UTC
+        shown = moment.isoformat() if moment is not None else ""
+        return f"{field} {shown} is out of range: in UTC it must fall within the years 1-9999"
     if start is not None and end is not None and end <= start:
         return f"end ({schedule.end}) must be after start ({schedule.start})"
     if now is not None:
         if end is not None and end <= now:
             return f"end ({schedule.end}) is in the past"
-        if isinstance(schedule, OnceSchedule) and _resolve_once(schedule, zone) <= now:
+        if isinstance(schedule, OnceSchedule) and at is not None and at <= now:
             return f"the one-off time {schedule.at} is in the past"
     return None
 

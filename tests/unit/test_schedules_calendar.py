@@ -411,6 +411,15 @@ NOW = at("2026-01-01T00:00:00Z")
         (OnceSchedule(at=at("2025-12-31T00:00:00Z")), "the one-off time"),
         (DailySchedule(at="09:00", timezone="Mars/Base"), "unknown time zone 'Mars/Base'"),
         (CronSchedule(cron="0 0 * * 5L"), "the day-of-week field '5L' is not valid"),
+        (
+            HourlySchedule(start=at("0001-01-01T01:00:01+19:08")),  # before the year 1 in UTC
+            "start 0001-01-01T01:00:01+19:08 is out of range",
+        ),
+        (HourlySchedule(end=at("9999-12-31T23:00:00-05:00")), "end 9999-12-31T23:00:00-05:00"),
+        (
+            OnceSchedule(at=datetime(9999, 12, 31, 23, 59), timezone="America/New_York"),
+            "at 9999-12-31T23:59:00 is out of range",
+        ),
     ],
 )
 def test_invalid_options_are_explained(schedule: Schedule, message: str):
