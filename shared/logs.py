@@ -30,7 +30,10 @@ def bind(**ids: str | None) -> None:
     """Add `ids` (run_id, trigger_id, workspace_id, trace_id) to every line logged from here on
     in the current context (an asyncio task has its own copy: binding stays in the task)."""
     current = bound_ids.get()
-    merged = {**(current or {}), **{name: value for name, value in ids.items() if value}}
+    merged = dict(current) if current else {}
+    for name, value in ids.items():  # on every run's path: no comprehension's frame
+        if value:
+            merged[name] = value
     bound_ids.set(merged)
 
 
