@@ -7,14 +7,15 @@ the server, a request the framework answers costs about twice one answered here 
 `make bench-flood`). Everything else goes on to the app unchanged, with what the key lookup found
 left in the request's state for the route's middleware (`handlers.authenticated`), so a key is
 looked up, and its failure counted, once. With tracing on, every request goes on to the app, so
-that each refusal keeps its server span.
+that each refusal keeps its server span. A `HEAD` request is answered as its `GET`, without the
+body.
 """
 
 from time import perf_counter
 
 from litestar import Litestar
 from litestar._asgi.utils import is_valid_host
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingress import operations
 from services.ingress.problems import ApiError, send_problem
@@ -40,10 +41,29 @@ def _routed_to_trigger(scope: Scope) -> bool:
     )
 
 
+def _headers_only(send: Send) -> Send:
+    """`send` for a `HEAD` answered as its `GET`: the same status and headers (its
+    `Content-Length` included), no body."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(message)
+
+    return send_head
+
+
 def front_door(app: Litestar) -> ASGIApp:
     """`app` behind the front door (see the module's docstring)."""
 
     async def door(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            # Answered as its GET without the body (RFC 9110 9.3.2: `curl -I`, link checkers,
+            # load balancers' probes); the framework routes GET only.
+            await app({**scope, "method": "GET"}, receive, _headers_only(send))  # type: ignore[arg-type]
+            return
         if scope["type"] == "http" and _routed_to_trigger(scope) and tracing.tracer() is None:
             ingress = getattr(app.state, "ingress", None)
             if ingress is not None:

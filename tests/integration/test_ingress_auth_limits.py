@@ -250,3 +250,21 @@ async def test_a_key_refused_without_a_lookup_is_answered_before_the_framework_r
     # A valid key goes on to the route (this flow does not exist).
     assert (known.status_code, known.json()["code"]) == (404, "flow_not_found")
     assert routed[-1] == path
+
+
+async def test_a_head_request_is_answered_as_its_get_without_the_body(nats_url: str) -> None:
+    async with running(nats_url) as (client, _):
+        for path, headers in (("/healthz", {}), ("/v1/flows", bearer(api_keys.generate()))):
+            got = await client.get(path, headers=headers)
+            head = await client.head(path, headers=headers)
+            assert (head.status_code, head.content) == (got.status_code, b"")
+            assert got.content
+            assert head.headers["content-type"] == got.headers["content-type"]
+            assert head.headers["content-length"] == str(len(got.content))
+        # A route without GET says which methods it has, as for GET.
+        head = await client.head(f"/trigger/{new_id('flw')}")
+        assert (head.status_code, head.headers["allow"], head.content) == (
+            405,
+            "OPTIONS, POST",
+            b"",
+        )
