@@ -30,7 +30,7 @@ from services.ingress.front_door import front_door
 from services.ingress.settings import IngressSettings
 from shared import broker
 from shared import tracing as shared_tracing
-from shared.service import configure_logging
+from shared.service import CollectorSettings, configure_logging, tune_collector
 from shared.settings import from_environment
 from shared.supervise import supervised
 from shared.webhook_secrets import SecretBox
@@ -126,4 +126,6 @@ def create_app_from_environment() -> ASGIApp:
     door that refuses forged keys before the framework sees them."""
     configure_logging("ingress")  # a worker process does not inherit the server's handlers
     shared_tracing.configure("ingress")
-    return front_door(create_app(from_environment(IngressSettings)))
+    app = front_door(create_app(from_environment(IngressSettings)))
+    tune_collector(from_environment(CollectorSettings))  # what the worker imported and built
+    return app
