@@ -10,6 +10,8 @@ from shared import tracing
 from shared.service import configure_logging, serve
 from shared.settings import from_environment
 
+RUNNER_GC_THRESHOLD = 50_000
+
 
 def main() -> None:
     configure_logging("runner")
@@ -21,7 +23,9 @@ def main() -> None:
         settings.workspace_limits  # noqa: B018 (raises ValueError for a malformed entry)
     except (FlowModuleError, ValueError) as error:
         raise SystemExit(f"runner cannot start: {error}") from error
-    asyncio.run(serve(create_app(settings), "runner"))
+    # Fewer, larger collections: the runs in flight outlive young collections (see
+    # `tune_collector`).
+    asyncio.run(serve(create_app(settings), "runner", gc_threshold=RUNNER_GC_THRESHOLD))
 
 
 if __name__ == "__main__":
