@@ -4,9 +4,9 @@ nats-py's `fetch` takes each message off a queue with `next_msg`, which creates 
 uuid and a timer per message (about 40 µs on this machine, more than a no-op run's own work).
 Here one pull request at a time asks for as many messages as there are free slots; the server
 delivers them to a `wire` subscription, which hands each to `dispatch` as it is read (a
-`wire.Delivered`, whose acks cost no nats-py publish). The request
-ends when all its messages came, or with the server's status (404/408 when it expires, 409 or
-503 on trouble), or locally after `expires` plus a margin (its server restarted and forgot it).
+`wire.Delivered`, whose acks cost no nats-py publish). The request ends when all its messages
+came, or with the server's status (404/408 when it expires, 409 or 503 on trouble), or locally
+after `expires` plus a margin (its server restarted and forgot it).
 
 `delivery` reads what a handler needs of a delivered message (sequence, deliveries, stored
 time) without nats-py's `Msg.metadata` objects.

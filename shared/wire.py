@@ -15,9 +15,10 @@ that machinery cost more than the run. Here:
 - `Delivered` is a JetStream delivery whose acks are such commands.
 
 A client that is not a `Client` (a test's, from `nats.connect`) still works: `subscribe` then
-falls back to an ordinary callback subscription. These use nats-py 2.16's internals (`_subs`,
-`_pending`, `_flush_queue`, `_process_headers`), pinned in pyproject.toml; the tests of
-`shared.jetstream` and `shared.pull` run against a real server through both kinds of client.
+falls back to an ordinary callback subscription. These use nats-py 2.16's internals (its
+`_process_msg` and `_process_headers`, its command buffer `_pending` and `_flush_queue`, a
+subscription's `_id`), pinned in pyproject.toml; tests/integration/test_wire.py runs them
+against a real server through both kinds of client.
 """
 
 import asyncio
@@ -68,10 +69,10 @@ async def subscribe(nc: NatsClient, subject: str, handler: Handler) -> Subscript
     ordinary callback subscription on any other client. A handler must not block; what it
     starts that awaits is its own task."""
 
-    async def unused(msg: Msg) -> None:  # pragma: no cover - only on a plain client
+    async def as_callback(msg: Msg) -> None:  # only a plain client's messages come here
         handler(msg.subject, msg.reply, msg.data, msg.headers)
 
-    subscription = await nc.subscribe(subject, cb=unused)
+    subscription = await nc.subscribe(subject, cb=as_callback)
     if isinstance(nc, Client):
         nc._direct[subscription._id] = handler
     return subscription
