@@ -97,14 +97,7 @@ class Writer:
         `MaxPayloadError` for a payload over the server's limit.
         """
         wire.check_size(self._nc, payload)
-        token = str(next(self._counter))
-        future = self._awaited(token)
-        try:
-            wire.send(self._nc, wire.command(subject, payload, self._prefix + token, headers))
-        except BaseException:
-            self._pending.pop(token, None)
-            raise
-        return await self._answer(token, future)
+        return await self.send(self.prepare(subject, payload, headers))
 
     def _awaited(self, token: str) -> "asyncio.Future[bytes]":
         """The future the answer to `token` resolves, failed by `_expire` if none comes in time

@@ -63,15 +63,7 @@ def begin(record: Run, now: datetime, runner_id: str = "") -> Run:
     After `MAX_LOST_ATTEMPTS` such attempts the run is failed instead (check the status).
     """
     if record.status == "queued" and not record.attempts:  # the first attempt: most runs
-        return msgspec.structs.replace(
-            record,
-            status="running",
-            attempt=1,
-            attempts=[Attempt(number=1, runner_id=runner_id, started_at=now)],
-            started_at=record.started_at or now,
-            finished_at=None,
-            retry_at=None,
-        )
+        return _running(record, [Attempt(number=1, runner_id=runner_id, started_at=now)], now)
     attempts = list(record.attempts)
     taken_over: int | None = None
     if record.status == "running":
@@ -104,10 +96,15 @@ def begin(record: Run, now: datetime, runner_id: str = "") -> Run:
             msgspec.structs.replace(record, attempts=attempts), "failed", now, error=error
         )
     attempts.append(Attempt(number=number, runner_id=runner_id, started_at=now))
+    return _running(record, attempts, now)
+
+
+def _running(record: Run, attempts: list[Attempt], now: datetime) -> Run:
+    """`record` running its last attempt of `attempts`."""
     return msgspec.structs.replace(
         record,
         status="running",
-        attempt=number,
+        attempt=attempts[-1].number,
         attempts=attempts,
         started_at=record.started_at or now,
         finished_at=None,
