@@ -86,18 +86,21 @@ class Writer:
         else:
             future.set_result(data)
 
-    async def publish(
+    def publish(
         self, subject: str, payload: bytes, headers: dict[str, Any] | None = None
-    ) -> int:
-        """Store `payload` on `subject` in its stream; return its stream sequence.
+    ) -> Coroutine[Any, Any, int]:
+        """Store `payload` on `subject` in its stream; await what this returns for its stream
+        sequence (the write is sent at once, as `send` does: await it, even when giving up).
 
-        Raises `KeyWrongLastSequenceError` when an expected last sequence did not hold,
-        nats-py's `APIError` for any other refusal, `NoStreamResponseError` when no stream
-        takes the subject, nats-py's `TimeoutError` without an answer in time and its
-        `MaxPayloadError` for a payload over the server's limit.
+        Raises nats-py's `MaxPayloadError` for a payload over the server's limit (nothing is
+        sent). What it returns raises `KeyWrongLastSequenceError` when an expected last
+        sequence did not hold, nats-py's `APIError` for any other refusal,
+        `NoStreamResponseError` when no stream takes the subject and nats-py's `TimeoutError`
+        without an answer in time. Not a coroutine itself: on the runner's path, every
+        coroutine between a write and its answer is stepped through twice per run.
         """
         wire.check_size(self._nc, payload)
-        return await self.send(self.prepare(subject, payload, headers))
+        return self.send(self.prepare(subject, payload, headers))
 
     def _awaited(self, token: str) -> "asyncio.Future[bytes]":
         """The future the answer to `token` resolves, failed by `_expire` if none comes in time
@@ -113,12 +116,14 @@ class Writer:
         tokens.append(token)
         return future
 
-    async def put_if_last(self, bucket: str, key: str, value: bytes, last: int) -> int:
+    def put_if_last(
+        self, bucket: str, key: str, value: bytes, last: int
+    ) -> Coroutine[Any, Any, int]:
         """KV compare-and-swap: write `value` under `key` if its revision is `last` (0: if
-        the key has no value); return the new revision. `KeyWrongLastSequenceError`
-        otherwise."""
+        the key has no value); what this returns gives the new revision, or raises
+        `KeyWrongLastSequenceError` (see `publish`)."""
         headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
-        return await self.publish(f"$KV.{bucket}.{key}", value, headers)
+        return self.publish(f"$KV.{bucket}.{key}", value, headers)
 
     def prepare(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None

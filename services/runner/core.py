@@ -1059,7 +1059,7 @@ class StartRuns:
         measurable): `abort` cancels that task and marks the run, which tells its cancellation
         from a shutdown's.
         """
-        task = asyncio.current_task()
+        task = unrecorded.task if unrecorded is not None else asyncio.current_task()
         assert task is not None
         self._working[key] = task
         self._keep_alive.keep(msg)

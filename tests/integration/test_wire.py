@@ -57,6 +57,33 @@ async def test_a_message_reaches_its_handler_with_its_subject_reply_and_headers(
     assert received.empty()
 
 
+async def test_commands_past_the_flush_size_leave_before_the_turn_of_the_event_loop_ends(
+    client: Client,
+) -> None:
+    subject = f"wire.{new_id('x')}"
+    received: asyncio.Queue[Received] = asyncio.Queue()
+    subscription = await wire.subscribe(
+        client, subject, lambda *message: received.put_nowait(message)
+    )
+    await client.flush()
+    body = b"x" * 1000
+    count = wire.FLUSH_AT // len(body) + 1
+
+    held = []
+    for _ in range(count):  # no await: one turn of the event loop
+        wire.send(client, wire.command(subject, body))
+        held.append(client.pending_data_size)
+
+    assert 0 in held  # handed to the socket by `send` itself, not left to the flusher
+    assert max(held) < wire.FLUSH_AT
+    got = [await asyncio.wait_for(received.get(), 5) for _ in range(count)]
+    assert [data for _, _, data, _ in got] == [body] * count
+    wire.send(client, wire.command(subject, b"small"))
+    assert client.pending_data_size > 0  # below the size: left to the flusher
+    assert (await asyncio.wait_for(received.get(), 5))[2] == b"small"
+    await wire.unsubscribe(client, subscription)
+
+
 async def _one_delivery(js: JetStreamContext, stream: str, subject: str) -> wire.Delivered:
     subscription = await js.pull_subscribe_bind(durable="workers", stream=stream)
     [msg] = await subscription.fetch(1, timeout=5)
