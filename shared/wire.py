@@ -6,22 +6,24 @@ checks meant for any caller's headers. For the runner's three writes and two rea
 that machinery cost more than the run. Here:
 
 - `Client` hands the messages of a `subscribe`d subject to a plain function from the
-  connection's read loop itself, decoded as nats-py would (the same header parsing), with no
-  queue, task or `Msg` in between. Every other subscription works as in nats-py.
+  connection's read loop itself, decoded as nats-py would (its header parsing, done here by
+  `header_lines` for blocks without a status), with no queue, task or `Msg` in between. Every
+  other subscription works as in nats-py.
 - `command` builds a `PUB`/`HPUB` command and `send` buffers it for the connection's flusher,
   the way nats-py's `publish` does once it built one (and with its refusals while closed,
   draining or reconnecting with a full buffer). No await: commands sent in one turn of the
-  event loop leave in one socket write.
+  event loop leave in one socket write, or in writes of `FLUSH_AT` bytes in a busy turn.
 - `Delivered` is a JetStream delivery whose acks are such commands.
 
 A client that is not a `Client` (a test's, from `nats.connect`) still works: `subscribe` then
 falls back to an ordinary callback subscription. These use nats-py 2.16's internals (its
-`_process_msg` and `_process_headers`, its command buffer `_pending` and `_flush_queue`, a
-subscription's `_id`), pinned in pyproject.toml; tests/integration/test_wire.py runs them
+`_process_msg` and `_process_headers`, its `_status`, its command buffer `_pending` and
+`_flush_queue`, a subscription's `_id`), pinned in pyproject.toml; tests/integration/test_wire.py runs them
 against a real server through both kinds of client.
 """
 
 import asyncio
+import re
 from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
@@ -41,6 +43,11 @@ ACK = b"+ACK"
 NAK = b"-NAK"
 PROGRESS = b"+WPI"
 TERM = b"+TERM"
+_STATUS_AT = len(b"NATS/1.0")
+_SPACE = ord(" ")
+"""A header block with an inline status has a space after `NATS/1.0` (`NATS/1.0 408 ...`)."""
+_WHITESPACE = re.compile(r"\s")
+_CONNECTED = NatsClient.CONNECTED
 FLUSH_AT = 16 * 1024
 """Bytes of commands a connection holds before `send` writes them out itself, rather than
 leaving them all to nats-py's flusher at the end of the event loop's turn: the server then
@@ -65,8 +72,32 @@ class Client(NatsClient):
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        parsed = await self._process_headers(headers) if headers else None
+        if not headers:
+            parsed = None
+        elif headers[_STATUS_AT] != _SPACE:  # no inline status: `Name: Value` lines only
+            parsed = header_lines(headers)
+        else:  # a status (404, 408, 409, a heartbeat...): nats-py's own parsing
+            parsed = await self._process_headers(headers)
         handler(subject.decode(), reply.decode(), data, parsed)
+
+
+def header_lines(block: bytes) -> dict[str, str] | None:
+    """The headers of a `NATS/1.0` block without an inline status, as nats-py's
+    `_process_headers` reads them (its `_parse_header_lines`: a name that is not ASCII or holds
+    whitespace is skipped, values are stripped, invalid UTF-8 is replaced; no headers: None),
+    without its coroutine and its generator per header name."""
+    found: dict[str, str] = {}
+    for line in block.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _WHITESPACE.search(key) is None:
+            found[key] = value.strip().decode("utf-8", "replace")
+    return found or None
 
 
 async def subscribe(nc: NatsClient, subject: str, handler: Handler) -> Subscription:
@@ -106,7 +137,10 @@ def command(
                 payload,
             )
         return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-    head = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    lines = "NATS/1.0\r\n"
+    for name, value in headers.items():  # on every write's path: no generator
+        lines += f"{name}: {value}\r\n"
+    head = (lines + "\r\n").encode()
     if reply:
         return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
             subject.encode(),
@@ -131,21 +165,24 @@ def send(nc: NatsClient, command: bytes) -> None:
     bytes held, write them now (`flush`). Raises as
     `publish` does while the connection is closed or draining, or reconnecting with its buffer
     full (a payload over the server's limit is the caller's to refuse: `check_size`)."""
-    if nc.is_closed:
-        raise ConnectionClosedError
-    if nc.is_draining_pubs:
-        raise ConnectionDrainingError
     size = len(command)
-    if not nc.is_connected and (
-        nc._max_pending_size <= 0 or nc._pending_data_size + size > nc._max_pending_size
-    ):
-        raise OutboundBufferLimitError
+    connected = nc._status == _CONNECTED  # the usual case, in one comparison
+    if not connected:
+        if nc.is_closed:
+            raise ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise ConnectionDrainingError
+        connected = nc.is_connected
+        if not connected and (
+            nc._max_pending_size <= 0 or nc._pending_data_size + size > nc._max_pending_size
+        ):
+            raise OutboundBufferLimitError
     nc._pending.append(command)
     nc._pending_data_size += size
     stats = nc.stats
     stats["out_msgs"] += 1
     stats["out_bytes"] += size
-    if nc._pending_data_size >= FLUSH_AT and nc.is_connected:
+    if connected and nc._pending_data_size >= FLUSH_AT:
         flush(nc)
         return
     flush_queue = nc._flush_queue

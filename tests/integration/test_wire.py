@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError, MsgAlreadyAckdError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, StreamConfig
@@ -55,6 +56,43 @@ async def test_a_message_reaches_its_handler_with_its_subject_reply_and_headers(
     await client.flush()
     await asyncio.sleep(0.05)
     assert received.empty()
+
+
+HEADER_BLOCKS = [
+    b"NATS/1.0\r\nA: 1\r\nB:  two words \r\n\r\n",
+    b"NATS/1.0\r\nBad Name: skipped\r\nGood: kept\r\n\r\n",
+    b"NATS/1.0\r\nUrl: http://host:1/path\r\nTight:no-space\r\n\r\n",
+    b"NATS/1.0\r\nRaw: \xff\xfe\r\nN\xc3\xa4me: skipped\r\n\r\n",
+    b"NATS/1.0\r\nno colon here\r\nK: 1\r\nK: 2\r\n\r\n",
+    b"NATS/1.0\r\n\r\n",
+    b"NATS/1.0 503\r\n\r\n",
+    b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Stream: 7\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+async def test_a_handler_reads_every_header_block_as_nats_py_does(nc: Client, block: bytes) -> None:
+    subject = f"wire.{new_id('x')}"
+    by_wire: asyncio.Queue[Received] = asyncio.Queue()
+    by_nats_py: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
+    direct = await wire.subscribe(nc, subject, lambda *message: by_wire.put_nowait(message))
+
+    async def plain(msg: Msg) -> None:
+        by_nats_py.put_nowait(msg.headers)
+
+    ordinary = await nc.subscribe(subject, cb=plain)
+    await nc.flush()
+
+    payload = b"body"
+    wire.send(nc, b"HPUB %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(), len(block), len(block) + len(payload), block, payload
+    ))  # fmt: skip
+
+    _, _, data, headers = await asyncio.wait_for(by_wire.get(), 5)
+    assert data == payload
+    assert headers == await asyncio.wait_for(by_nats_py.get(), 5)
+    await wire.unsubscribe(nc, direct)
+    await ordinary.unsubscribe()
 
 
 async def test_commands_past_the_flush_size_leave_before_the_turn_of_the_event_loop_ends(
