@@ -22,7 +22,6 @@ from shared import wire
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 """JetStream error codes of a failed compare-and-swap (`Nats-Expected-Last-Subject-Sequence`)."""
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
-STATUS = "Status"
 NO_RESPONDERS = "503"
 TIMEOUT = 5.0
 """Seconds to wait for the server's answer (nats-py's JetStream default)."""
@@ -81,7 +80,7 @@ class Writer:
         future = self._pending.pop(subject[len(self._prefix) :], None)
         if future is None or future.done():
             return
-        if headers and headers.get(STATUS) == NO_RESPONDERS:
+        if headers and headers.get(wire.STATUS) == NO_RESPONDERS:
             future.set_exception(NoStreamResponseError())
         else:
             future.set_result(data)

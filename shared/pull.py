@@ -26,7 +26,6 @@ from shared.codec import encode
 
 log = logging.getLogger(__name__)
 
-STATUS = "Status"
 HEARTBEAT = "100"
 DESCRIPTION = "Description"
 REFUSALS = frozenset({"409", "503"})
@@ -70,7 +69,7 @@ class Puller:
         self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
     ) -> None:
         if headers:
-            status = headers.get(STATUS)
+            status = headers.get(wire.STATUS)
             if status is not None:
                 # A status comes to the request's own reply subject (messages keep their own
                 # subject): the status of an earlier request, given up locally, says nothing

@@ -18,8 +18,8 @@ that machinery cost more than the run. Here:
 A client that is not a `Client` (a test's, from `nats.connect`) still works: `subscribe` then
 falls back to an ordinary callback subscription. These use nats-py 2.16's internals (its
 `_process_msg` and `_process_headers`, its `_status`, its command buffer `_pending` and
-`_flush_queue`, a subscription's `_id`), pinned in pyproject.toml; tests/integration/test_wire.py runs them
-against a real server through both kinds of client.
+`_flush_queue`, a subscription's `_id`), pinned in pyproject.toml;
+tests/integration/test_wire.py runs them against a real server through both kinds of client.
 """
 
 import asyncio
@@ -43,6 +43,8 @@ ACK = b"+ACK"
 NAK = b"-NAK"
 PROGRESS = b"+WPI"
 TERM = b"+TERM"
+STATUS = "Status"
+"""The header nats-py puts a message's inline status in (`404`, `408`, `503`, `100`...)."""
 _STATUS_AT = len(b"NATS/1.0")
 _SPACE = ord(" ")
 """A header block with an inline status has a space after `NATS/1.0` (`NATS/1.0 408 ...`)."""
