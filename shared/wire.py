@@ -165,10 +165,10 @@ def command(
 
 def send(nc: NatsClient, command: bytes) -> None:
     """Buffer `command` for the connection's flusher and wake it: what nats-py's `publish`
-    does once it built the command (it keeps the buffer while reconnecting); past `FLUSH_AT`
-    bytes held, write them now (`flush`). Raises as
-    `publish` does while the connection is closed or draining, or reconnecting with its buffer
-    full (a payload over the server's limit is the caller's to refuse: `check_size`)."""
+    does once it built the command (it keeps the buffer while reconnecting); once `FLUSH_AT`
+    bytes are held, write them now (`flush`). Raises as `publish` does while the connection is
+    closed or draining, or reconnecting with its buffer full (a payload over the server's limit
+    is the caller's to refuse: `check_size`)."""
     size = len(command)
     connected = nc._status == _CONNECTED  # the usual case, in one comparison
     if not connected:

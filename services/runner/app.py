@@ -327,7 +327,7 @@ class RunnerApp:
             handling = start_flow(msg, seen)
         else:
             handling = consumed(active, msg, functools.partial(start_flow, seen=seen))
-        # The loop's own `create_task`: `asyncio.create_task` wraps it in a call more a run.
+        # The loop's own `create_task`: `asyncio.create_task` adds a call of its own a run.
         task = asyncio.get_running_loop().create_task(handling)
         self._in_flight.add(task)
         task.add_done_callback(functools.partial(self._finished, workspace))
