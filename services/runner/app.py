@@ -5,6 +5,7 @@ import contextlib
 import functools
 import logging
 import time
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -52,6 +53,14 @@ PULL_EXPIRES = 0.5
 """Longest wait of one pull request; stopping waits for the current one to end."""
 
 
+class Waiting(NamedTuple):
+    """A start waiting for a slot, with its delivery facts as parsed when it came (None: not
+    a JetStream message, a test's)."""
+
+    msg: Msg
+    seen: Delivery | None
+
+
 class RunnerApp:
     """The runner service: a flows mirror, a pull consumer on `FLOW_STARTS`, run cancellation
     and announcements of its flow functions."""
@@ -68,7 +77,7 @@ class RunnerApp:
         self._in_flight: set[asyncio.Task[None]] = set()
         concurrency = settings.runner_concurrency
         reserved = reserved_slots(concurrency, settings.runner_reserved_slots)
-        self._fair = FairShare[Msg](
+        self._fair = FairShare[Waiting](
             concurrency,
             reserved=reserved,
             buffer=concurrency,
@@ -190,7 +199,7 @@ class RunnerApp:
         await cancel_and_wait(self._consumer_loop)
         self._consumer_loop = None
         # Starts waiting for their turn go back now, for another replica to take.
-        for msg in self._fair.drain():
+        for msg, _ in self._fair.drain():
             self._in_progress.release(msg)
             self._hand_back(msg, None)
         if self._handing_back:
@@ -293,31 +302,32 @@ class RunnerApp:
             # would decide, without queueing it.
             self._run(msg, workspace, seen)
             return
-        fair.add(workspace, msg, asyncio.get_running_loop().time())
+        fair.add(workspace, Waiting(msg, seen), asyncio.get_running_loop().time())
         self._in_progress.keep(msg)
         self._pump()
         # Only what cannot run now waits; past the buffer's bound, some of it goes back.
-        for handed in fair.overflow(self._may_hand_back):
+        for handed, handed_seen in fair.overflow(self._may_hand_back):
             self._in_progress.release(handed)
-            self._hand_back(handed, hand_back_delay(delivery(handed).delivered))
+            assert handed_seen is not None  # `_may_hand_back` keeps what has no delivery facts
+            self._hand_back(handed, hand_back_delay(handed_seen.delivered))
 
-    def _may_hand_back(self, msg: Msg) -> bool:
+    def _may_hand_back(self, waiting: Waiting) -> bool:
         # One delivery short of the limit, it would come back only to be dead-lettered for
-        # having waited its turn: it stays, past the buffer's bound.
-        try:
-            delivered = delivery(msg).delivered
-        except ValueError:
+        # having waited its turn: it stays, past the buffer's bound. Not a JetStream message
+        # (a test's): it stays too.
+        seen = waiting.seen
+        if seen is None:
             return False
-        return not is_last_delivery(delivered + 1, self._settings.runner_max_deliver)
+        return not is_last_delivery(seen.delivered + 1, self._settings.runner_max_deliver)
 
     def _pump(self) -> None:
         """Start every waiting start whose workspace may take a slot now."""
         if self._stopping:  # what waits goes back to JetStream; nothing more starts
             return
         while (picked := self._fair.next()) is not None:
-            workspace, msg = picked
+            workspace, (msg, seen) = picked
             self._in_progress.release(msg)
-            self._run(msg, workspace)
+            self._run(msg, workspace, seen)
 
     def _run(self, msg: Msg, workspace: str | None, seen: Delivery | None = None) -> None:
         start_flow = self._start_flow
