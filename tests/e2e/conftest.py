@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,17 @@ def free_port_run(length: int) -> int:
     raise RuntimeError(f"found no {length} consecutive free ports")
 
 
+def free_port_outside(taken: Collection[int]) -> int:
+    """A free port that is none of `taken`: ports this stack chose but has not bound yet look
+    free too (a stack once got its NATS port inside its metrics ports, and its runner's
+    `/metrics` answered in NATS's protocol)."""
+    for _ in range(50):
+        port = nats_server.free_port()
+        if port not in taken:
+            return port
+    raise RuntimeError("found no free port outside the ones taken")
+
+
 def _is_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -59,9 +70,12 @@ def _is_free(port: int) -> bool:
 def running_stack(data: Path) -> Iterator[Stack]:
     """`python -m services` (what `make run` runs) on free ports, its data under `data`."""
     log = data / "stack.log"
-    http_port = nats_server.free_port()
-    nats_port = nats_server.free_port()
-    metrics_base = free_port_run(len(metrics_ports(1)) + 1)
+    # The run of metrics ports first, then the others outside it and each other.
+    metrics_count = len(metrics_ports(1)) + 1
+    metrics_base = free_port_run(metrics_count)
+    taken = set(range(metrics_base, metrics_base + metrics_count))
+    http_port = free_port_outside(taken)
+    nats_port = free_port_outside(taken | {http_port})
     env = {
         **os.environ,
         "NATS_PORT": str(nats_port),
