@@ -68,6 +68,9 @@ bench: $(STAMP) ## Load POST /trigger/{flow_id} next to a bare Litestar+JetStrea
 bench-runner: $(STAMP) ## No-op runs/s with 1 and 2 runners next to a bare ack-only consumer
 	$(BIN)/python -m bench.runner_throughput
 
+bench-runner-pairs: $(STAMP) ## This checkout's runner against OTHER's (say, a git worktree of an earlier commit), in turn
+	$(BIN)/python -m bench.runner_pairs $(OTHER) $(BENCH_ARGS)
+
 bench-fairness: $(STAMP) ## B's echo latency, idle and while A queues 32 x sleep 20 on the same runner
 	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
 

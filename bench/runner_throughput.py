@@ -138,6 +138,24 @@ with neither the runner nor the server busy (waiting on the disk), which drowns 
 measured here, the runner's own cost."""
 
 
+async def prepare(js: JetStreamContext) -> None:
+    """The streams and buckets, the `noop` flow (as the registry would write it) and the
+    runners' consumer, which the bare consumer uses first."""
+    await broker.ensure_topology(js)
+    flows = await js.key_value(subjects.FLOWS_BUCKET)
+    await flows.put(subjects.record_key(FLOW.workspace_id, FLOW.id), encode(FLOW))
+    await js.add_consumer(
+        subjects.FLOW_STARTS_STREAM,
+        ConsumerConfig(durable_name=subjects.RUNNER_CONSUMER, ack_policy=AckPolicy.EXPLICIT),
+    )
+
+
+def runner_env(url: str) -> dict[str, str]:
+    """A benchmarked runner's settings: the bench flows, 256 slots, quiet logs."""
+    return {"NATS_URL": url, "RUNNER_FLOWS": "bench.flows", "LOG_LEVEL": "WARNING",
+            "RUNNER_CONCURRENCY": "256"}  # fmt: skip
+
+
 async def run(count: int, store: Path | None) -> None:
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="bench-runner-", dir=store) as tmp:
@@ -146,17 +164,8 @@ async def run(count: int, store: Path | None) -> None:
         try:
             nc = await broker.connect(url, "bench")
             js = nc.jetstream()
-            await broker.ensure_topology(js)
-            flows = await js.key_value(subjects.FLOWS_BUCKET)
-            await flows.put(subjects.record_key(FLOW.workspace_id, FLOW.id), encode(FLOW))
-            await js.add_consumer(
-                subjects.FLOW_STARTS_STREAM,
-                ConsumerConfig(
-                    durable_name=subjects.RUNNER_CONSUMER, ack_policy=AckPolicy.EXPLICIT
-                ),
-            )
-            env = {"NATS_URL": url, "RUNNER_FLOWS": "bench.flows", "LOG_LEVEL": "WARNING",
-                   "RUNNER_CONCURRENCY": "256"}  # fmt: skip
+            await prepare(js)
+            env = runner_env(url)
             # Each side twice, in turn: the machine's drift shows in each one's two figures.
             for round_number in (1, 2):
                 await publish_starts(js, FLOW, count)
@@ -202,15 +211,20 @@ async def run(count: int, store: Path | None) -> None:
             stop_all([nats, *servers])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.runner_throughput")
-    parser.add_argument("--runs", type=int, default=50000, help="starts per measurement")
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    """`--store`: where the NATS store goes (`MEMORY` when there is one)."""
     parser.add_argument(
         "--store",
         type=Path,
         default=MEMORY if MEMORY.is_dir() else None,
         help="folder for the NATS store (default: /dev/shm when it exists, else the temp dir)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.runner_throughput")
+    parser.add_argument("--runs", type=int, default=50000, help="starts per measurement")
+    add_store_option(parser)
     args = parser.parse_args(argv)
     print(
         f"runner throughput: {args.runs} no-op starts per measurement; NATS store under "

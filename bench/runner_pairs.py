@@ -1,0 +1,166 @@
+"""`python -m bench.runner_pairs OTHER [OTHER ...]`: this checkout's runner against the runners
+of other checkouts (a `git worktree` of an earlier commit, say), in turn, each next to a bare
+consumer measured just before it.
+
+`make bench-runner` measures one commit; on a shared 2-core machine its figures move by a third
+between rounds, so a change of a tenth is told only by runs taken close together, many times.
+Here each round measures, for every checkout in turn, the bare consumer and then one runner
+started from that checkout (its code, this checkout's Python and packages), on the same
+nats-server; the output is every pair's ratio and CPU per run, then each checkout's medians.
+It measures, it does not assert.
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from nats.js import JetStreamContext
+
+from bench.processes import Server, start_nats, stop_all
+from bench.runner_throughput import (
+    FLOW,
+    add_store_option,
+    bare_consumer,
+    drained,
+    prepare,
+    publish_starts,
+    runner_env,
+)
+from contracts import subjects
+from shared import broker
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Pair(NamedTuple):
+    ratio: float
+    """The runners' runs per second over the bare consumer's messages per second."""
+    runner_us: float
+    """Runner CPU per run (all replicas), in microseconds."""
+    busy: float
+    """The runners' CPU over the measured time (1.0: one core)."""
+    server_us: float
+    """nats-server CPU per run, in microseconds."""
+    bare_us: float
+    """The bare consumer's CPU per message, in microseconds."""
+
+
+async def runners(
+    js: JetStreamContext,
+    checkout: Path,
+    env: dict[str, str],
+    replicas: int,
+    count: int,
+    work_dir: Path,
+    nats: Server,
+) -> tuple[float, float, float, float]:
+    """Runs per second of `replicas` runners of `checkout` draining `count` starts; with their
+    CPU per run, their CPU share and the server's CPU per run."""
+    started = [
+        Server(
+            f"runner-{i}",
+            _start(checkout, {**env, "PYTHONPATH": str(checkout)}, work_dir / f"runner-{i}.log"),
+            work_dir / f"runner-{i}.log",
+        )
+        for i in range(replicas)
+    ]
+    try:
+        await asyncio.sleep(2.5)  # connected and pulling (an empty queue meanwhile)
+        for server in started:
+            server.check_running()
+        await js.pause_consumer(
+            subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER, "2999-01-01T00:00:00Z"
+        )
+        await publish_starts(js, FLOW, count)
+        await js.resume_consumer(subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER)
+        await drained(js, below=count)  # the clock starts with the first acknowledged start
+        began = time.monotonic()
+        cpu = sum(server.cpu_seconds() for server in started)
+        server_cpu = nats.cpu_seconds()
+        await drained(js)
+        elapsed = time.monotonic() - began
+        cpu = sum(server.cpu_seconds() for server in started) - cpu
+        server_cpu = nats.cpu_seconds() - server_cpu
+    finally:
+        stop_all(started)
+    return count / elapsed, cpu / count * 1e6, cpu / elapsed, server_cpu / count * 1e6
+
+
+def _start(checkout: Path, env: dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.runner"],
+            env=env,
+            cwd=checkout,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def run(
+    checkouts: list[Path], count: int, rounds: int, replicas: int, store: Path | None
+) -> None:
+    pairs: dict[Path, list[Pair]] = {checkout: [] for checkout in checkouts}
+    with tempfile.TemporaryDirectory(prefix="bench-pairs-", dir=store) as tmp:
+        work_dir = Path(tmp)
+        nats, url = start_nats(work_dir)
+        try:
+            nc = await broker.connect(url, "bench")
+            js = nc.jetstream()
+            await prepare(js)
+            env = {**os.environ, **runner_env(url)}
+            for round_number in range(1, rounds + 1):
+                for checkout in checkouts:
+                    await publish_starts(js, FLOW, count)
+                    cpu_before = time.process_time()
+                    bare = await bare_consumer(js, count)
+                    bare_us = (time.process_time() - cpu_before) / count * 1e6
+                    rate, runner_us, busy, server_us = await runners(
+                        js, checkout, env, replicas, count, work_dir, nats
+                    )
+                    pair = Pair(rate / bare, runner_us, busy, server_us, bare_us)
+                    pairs[checkout].append(pair)
+                    print(
+                        f"#{round_number} {checkout}: {pair.ratio:.2f} of the bare consumer "
+                        f"({rate:.0f} runs/s, {bare:.0f} msgs/s); runner {runner_us:.0f} us "
+                        f"per run, busy {busy * 100:.0f}%; nats-server {server_us:.0f} us per "
+                        f"run; bare consumer {bare_us:.0f} us per message",
+                        flush=True,
+                    )
+            await nc.drain()
+        finally:
+            stop_all([nats])
+    for checkout, measured in pairs.items():
+        median = statistics.median
+        print(
+            f"{checkout}: median {median(p.ratio for p in measured):.2f} of the bare consumer "
+            f"(each: {', '.join(f'{p.ratio:.2f}' for p in measured)}); runner "
+            f"{median(p.runner_us for p in measured):.0f} us per run (each: "
+            f"{', '.join(f'{p.runner_us:.0f}' for p in measured)}); nats-server "
+            f"{median(p.server_us for p in measured):.0f} us per run"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.runner_pairs", description=__doc__)
+    parser.add_argument("others", nargs="+", type=Path, help="other checkouts to compare with")
+    parser.add_argument("--runs", type=int, default=40000, help="starts per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements of each checkout")
+    parser.add_argument("--replicas", type=int, default=1, help="runners per measurement")
+    add_store_option(parser)
+    args = parser.parse_args(argv)
+    checkouts = [REPO, *(other.resolve() for other in args.others)]
+    asyncio.run(run(checkouts, args.runs, args.rounds, args.replicas, args.store))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
