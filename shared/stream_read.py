@@ -1,18 +1,44 @@
 """Reading what a stream holds on a subject, once, with consumers that count it first: all of
 it oldest first, or the newest few by windows of stream positions."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
+from typing import Protocol
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 FETCH_BATCH = 1000
 """Most messages one pull asks for."""
 INACTIVE_THRESHOLD = 30.0
 """Seconds after which the server removes a reading consumer this process failed to delete."""
+UNSERVED_TRIES = 5
+UNSERVED_PAUSE = 0.05
+"""Pulls of a consumer just created that are answered `503` (nothing serves it yet) are asked
+again, this many times in all, after this many seconds, doubled each time."""
+
+
+class _Pull(Protocol):
+    async def fetch(self, batch: int = 1, timeout: float | None = 5) -> list[Msg]: ...
+
+
+async def fetched(subscription: _Pull, count: int, timeout: float) -> list[Msg]:
+    """`subscription.fetch(count, timeout)`, asked again while the server answers that nothing
+    serves the consumer (a registry's first read after its start got that `503` for the
+    consumer it had just created, and failed a request). Nothing was delivered to such a pull,
+    so asking again loses and repeats nothing."""
+    pause = UNSERVED_PAUSE
+    for _ in range(UNSERVED_TRIES - 1):
+        try:
+            return await subscription.fetch(count, timeout=timeout)
+        except ServiceUnavailableError:
+            await asyncio.sleep(pause)
+            pause *= 2
+    return await subscription.fetch(count, timeout=timeout)
 
 
 async def read_subject(
@@ -54,9 +80,7 @@ async def read_subject(
             try:
                 while remaining > 0:
                     try:
-                        batch = await subscription.fetch(
-                            min(remaining, FETCH_BATCH), timeout=timeout
-                        )
+                        batch = await fetched(subscription, min(remaining, FETCH_BATCH), timeout)
                     except TimeoutError:
                         if partial:
                             break
@@ -113,7 +137,9 @@ class _Window:
         try:
             while len(found) < count:
                 try:
-                    batch = await subscription.fetch(min(count - len(found), FETCH_BATCH), timeout)
+                    batch = await fetched(
+                        subscription, min(count - len(found), FETCH_BATCH), timeout
+                    )
                 except TimeoutError:
                     return found  # counted, then removed (aged out): what came is all there is
                 for message in batch:
@@ -202,7 +228,7 @@ async def first_position_from(
             return None
         subscription = await js.pull_subscribe_bind(stream=stream, name=consumer.name)
         try:
-            (first,) = await subscription.fetch(1, timeout=5.0)
+            (first,) = await fetched(subscription, 1, 5.0)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
