@@ -12,28 +12,23 @@ It measures, it does not assert.
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from nats.js import JetStreamContext
-
 from bench.processes import Server, start_nats, stop_all
 from bench.runner_throughput import (
     FLOW,
     add_store_option,
     bare_consumer,
-    drained,
     prepare,
     publish_starts,
     runner_env,
+    runners,
 )
-from contracts import subjects
 from shared import broker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,63 +47,11 @@ class Pair(NamedTuple):
     """The bare consumer's CPU per message, in microseconds."""
 
 
-async def runners(
-    js: JetStreamContext,
-    checkout: Path,
-    env: dict[str, str],
-    replicas: int,
-    count: int,
-    work_dir: Path,
-    nats: Server,
-) -> tuple[float, float, float, float]:
-    """Runs per second of `replicas` runners of `checkout` draining `count` starts; with their
-    CPU per run, their CPU share and the server's CPU per run."""
-    started = [
-        Server(
-            f"runner-{i}",
-            _start(checkout, {**env, "PYTHONPATH": str(checkout)}, work_dir / f"runner-{i}.log"),
-            work_dir / f"runner-{i}.log",
-        )
-        for i in range(replicas)
-    ]
-    try:
-        await asyncio.sleep(2.5)  # connected and pulling (an empty queue meanwhile)
-        for server in started:
-            server.check_running()
-        await js.pause_consumer(
-            subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER, "2999-01-01T00:00:00Z"
-        )
-        await publish_starts(js, FLOW, count)
-        await js.resume_consumer(subjects.FLOW_STARTS_STREAM, subjects.RUNNER_CONSUMER)
-        await drained(js, below=count)  # the clock starts with the first acknowledged start
-        began = time.monotonic()
-        cpu = sum(server.cpu_seconds() for server in started)
-        server_cpu = nats.cpu_seconds()
-        await drained(js)
-        elapsed = time.monotonic() - began
-        cpu = sum(server.cpu_seconds() for server in started) - cpu
-        server_cpu = nats.cpu_seconds() - server_cpu
-    finally:
-        stop_all(started)
-    return count / elapsed, cpu / count * 1e6, cpu / elapsed, server_cpu / count * 1e6
-
-
-def _start(checkout: Path, env: dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.runner"],
-            env=env,
-            cwd=checkout,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 async def run(
     checkouts: list[Path], count: int, rounds: int, replicas: int, store: Path | None
 ) -> None:
     pairs: dict[Path, list[Pair]] = {checkout: [] for checkout in checkouts}
+    servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="bench-pairs-", dir=store) as tmp:
         work_dir = Path(tmp)
         nats, url = start_nats(work_dir)
@@ -116,16 +59,16 @@ async def run(
             nc = await broker.connect(url, "bench")
             js = nc.jetstream()
             await prepare(js)
-            env = {**os.environ, **runner_env(url)}
+            env = runner_env(url)
             for round_number in range(1, rounds + 1):
                 for checkout in checkouts:
                     await publish_starts(js, FLOW, count)
                     cpu_before = time.process_time()
                     bare = await bare_consumer(js, count)
                     bare_us = (time.process_time() - cpu_before) / count * 1e6
-                    rate, runner_us, busy, server_us = await runners(
-                        js, checkout, env, replicas, count, work_dir, nats
-                    )
+                    got = await runners(js, env, replicas, count, work_dir, servers, nats, checkout)
+                    rate, runner_us, server_us = got.rate, got.runner_us, got.server_us
+                    busy = sum(got.shares)
                     pair = Pair(rate / bare, runner_us, busy, server_us, bare_us)
                     pairs[checkout].append(pair)
                     print(
@@ -137,7 +80,7 @@ async def run(
                     )
             await nc.drain()
         finally:
-            stop_all([nats])
+            stop_all([nats, *servers])
     for checkout, measured in pairs.items():
         median = statistics.median
         print(

@@ -15,6 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -77,15 +78,34 @@ async def bare_consumer(js: JetStreamContext, count: int) -> float:
     return count / elapsed
 
 
+class Drained(NamedTuple):
+    """What runners did while draining a queue of no-op starts."""
+
+    rate: float
+    """Runs per second."""
+    shares: list[float]
+    """Each runner's CPU over the measured time (1.0: one core)."""
+    server_share: float
+    """nats-server's CPU over the measured time."""
+    runner_us: float
+    """The runners' CPU per run, in microseconds."""
+    server_us: float
+    """nats-server's CPU per run, in microseconds."""
+
+
 async def runners(js: JetStreamContext, env: dict[str, str], replicas: int, count: int,
-                  work_dir: Path, servers: list[Server],
-                  nats: Server) -> tuple[float, str, float]:  # fmt: skip
+                  work_dir: Path, servers: list[Server], nats: Server,
+                  checkout: Path = REPO) -> Drained:  # fmt: skip
+    """`replicas` runners of `checkout` (its code, this Python) draining `count` starts."""
+    env = {**env, "PYTHONPATH": str(checkout)}
     started = [
-        start_module(f"runner-{replicas}-{i}", "services.runner", env, work_dir, REPO)
+        start_module(f"runner-{replicas}-{i}", "services.runner", env, work_dir, checkout)
         for i in range(replicas)
     ]
     servers.extend(started)
     await asyncio.sleep(3.0)  # let them connect and pull (an empty queue meanwhile)
+    for server in started:
+        server.check_running()
     # Fill the queue while the consumer is paused, as for the bare consumer: what is measured
     # is consuming, not this process publishing on the same two cores.
     await js.pause_consumer(
@@ -101,20 +121,16 @@ async def runners(js: JetStreamContext, env: dict[str, str], replicas: int, coun
     await drained(js)
     elapsed = time.monotonic() - began
     cpu = [
-        (server.cpu_seconds() - before) / elapsed
+        server.cpu_seconds() - before
         for server, before in zip((*started, nats), cpu_before, strict=True)
     ]
-    rate = count / elapsed
     stop_all(started)
-    usage = ", ".join(f"{share * 100:.0f}%" for share in cpu[:-1])
-    per_run = sum(cpu[:-1]) * elapsed / count * 1e6
-    return (
-        rate,
-        (
-            f"CPU: runner {usage}, nats-server {cpu[-1] * 100:.0f}% of a core; "
-            f"{per_run:.0f} us of runner CPU per run"
-        ),
-        per_run,
+    return Drained(
+        rate=count / elapsed,
+        shares=[seconds / elapsed for seconds in cpu[:-1]],
+        server_share=cpu[-1] / elapsed,
+        runner_us=sum(cpu[:-1]) / count * 1e6,
+        server_us=cpu[-1] / count * 1e6,
     )
 
 
@@ -186,14 +202,16 @@ async def run(count: int, store: Path | None) -> None:
                     flush=True,
                 )
                 for replicas, target in ((1, ONE_RUNNER_TARGET), (2, TWO_RUNNERS_TARGET)):
-                    rate, usage, per_run = await runners(
-                        js, env, replicas, count, work_dir, servers, nats
-                    )
+                    measured = await runners(js, env, replicas, count, work_dir, servers, nats)
+                    rate, per_run = measured.rate, measured.runner_us
                     ratio = rate / bare
+                    usage = ", ".join(f"{share * 100:.0f}%" for share in measured.shares)
                     print(
                         f"{f'runner x{replicas} #{round_number} (no-op runs)':<34} "
                         f"{rate:>9.0f} runs/s ({ratio:.2f} of the bare consumer; "
-                        f"target >= {target:.2f}; {usage})",
+                        f"target >= {target:.2f}; CPU: runner {usage}, nats-server "
+                        f"{measured.server_share * 100:.0f}% of a core; {per_run:.0f} us of "
+                        "runner CPU per run)",
                         flush=True,
                     )
                     record(

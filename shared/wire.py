@@ -54,9 +54,10 @@ FLUSH_AT = 64 * 1024
 """Bytes of commands a connection holds before `send` writes them out itself, rather than
 leaving them all to nats-py's flusher at the end of the event loop's turn: the server then
 works on the first commands of a busy turn while the rest are built. Measured on the runner
-(`make bench-runner`, three alternated rounds each): one runner 0.63 of the bare consumer at
-64 KiB and 0.64 at 16 KiB against 0.47 without; but two runners, which keep both cores busy,
-0.63 at 64 KiB, 0.48 at 16 KiB and 0.77 without (each write is a system call on both sides)."""
+(three alternated rounds each, as `make bench-runner-pairs` takes them): one runner 0.63 of the
+bare consumer at 64 KiB and 0.64 at 16 KiB against 0.47 without; but two runners, which keep
+both cores busy, 0.63 at 64 KiB, 0.48 at 16 KiB and 0.77 without (each write is a system call
+on both sides)."""
 
 
 class Client(NatsClient):
