@@ -9,7 +9,6 @@ request costs neither a NUID nor a `wait_for` (see `Writer`).
 
 import asyncio
 import itertools
-from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 import msgspec
@@ -60,10 +59,12 @@ class Writer:
     """
 
     def __init__(self, nc: Client, prefix: str, timeout: float = TIMEOUT) -> None:
+        self._loop = asyncio.get_running_loop()
+        """The loop it runs on (asking for it on each write costs a system call, `getpid`)."""
         self._nc = nc
         self._prefix = prefix
         self._timeout = timeout
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._pending: dict[str, asyncio.Future[int]] = {}
         self._counter = itertools.count()
         self._slots: dict[int, list[str]] = {}
         """Deadline slot -> the tokens of the requests that time out with it."""
@@ -82,12 +83,28 @@ class Writer:
             return
         if headers and headers.get(wire.STATUS) == NO_RESPONDERS:
             future.set_exception(NoStreamResponseError())
+            return
+        try:
+            answer = _answer.decode(data)
+        except msgspec.DecodeError as error:
+            future.set_exception(APIError(description=f"not a JetStream answer: {error}"))
+            return
+        if answer.error is None:
+            future.set_result(answer.seq)
+        elif answer.error.err_code in WRONG_LAST_SEQUENCE:
+            future.set_exception(KeyWrongLastSequenceError(description=answer.error.description))
         else:
-            future.set_result(data)
+            future.set_exception(
+                APIError(
+                    code=answer.error.code,
+                    err_code=answer.error.err_code,
+                    description=answer.error.description,
+                )
+            )
 
     def publish(
         self, subject: str, payload: bytes, headers: dict[str, Any] | None = None
-    ) -> Coroutine[Any, Any, int]:
+    ) -> "asyncio.Future[int]":
         """Store `payload` on `subject` in its stream; await what this returns for its stream
         sequence (the write is sent at once, as `send` does: await it, even when giving up).
 
@@ -95,17 +112,17 @@ class Writer:
         sent). What it returns raises `KeyWrongLastSequenceError` when an expected last
         sequence did not hold, nats-py's `APIError` for any other refusal,
         `NoStreamResponseError` when no stream takes the subject and nats-py's `TimeoutError`
-        without an answer in time. Not a coroutine itself: on the runner's path, every
+        without an answer in time. A future, not a coroutine: on the runner's path, every
         coroutine between a write and its answer is stepped through twice per run.
         """
         wire.check_size(self._nc, payload)
         return self.send(self.prepare(subject, payload, headers))
 
-    def _awaited(self, token: str) -> "asyncio.Future[bytes]":
+    def _awaited(self, token: str) -> "asyncio.Future[int]":
         """The future the answer to `token` resolves, failed by `_expire` if none comes in time
         (between `timeout` and `timeout + DEADLINE_SLOT` from now)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
+        loop = self._loop
+        future: asyncio.Future[int] = loop.create_future()
         self._pending[token] = future
         slot = int((loop.time() + self._timeout) / DEADLINE_SLOT) + 1
         tokens = self._slots.get(slot)
@@ -115,9 +132,7 @@ class Writer:
         tokens.append(token)
         return future
 
-    def put_if_last(
-        self, bucket: str, key: str, value: bytes, last: int
-    ) -> Coroutine[Any, Any, int]:
+    def put_if_last(self, bucket: str, key: str, value: bytes, last: int) -> "asyncio.Future[int]":
         """KV compare-and-swap: write `value` under `key` if its revision is `last` (0: if
         the key has no value); what this returns gives the new revision, or raises
         `KeyWrongLastSequenceError` (see `publish`)."""
@@ -131,35 +146,18 @@ class Writer:
         token = str(next(self._counter))
         return Prepared(token, wire.command(subject, payload, self._prefix + token, headers))
 
-    def send(self, prepared: "Prepared") -> Coroutine[Any, Any, int]:
+    def send(self, prepared: "Prepared") -> "asyncio.Future[int]":
         """Put a prepared write on the wire now (no await: a batch of them due at the same
         moment leaves in one socket write) and return what awaits its answer (as `publish`).
 
         Each prepared write is sent once. Await what it returns, even when giving up on it.
         """
-        token = prepared.token
         wire.send(self._nc, prepared.command)
-        return self._answer(token, self._awaited(token))
+        return self._awaited(prepared.token)
 
     def flush(self) -> None:
         """See `wire.flush`."""
         wire.flush(self._nc)
-
-    async def _answer(self, token: str, future: "asyncio.Future[bytes]") -> int:
-        try:
-            data = await future
-        finally:
-            self._pending.pop(token, None)
-        answer = _answer.decode(data)
-        if answer.error is not None:
-            if answer.error.err_code in WRONG_LAST_SEQUENCE:
-                raise KeyWrongLastSequenceError(description=answer.error.description)
-            raise APIError(
-                code=answer.error.code,
-                err_code=answer.error.err_code,
-                description=answer.error.description,
-            )
-        return answer.seq
 
     def _expire(self, slot: int) -> None:
         """Fail the requests of deadline `slot` that are still unanswered."""
