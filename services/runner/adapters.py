@@ -116,7 +116,7 @@ class NatsRunEvents:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
 
-    async def publish(self, run: Run, value: bytes | None = None) -> None:
+    def publish(self, run: Run, value: bytes | None = None) -> None:
         """Without waiting for JetStream's answer, final events included: the record is the
         truth and events only inform, so a round trip per event would buy nothing a reader of
         the record does not have (a synchronous caller reads the record when its wait ends).

@@ -87,6 +87,8 @@ class RunnerApp:
         # A third of the ack wait: a beat may be late by one interval and still be in time.
         self._in_progress = InProgress(settings.runner_ack_wait / 3)
         self._start_flow: StartFlow | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the runner runs on, once started (asking for it costs a system call)."""
         self._puller: Puller | None = None
         self._wake: asyncio.TimerHandle | None = None
         """Wakes the puller when it may pull without a run ending (`FairShare.wake_at`)."""
@@ -101,6 +103,7 @@ class RunnerApp:
         self._reconnected_at = time.time()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._nc = nc = await connect(
             self._settings.nats_url, SERVICE, on_reconnected=self._note_reconnect
         )
@@ -330,15 +333,16 @@ class RunnerApp:
             self._run(msg, workspace, seen)
 
     def _run(self, msg: Msg, workspace: str | None, seen: Delivery | None = None) -> None:
-        start_flow = self._start_flow
+        start_flow, loop = self._start_flow, self._loop
         assert start_flow is not None
+        assert loop is not None
         active = tracing.tracer()
         if active is None:
             handling = start_flow(msg, seen)
         else:
             handling = consumed(active, msg, functools.partial(start_flow, seen=seen))
         # The loop's own `create_task`: `asyncio.create_task` adds a call of its own a run.
-        task = asyncio.get_running_loop().create_task(handling)
+        task = loop.create_task(handling)
         self._in_flight.add(task)
         task.add_done_callback(functools.partial(self._finished, workspace))
 

@@ -34,10 +34,10 @@ import logging
 import random
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -49,10 +49,12 @@ from services.runner.executor import (
     HttpCaller,
     begin,
     conclude,
+    execute,
     execute_within,
     finish,
     interrupted,
     queued,
+    timed_out,
 )
 from services.runner.flows import FlowRegistry
 from shared.broker import START_DUPLICATE_WINDOW
@@ -83,7 +85,8 @@ SWEEP_SLACK = 0.01
 """Seconds a due `running` record may wait for others due soon after it (one timer for all)."""
 ARM_TIMEOUT_LATE_MARGIN = 1.0
 """A flow whose timeout is at least this much longer than `record_running_after` has it armed
-only when its `running` record is written: earlier, its time cannot be up."""
+only when its `running` record is written (a timer of the loop's, `StartRuns._time_out`):
+earlier, its time cannot be up. The others are armed as they start (`execute_within`)."""
 FRESH_FOR = START_DUPLICATE_WINDOW.total_seconds() / 2
 """A start stored within this many seconds of its run id's making cannot have a stored twin
 with the same `Nats-Msg-Id`: JetStream would have dropped it (half the window: clock skew)."""
@@ -132,8 +135,9 @@ class RunStore(Protocol):
 
 
 class RunEvents(Protocol):
-    async def publish(self, run: Run, value: bytes | None = None) -> None:
-        """Publish the event of `run`'s committed record (`value`: the record as written)."""
+    def publish(self, run: Run, value: bytes | None = None) -> None:
+        """Publish the event of `run`'s committed record (`value`: the record as written),
+        without waiting: the record is the truth, and its event only informs."""
 
 
 class Admission(Protocol):
@@ -491,7 +495,7 @@ class CancelRuns:
             new_revision, _ = await self._store.swap(key, cancelled, revision)
             if new_revision is None:
                 continue
-            await self._events.publish(cancelled)
+            self._events.publish(cancelled)
             await self._aborts.abort(workspace_id, run_id)
             if self.admission is not None:
                 await self.admission.release(
@@ -521,22 +525,26 @@ class Unrecorded:
         "revision",
         "running",
         "task",
-        "timeout",
+        "timed_out",
+        "timer",
         "writing",
     )
 
     def __init__(
-        self, key: str, running: Run, timeout: asyncio.Timeout | None = None, deadline: float = 0
+        self, key: str, running: Run, task: "asyncio.Task[None]", deadline: float | None = None
     ) -> None:
         self.key = key
         self.running = running
         self.executing = True
         """Whether its flow is still being run (its `running` record is then written)."""
-        self.timeout = timeout
-        """The flow's timeout, when it is armed once the run has gone on for a while."""
         self.deadline = deadline
-        """When the flow's time is up (event loop time), for `timeout`."""
-        self.task = asyncio.current_task()
+        """When the flow's time is up (event loop time), if its timeout is armed late (once
+        the run has gone on for a while, by `StartRuns._sweep`); None: armed as it started."""
+        self.timer: asyncio.TimerHandle | None = None
+        """The late timeout's timer, once armed."""
+        self.timed_out = False
+        """Whether the late timeout stopped the flow."""
+        self.task = task
         """The handler's task, which runs the flow."""
         self.writing: asyncio.Task[None] | None = None
         """Writing the `running` record (started once the run has gone on for a while)."""
@@ -637,7 +645,7 @@ class StartRuns:
             return
         if record.status in TERMINAL_STATUSES:
             # A duplicate of a finished run; its final event may have been lost in a crash.
-            await self._events.publish(record)
+            self._events.publish(record)
             await msg.ack()
             return
         if not created and is_duplicate(record, seen):
@@ -678,7 +686,7 @@ class StartRuns:
             verdict, _ = settle(running, None, found, sequence)
             await self._gave_way(msg, key, verdict, found, None, running)
             return
-        await self._events.publish(running)
+        self._events.publish(running)
         await self._attempt(msg, key, running, running_revision, flow, sequence)
 
     async def fail_too_large(
@@ -696,7 +704,7 @@ class StartRuns:
         small = msgspec.structs.replace(start, input=None)
         record = finish(queued(small, now, seen.stream_sequence), "failed", now, error=reason)
         if await self._store.create(key, record) is not None:
-            await self._events.publish(record)
+            self._events.publish(record)
             log.warning("run %s failed: %s", key, reason)
         await msg.ack()
 
@@ -728,7 +736,7 @@ class StartRuns:
                 written, _ = await self._store.swap(key, record, revision)
                 if written is None:
                     continue
-            await self._events.publish(record)
+            self._events.publish(record)
             # Whatever slot it holds or waits in (`buffer_one`) would otherwise stay taken
             # until another run of the flow or trigger notices it is final.
             await self._admission.release(
@@ -750,7 +758,7 @@ class StartRuns:
             return
         await self._conclude(msg, key, finished, revision, flow, sequence)
 
-    async def _conclude(
+    def _conclude(
         self,
         msg: StartMessage,
         key: str,
@@ -758,12 +766,14 @@ class StartRuns:
         revision: int | None,
         flow: Flow,
         sequence: int,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """Commit what this runner's attempt `finished` made of the run, over `revision`
-        (None: the run has no record yet, so this creates it)."""
+        (None: the run has no record yet, so this creates it): await what this returns (the
+        commit's coroutine, not one of its own: one coroutine less between a run and the
+        answer to its write)."""
         record, delay = conclude(finished, flow, self._rng)
         ours = finished.attempts[-1] if finished.attempts else None
-        await self._commit(msg, key, record, revision, flow, sequence, ours, delay)
+        return self._commit(msg, key, record, revision, flow, sequence, ours, delay)
 
     async def _commit(
         self,
@@ -789,7 +799,7 @@ class StartRuns:
         if verdict != "committed":
             await self._gave_way(msg, key, verdict, written, ours, record)
             return
-        await self._events.publish(written, value if written is record else None)
+        self._events.publish(written, value if written is record else None)
         if delay is not None:
             log.info(
                 "run %s attempt %d %s; retry in %.1fs",
@@ -925,6 +935,8 @@ class StartRuns:
         `record_running_after` seconds, and its final one with a `create` if it was not."""
         now = self._clock()
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
         began = loop.time()
         # Most runs end long before their timeout: theirs is armed only if they are still
         # going when their `running` record is written (`_sweep`), not a timer per run.
@@ -932,8 +944,8 @@ class StartRuns:
         run = Unrecorded(
             key,
             begin(queued(start, now, sequence), now, self._runner_id),
-            asyncio.timeout(None) if late else None,
-            began + flow.timeout_seconds,
+            task,
+            began + flow.timeout_seconds if late else None,
         )
         due = began + self._record_running_after
         self._young.append((due, run))
@@ -943,6 +955,8 @@ class StartRuns:
             finished = await self._execute(msg, key, run.running, None, flow, run)
         finally:
             run.executing = False
+            if run.timer is not None:
+                run.timer.cancel()
         if run.writing is not None:
             await run.writing  # the record it writes decides between create and swap
         if run.preempted:
@@ -1008,12 +1022,20 @@ class StartRuns:
             _, run = young.popleft()
             if not run.executing:
                 continue
-            if run.timeout is not None:
-                with contextlib.suppress(RuntimeError):  # its flow ended meanwhile
-                    run.timeout.reschedule(run.deadline)
+            if run.deadline is not None:
+                run.timer = loop.call_at(run.deadline, self._time_out, run)
             self._record_running(run)
         if young:
             self._sweeping = loop.call_at(young[0][0] + SWEEP_SLACK, self._sweep)
+
+    def _time_out(self, run: Unrecorded) -> None:
+        """Stop the flow of `run`, its time up (the late timeout `_sweep` armed): `_execute`
+        then makes the attempt `timed_out`, as `execute_within`'s timeout would."""
+        run.timer = None
+        # Not once it is being cancelled already: aborted, or handed back as the runner stops.
+        if run.executing and not run.task.cancelling():
+            run.timed_out = True
+            run.task.cancel()
 
     def _record_running(self, run: Unrecorded) -> None:
         run.writing = asyncio.create_task(self._write_running(run))
@@ -1026,7 +1048,7 @@ class StartRuns:
             revision = await self._store.create(run.key, run.running)
             if revision is not None:
                 run.revision = revision
-                await self._events.publish(run.running)
+                self._events.publish(run.running)
                 return
             run.owner = await self._current(run.key)
         except Exception as error:
@@ -1064,19 +1086,22 @@ class StartRuns:
         self._working[key] = task
         self._keep_alive.keep(msg)
         try:
+            if unrecorded is not None and unrecorded.deadline is not None:
+                # Its timeout is armed late, if the run lasts that long (`_time_out`).
+                return await execute(running, flow, self._functions, self._clock, http=self._http)
             return await execute_within(
-                running,
-                flow,
-                self._functions,
-                self._clock,
-                http=self._http,
-                timeout=unrecorded.timeout if unrecorded is not None else None,
+                running, flow, self._functions, self._clock, http=self._http
             )
         except asyncio.CancelledError:
             self._keep_alive.release(msg)  # the attempt is over: no beats while handing back
-            if key in self._aborted and task.cancelling() == 1:
-                task.uncancel()  # cancelled as a run, not stopped as a runner
-                return None
+            aborted = key in self._aborted
+            expired = unrecorded is not None and unrecorded.timed_out
+            ours = aborted + expired
+            if ours and task.cancelling() == ours:
+                # Cancelled as a run (aborted, or its time up), not stopped as a runner.
+                for _ in range(ours):
+                    task.uncancel()
+                return None if aborted else timed_out(running, flow, self._clock())
             if unrecorded is not None:
                 revision = unrecorded.revision
                 writing = unrecorded.writing
@@ -1117,5 +1142,5 @@ class StartRuns:
             if found is None:
                 raise RuntimeError(f"run {key} exists and does not")
             return found[0], found[1], False
-        await self._events.publish(record)
+        self._events.publish(record)
         return record, revision, True

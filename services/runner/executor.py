@@ -174,27 +174,26 @@ async def execute_within(
     clock: Clock,
     *,
     http: HttpCaller | None = None,
-    timeout: asyncio.Timeout | None = None,
 ) -> Run:
     """`execute`, stopped after the flow's timeout: then the attempt is `timed_out`.
-
-    `timeout`: the flow's timeout made by the caller, who arms it with the flow's deadline
-    (`reschedule`) when it may be reached; by default one armed now.
 
     A sync function keeps its worker thread until it returns (Python cannot stop a thread);
     its result is ignored.
     """
-    if timeout is None:
-        timeout = asyncio.timeout(flow.timeout_seconds)
     try:
         # `asyncio.timeout`, not `wait_for`: no second task per run.
-        async with timeout:
+        async with asyncio.timeout(flow.timeout_seconds):
             return await execute(run, flow, functions, clock, http=http)
     except TimeoutError:
-        error = f"the attempt took longer than the flow's timeout of {flow.timeout_seconds:g}s"
-        return msgspec.structs.replace(
-            run, status="timed_out", result=None, error=error, finished_at=clock()
-        )
+        return timed_out(run, flow, clock())
+
+
+def timed_out(run: Run, flow: Flow, now: datetime) -> Run:
+    """The attempt `run` stopped by its flow's timeout at `now` (as `execute` returns one)."""
+    error = f"the attempt took longer than the flow's timeout of {flow.timeout_seconds:g}s"
+    return msgspec.structs.replace(
+        run, status="timed_out", result=None, error=error, finished_at=now
+    )
 
 
 _is_coroutine_function: dict[FlowFunction, bool] = {}
@@ -202,7 +201,8 @@ _is_coroutine_function: dict[FlowFunction, bool] = {}
 every run)."""
 
 
-async def _call(function: FlowFunction, input: Any, context: FlowContext) -> Any:
+def _call(function: FlowFunction, input: Any, context: FlowContext) -> Awaitable[Any]:
+    """What awaits `function`'s result: its own coroutine, or a worker thread's."""
     try:
         is_async = _is_coroutine_function[function]
     except KeyError:
@@ -210,9 +210,9 @@ async def _call(function: FlowFunction, input: Any, context: FlowContext) -> Any
     except TypeError:  # an unhashable callable: asked every time
         is_async = inspect.iscoroutinefunction(function)
     if is_async:
-        return await function(input, context)
+        return function(input, context)  # type: ignore[no-any-return]
     # A plain function may block (I/O, CPU): keep it off the event loop.
-    return await asyncio.to_thread(function, input, context)
+    return asyncio.to_thread(function, input, context)
 
 
 def describe(exception: BaseException) -> str:

@@ -101,6 +101,6 @@ class CountedRunEvents:
     def __init__(self, inner: RunEvents) -> None:
         self._inner = inner
 
-    async def publish(self, run: Run, value: bytes | None = None) -> None:
-        await self._inner.publish(run, value)
+    def publish(self, run: Run, value: bytes | None = None) -> None:
+        self._inner.publish(run, value)
         RUNS_ENDED.ended(run.status, run.source, run.duration_seconds)

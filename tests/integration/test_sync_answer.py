@@ -21,11 +21,9 @@ def final_events_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     right after committing the final record)."""
     publish = NatsRunEvents.publish
 
-    async def publish_unless_final(
-        self: NatsRunEvents, run: Run, value: bytes | None = None
-    ) -> None:
+    def publish_unless_final(self: NatsRunEvents, run: Run, value: bytes | None = None) -> None:
         if run.status not in TERMINAL_STATUSES:
-            await publish(self, run, value)
+            publish(self, run, value)
 
     monkeypatch.setattr(NatsRunEvents, "publish", publish_unless_final)
 

@@ -212,7 +212,7 @@ class RecordingEvents:
     def __init__(self) -> None:
         self.published: list[Run] = []
 
-    async def publish(self, run: Run, value: bytes | None = None) -> None:
+    def publish(self, run: Run, value: bytes | None = None) -> None:
         assert value is None or decode(value, Run) == run
         self.published.append(run)
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -702,3 +703,57 @@ async def test_a_fast_path_run_that_outlasts_its_flow_s_timeout_is_timed_out_aft
     ]
     assert msg.acked
     assert runner.store.get(key) == run
+
+
+async def recorded_running(runner: Runner, start: FlowStart) -> None:
+    """Wait until the fast-path run of `start` has its `running` record."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while runner.events.statuses(start.run_id) != ["running"]:
+        assert asyncio.get_running_loop().time() < deadline, "no running record"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_fast_path_run_stopped_with_its_runner_is_handed_back_and_never_timed_out(
+    runner: Runner,
+) -> None:
+    runner.starts._record_running_after = 0.05
+    flow = msgspec.structs.replace(flow_of("wait"), timeout_seconds=1.1)
+    start = runner.start_of(flow, "never released")
+    msg = StartMessageLog()
+    seen = Delivery(3, 1, runner.clock.now.timestamp())
+    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+    await recorded_running(runner, start)
+
+    handling.cancel()  # the runner stopping: its runs go back to JetStream
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+    await asyncio.sleep(1.2)  # past the flow's timeout, armed when its record was written
+
+    run = runner.record(start)
+    assert run.status == "queued"
+    assert run.attempts[-1].outcome == "interrupted"
+    assert runner.events.statuses(start.run_id) == ["running"]
+    assert not msg.acked
+
+
+async def test_a_fast_path_run_cancelled_as_its_timeout_expires_ends_cancelled(
+    runner: Runner,
+) -> None:
+    runner.starts._record_running_after = 0.05
+    flow = msgspec.structs.replace(flow_of("wait"), timeout_seconds=1.1)
+    start = runner.start_of(flow, "never released")
+    msg = StartMessageLog()
+    seen = Delivery(3, 1, runner.clock.now.timestamp())
+    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+    await recorded_running(runner, start)
+
+    # The loop held past the flow's deadline (on purpose): its timeout is due at once.
+    time.sleep(1.2)  # noqa: ASYNC251
+    await runner.cancel_runs.cancel(WS, start.run_id, "stop it")
+    runner.starts.abort(WS, start.run_id)  # the abort broadcast reaching this replica
+    await asyncio.wait_for(handling, timeout=2)
+
+    run = runner.record(start)
+    assert run.status == "cancelled"
+    assert runner.events.statuses(start.run_id) == ["running", "cancelled"]
+    assert msg.acked == 1

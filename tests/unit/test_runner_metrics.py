@@ -13,7 +13,7 @@ from shared.ids import new_id
 
 
 class Dropped:
-    async def publish(self, run: Run, value: bytes | None = None) -> None:
+    def publish(self, run: Run, value: bytes | None = None) -> None:
         pass
 
 
@@ -41,8 +41,8 @@ async def test_a_run_s_end_is_counted_by_status_and_source_with_its_duration_in_
     total = ("trigger_plane_run_duration_seconds_sum", {"status": "failed"})
     before = [sample(name, **labels) for name, labels in (runs, within, below, count, total)]
     events = CountedRunEvents(Dropped())
-    await events.publish(ended("failed", 0.007))
-    await events.publish(ended("failed", 7200.0))  # past the last bucket: only +Inf
+    events.publish(ended("failed", 0.007))
+    events.publish(ended("failed", 7200.0))  # past the last bucket: only +Inf
     after = [sample(name, **labels) for name, labels in (runs, within, below, count, total)]
     assert [b - a for a, b in zip(before, after, strict=True)] == pytest.approx(
         [2, 1, 0, 2, 7200.007]
