@@ -247,17 +247,18 @@ def conclude(
             attempts[-1], finished_at=now, outcome=outcome, error=finished.error
         )
     record = msgspec.structs.replace(finished, attempts=attempts)
-    failures = sum(1 for a in attempts if a.outcome in ("failed", "timed_out"))
-    if finished.status != "succeeded" and failures <= flow.retries:
-        delay = retry_delay(flow, failures, rng)
-        waiting = msgspec.structs.replace(
-            record,
-            status="queued",
-            result=None,
-            finished_at=None,
-            retry_at=now + timedelta(seconds=delay),
-        )
-        return waiting, delay
+    if finished.status != "succeeded":  # most runs succeed: no attempts to count
+        failures = sum(1 for a in attempts if a.outcome in ("failed", "timed_out"))
+        if failures <= flow.retries:
+            delay = retry_delay(flow, failures, rng)
+            waiting = msgspec.structs.replace(
+                record,
+                status="queued",
+                result=None,
+                finished_at=None,
+                retry_at=now + timedelta(seconds=delay),
+            )
+            return waiting, delay
     return finish(record, finished.status, now, result=finished.result, error=finished.error), None
 
 
