@@ -15,7 +15,7 @@ from services.runner import metrics
 from services.runner.adapters import MSG_ID, FlowLookup
 from services.runner.core import RECORD_OVERHEAD, CancelRuns, StartRuns, refusal
 from shared.broker import is_last_delivery, reject
-from shared.codec import decode, encode
+from shared.codec import decode, decoder, encode
 from shared.logs import bind
 from shared.pull import Delivery, delivery
 from shared.supervise import retried_within
@@ -23,6 +23,8 @@ from shared.supervise import retried_within
 log = logging.getLogger(__name__)
 
 SERVICE = "runner"
+_START = decoder(FlowStart)
+"""Decodes every start (looked up once here, not on each one's path)."""
 RETRY_DELAY = 2.0
 """Seconds before a message whose handling failed (not its flow: NATS trouble) comes back."""
 FAIL_RUN_WITHIN = 10.0
@@ -84,7 +86,7 @@ class StartFlow:
             await self._end_here(msg, reason)
             return
         try:
-            start: FlowStart = decode(msg.data, FlowStart)
+            start: FlowStart = _START.decode(msg.data)
         except msgspec.DecodeError as error:
             metrics.refused("undecodable")
             await reject(self._js, msg, f"not a valid FlowStart: {error}", SERVICE)
