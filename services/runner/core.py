@@ -1088,7 +1088,10 @@ class StartRuns:
         try:
             if unrecorded is not None and unrecorded.deadline is not None:
                 # Its timeout is armed late, if the run lasts that long (`_time_out`).
-                return await execute(running, flow, self._functions, self._clock, http=self._http)
+                ended = await execute(running, flow, self._functions, self._clock, http=self._http)
+                if unrecorded.timed_out:  # its flow went on anyway: what it returned stands
+                    task.uncancel()
+                return ended
             return await execute_within(
                 running, flow, self._functions, self._clock, http=self._http
             )

@@ -63,6 +63,16 @@ async def grow(input: Any, context: FlowContext) -> Any:
     return "x" * input
 
 
+@functions.flow("stubborn")
+async def stubborn(input: Any, context: FlowContext) -> Any:
+    """Ignores being stopped (as a flow should not)."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        return "went on"
+    return "slept"
+
+
 @functions.flow("wait")
 async def wait(input: Any, context: FlowContext) -> Any:
     calls[context.run_id] += 1
@@ -756,4 +766,23 @@ async def test_a_fast_path_run_cancelled_as_its_timeout_expires_ends_cancelled(
     run = runner.record(start)
     assert run.status == "cancelled"
     assert runner.events.statuses(start.run_id) == ["running", "cancelled"]
+    assert msg.acked == 1
+
+
+async def test_a_fast_path_flow_that_ignores_its_timeout_keeps_its_result_and_its_task_is_clear(
+    runner: Runner,
+) -> None:
+    # As with `asyncio.timeout`: a flow that swallows the cancellation ends as it ends.
+    runner.starts._record_running_after = 0.05
+    flow = msgspec.structs.replace(flow_of("stubborn"), timeout_seconds=1.1)
+    start = runner.start_of(flow)
+    msg = StartMessageLog()
+    seen = Delivery(3, 1, runner.clock.now.timestamp())
+    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+
+    await asyncio.wait_for(handling, timeout=5)
+
+    run = runner.record(start)
+    assert (run.status, run.result) == ("succeeded", "went on")
+    assert handling.cancelling() == 0  # no cancellation left pending on the task
     assert msg.acked == 1
