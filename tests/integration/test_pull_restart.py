@@ -98,12 +98,14 @@ async def test_the_drain_rate_recovers_after_the_server_restarts_under_a_backlog
             assert time.monotonic() < deadline, "the client never reconnected"
             await asyncio.sleep(0.05)
         # The request in flight at the restart is given up after its expiry; then the pace
-        # must come back: the best of the next windows, while the backlog lasts.
+        # must come back: the best of the next windows, while the backlog lasts. Half the pace
+        # before: the fault this guards against drained a few hundred a second (under 1%),
+        # while other work on the same cores has cost a sound loop a quarter of its pace.
         after = 0.0
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and worker.acked < BACKLOG - 2 * WINDOW:
             after = max(after, await worker.rate_over(WINDOW))
-        assert after >= 0.8 * before, (
+        assert after >= 0.5 * before, (
             f"drained {before:.0f} msgs/s before the restart and at best {after:.0f} after"
         )
     finally:
