@@ -715,6 +715,20 @@ async def test_a_fast_path_run_that_outlasts_its_flow_s_timeout_is_timed_out_aft
     assert runner.store.get(key) == run
 
 
+def late_timed_run(
+    runner: Runner, function: str
+) -> tuple[FlowStart, StartMessageLog, "asyncio.Task[None]"]:
+    """A fast-path run of `function` handled in a task of its own, its flow's 1.1 s timeout armed
+    late (when its `running` record is written, 0.05 s in): the start, its message, the task."""
+    runner.starts._record_running_after = 0.05
+    flow = msgspec.structs.replace(flow_of(function), timeout_seconds=1.1)
+    start = runner.start_of(flow, "never released")
+    msg = StartMessageLog()
+    seen = Delivery(3, 1, runner.clock.now.timestamp())
+    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+    return start, msg, handling
+
+
 async def recorded_running(runner: Runner, start: FlowStart) -> None:
     """Wait until the fast-path run of `start` has its `running` record."""
     deadline = asyncio.get_running_loop().time() + 5
@@ -726,12 +740,7 @@ async def recorded_running(runner: Runner, start: FlowStart) -> None:
 async def test_a_fast_path_run_stopped_with_its_runner_is_handed_back_and_never_timed_out(
     runner: Runner,
 ) -> None:
-    runner.starts._record_running_after = 0.05
-    flow = msgspec.structs.replace(flow_of("wait"), timeout_seconds=1.1)
-    start = runner.start_of(flow, "never released")
-    msg = StartMessageLog()
-    seen = Delivery(3, 1, runner.clock.now.timestamp())
-    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+    start, msg, handling = late_timed_run(runner, "wait")
     await recorded_running(runner, start)
 
     handling.cancel()  # the runner stopping: its runs go back to JetStream
@@ -749,12 +758,7 @@ async def test_a_fast_path_run_stopped_with_its_runner_is_handed_back_and_never_
 async def test_a_fast_path_run_cancelled_as_its_timeout_expires_ends_cancelled(
     runner: Runner,
 ) -> None:
-    runner.starts._record_running_after = 0.05
-    flow = msgspec.structs.replace(flow_of("wait"), timeout_seconds=1.1)
-    start = runner.start_of(flow, "never released")
-    msg = StartMessageLog()
-    seen = Delivery(3, 1, runner.clock.now.timestamp())
-    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+    start, msg, handling = late_timed_run(runner, "wait")
     await recorded_running(runner, start)
 
     # The loop held past the flow's deadline (on purpose): its timeout is due at once.
@@ -773,12 +777,7 @@ async def test_a_fast_path_flow_that_ignores_its_timeout_keeps_its_result_and_it
     runner: Runner,
 ) -> None:
     # As with `asyncio.timeout`: a flow that swallows the cancellation ends as it ends.
-    runner.starts._record_running_after = 0.05
-    flow = msgspec.structs.replace(flow_of("stubborn"), timeout_seconds=1.1)
-    start = runner.start_of(flow)
-    msg = StartMessageLog()
-    seen = Delivery(3, 1, runner.clock.now.timestamp())
-    handling = asyncio.create_task(runner.starts.start(msg, start, flow, seen, start.run_id))
+    start, msg, handling = late_timed_run(runner, "stubborn")
 
     await asyncio.wait_for(handling, timeout=5)
 
