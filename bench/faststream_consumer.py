@@ -28,7 +28,6 @@ from nats.js.errors import NotFoundError
 
 from bench import runner_throughput
 from bench.processes import Server, start_nats, stop_all
-from contracts import subjects
 from contracts.runs import FlowStart
 from shared import broker
 from shared.codec import decoder, encode
@@ -155,18 +154,17 @@ async def faststream_subscriber(
 async def our_runner(js: JetStreamContext, count: int, url: str, work_dir: Path,
                      nats: Server) -> str:  # fmt: skip
     """One runner process doing `count` no-op runs, as `make bench-runner` measures it."""
-    await broker.ensure_topology(js)
-    flow = runner_throughput.FLOW
-    flows = await js.key_value(subjects.FLOWS_BUCKET)
-    await flows.put(subjects.record_key(flow.workspace_id, flow.id), encode(flow))
-    env = {"NATS_URL": url, "RUNNER_FLOWS": "bench.flows", "LOG_LEVEL": "WARNING",
-           "RUNNER_CONCURRENCY": "256"}  # fmt: skip
-    servers: list[Server] = []
+    await runner_throughput.prepare(js)
+    on = runner_throughput.Stage(js, runner_throughput.runner_env(url), work_dir, nats, [])
     try:
-        rate, usage = await runner_throughput.runners(js, env, 1, count, work_dir, servers, nats)
+        drained = await runner_throughput.runners(on, 1, count)
     finally:
-        stop_all(servers)
-    return f"{'our runner x1 (one no-op run each)':<40} {rate:>8.0f} runs/s  {usage}"
+        stop_all(on.servers)
+    return (
+        f"{'our runner x1 (one no-op run each)':<40} {drained.rate:>8.0f} runs/s  CPU: runner "
+        f"{drained.shares[0] * 100:.0f}%, nats-server {drained.server_share * 100:.0f}% of a "
+        f"core; {drained.runner_us:.0f} us of runner CPU per run"
+    )
 
 
 async def run(count: int, store: Path | None, with_runner: bool) -> None:
@@ -191,12 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faststream_consumer")
     parser.add_argument("--messages", type=int, default=20000, help="messages per measurement")
     parser.add_argument("--no-runner", action="store_true", help="skip our runner's figure")
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=runner_throughput.MEMORY if runner_throughput.MEMORY.is_dir() else None,
-        help="folder for the NATS store (default: /dev/shm when it exists, else the temp dir)",
-    )
+    runner_throughput.add_store_option(parser)
     args = parser.parse_args(argv)
     print(
         f"consumers on a full queue of {args.messages} FlowStart messages, one nats-server; "

@@ -14,22 +14,18 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.processes import Server, start_nats, stop_all
 from bench.runner_throughput import (
     FLOW,
     add_store_option,
     bare_consumer,
-    prepare,
     publish_starts,
-    runner_env,
     runners,
+    stage,
 )
-from shared import broker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,36 +47,24 @@ async def run(
     checkouts: list[Path], count: int, rounds: int, replicas: int, store: Path | None
 ) -> None:
     pairs: dict[Path, list[Pair]] = {checkout: [] for checkout in checkouts}
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="bench-pairs-", dir=store) as tmp:
-        work_dir = Path(tmp)
-        nats, url = start_nats(work_dir)
-        try:
-            nc = await broker.connect(url, "bench")
-            js = nc.jetstream()
-            await prepare(js)
-            env = runner_env(url)
-            for round_number in range(1, rounds + 1):
-                for checkout in checkouts:
-                    await publish_starts(js, FLOW, count)
-                    cpu_before = time.process_time()
-                    bare = await bare_consumer(js, count)
-                    bare_us = (time.process_time() - cpu_before) / count * 1e6
-                    got = await runners(js, env, replicas, count, work_dir, servers, nats, checkout)
-                    rate, runner_us, server_us = got.rate, got.runner_us, got.server_us
-                    busy = sum(got.shares)
-                    pair = Pair(rate / bare, runner_us, busy, server_us, bare_us)
-                    pairs[checkout].append(pair)
-                    print(
-                        f"#{round_number} {checkout}: {pair.ratio:.2f} of the bare consumer "
-                        f"({rate:.0f} runs/s, {bare:.0f} msgs/s); runner {runner_us:.0f} us "
-                        f"per run, busy {busy * 100:.0f}%; nats-server {server_us:.0f} us per "
-                        f"run; bare consumer {bare_us:.0f} us per message",
-                        flush=True,
-                    )
-            await nc.drain()
-        finally:
-            stop_all([nats, *servers])
+    async with stage(store, "bench-pairs-") as on:
+        for round_number in range(1, rounds + 1):
+            for checkout in checkouts:
+                await publish_starts(on.js, FLOW, count)
+                cpu_before = time.process_time()
+                bare = await bare_consumer(on.js, count)
+                bare_us = (time.process_time() - cpu_before) / count * 1e6
+                got = await runners(on, replicas, count, checkout)
+                busy = sum(got.shares)
+                pair = Pair(got.rate / bare, got.runner_us, busy, got.server_us, bare_us)
+                pairs[checkout].append(pair)
+                print(
+                    f"#{round_number} {checkout}: {pair.ratio:.2f} of the bare consumer "
+                    f"({got.rate:.0f} runs/s, {bare:.0f} msgs/s); runner {got.runner_us:.0f} us "
+                    f"per run, busy {busy * 100:.0f}%; nats-server {got.server_us:.0f} us per "
+                    f"run; bare consumer {bare_us:.0f} us per message",
+                    flush=True,
+                )
     for checkout, measured in pairs.items():
         median = statistics.median
         print(

@@ -10,9 +10,11 @@ fills). Each side is measured twice, in turn. It measures, it does not assert.
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -93,16 +95,46 @@ class Drained(NamedTuple):
     """nats-server's CPU per run, in microseconds."""
 
 
-async def runners(js: JetStreamContext, env: dict[str, str], replicas: int, count: int,
-                  work_dir: Path, servers: list[Server], nats: Server,
-                  checkout: Path = REPO) -> Drained:  # fmt: skip
+class Stage(NamedTuple):
+    """A nats-server ready for runners (`prepare`d), and what starting them needs."""
+
+    js: JetStreamContext
+    env: dict[str, str]
+    """A runner's settings for it (`runner_env`)."""
+    work_dir: Path
+    """Where the runners' logs go."""
+    nats: Server
+    servers: list[Server]
+    """The runners started on it, stopped with it."""
+
+
+@contextlib.asynccontextmanager
+async def stage(store: Path | None, prefix: str) -> AsyncIterator[Stage]:
+    """A nats-server with its store under `store` (a temporary folder named `prefix`...),
+    `prepare`d; it and every runner started on it are stopped on the way out."""
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=store) as tmp:
+        work_dir = Path(tmp)
+        nats, url = start_nats(work_dir)
+        try:
+            nc = await broker.connect(url, "bench")
+            js = nc.jetstream()
+            await prepare(js)
+            yield Stage(js, runner_env(url), work_dir, nats, servers)
+            await nc.drain()
+        finally:
+            stop_all([nats, *servers])
+
+
+async def runners(on: Stage, replicas: int, count: int, checkout: Path = REPO) -> Drained:
     """`replicas` runners of `checkout` (its code, this Python) draining `count` starts."""
-    env = {**env, "PYTHONPATH": str(checkout)}
+    js, nats = on.js, on.nats
+    env = {**on.env, "PYTHONPATH": str(checkout)}
     started = [
-        start_module(f"runner-{replicas}-{i}", "services.runner", env, work_dir, checkout)
+        start_module(f"runner-{replicas}-{i}", "services.runner", env, on.work_dir, checkout)
         for i in range(replicas)
     ]
-    servers.extend(started)
+    on.servers.extend(started)
     await asyncio.sleep(3.0)  # let them connect and pull (an empty queue meanwhile)
     for server in started:
         server.check_running()
@@ -173,60 +205,49 @@ def runner_env(url: str) -> dict[str, str]:
 
 
 async def run(count: int, store: Path | None) -> None:
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="bench-runner-", dir=store) as tmp:
-        work_dir = Path(tmp)
-        nats, url = start_nats(work_dir)
-        try:
-            nc = await broker.connect(url, "bench")
-            js = nc.jetstream()
-            await prepare(js)
-            env = runner_env(url)
-            # Each side twice, in turn: the machine's drift shows in each one's two figures.
-            for round_number in (1, 2):
-                await publish_starts(js, FLOW, count)
-                cpu_before, nats_before, began = (
-                    time.process_time(),
-                    nats.cpu_seconds(),
-                    time.time(),
-                )
-                bare = await bare_consumer(js, count)
-                elapsed = time.time() - began  # with the consumer's setup: a slight underestimate
-                cpu = time.process_time() - cpu_before
-                bare_us = cpu / count * 1e6
+    async with stage(store, "bench-runner-") as on:
+        # Each side twice, in turn: the machine's drift shows in each one's two figures.
+        for round_number in (1, 2):
+            await publish_starts(on.js, FLOW, count)
+            cpu_before, nats_before, began = (
+                time.process_time(),
+                on.nats.cpu_seconds(),
+                time.time(),
+            )
+            bare = await bare_consumer(on.js, count)
+            elapsed = time.time() - began  # with the consumer's setup: a slight underestimate
+            cpu = time.process_time() - cpu_before
+            bare_us = cpu / count * 1e6
+            print(
+                f"{f'bare pull consumer #{round_number} (ack only)':<34} {bare:>9.0f} msgs/s "
+                f"(CPU: consumer {cpu / elapsed * 100:.0f}%, nats-server "
+                f"{(on.nats.cpu_seconds() - nats_before) / elapsed * 100:.0f}% of a core; "
+                f"{bare_us:.0f} us of consumer CPU per message)",
+                flush=True,
+            )
+            for replicas, target in ((1, ONE_RUNNER_TARGET), (2, TWO_RUNNERS_TARGET)):
+                measured = await runners(on, replicas, count)
+                rate, per_run = measured.rate, measured.runner_us
+                ratio = rate / bare
+                usage = ", ".join(f"{share * 100:.0f}%" for share in measured.shares)
                 print(
-                    f"{f'bare pull consumer #{round_number} (ack only)':<34} {bare:>9.0f} msgs/s "
-                    f"(CPU: consumer {cpu / elapsed * 100:.0f}%, nats-server "
-                    f"{(nats.cpu_seconds() - nats_before) / elapsed * 100:.0f}% of a core; "
-                    f"{bare_us:.0f} us of consumer CPU per message)",
+                    f"{f'runner x{replicas} #{round_number} (no-op runs)':<34} "
+                    f"{rate:>9.0f} runs/s ({ratio:.2f} of the bare consumer; "
+                    f"target >= {target:.2f}; CPU: runner {usage}, nats-server "
+                    f"{measured.server_share * 100:.0f}% of a core; {per_run:.0f} us of "
+                    "runner CPU per run)",
                     flush=True,
                 )
-                for replicas, target in ((1, ONE_RUNNER_TARGET), (2, TWO_RUNNERS_TARGET)):
-                    measured = await runners(js, env, replicas, count, work_dir, servers, nats)
-                    rate, per_run = measured.rate, measured.runner_us
-                    ratio = rate / bare
-                    usage = ", ".join(f"{share * 100:.0f}%" for share in measured.shares)
-                    print(
-                        f"{f'runner x{replicas} #{round_number} (no-op runs)':<34} "
-                        f"{rate:>9.0f} runs/s ({ratio:.2f} of the bare consumer; "
-                        f"target >= {target:.2f}; CPU: runner {usage}, nats-server "
-                        f"{measured.server_share * 100:.0f}% of a core; {per_run:.0f} us of "
-                        "runner CPU per run)",
-                        flush=True,
+                record(
+                    Row(
+                        stage=f"runner x{replicas}, no-op runs (#{round_number})",
+                        ours=f"{rate:.0f}/s, {per_run:.0f} us CPU/run",
+                        bare=f"{bare:.0f}/s, {bare_us:.0f} us CPU/msg",
+                        ratio=f"{ratio:.2f}",
+                        target=f">= {target:.2f}",
+                        met=ratio >= target,
                     )
-                    record(
-                        Row(
-                            stage=f"runner x{replicas}, no-op runs (#{round_number})",
-                            ours=f"{rate:.0f}/s, {per_run:.0f} us CPU/run",
-                            bare=f"{bare:.0f}/s, {bare_us:.0f} us CPU/msg",
-                            ratio=f"{ratio:.2f}",
-                            target=f">= {target:.2f}",
-                            met=ratio >= target,
-                        )
-                    )
-            await nc.drain()
-        finally:
-            stop_all([nats, *servers])
+                )
 
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:
