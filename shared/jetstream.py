@@ -21,6 +21,8 @@ from shared import wire
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 """JetStream error codes of a failed compare-and-swap (`Nats-Expected-Last-Subject-Sequence`)."""
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+_IF_LAST = f"NATS/1.0\r\n{EXPECTED_LAST_SUBJECT_SEQUENCE}: %d\r\n\r\n".encode()
+"""The header block of `put_if_last`, for its expected revision."""
 NO_RESPONDERS = "503"
 TIMEOUT = 5.0
 """Seconds to wait for the server's answer (nats-py's JetStream default)."""
@@ -135,9 +137,13 @@ class Writer:
     def put_if_last(self, bucket: str, key: str, value: bytes, last: int) -> "asyncio.Future[int]":
         """KV compare-and-swap: write `value` under `key` if its revision is `last` (0: if
         the key has no value); what this returns gives the new revision, or raises
-        `KeyWrongLastSequenceError` (see `publish`)."""
-        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
-        return self.publish(f"$KV.{bucket}.{key}", value, headers)
+        `KeyWrongLastSequenceError` (see `publish`). Every run record is written this way:
+        its command is built in one step, not through `publish`'s layers."""
+        wire.check_size(self._nc, value)
+        token = str(next(self._counter))
+        head = _IF_LAST % last
+        wire.send(self._nc, wire.headed(f"$KV.{bucket}.{key}", value, self._prefix + token, head))
+        return self._awaited(token)
 
     def prepare(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None

@@ -121,16 +121,12 @@ class NatsRunEvents:
         truth and events only inform, so a round trip per event would buy nothing a reader of
         the record does not have (a synchronous caller reads the record when its wait ends).
         """
-        # One event per status and attempt: a retried publish is stored once.
+        # One event per status and attempt: a retried publish is stored once. Its header block
+        # is formatted in one step (`wire.headed`): every run publishes one or more.
         event_id = f"{run.id}.{run.status}.{run.attempt}.{len(run.attempts)}"
-        wire.send(
-            self._nc,
-            wire.command(
-                subjects.run_event(run.workspace_id, run.id, run.status),
-                event_payload(run, value),
-                headers={MSG_ID: event_id},
-            ),
-        )
+        head = f"NATS/1.0\r\n{MSG_ID}: {event_id}\r\n\r\n".encode()
+        subject = subjects.run_event(run.workspace_id, run.id, run.status)
+        wire.send(self._nc, wire.headed(subject, event_payload(run, value), "", head))
 
 
 def event_payload(run: Run, value: bytes | None = None) -> bytes:

@@ -199,6 +199,22 @@ async def test_a_fresh_run_that_needs_no_admission_and_ends_at_once_gets_one_wri
     assert [a.outcome for a in final.attempts] == ["succeeded"]
 
 
+async def test_each_run_event_is_published_once_per_status_and_attempt(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    flow = await put_flow(js, "echo")
+    start = start_of(flow, "hi")
+    events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
+
+    await publish(js, start)
+
+    event = await events.next_msg(timeout=DEADLINE)
+    await events.unsubscribe()
+    # The `RUN_EVENTS` stream stores a retried publish of it once.
+    assert event.headers == {"Nats-Msg-Id": f"{start.run_id}.succeeded.1.1"}
+    assert event.subject == subjects.run_event(flow.workspace_id, start.run_id, "succeeded")
+
+
 async def test_a_fresh_run_still_going_after_a_moment_is_recorded_running_then_final(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
