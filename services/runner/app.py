@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
+from collections.abc import Awaitable
 from typing import NamedTuple
 
 from nats.aio.client import Client
@@ -89,6 +91,8 @@ class RunnerApp:
         self._start_flow: StartFlow | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         """The loop the runner runs on, once started (asking for it costs a system call)."""
+        self._context: contextvars.Context | None = None
+        """The context of `start`, which every run's task starts from (a copy each)."""
         self._puller: Puller | None = None
         self._wake: asyncio.TimerHandle | None = None
         """Wakes the puller when it may pull without a run ending (`FairShare.wake_at`)."""
@@ -104,6 +108,7 @@ class RunnerApp:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()
         self._nc = nc = await connect(
             self._settings.nats_url, SERVICE, on_reconnected=self._note_reconnect
         )
@@ -333,25 +338,35 @@ class RunnerApp:
             self._run(msg, workspace, seen)
 
     def _run(self, msg: Msg, workspace: str | None, seen: Delivery | None = None) -> None:
-        start_flow, loop = self._start_flow, self._loop
+        start_flow, loop, context = self._start_flow, self._loop, self._context
         assert start_flow is not None
         assert loop is not None
+        assert context is not None
         active = tracing.tracer()
         if active is None:
             handling = start_flow(msg, seen)
         else:
             handling = consumed(active, msg, functools.partial(start_flow, seen=seen))
-        # The loop's own `create_task`: `asyncio.create_task` adds a call of its own a run.
-        task = loop.create_task(handling)
+        # The loop's own `create_task`: `asyncio.create_task` adds a call of its own a run. Each
+        # run starts from the runner's own context, not that of the run whose end started it
+        # (`_handled`), whose log ids it would carry.
+        task = loop.create_task(self._handled(handling, workspace), context=context.copy())
         self._in_flight.add(task)
-        task.add_done_callback(functools.partial(self._finished, workspace))
 
-    def _finished(self, workspace: str | None, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if workspace is not None:
-            self._fair.finished(workspace)
-            self._pump()
-        self._freed()
+    async def _handled(self, handling: Awaitable[None], workspace: str | None) -> None:
+        """Run a start's handling; then its slot is free. The task's own `finally`, not a done
+        callback: one callback of the loop less per run. Its task always gets this far: the
+        runner cancels only runs that have started (stopping, aborted, timed out)."""
+        try:
+            await handling
+        finally:
+            task = asyncio.current_task(self._loop)
+            if task is not None:
+                self._in_flight.discard(task)
+            if workspace is not None:
+                self._fair.finished(workspace)
+                self._pump()
+            self._freed()
 
     def _hand_back(self, msg: Msg, delay: float | None) -> None:
         """Give `msg` back to JetStream (for another replica, or this one after `delay`)."""

@@ -23,7 +23,7 @@ from services.runner.app import RunnerApp, create_app
 from services.runner.executor import begin, queued
 from services.runner.flows import FlowContext, FlowRegistry
 from services.runner.settings import RunnerSettings
-from shared import broker
+from shared import broker, logs
 from shared.codec import decode, encode
 from shared.ids import new_id
 
@@ -58,9 +58,19 @@ async def nap(input: Any, context: FlowContext) -> float:
     return float(input)
 
 
+@functions.flow("log_ids")
+async def log_ids(input: Any, context: FlowContext) -> dict[str, str]:
+    """Sleep `input` seconds (if any); return the ids its log lines carry."""
+    if input:
+        await asyncio.sleep(float(input))
+    return dict(logs.bound_ids.get() or {})
+
+
 @contextlib.asynccontextmanager
-async def started_runner(nats_url: str) -> AsyncIterator[RunnerApp]:
-    app = create_app(RunnerSettings(nats_url=nats_url, runner_concurrency=4), functions=functions)
+async def started_runner(nats_url: str, concurrency: int = 4) -> AsyncIterator[RunnerApp]:
+    app = create_app(
+        RunnerSettings(nats_url=nats_url, runner_concurrency=concurrency), functions=functions
+    )
     try:
         await app.start()
         yield app
@@ -171,6 +181,30 @@ async def test_a_started_flow_runs_and_its_record_holds_the_result(
     assert run.result == {"hello": ["world", 1]}
     assert run.attempt == 1
     assert run.queued_at <= (run.started_at or run.queued_at) <= (run.finished_at or run.queued_at)
+
+
+async def test_a_run_started_as_another_ends_logs_with_its_own_ids_only(
+    nats_url: str, js: JetStreamContext
+) -> None:
+    flow = await put_flow(js, "log_ids")
+    first = msgspec.structs.replace(start_of(flow, 0.3), trigger_id=new_id("trg"))
+    second = start_of(flow)  # no trigger
+    await publish(js, first)
+    await publish(js, second)
+    # One pull brings both; of two slots, the second is kept for other workspaces: `second`
+    # waits, and starts as `first` ends.
+    async with started_runner(nats_url, concurrency=2):
+        ended = await finished_run(js, flow.workspace_id, first.run_id)
+        waited = await finished_run(js, flow.workspace_id, second.run_id)
+    assert ended.result == {
+        "run_id": first.run_id,
+        "workspace_id": flow.workspace_id,
+        "trigger_id": first.trigger_id,
+    }
+    assert waited.started_at is not None
+    assert ended.finished_at is not None
+    assert waited.started_at >= ended.finished_at
+    assert waited.result == {"run_id": second.run_id, "workspace_id": flow.workspace_id}
 
 
 async def statuses_of(events: Subscription) -> tuple[list[str], Run]:
