@@ -246,20 +246,21 @@ def conclude(
         attempts[-1] = msgspec.structs.replace(
             attempts[-1], finished_at=now, outcome=outcome, error=finished.error
         )
-    record = msgspec.structs.replace(finished, attempts=attempts)
     if finished.status != "succeeded":  # most runs succeed: no attempts to count
         failures = sum(1 for a in attempts if a.outcome in ("failed", "timed_out"))
         if failures <= flow.retries:
             delay = retry_delay(flow, failures, rng)
             waiting = msgspec.structs.replace(
-                record,
+                finished,
                 status="queued",
                 result=None,
+                attempts=attempts,
                 finished_at=None,
                 retry_at=now + timedelta(seconds=delay),
             )
             return waiting, delay
-    return finish(record, finished.status, now, result=finished.result, error=finished.error), None
+    final = _final(finished, finished.status, now, finished.result, finished.error, attempts)
+    return final, None
 
 
 def finish(
@@ -271,12 +272,24 @@ def finish(
     error: str | None = None,
 ) -> Run:
     """The final record of a run with `status` (terminal): no further change is allowed."""
-    assert status in TERMINAL_STATUSES, status
     attempts = list(record.attempts)
     if attempts and attempts[-1].outcome == "running":
         attempts[-1] = msgspec.structs.replace(
             attempts[-1], finished_at=now, outcome=_outcome(status), error=error
         )
+    return _final(record, status, now, result, error, attempts)
+
+
+def _final(
+    record: Run,
+    status: RunStatus,
+    now: datetime,
+    result: Any,
+    error: str | None,
+    attempts: list[Attempt],
+) -> Run:
+    """`record` ended with `status` at `now`, its attempts told already (`attempts`)."""
+    assert status in TERMINAL_STATUSES, status
     began = record.started_at
     return msgspec.structs.replace(
         record,
