@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import ParseResult
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -148,6 +149,43 @@ def refusal(error: Exception) -> str | None:
     return None
 
 
+PROBE_WITHIN = 2.0
+"""Seconds `tls_refusal_of` may take to ask a server why it dropped a TLS connection."""
+
+
+def dropped(error: Exception) -> bool:
+    """Whether `error` is a connection the server closed (a broken pipe, a reset)."""
+    return isinstance(error, BrokenPipeError | ConnectionResetError)
+
+
+async def tls_refusal_of(
+    uri: ParseResult, context: ssl.SSLContext, hostname: str | None = None
+) -> str | None:
+    """Why the server at `uri` dropped a TLS connection, asked directly: what to fix (as
+    `refusal` says it), or None if it sends no alert (it went away for another reason).
+
+    With TLS 1.3 a server checks the client's certificate after the client's side of the
+    handshake is over, then sends an alert and closes. nats-py writes its CONNECT at once, and
+    when the server has closed by then it sees a broken pipe, not the alert: the refusal
+    looked like a server going away and was retried until the first connection's deadline.
+    Here the client reads after the handshake instead, and gets the alert.
+    """
+    try:
+        async with asyncio.timeout(PROBE_WITHIN):
+            reader, writer = await asyncio.open_connection(uri.hostname, uri.port or 4222)
+            try:
+                await reader.readline()  # the server's INFO, in clear
+                await writer.start_tls(context, server_hostname=hostname or uri.hostname)
+                await reader.read(1)
+            finally:
+                writer.close()
+    except ssl.SSLError as error:
+        return refusal(error)
+    except (OSError, TimeoutError):
+        return None
+    return None
+
+
 async def connect(
     url: str,
     name: str,
@@ -177,7 +215,12 @@ async def connect(
         if not attempt.done() and not refused.done():  # the first connection only
             last_error[:] = [error]
             reason = refusal(error)
-            if reason is not None:
+            server = client._current_server
+            if reason is None and "tls" in security and server is not None and dropped(error):
+                reason = await tls_refusal_of(
+                    server.uri, security["tls"], security.get("tls_hostname")
+                )
+            if reason is not None and not refused.done():
                 refused.set_result(reason)
 
     async def on_disconnected() -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -209,6 +210,30 @@ async def test_a_client_certificate_of_another_ca_is_refused(secure: Secure) -> 
     )
 
     assert "TLS" in await refusal_of(secure.url(), settings)
+
+
+async def test_a_server_that_drops_a_tls_connection_is_asked_why_and_a_healthy_one_is_not(
+    secure: Secure,
+) -> None:
+    # With TLS 1.3 the refusal of a client certificate comes after the client's side of the
+    # handshake: a client that writes first may see only a broken pipe, so it asks.
+    stranger = secure.other_authority.client("stranger")
+    refused = secure.settings(
+        NATS_TLS_CERT_FILE=str(stranger.cert), NATS_TLS_KEY_FILE=str(stranger.key)
+    )
+    uri = urlparse(secure.url())
+    stranger_context, client_context = (
+        broker.tls_context(settings) for settings in (refused, secure.settings())
+    )
+    assert stranger_context is not None
+    assert client_context is not None
+
+    reason = await broker.tls_refusal_of(uri, stranger_context)
+    healthy = await broker.tls_refusal_of(uri, client_context)
+
+    assert reason is not None
+    assert "NATS_TLS_CERT_FILE" in reason
+    assert healthy is None
 
 
 async def test_a_server_certificate_of_another_ca_is_refused_as_a_tls_error(
