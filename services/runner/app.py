@@ -355,8 +355,9 @@ class RunnerApp:
 
     async def _handled(self, handling: Awaitable[None], workspace: str | None) -> None:
         """Run a start's handling; then its slot is free. The task's own `finally`, not a done
-        callback: one callback of the loop less per run. Its task always gets this far: the
-        runner cancels only runs that have started (stopping, aborted, timed out)."""
+        callback: one callback of the loop less per run. A task cancelled before its first step
+        would skip it, but the runner cancels only runs that have started (aborted, timed out,
+        or still going when it stops after its grace period)."""
         try:
             await handling
         finally:

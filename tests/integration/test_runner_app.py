@@ -217,14 +217,19 @@ async def statuses_of(events: Subscription) -> tuple[list[str], Run]:
     return statuses, event.run
 
 
-async def test_a_fresh_run_that_needs_no_admission_and_ends_at_once_gets_one_write_its_final(
-    nc: Client, js: JetStreamContext, runner: RunnerApp
-) -> None:
+async def echo_started(nc: Client, js: JetStreamContext) -> tuple[FlowStart, Subscription]:
+    """A start of an `echo` flow published, and a subscription to its run's events made first."""
     flow = await put_flow(js, "echo")
     start = start_of(flow, "hi")
     events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
-
     await publish(js, start)
+    return start, events
+
+
+async def test_a_fresh_run_that_needs_no_admission_and_ends_at_once_gets_one_write_its_final(
+    nc: Client, js: JetStreamContext, runner: RunnerApp
+) -> None:
+    _, events = await echo_started(nc, js)
 
     statuses, final = await statuses_of(events)
     assert statuses == ["succeeded"]
@@ -233,20 +238,16 @@ async def test_a_fresh_run_that_needs_no_admission_and_ends_at_once_gets_one_wri
     assert [a.outcome for a in final.attempts] == ["succeeded"]
 
 
-async def test_each_run_event_is_published_once_per_status_and_attempt(
+async def test_a_run_event_carries_the_id_its_stream_drops_a_repeated_publish_by(
     nc: Client, js: JetStreamContext, runner: RunnerApp
 ) -> None:
-    flow = await put_flow(js, "echo")
-    start = start_of(flow, "hi")
-    events = await nc.subscribe(subjects.run_events(flow.workspace_id, start.run_id))
-
-    await publish(js, start)
+    start, events = await echo_started(nc, js)
 
     event = await events.next_msg(timeout=DEADLINE)
     await events.unsubscribe()
-    # The `RUN_EVENTS` stream stores a retried publish of it once.
+    # One id per run, status and attempt: `RUN_EVENTS` stores a retried publish of it once.
     assert event.headers == {"Nats-Msg-Id": f"{start.run_id}.succeeded.1.1"}
-    assert event.subject == subjects.run_event(flow.workspace_id, start.run_id, "succeeded")
+    assert event.subject == subjects.run_event(start.workspace_id, start.run_id, "succeeded")
 
 
 async def test_a_fresh_run_still_going_after_a_moment_is_recorded_running_then_final(
