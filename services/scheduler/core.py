@@ -116,6 +116,11 @@ class TriggerStore(Protocol):
 
     def values(self) -> Iterator[Trigger]: ...
 
+    async def catch_up(self, timeout: float = 1.0) -> bool:
+        """Wait until the store holds every trigger written before this call; False if it
+        could not within `timeout` seconds."""
+        ...
+
 
 class Timers(Protocol):
     """One parked timer per trigger: parking replaces the trigger's previous timer.
@@ -777,8 +782,9 @@ class Scheduler:
         pause are decided first, as a live replica would have (`catch_up_pause`).
 
         Timers of triggers that were deleted or paused while no scheduler ran are not looked
-        for: such a timer fires once more, its tick is recognised as stale and dropped, and it
-        is never parked again. That costs one wasted tick instead of listing every timer.
+        for: such a timer fires once more, its tick is recognised as stale (once the store has
+        caught up with the bucket: the trigger may be one created a moment ago) and dropped, and
+        it is never parked again. That costs one wasted tick instead of listing every timer.
         """
         self._following = True
         # One pass over every parked timer rather than a lookup per trigger; a timer that goes
@@ -871,6 +877,17 @@ class Scheduler:
         the tick later, which the fire key makes harmless.
         """
         trigger = self._triggers.get(tick.trigger_id)
+        if trigger is None:
+            # Not deleted, perhaps: created a moment ago, its first timer parked by a replica
+            # that saw the creation before this one did. Dropping its tick would break its chain
+            # of timers, and no other replica parks that chain again.
+            if not await self._triggers.catch_up():
+                log.info(
+                    "tick of trigger %s, which this replica does not know yet; retrying",
+                    tick.trigger_id,
+                )
+                return "store_behind"
+            trigger = self._triggers.get(tick.trigger_id)
         match judge_tick(tick, trigger):
             case "store_behind":
                 assert trigger is not None

@@ -38,12 +38,24 @@ class FakeClock:
 class FakeTriggers:
     def __init__(self) -> None:
         self.by_id: dict[str, Trigger] = {}
+        self.arriving: dict[str, Trigger] = {}
+        """Written to the bucket, not seen yet: `catch_up` brings them in."""
+        self.caught_up = True
+        """What `catch_up` answers (False: it could not within its timeout)."""
+        self.catch_ups = 0
 
     def get(self, key: str) -> Trigger | None:
         return self.by_id.get(key)
 
     def values(self) -> Iterator[Trigger]:
         return iter(list(self.by_id.values()))
+
+    async def catch_up(self, timeout: float = 1.0) -> bool:
+        self.catch_ups += 1
+        if self.caught_up:
+            self.by_id.update(self.arriving)
+            self.arriving.clear()
+        return self.caught_up
 
 
 class FakeTimers:
@@ -335,6 +347,7 @@ async def test_a_tick_of_a_trigger_that_is_not_armed_is_dropped(
     assert outcome == "stale"
     assert world.starts.published == []
     assert world.timers.parks == 0
+    assert world.triggers.catch_ups == (1 if current is None else 0)
 
 
 async def test_a_tick_of_an_older_version_is_dropped_and_the_current_timer_kept(world: World):
@@ -358,6 +371,37 @@ async def test_a_tick_newer_than_the_known_trigger_waits_for_the_store_to_catch_
     outcome = await world.scheduler.fire(tick("trg_1", 2, "2026-01-01T10:15:00+00:00"))
     assert outcome == "store_behind"
     assert world.starts.published == []
+
+
+async def test_a_tick_of_a_trigger_created_a_moment_ago_waits_for_the_store_and_fires(
+    world: World,
+):
+    # Another replica saw the creation first and parked the timer; this one gets the tick.
+    world.triggers.arriving["trg_1"] = schedule_trigger("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 3000, tzinfo=UTC)
+
+    outcome = await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+
+    assert outcome == "started"
+    assert len(world.starts.published) == 1
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:30:00+00:00")
+
+
+async def test_a_tick_of_a_trigger_the_store_cannot_catch_up_with_is_retried_not_dropped(
+    world: World,
+):
+    world.triggers.arriving["trg_1"] = schedule_trigger("trg_1")
+    world.triggers.caught_up = False
+    outcome = await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert outcome == "store_behind"
+    assert world.starts.published == []
+
+
+async def test_a_tick_of_a_known_trigger_does_not_wait_for_the_store(world: World):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1")
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 3000, tzinfo=UTC)
+    await world.scheduler.fire(tick("trg_1", 1, "2026-01-01T10:15:00+00:00"))
+    assert world.triggers.catch_ups == 0
 
 
 async def test_a_start_that_cannot_be_stored_fails_the_tick_without_parking(world: World):
