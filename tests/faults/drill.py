@@ -228,7 +228,11 @@ async def _schedule_triggers(
     async def create() -> ScheduledTrigger:
         async with gate:
             created = await _call(admin, "POST", "/v1/triggers", body)
-        return ScheduledTrigger(id=created["id"], first=first)
+        # A schedule fires only after its trigger exists: one created after `first` (a slow
+        # set-up on a busy machine) owes nothing for the seconds before its creation.
+        created_at = datetime.fromisoformat(created["created_at"])
+        after_creation = created_at.replace(microsecond=0) + timedelta(seconds=1)
+        return ScheduledTrigger(id=created["id"], first=max(first, after_creation))
 
     return list(await asyncio.gather(*(create() for _ in range(count))))
 
