@@ -25,7 +25,9 @@ class DrillStack(Stack):
         REPORTS.append(report)
         self.tainted = bool(report.problems)
         assert not report.problems, (
-            f"{report.line()}\n{report.problems.summary()}\nlogs: {self.root}"
+            f"{report.line()}\n{report.problems.summary()}\nlogs: {self.root}\n"
+            f"what the services logged of the first examples:\n"
+            f"{self.mentions(report.problems.named_ids())}"
         )
         return report
 

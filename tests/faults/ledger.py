@@ -2,6 +2,7 @@
 hold the stack's records against it. The checks are plain functions over plain values."""
 
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -104,12 +105,24 @@ class Problems:
     def __bool__(self) -> bool:
         return bool(self.found)
 
+    def named_ids(self, per_criterion: int = 2) -> list[str]:
+        """The trigger and run ids named by the first examples of each criterion."""
+        return [
+            found
+            for items in self.found.values()
+            for item in items[:1]
+            for found in NAMED_ID.findall(item)[:per_criterion]
+        ]
+
     def summary(self, examples: int = 5) -> str:
         return "\n".join(
             f"- {criterion}: {len(items)}, e.g. " + "; ".join(items[:examples])
             for criterion, items in self.found.items()
         )
 
+
+NAMED_ID = re.compile(r"\b(?:trg|run)_[0-9a-z]+")
+"""A trigger's or a run's id, as the examples name them."""
 
 ONE_TERMINAL_RUN = "a 2xx start without exactly one terminal run"
 NO_ORPHAN_RUN = "a run without an accepted start"

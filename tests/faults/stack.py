@@ -194,6 +194,20 @@ class Stack:
             f"--- {name}\n{service.text()[-tail:]}" for name, service in self.services.items()
         )
 
+    def mentions(self, ids: list[str], limit: int = 40, width: int = 400) -> str:
+        """The services' log lines that name any of `ids` (the first `limit`, each cut to
+        `width` characters): a failed drill's logs go with the machine it ran on, its output
+        stays."""
+        found = [
+            f"{name}: {line[:width]}"
+            for name, service in self.services.items()
+            if service.log.exists()
+            for line in service.text().splitlines()
+            if any(item in line for item in ids)
+        ]
+        more = f"\n({len(found) - limit} more)" if len(found) > limit else ""
+        return "\n".join(found[:limit]) + more
+
     def tracebacks(self) -> dict[str, int]:
         """How many tracebacks each service logged."""
         return {

@@ -1,6 +1,7 @@
 """The drills' checks themselves, on made-up records: each finds what it is there to find."""
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.faults.ledger import (
     check_fires,
     check_starts,
 )
+from tests.faults.stack import Stack
 
 pytestmark = pytest.mark.faults
 
@@ -110,3 +112,28 @@ def test_an_execution_the_record_does_not_show_is_found_unless_its_runner_was_ki
         killed,
     )
     assert (untraced, bool(killed)) == (1, False)
+
+
+def test_a_failed_drill_names_the_ids_of_its_first_examples():
+    problems = Problems()
+    problems.add(ONE_LEDGER_ENTRY, "trg_0mx725mni0hybmlk15wlk 04:31:54: ['nothing']")
+    problems.add(ONE_LEDGER_ENTRY, "trg_second 04:31:55: ['nothing']")
+    problems.add(ONE_TERMINAL_RUN, "key-1 answered run ids ['run_a1', 'run_b2', 'run_c3']")
+    assert problems.named_ids() == ["trg_0mx725mni0hybmlk15wlk", "run_a1", "run_b2"]
+
+
+def test_a_failed_drill_quotes_the_log_lines_naming_those_ids(tmp_path):
+    stack = Stack(SimpleNamespace(url="nats://127.0.0.1:1", nodes=[None]), tmp_path)
+    stack.service("scheduler-1").log.write_text(
+        '{"message": "dropping stale tick of trigger trg_1"}\n{"message": "other"}\n'
+    )
+    long_line = '{"message": "run run_9 of trg_1 ' + "x" * 500 + '"}\n'
+    stack.service("runner-2").log.write_text(long_line)
+
+    quoted = stack.mentions(["trg_1"], width=60).splitlines()
+
+    assert quoted == [
+        "runner-2: " + long_line[:60],
+        'scheduler-1: {"message": "dropping stale tick of trigger trg_1"}',
+    ]
+    assert stack.mentions(["trg_1"], limit=1).endswith("(1 more)")
