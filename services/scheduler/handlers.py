@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 SERVICE = "scheduler"
 
 MAX_DELIVERIES_WHILE_BEHIND = 10
-"""After this many deliveries a tick from a version the store never shows is dropped."""
+"""After this many deliveries a tick of a trigger version (or a trigger) the store never shows
+is dropped."""
 
 
 async def handle_tick(
