@@ -877,17 +877,19 @@ class Scheduler:
         the tick later, which the fire key makes harmless.
         """
         trigger = self._triggers.get(tick.trigger_id)
-        if trigger is None:
-            # Not deleted, perhaps: created a moment ago, its first timer parked by a replica
-            # that saw the creation before this one did. Dropping its tick would break its chain
-            # of timers, and no other replica parks that chain again.
-            if not await self._triggers.catch_up():
+        if trigger is None or tick.trigger_version > trigger.version:
+            # This replica's copy of the triggers may be behind the bucket: the trigger was
+            # created or edited a moment ago, and a replica that saw it first parked the timer.
+            # Judged now, the tick of a trigger not seen yet would be dropped as one of a
+            # deleted trigger, ending its chain of timers (no other replica parks it again).
+            if await self._triggers.catch_up():
+                trigger = self._triggers.get(tick.trigger_id)
+            elif trigger is None:
                 log.info(
                     "tick of trigger %s, which this replica does not know yet; retrying",
                     tick.trigger_id,
                 )
                 return "store_behind"
-            trigger = self._triggers.get(tick.trigger_id)
         match judge_tick(tick, trigger):
             case "store_behind":
                 assert trigger is not None

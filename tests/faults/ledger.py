@@ -105,13 +105,13 @@ class Problems:
     def __bool__(self) -> bool:
         return bool(self.found)
 
-    def named_ids(self, per_criterion: int = 2) -> list[str]:
-        """The trigger and run ids named by the first examples of each criterion."""
+    def named_ids(self, per_example: int = 2) -> list[str]:
+        """The trigger and run ids (at most `per_example`) named by each criterion's first
+        example."""
         return [
             found
             for items in self.found.values()
-            for item in items[:1]
-            for found in NAMED_ID.findall(item)[:per_criterion]
+            for found in NAMED_ID.findall(items[0])[:per_example]
         ]
 
     def summary(self, examples: int = 5) -> str:

@@ -387,6 +387,19 @@ async def test_a_tick_of_a_trigger_created_a_moment_ago_waits_for_the_store_and_
     assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 1, "2026-01-01T10:30:00+00:00")
 
 
+async def test_a_tick_of_a_version_edited_a_moment_ago_waits_for_the_store_and_fires(
+    world: World,
+):
+    world.triggers.by_id["trg_1"] = schedule_trigger("trg_1", version=1)
+    world.triggers.arriving["trg_1"] = schedule_trigger("trg_1", version=2)
+    world.clock.now = datetime(2026, 1, 1, 10, 15, 0, 3000, tzinfo=UTC)
+
+    outcome = await world.scheduler.fire(tick("trg_1", 2, "2026-01-01T10:15:00+00:00"))
+
+    assert outcome == "started"
+    assert world.timers.parked_ticks["trg_1"] == tick("trg_1", 2, "2026-01-01T10:30:00+00:00")
+
+
 async def test_a_tick_of_a_trigger_the_store_cannot_catch_up_with_is_retried_not_dropped(
     world: World,
 ):
